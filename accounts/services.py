@@ -1,0 +1,59 @@
+import hashlib
+import secrets
+from datetime import timedelta
+
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from accounts.models import ApiKey, User
+from core.exceptions import field_error
+
+KEY_PREFIX = "prl_"
+# last_used_at is written at most this often per key, to keep auth off the write path.
+LAST_USED_RESOLUTION = timedelta(minutes=1)
+
+
+def hash_api_key(raw_key: str) -> str:
+    return hashlib.sha256(raw_key.encode()).hexdigest()
+
+
+@transaction.atomic
+def user_create(*, email: str, password: str | None = None, **extra) -> User:
+    from billing.services import wallet_create
+
+    email = User.objects.normalize_email(email).strip()
+    if User.objects.filter(email__iexact=email).exists():
+        raise field_error("email", "A user with this email already exists.")
+    user = User(email=email, **extra)
+    if password:
+        user.set_password(password)
+    else:
+        user.set_unusable_password()
+    try:
+        with transaction.atomic():
+            user.save()
+    except IntegrityError:
+        raise field_error("email", "A user with this email already exists.") from None
+    wallet_create(user=user)
+    return user
+
+
+def api_key_create(*, user: User, name: str) -> tuple[ApiKey, str]:
+    """Returns the key row and the raw key; the raw key is not stored anywhere."""
+    raw_key = KEY_PREFIX + secrets.token_urlsafe(32)
+    api_key = ApiKey.objects.create(user=user, name=name, prefix=raw_key[:12], key_hash=hash_api_key(raw_key))
+    return api_key, raw_key
+
+
+def api_key_revoke(*, api_key: ApiKey) -> ApiKey:
+    # Compare-and-set: revoking twice keeps the first revocation time.
+    ApiKey.objects.filter(pk=api_key.pk, revoked_at__isnull=True).update(revoked_at=timezone.now())
+    api_key.refresh_from_db(fields=["revoked_at"])
+    return api_key
+
+
+def api_key_touch(*, api_key: ApiKey) -> None:
+    now = timezone.now()
+    if api_key.last_used_at is None or now - api_key.last_used_at > LAST_USED_RESOLUTION:
+        ApiKey.objects.filter(pk=api_key.pk).update(last_used_at=now)
+        api_key.last_used_at = now

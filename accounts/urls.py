@@ -1,0 +1,11 @@
+from django.urls import path
+
+from accounts import api
+
+urlpatterns = [
+    path("auth/register", api.RegisterView.as_view(), name="auth-register"),
+    path("auth/keys", api.ApiKeyCreateView.as_view(), name="auth-keys"),
+    path("users/me", api.MeView.as_view(), name="users-me"),
+    path("users/me/keys", api.ApiKeyListView.as_view(), name="users-me-keys"),
+    path("users/me/keys/<int:key_id>", api.ApiKeyRevokeView.as_view(), name="users-me-key"),
+]

@@ -1,0 +1,85 @@
+"""Admin for Stripe top-ups, and a re-run action on dj-stripe's webhook triggers.
+
+Top-ups are read-only here: their state and the credits they moved change only
+through Stripe's events. A trigger whose processing failed (its `exception` is set)
+stays unprocessed; "Re-run processing" sends it to the worker again, which is safe
+because processing is idempotent."""
+
+from django.contrib import admin, messages
+from django.db.models import QuerySet
+from django.http import HttpRequest
+from djstripe.admin.admin import WebhookEventTriggerAdmin
+from djstripe.models import WebhookEventTrigger
+
+from billing import stripe_api  # noqa: F401  configures the stripe client
+from billing.models import TopUp
+from billing.stripe_webhooks import webhook_trigger_enqueue
+
+
+@admin.register(TopUp)
+class TopUpAdmin(admin.ModelAdmin):
+    list_display = [
+        "id",
+        "user",
+        "amount_usd",
+        "credits",
+        "status",
+        "dispute_status",
+        "payment_intent_id",
+        "created_at",
+    ]
+    list_filter = ["status", "dispute_status", "created_at"]
+    search_fields = ["payment_intent_id", "charge_id", "user__email"]
+    list_select_related = ["user"]
+    date_hierarchy = "created_at"
+
+    def get_readonly_fields(self, request: HttpRequest, obj: TopUp | None = None) -> list[str]:
+        return [field.name for field in TopUp._meta.fields]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: TopUp | None = None) -> bool:
+        return False
+
+
+class FailedProcessingFilter(admin.SimpleListFilter):
+    title = "processing"
+    parameter_name = "processing"
+
+    def lookups(self, request, model_admin):  # noqa: ANN001, ANN201
+        return [("failed", "failed (not processed, with an error)"), ("waiting", "waiting (no error yet)")]
+
+    def queryset(self, request, queryset):  # noqa: ANN001, ANN201
+        pending = queryset.filter(valid=True, processed=False)
+        if self.value() == "failed":
+            return pending.exclude(exception="")
+        if self.value() == "waiting":
+            return pending.filter(exception="")
+        return queryset
+
+
+class ParleyWebhookEventTriggerAdmin(WebhookEventTriggerAdmin):
+    actions = ["rerun_processing"]
+    list_filter = (FailedProcessingFilter, *WebhookEventTriggerAdmin.list_filter)
+
+    def has_rerun_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("djstripe.change_webhookeventtrigger")
+
+    @admin.action(description="Re-run processing of the selected webhook events", permissions=["rerun"])
+    def rerun_processing(self, request: HttpRequest, queryset: QuerySet[WebhookEventTrigger]) -> None:
+        sent = skipped = 0
+        for trigger_id, valid, processed in queryset.values_list("pk", "valid", "processed"):
+            if not valid or processed:
+                skipped += 1
+                continue
+            webhook_trigger_enqueue(trigger_id=trigger_id)
+            sent += 1
+        self.message_user(request, f"Sent {sent} webhook event(s) for processing; skipped {skipped} (invalid or done).")
+        if skipped and not sent:
+            self.message_user(request, "Nothing to re-run.", level=messages.WARNING)
+
+
+if admin.site.is_registered(WebhookEventTrigger):
+    admin.site.unregister(WebhookEventTrigger)
+admin.site.register(WebhookEventTrigger, ParleyWebhookEventTriggerAdmin)

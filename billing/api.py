@@ -1,0 +1,122 @@
+from django.shortcuts import get_object_or_404
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import generics, status
+from rest_framework.permissions import IsAdminUser
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from accounts.models import User
+from billing.models import GRANT_PERMISSION, CreditTransaction, ModelPrice
+from billing.selectors import (
+    model_prices_active,
+    transactions_for_user,
+    wallet_for_user,
+    wallet_recent_transactions,
+    wallet_status,
+    wallet_status_of,
+)
+from billing.serializers import (
+    AdminWalletSerializer,
+    GrantedSerializer,
+    GrantSerializer,
+    ModelPriceSerializer,
+    TransactionSerializer,
+    WalletSerializer,
+)
+from billing.services import wallet_grant
+from core.exceptions import field_error
+from core.pagination import NewestFirstCursorPagination
+
+IDEMPOTENCY_KEY_MAX = 200
+
+
+class WalletView(APIView):
+    @extend_schema(responses={200: WalletSerializer})
+    def get(self, request: Request) -> Response:
+        return Response(WalletSerializer(wallet_status(user=request.user)).data)
+
+
+class TransactionListView(generics.ListAPIView):
+    """The caller's own ledger, newest first (cursor pagination: stable while rows arrive)."""
+
+    serializer_class = TransactionSerializer
+    pagination_class = NewestFirstCursorPagination
+    queryset = CreditTransaction.objects.none()  # for the schema; requests use get_queryset
+
+    def get_queryset(self):  # noqa: ANN201
+        return transactions_for_user(user=self.request.user)
+
+
+class ModelPriceListView(generics.ListAPIView):
+    """Active model aliases with their prices (credits per million tokens)."""
+
+    serializer_class = ModelPriceSerializer
+    pagination_class = None
+    queryset = ModelPrice.objects.none()
+
+    def get_queryset(self):  # noqa: ANN201
+        return model_prices_active()
+
+
+def _admin_wallet_body(user: User) -> dict:
+    wallet = wallet_for_user(user=user)
+    body = {
+        "user_id": user.pk,
+        "email": user.email,
+        **wallet_status_of(wallet),
+        "transactions": wallet_recent_transactions(wallet=wallet),
+    }
+    return AdminWalletSerializer(body).data
+
+
+class AdminWalletView(APIView):
+    permission_classes = [IsAdminUser]
+
+    @extend_schema(responses={200: AdminWalletSerializer})
+    def get(self, request: Request, user_id: int) -> Response:
+        return Response(_admin_wallet_body(get_object_or_404(User, pk=user_id)))
+
+
+class CanGrantCredits(IsAdminUser):
+    """Staff holding billing.grant_credits: the same rule as the admin grant page."""
+
+    def has_permission(self, request: Request, view: APIView) -> bool:
+        return super().has_permission(request, view) and request.user.has_perm(GRANT_PERMISSION)
+
+
+class AdminGrantView(APIView):
+    permission_classes = [CanGrantCredits]
+
+    @extend_schema(
+        request=GrantSerializer,
+        responses={201: GrantedSerializer},
+        parameters=[
+            OpenApiParameter(
+                "Idempotency-Key",
+                OpenApiTypes.STR,
+                OpenApiParameter.HEADER,
+                description="Repeating a grant with the same key returns the first grant and grants nothing more.",
+            )
+        ],
+    )
+    def post(self, request: Request, user_id: int) -> Response:
+        user = get_object_or_404(User, pk=user_id)
+        serializer = GrantSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        reference = None
+        if (key := request.headers.get("Idempotency-Key")) is not None:
+            if not key.strip() or len(key) > IDEMPOTENCY_KEY_MAX:
+                raise field_error("Idempotency-Key", f"1 to {IDEMPOTENCY_KEY_MAX} characters.")
+            # Scoped to the caller, so two staff members' keys never collide.
+            reference = f"api:{request.user.pk}:{key}"
+        row = wallet_grant(
+            user=user,
+            amount=serializer.validated_data["amount"],
+            reason=serializer.validated_data["reason"],
+            actor=request.user,
+            reference=reference,
+        )
+        body = {"transaction": row, "wallet": wallet_status(user=user)}
+        return Response(GrantedSerializer(body).data, status=status.HTTP_201_CREATED)

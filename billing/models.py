@@ -1,0 +1,247 @@
+import uuid
+from decimal import Decimal
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+
+LEDGER_DIGITS = {"max_digits": 18, "decimal_places": 8}
+
+
+# Granting credits (admin page, API, `grant_credits --actor`) needs this, not just is_staff.
+GRANT_PERMISSION = "billing.grant_credits"
+
+
+class Wallet(models.Model):
+    user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="wallet")
+    # Cached sum of the ledger; written only by billing.services under select_for_update.
+    balance = models.DecimalField(**LEDGER_DIGITS, default=Decimal("0"))
+    # Cached sum of active holds (worst-case cost of turns in flight).
+    held = models.DecimalField(**LEDGER_DIGITS, default=Decimal("0"))
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        # One wallet per user is the OneToOneField's unique index. The balance may go
+        # negative (a take-back is never skipped); what is held never can.
+        constraints = [
+            models.CheckConstraint(condition=Q(held__gte=0), name="billing_wallet_held_not_negative"),
+        ]
+        permissions = [("grant_credits", "Can grant credits to a wallet")]
+
+    def __str__(self) -> str:
+        return f"Wallet of {self.user}"
+
+    @property
+    def available(self) -> Decimal:
+        return self.balance - self.held
+
+
+class TransactionKind(models.TextChoices):
+    GRANT = "grant"
+    TOPUP = "topup"
+    DEBIT = "debit"
+    REFUND = "refund"
+    REVERSAL = "reversal"
+    ADJUSTMENT = "adjustment"
+
+
+POSITIVE_KINDS = (TransactionKind.GRANT, TransactionKind.TOPUP, TransactionKind.REFUND)
+NEGATIVE_KINDS = (TransactionKind.DEBIT, TransactionKind.REVERSAL)
+# These always answer an outside event (a turn, a PaymentIntent, a refund or
+# dispute), so they always carry the reference that makes a replay harmless.
+REFERENCED_KINDS = (TransactionKind.DEBIT, TransactionKind.TOPUP, TransactionKind.REVERSAL)
+
+
+class CreditTransaction(models.Model):
+    """One row per balance change. Append-only: no code path updates or deletes it."""
+
+    Kind = TransactionKind
+    POSITIVE_KINDS = POSITIVE_KINDS
+    NEGATIVE_KINDS = NEGATIVE_KINDS
+    REFERENCED_KINDS = REFERENCED_KINDS
+
+    # No index of its own: billing_txn_wallet_created starts with wallet (every ledger
+    # row written updates each index, and the hot wallet writes while holding its lock).
+    wallet = models.ForeignKey(Wallet, on_delete=models.PROTECT, related_name="transactions", db_index=False)
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    amount = models.DecimalField(**LEDGER_DIGITS)
+    balance_after = models.DecimalField(**LEDGER_DIGITS)
+    # Idempotency key: a turn id, a PaymentIntent id, a refund id. Unique per kind.
+    reference = models.CharField(max_length=255, null=True, blank=True)
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True, blank=True, related_name="+", db_index=False
+    )
+    reason = models.CharField(max_length=500, blank=True)
+    # Not indexed alone: every read of the ledger is per wallet (the index below) or
+    # newest first over all rows (the admin list: by id, which grows with time).
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.CheckConstraint(condition=~Q(amount=0), name="billing_credittransaction_amount_not_zero"),
+            models.CheckConstraint(
+                condition=(
+                    Q(kind__in=POSITIVE_KINDS, amount__gt=0)
+                    | Q(kind__in=NEGATIVE_KINDS, amount__lt=0)
+                    | Q(kind=TransactionKind.ADJUSTMENT)
+                ),
+                name="billing_credittransaction_sign_matches_kind",
+            ),
+            models.CheckConstraint(
+                condition=Q(kind__in=TransactionKind.values),
+                name="billing_credittransaction_kind_known",
+            ),
+            models.CheckConstraint(
+                condition=~Q(reference="") & (Q(reference__isnull=False) | ~Q(kind__in=REFERENCED_KINDS)),
+                name="billing_credittransaction_reference_set",
+            ),
+            # Also the index behind the idempotency lookup of a repeated reference.
+            models.UniqueConstraint(
+                fields=["kind", "reference"],
+                condition=Q(reference__isnull=False),
+                name="billing_credittransaction_kind_reference_unique",
+            ),
+        ]
+        indexes = [
+            # Serves "own ledger, newest first" (users/me/transactions, admin wallet page).
+            models.Index(fields=["wallet", "-created_at", "-id"], name="billing_txn_wallet_created"),
+            # Serves the PROTECT check when a user is deleted; partial, since most rows
+            # (debits, top-ups) have no actor and then cost this index nothing.
+            models.Index(fields=["actor"], condition=Q(actor__isnull=False), name="billing_txn_actor"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.amount} ({self.reference or 'no ref'})"
+
+
+class CreditHold(models.Model):
+    """Worst-case cost of an accepted turn, reserved until the turn settles."""
+
+    class Status(models.TextChoices):
+        ACTIVE = "active"
+        SETTLED = "settled"
+        RELEASED = "released"
+
+    wallet = models.ForeignKey(Wallet, on_delete=models.PROTECT, related_name="holds")
+    reference = models.CharField(max_length=255, unique=True)
+    amount = models.DecimalField(**LEDGER_DIGITS)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.ACTIVE)
+    created_at = models.DateTimeField(auto_now_add=True)
+    closed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(condition=Q(amount__gte=0), name="billing_credithold_amount_not_negative"),
+            models.CheckConstraint(
+                condition=Q(status="active", closed_at__isnull=True) | Q(~Q(status="active"), closed_at__isnull=False),
+                name="billing_credithold_closed_at_matches_status",
+            ),
+        ]
+        indexes = [
+            # Serves the reconciliation of Wallet.held against active holds.
+            models.Index(fields=["wallet"], condition=Q(status="active"), name="billing_hold_active"),
+        ]
+
+
+class ModelPrice(models.Model):
+    """Price of a model alias. A price change is a new row (the old one deactivated),
+    so the price an old call was charged at is never rewritten."""
+
+    class Provider(models.TextChoices):
+        LOCAL = "local"
+        OPENAI = "openai"
+        ANTHROPIC = "anthropic"
+
+    alias = models.CharField(max_length=64)
+    provider = models.CharField(max_length=16, choices=Provider.choices)
+    provider_model = models.CharField(max_length=128)
+    input_credits_per_mtok = models.DecimalField(max_digits=18, decimal_places=8)
+    output_credits_per_mtok = models.DecimalField(max_digits=18, decimal_places=8)
+    context_tokens = models.PositiveIntegerField(default=8192, help_text="Token budget for the context.")
+    max_output_tokens = models.PositiveIntegerField(default=1024)
+    active = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["alias", "-created_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["alias"], condition=Q(active=True), name="billing_modelprice_one_active_per_alias"
+            ),
+            models.CheckConstraint(
+                condition=Q(input_credits_per_mtok__gte=0, output_credits_per_mtok__gte=0),
+                name="billing_modelprice_prices_not_negative",
+            ),
+            models.CheckConstraint(
+                condition=Q(context_tokens__gt=0, max_output_tokens__gt=0) & ~Q(alias=""),
+                name="billing_modelprice_alias_and_budgets_set",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.alias} → {self.provider}:{self.provider_model}"
+
+
+class TopUp(models.Model):
+    """A Stripe top-up. The row is committed before Stripe is called and its
+    `idempotency_key` is the PaymentIntent's idempotency key, so a retried create can
+    never make two PaymentIntents. Webhook handlers (billing/topups.py) change it only
+    under select_for_update; the ledger rows they write are keyed by Stripe ids
+    (PaymentIntent, charge + cumulative refunded cents, dispute), so a redelivered
+    event changes nothing twice."""
+
+    class Status(models.TextChoices):
+        CREATED = "created"
+        PENDING = "pending"
+        SUCCEEDED = "succeeded"
+        FAILED = "failed"
+        PARTIALLY_REFUNDED = "partially_refunded"
+        REFUNDED = "refunded"
+        DISPUTED = "disputed"
+
+    class DisputeStatus(models.TextChoices):
+        NONE = "", "none"
+        OPEN = "open"
+        WON = "won"
+        LOST = "lost"
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="top_ups")
+    idempotency_key = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    amount_usd = models.DecimalField(max_digits=10, decimal_places=2)
+    credits = models.DecimalField(**LEDGER_DIGITS)
+    status = models.CharField(max_length=24, choices=Status.choices, default=Status.CREATED)
+    payment_intent_id = models.CharField(max_length=255, unique=True, null=True, blank=True)
+    charge_id = models.CharField(max_length=255, blank=True)
+    granted_at = models.DateTimeField(null=True, blank=True)
+    # Stripe's cumulative charge.amount_refunded (cents) already taken back, and its credits.
+    refunded_cents = models.PositiveBigIntegerField(default=0)
+    refunded_credits = models.DecimalField(**LEDGER_DIGITS, default=Decimal("0"))
+    dispute_status = models.CharField(max_length=8, choices=DisputeStatus.choices, default="", blank=True)
+    # Credits currently held back by disputes (taken back when opened, given back when won).
+    disputed_credits = models.DecimalField(**LEDGER_DIGITS, default=Decimal("0"))
+    error = models.CharField(max_length=255, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.CheckConstraint(condition=Q(amount_usd__gt=0, credits__gt=0), name="billing_topup_amounts_positive"),
+            models.CheckConstraint(
+                condition=Q(refunded_credits__gte=0, refunded_credits__lte=models.F("credits")),
+                name="billing_topup_refunded_within_credits",
+            ),
+        ]
+        indexes = [
+            # Serves GET users/me/top-ups (own top-ups, newest first).
+            models.Index(fields=["user", "-created_at"], name="billing_topup_user_created"),
+        ]
+
+    def __str__(self) -> str:
+        return f"Top-up {self.amount_usd} USD ({self.status})"
+
+    @property
+    def amount_cents(self) -> int:
+        return int(self.amount_usd * 100)

@@ -1,0 +1,80 @@
+"""Money rules in one place.
+
+- Ledger amounts are Decimal(18,8): the truth. A charge (a call's cost, a debit, a
+  take-back) is rounded UP at the 8th place so the service never undercharges.
+  Amounts a person or another system states (grants, top-ups, refunds,
+  adjustments) must already fit 8 places: they are refused, never rounded.
+- Usage `credits_burned` is Decimal(20,4): display and reports, half-up.
+- USD is 2 places. Credits per top-up: round(amount_usd * CREDITS_PER_USD, 2).
+The API writes every amount as a string through `format_*` below, never a float.
+"""
+
+from decimal import ROUND_CEILING, ROUND_HALF_UP, Decimal, InvalidOperation
+
+LEDGER_PLACES = Decimal("0.00000001")
+USAGE_PLACES = Decimal("0.0001")
+USD_PLACES = Decimal("0.01")
+MILLION = Decimal(1_000_000)
+# Decimal(18,8) holds magnitudes below 10**10.
+LEDGER_LIMIT = Decimal(10) ** 10
+
+
+def to_decimal(value: Decimal | int | str) -> Decimal:
+    """A finite Decimal from a Decimal, int or numeric string. Floats are refused:
+    they cannot hold most decimal amounts exactly."""
+    if isinstance(value, float):
+        raise TypeError("Money is never a float; pass a Decimal or a string.")
+    try:
+        result = Decimal(value)
+    except (InvalidOperation, TypeError, ValueError):
+        raise ValueError(f"Not a number: {value!r}.") from None
+    if not result.is_finite():
+        raise ValueError(f"Not a finite number: {value!r}.")
+    return result
+
+
+def ledger_amount(value: Decimal) -> Decimal:
+    """A charge rounded UP at the 8th place (toward +infinity: for the non-negative
+    costs this is meant for, never less than the exact cost)."""
+    return value.quantize(LEDGER_PLACES, rounding=ROUND_CEILING)
+
+
+def ledger_exact(value: Decimal) -> Decimal:
+    """`value` at ledger precision, or ValueError when that would change it (more
+    than 8 decimal places) or it does not fit Decimal(18,8)."""
+    if abs(value) >= LEDGER_LIMIT:
+        raise ValueError(f"Must be less than {LEDGER_LIMIT:,} in magnitude.")
+    exact = value.quantize(LEDGER_PLACES)
+    if exact != value:
+        raise ValueError("At most 8 decimal places.")
+    return exact
+
+
+def usage_amount(value: Decimal) -> Decimal:
+    return value.quantize(USAGE_PLACES, rounding=ROUND_HALF_UP)
+
+
+def usd_amount(value: Decimal) -> Decimal:
+    return value.quantize(USD_PLACES, rounding=ROUND_HALF_UP)
+
+
+def call_cost(*, input_tokens: int, output_tokens: int, input_price: Decimal, output_price: Decimal) -> Decimal:
+    """Exact cost of one model call in credits (prices are per million tokens), unrounded."""
+    return (Decimal(input_tokens) * input_price + Decimal(output_tokens) * output_price) / MILLION
+
+
+def _plain(value: Decimal) -> str:
+    # `+ 0` turns a negative zero into 0, so nothing ever reads "-0.00000000".
+    return f"{value + 0:f}"
+
+
+def format_ledger(value: Decimal | None) -> str | None:
+    return None if value is None else _plain(ledger_amount(Decimal(value)))
+
+
+def format_usage(value: Decimal | None) -> str | None:
+    return None if value is None else _plain(usage_amount(Decimal(value)))
+
+
+def format_usd(value: Decimal | None) -> str | None:
+    return None if value is None else _plain(usd_amount(Decimal(value)))

@@ -1,0 +1,74 @@
+from decimal import Decimal
+
+from django.conf import settings
+from rest_framework import serializers
+
+from billing.models import CreditTransaction, ModelPrice
+from billing.money import format_ledger
+
+
+class LedgerAmountField(serializers.DecimalField):
+    """Money at ledger precision, written as a string by billing.money.format_ledger
+    (the one shared formatter). Read-only unless stated."""
+
+    def __init__(self, **kwargs) -> None:  # noqa: ANN003
+        kwargs.setdefault("read_only", True)
+        super().__init__(max_digits=18, decimal_places=8, **kwargs)
+
+    def to_representation(self, value: Decimal) -> str | None:
+        return format_ledger(value)
+
+
+class WalletSerializer(serializers.Serializer):
+    """Reads billing.selectors.wallet_status()."""
+
+    balance = LedgerAmountField()
+    held = LedgerAmountField(help_text="Reserved for turns in flight (their worst-case cost).")
+    available = LedgerAmountField(help_text="balance - held")
+    low_balance = serializers.BooleanField(read_only=True)
+    low_balance_threshold = LedgerAmountField()
+    enforcement = serializers.ChoiceField(choices=["warn", "block"], read_only=True)
+
+
+class TransactionSerializer(serializers.ModelSerializer):
+    amount = LedgerAmountField()
+    balance_after = LedgerAmountField()
+    actor = serializers.PrimaryKeyRelatedField(read_only=True, help_text="Id of the staff user who granted.")
+
+    class Meta:
+        model = CreditTransaction
+        fields = ["id", "kind", "amount", "balance_after", "reference", "reason", "actor", "created_at"]
+        read_only_fields = fields
+
+
+class AdminWalletSerializer(WalletSerializer):
+    user_id = serializers.IntegerField(read_only=True)
+    email = serializers.EmailField(read_only=True)
+    transactions = TransactionSerializer(many=True, read_only=True, help_text="The most recent, newest first.")
+
+
+class GrantSerializer(serializers.Serializer):
+    """Format only; the rules (positive, at most ADMIN_GRANT_MAX) are the service's,
+    shared with the admin page and `grant_credits`."""
+
+    amount = serializers.DecimalField(
+        max_digits=18,
+        decimal_places=8,
+        help_text=f"Credits, > 0 and at most ADMIN_GRANT_MAX ({settings.ADMIN_GRANT_MAX}); up to 8 decimal places.",
+    )
+    reason = serializers.CharField(max_length=500)
+
+
+class GrantedSerializer(serializers.Serializer):
+    transaction = TransactionSerializer(read_only=True)
+    wallet = WalletSerializer(read_only=True)
+
+
+class ModelPriceSerializer(serializers.ModelSerializer):
+    input_credits_per_mtok = LedgerAmountField()
+    output_credits_per_mtok = LedgerAmountField()
+
+    class Meta:
+        model = ModelPrice
+        fields = ["alias", "provider", "provider_model", "input_credits_per_mtok", "output_credits_per_mtok"]
+        read_only_fields = fields

@@ -1,0 +1,651 @@
+"""The only code that moves credits, places holds and changes prices.
+
+Every balance change runs in one transaction that locks the wallet row, writes one
+ledger row with its balance_after and updates the cached balance. The lock is
+`select_for_update`, or on PostgreSQL, for a posting that settles no hold, the
+UPDATE of the wallet row itself (one statement does it all, see _PG_POST). Holds
+take the same lock first, so every write to a wallet and its holds is serialised in
+one order: wallet, then hold.
+
+A repeated (kind, reference) returns the row already written and changes nothing,
+so a retried request, a redelivered task or a replayed webhook applies once. The
+unique constraint on (kind, reference) decides it: a new reference (the common
+case) costs no extra lookup, and two racing writers of one reference cannot both
+succeed; the loser's transaction rolls back and it returns the winner's row.
+"""
+
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from django.conf import settings
+from django.db import IntegrityError, connection, transaction
+from django.db.models import Sum
+from django.db.models.functions import Coalesce
+from django.utils import timezone
+
+from accounts.models import User
+from billing.models import CreditHold, CreditTransaction, ModelPrice, TransactionKind, Wallet
+from billing.money import ledger_amount, ledger_exact, to_decimal
+from core.exceptions import InsufficientCredits, StateConflict, field_error
+
+Kind = TransactionKind
+ZERO = Decimal("0")
+REASON_MAX = CreditTransaction._meta.get_field("reason").max_length
+REFERENCE_MAX = CreditTransaction._meta.get_field("reference").max_length
+
+
+def wallet_create(*, user: User) -> Wallet:
+    wallet, _ = Wallet.objects.get_or_create(user=user)
+    return wallet
+
+
+# --- validation -------------------------------------------------------------------
+
+
+def _number(value: Decimal | int | str, field: str = "amount") -> Decimal:
+    try:
+        return to_decimal(value)
+    except ValueError:
+        raise field_error(field, "A valid number is required.")
+
+
+def _exact_amount(value: Decimal | int | str) -> Decimal:
+    """An amount someone stated (a grant, a top-up, a refund, an adjustment): exact at
+    ledger precision, never rounded behind the caller's back."""
+    try:
+        return ledger_exact(_number(value))
+    except ValueError as exc:
+        raise field_error("amount", str(exc))
+
+
+def _positive_amount(value: Decimal | int | str) -> Decimal:
+    amount = _exact_amount(value)
+    if amount <= 0:
+        raise field_error("amount", "Amount must be greater than zero.")
+    return amount
+
+
+def _charge_amount(value: Decimal | int | str, *, allow_zero: bool = False) -> Decimal:
+    """A charge's magnitude (a debit, a take-back, a hold), rounded up at the 8th place."""
+    amount = _number(value)
+    if amount < 0 or (amount == 0 and not allow_zero):
+        raise field_error("amount", "Amount must be greater than zero.")
+    try:
+        return ledger_exact(ledger_amount(amount))
+    except ValueError as exc:
+        raise field_error("amount", str(exc))
+
+
+def _reference(reference: str | None, *, required: bool) -> str | None:
+    if reference is None:
+        if required:
+            raise field_error("reference", "A reference is required.")
+        return None
+    if not reference.strip() or len(reference) > REFERENCE_MAX:
+        raise field_error("reference", f"A reference is 1 to {REFERENCE_MAX} characters.")
+    return reference
+
+
+def _reason(reason: str, *, required: bool = False) -> str:
+    if required and not reason.strip():
+        raise field_error("reason", "A reason is required.")
+    return reason.strip()[:REASON_MAX]
+
+
+# --- the ledger -------------------------------------------------------------------
+
+
+def _locked_wallet(user_id: int) -> Wallet:
+    """The user's wallet row, locked until the transaction ends."""
+    query = Wallet.objects.select_for_update().only("id", "balance", "held")
+    try:
+        return query.get(user_id=user_id)
+    except Wallet.DoesNotExist:
+        # A user created outside accounts.services.user_create gets a wallet on first use.
+        Wallet.objects.get_or_create(user_id=user_id)
+        return query.get(user_id=user_id)
+
+
+def _wallet_save(wallet: Wallet, *, balance: Decimal, held: Decimal) -> None:
+    Wallet.objects.filter(pk=wallet.pk).update(balance=balance, held=held, updated_at=timezone.now())
+    wallet.balance, wallet.held = balance, held
+
+
+def _replayed(*, kind: str, reference: str | None, user_id: int) -> CreditTransaction | None:
+    """The row an earlier call with this (kind, reference) wrote, if any."""
+    if reference is None:
+        return None
+    row = CreditTransaction.objects.select_related("wallet").filter(kind=kind, reference=reference).first()
+    if row is not None and row.wallet.user_id != user_id:
+        raise StateConflict(f"Reference {reference!r} was already used for another wallet.")
+    return row
+
+
+def _post(
+    *,
+    user_id: int,
+    kind: str,
+    amount: Decimal,
+    reference: str | None,
+    reason: str = "",
+    actor: User | None = None,
+    release_hold: str | None = None,
+) -> CreditTransaction:
+    """Writes one ledger row of a validated, signed `amount` and moves the cached
+    balance with it; with `release_hold`, settles that hold in the same transaction."""
+    post = _post_postgresql if connection.vendor == "postgresql" else _post_orm
+    try:
+        return post(
+            user_id=user_id,
+            kind=kind,
+            amount=amount,
+            reference=reference,
+            reason=reason,
+            actor=actor,
+            release_hold=release_hold,
+        )
+    except IntegrityError:
+        # Nothing was written. The usual cause: this reference was applied before.
+        if (found := _replayed(kind=kind, reference=reference, user_id=user_id)) is not None:
+            return found
+        raise
+
+
+def _post_orm(
+    *,
+    user_id: int,
+    kind: str,
+    amount: Decimal,
+    reference: str | None,
+    reason: str,
+    actor: User | None,
+    release_hold: str | None,
+) -> CreditTransaction:
+    """Any database: lock the wallet row, write the ledger row, update the caches.
+    (SQLite also keeps the arithmetic in Python: it would do it in floats.)"""
+    # A savepoint when the caller is already in a transaction (the turn completion):
+    # a repeated reference then rolls back only this write.
+    with transaction.atomic():
+        wallet = _locked_wallet(user_id)
+        held = wallet.held
+        if release_hold is not None:
+            held -= _hold_close_locked(wallet=wallet, reference=release_hold, status=CreditHold.Status.SETTLED)
+        balance = wallet.balance + amount
+        row = CreditTransaction.objects.create(
+            wallet=wallet,
+            kind=kind,
+            amount=amount,
+            balance_after=balance,
+            reference=reference,
+            reason=reason,
+            actor=actor,
+        )
+        _wallet_save(wallet, balance=balance, held=held)
+        return row
+
+
+# PostgreSQL does the same in one statement: the wallet UPDATE takes the row lock and
+# returns the new balance, the INSERT writes the ledger row with it. Outside a
+# transaction the statement is its own transaction, so the hot wallet's row lock is
+# held for one statement and its commit, not for several round trips. A duplicate
+# reference fails the whole statement: nothing is written. (Numbers stay NUMERIC.)
+_LEDGER_COLUMNS = [field.column for field in CreditTransaction._meta.concrete_fields]
+_PG_POST = """
+WITH {hold_cte}
+wallet AS (
+    UPDATE {wallet_table}
+       SET balance = balance + %(amount)s, {held_set} updated_at = %(now)s
+     WHERE {wallet_match}
+ RETURNING id, balance
+)
+INSERT INTO {ledger_table} (wallet_id, kind, amount, balance_after, reference, actor_id, reason, created_at)
+SELECT wallet.id, %(kind)s, %(amount)s, wallet.balance, %(reference)s, %(actor_id)s, %(reason)s, %(now)s FROM wallet
+RETURNING {columns}
+"""
+_PG_TABLES = {
+    "wallet_table": Wallet._meta.db_table,
+    "ledger_table": CreditTransaction._meta.db_table,
+    "columns": ", ".join(_LEDGER_COLUMNS),
+}
+_PG_POST_PLAIN = _PG_POST.format(**_PG_TABLES, hold_cte="", held_set="", wallet_match="user_id = %(user_id)s")
+# Settling a hold: the caller has locked the wallet row first (the lock order of every
+# hold write: wallet, then hold); the hold's amount leaves `held` in the same statement.
+_PG_HOLD_CTE = """hold AS (
+    UPDATE {hold_table}
+       SET status = %(settled)s, closed_at = %(now)s
+     WHERE wallet_id = %(wallet_id)s AND reference = %(hold)s AND status = %(active)s
+ RETURNING amount
+),"""
+_PG_POST_SETTLING = _PG_POST.format(
+    **_PG_TABLES,
+    hold_cte=_PG_HOLD_CTE.format(hold_table=CreditHold._meta.db_table),
+    held_set="held = held - COALESCE((SELECT SUM(amount) FROM hold), 0),",
+    wallet_match="id = %(wallet_id)s",
+)
+
+
+def _post_postgresql(
+    *,
+    user_id: int,
+    kind: str,
+    amount: Decimal,
+    reference: str | None,
+    reason: str,
+    actor: User | None,
+    release_hold: str | None,
+) -> CreditTransaction:
+    params = {
+        "user_id": user_id,
+        "kind": str(kind),
+        "amount": amount,
+        "reference": reference,
+        "actor_id": actor.pk if actor is not None else None,
+        "reason": reason,
+        "now": timezone.now(),
+    }
+
+    def fetch(sql: str) -> tuple | None:
+        with connection.cursor() as cursor:
+            cursor.execute(sql, params)
+            return cursor.fetchone()
+
+    def fetch_plain() -> tuple | None:
+        if connection.get_autocommit():
+            return fetch(_PG_POST_PLAIN)  # the statement is its own transaction
+        # Inside the caller's transaction: a savepoint, so a refused statement (a
+        # repeated reference) does not poison the caller's transaction.
+        with transaction.atomic():
+            return fetch(_PG_POST_PLAIN)
+
+    if release_hold is not None:
+        with transaction.atomic():
+            wallet = _locked_wallet(user_id)
+            params.update(
+                wallet_id=wallet.pk,
+                hold=release_hold,
+                settled=str(CreditHold.Status.SETTLED),
+                active=str(CreditHold.Status.ACTIVE),
+            )
+            values = fetch(_PG_POST_SETTLING)
+    elif (values := fetch_plain()) is None:
+        # No wallet row yet (a user made around accounts.services.user_create).
+        Wallet.objects.get_or_create(user_id=user_id)
+        values = fetch_plain()
+    return CreditTransaction.from_db(
+        connection.alias, [f.attname for f in CreditTransaction._meta.concrete_fields], values
+    )
+
+
+def wallet_grant(
+    *,
+    user: User,
+    amount: Decimal | int | str,
+    reason: str,
+    actor: User | None = None,
+    reference: str | None = None,
+) -> CreditTransaction:
+    """Staff (admin page, API, `grant_credits`) or the system (seed data) gives credits.
+    At most ADMIN_GRANT_MAX at once; a reason is required and the actor recorded."""
+    reason = _reason(reason, required=True)
+    amount = _positive_amount(amount)
+    if amount > settings.ADMIN_GRANT_MAX:
+        raise field_error("amount", f"Amount must be at most {settings.ADMIN_GRANT_MAX}.")
+    row = _post(
+        user_id=user.pk,
+        kind=Kind.GRANT,
+        amount=amount,
+        reference=_reference(reference, required=False),
+        reason=reason,
+        actor=actor,
+    )
+    # A replayed reference answers the first grant; a different amount under the same
+    # key is a client mistake, not a retry, and must not look like success.
+    if row.amount != amount:
+        raise StateConflict(f"Reference {reference!r} was already used for a grant of {row.amount}.")
+    return row
+
+
+def wallet_topup(
+    *, user: User, amount: Decimal | int | str, reference: str, reason: str = "Stripe top-up"
+) -> CreditTransaction:
+    """Credits bought (reference: the PaymentIntent id)."""
+    return _post(
+        user_id=user.pk,
+        kind=Kind.TOPUP,
+        amount=_positive_amount(amount),
+        reference=_reference(reference, required=True),
+        reason=_reason(reason),
+    )
+
+
+def wallet_debit(
+    *,
+    user: User,
+    amount: Decimal | int | str,
+    reference: str,
+    reason: str = "",
+    release_hold: str | None = None,
+) -> CreditTransaction | None:
+    """Charges `amount` (a positive magnitude, rounded up at the 8th place; reference:
+    the turn id). Never refused for lack of credits: enforcement happens when the hold
+    is placed, and what was used is owed. With `release_hold`, that hold is settled in
+    the same transaction. A zero amount (a free turn) writes no ledger row, settles the
+    hold and returns None."""
+    magnitude = _charge_amount(amount, allow_zero=True)
+    reference = _reference(reference, required=True)
+    if magnitude == 0:
+        if release_hold is not None:
+            _hold_close(user=user, reference=release_hold, status=CreditHold.Status.SETTLED)
+        return None
+    return _post(
+        user_id=user.pk,
+        kind=Kind.DEBIT,
+        amount=-magnitude,
+        reference=reference,
+        reason=_reason(reason),
+        release_hold=release_hold,
+    )
+
+
+def wallet_refund(
+    *, user: User, amount: Decimal | int | str, reason: str, reference: str | None = None
+) -> CreditTransaction:
+    """Gives credits back to the user (e.g. a charge made in error)."""
+    return _post(
+        user_id=user.pk,
+        kind=Kind.REFUND,
+        amount=_positive_amount(amount),
+        reference=_reference(reference, required=False),
+        reason=_reason(reason, required=True),
+    )
+
+
+def wallet_reverse(*, user: User, amount: Decimal | int | str, reference: str, reason: str) -> CreditTransaction:
+    """Takes credits back (a refunded or disputed payment; reference: the refund or
+    dispute id). The amount is rounded up at the 8th place. May leave the balance
+    negative: a take-back is never skipped."""
+    return _post(
+        user_id=user.pk,
+        kind=Kind.REVERSAL,
+        amount=-_charge_amount(amount),
+        reference=_reference(reference, required=True),
+        reason=_reason(reason),
+    )
+
+
+def wallet_adjust(
+    *,
+    user: User,
+    amount: Decimal | int | str,
+    reason: str,
+    reference: str | None = None,
+    actor: User | None = None,
+) -> CreditTransaction:
+    """A signed correction (a dispute won, a goodwill fix); never zero, reason required."""
+    value = _exact_amount(amount)
+    if value == 0:
+        raise field_error("amount", "An adjustment must not be zero.")
+    return _post(
+        user_id=user.pk,
+        kind=Kind.ADJUSTMENT,
+        amount=value,
+        reference=_reference(reference, required=False),
+        reason=_reason(reason, required=True),
+        actor=actor,
+    )
+
+
+# --- holds ------------------------------------------------------------------------
+
+
+def _hold_close_locked(*, wallet: Wallet, reference: str, status: str) -> Decimal:
+    """Closes the wallet's active hold of `reference` (the caller holds the wallet
+    lock, which every hold write takes first) and returns the amount it held."""
+    hold = (
+        CreditHold.objects.filter(wallet=wallet, reference=reference, status=CreditHold.Status.ACTIVE)
+        .only("id", "amount")
+        .first()
+    )
+    if hold is None:
+        return ZERO
+    CreditHold.objects.filter(pk=hold.pk).update(status=status, closed_at=timezone.now())
+    return hold.amount
+
+
+def _hold_close(*, user: User, reference: str, status: str) -> None:
+    # A retried release or settle finds the hold already closed (or never placed):
+    # answer it without taking the wallet lock.
+    if not CreditHold.objects.filter(
+        reference=reference, wallet__user_id=user.pk, status=CreditHold.Status.ACTIVE
+    ).exists():
+        return
+    with transaction.atomic():
+        wallet = _locked_wallet(user.pk)
+        released = _hold_close_locked(wallet=wallet, reference=reference, status=status)
+        if released:
+            _wallet_save(wallet, balance=wallet.balance, held=wallet.held - released)
+
+
+def wallet_hold_place(*, user: User, amount: Decimal | int | str, reference: str) -> CreditHold:
+    """Reserves the worst-case cost of a turn (reference: the turn id; rounded up at
+    the 8th place). In `block` mode refuses (402) when the available balance cannot
+    cover it; in `warn` mode the hold is placed anyway. Placing a reference again
+    returns the first hold, whatever its state."""
+    amount = _charge_amount(amount, allow_zero=True)
+    reference = _reference(reference, required=True)
+    # A new reference (every turn) costs no lookup: the unique reference decides a
+    # replay, whose INSERT fails and rolls back this block's savepoint only.
+    try:
+        with transaction.atomic():
+            wallet = _locked_wallet(user.pk)
+            available = wallet.balance - wallet.held
+            if settings.BILLING_ENFORCEMENT == "block" and available < amount:
+                # A replay must not be refused because its own first hold uses the credits.
+                if (hold := _hold_replayed(reference=reference, user_id=user.pk)) is not None:
+                    return hold
+                raise InsufficientCredits(
+                    f"Available balance {available} does not cover this turn's worst-case cost {amount}."
+                )
+            hold = CreditHold.objects.create(wallet=wallet, reference=reference, amount=amount)
+            _wallet_save(wallet, balance=wallet.balance, held=wallet.held + amount)
+            return hold
+    except IntegrityError:
+        if (hold := _hold_replayed(reference=reference, user_id=user.pk)) is not None:
+            return hold
+        raise
+
+
+def _hold_replayed(*, reference: str, user_id: int) -> CreditHold | None:
+    """The hold placed earlier with this reference, whatever its state, if any."""
+    hold = CreditHold.objects.select_related("wallet").filter(reference=reference).first()
+    if hold is not None and hold.wallet.user_id != user_id:
+        raise StateConflict(f"Hold reference {reference!r} was already used for another wallet.")
+    return hold
+
+
+def wallet_hold_release(*, user: User, reference: str) -> None:
+    """Releases a hold without charging (the turn failed). Safe to call twice, and
+    after the hold was settled (then it does nothing)."""
+    _hold_close(user=user, reference=reference, status=CreditHold.Status.RELEASED)
+
+
+# --- enforcement ------------------------------------------------------------------
+
+
+def spend_check(*, user: User, amount: Decimal) -> None:
+    """May this user spend about `amount` now? Raises InsufficientCredits (402) in
+    `block` mode when the available balance (balance minus holds) is short; in `warn`
+    mode always yes. Advisory only: the hold is what reserves the credits."""
+    if settings.BILLING_ENFORCEMENT != "block":
+        return
+    wallet = Wallet.objects.filter(user=user).only("balance", "held").first() or Wallet()
+    if wallet.available < amount:
+        raise InsufficientCredits(f"Available balance {wallet.available} does not cover {amount}.")
+
+
+def is_low_balance(balance: Decimal) -> bool:
+    """Is this balance low (below LOW_BALANCE_THRESHOLD)? Warn-only signal."""
+    return balance < settings.LOW_BALANCE_THRESHOLD
+
+
+# --- reconciliation -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WalletFix:
+    adjustment: CreditTransaction | None
+    held_before: Decimal
+    held_after: Decimal
+
+
+def wallet_reconcile(*, wallet: Wallet) -> WalletFix:
+    """Repairs a wallet whose caches drifted from its ledger and holds (something wrote
+    around this module). The cached balance is what the user has been shown and spent
+    against, so the ledger is brought to it with an `adjustment` row that records the
+    unexplained difference (balance unchanged, and now equal to the ledger sum and the
+    last balance_after). `held` is a cache of the active holds and is recomputed."""
+    with transaction.atomic():
+        locked = _locked_wallet(wallet.user_id)
+        ledger_sum = CreditTransaction.objects.filter(wallet=locked).aggregate(total=Coalesce(Sum("amount"), ZERO))[
+            "total"
+        ]
+        holds_sum = CreditHold.objects.filter(wallet=locked, status=CreditHold.Status.ACTIVE).aggregate(
+            total=Coalesce(Sum("amount"), ZERO)
+        )["total"]
+        held_before = locked.held
+        adjustment = None
+        difference = locked.balance - ledger_sum
+        if difference != 0:
+            adjustment = CreditTransaction.objects.create(
+                wallet=locked,
+                kind=Kind.ADJUSTMENT,
+                amount=difference,
+                balance_after=locked.balance,
+                reason=(
+                    f"reconcile_wallets: cached balance {locked.balance} differed from the ledger sum "
+                    f"{ledger_sum} by {difference}"
+                ),
+            )
+        if holds_sum != locked.held:
+            _wallet_save(locked, balance=locked.balance, held=holds_sum)
+        return WalletFix(adjustment=adjustment, held_before=held_before, held_after=holds_sum)
+
+
+# --- prices -----------------------------------------------------------------------
+
+PRICE_FIELDS = (
+    "provider",
+    "provider_model",
+    "input_credits_per_mtok",
+    "output_credits_per_mtok",
+    "context_tokens",
+    "max_output_tokens",
+)
+
+
+def _price_values(values: dict[str, Any]) -> dict[str, Any]:
+    cleaned = dict(values)
+    if cleaned.get("provider") not in ModelPrice.Provider.values:
+        raise field_error("provider", f"One of: {', '.join(ModelPrice.Provider.values)}.")
+    if not str(cleaned.get("provider_model") or "").strip():
+        raise field_error("provider_model", "A provider model is required.")
+    for name in ("input_credits_per_mtok", "output_credits_per_mtok"):
+        try:
+            cleaned[name] = ledger_exact(_number(cleaned[name], name))
+        except ValueError as exc:
+            raise field_error(name, str(exc))
+        if cleaned[name] < 0:
+            raise field_error(name, "A price must not be negative.")
+    for name in ("context_tokens", "max_output_tokens"):
+        if not isinstance(cleaned.get(name), int) or cleaned[name] <= 0:
+            raise field_error(name, "A positive number of tokens is required.")
+    return cleaned
+
+
+def model_price_create(
+    *,
+    alias: str,
+    provider: str,
+    provider_model: str,
+    input_credits_per_mtok: Decimal | int | str,
+    output_credits_per_mtok: Decimal | int | str,
+    context_tokens: int = 8192,
+    max_output_tokens: int = 1024,
+) -> ModelPrice:
+    """The first active price of an alias (to change one, use model_price_change)."""
+    alias = alias.strip()
+    if not alias:
+        raise field_error("alias", "An alias is required.")
+    values = _price_values(
+        {
+            "provider": provider,
+            "provider_model": provider_model,
+            "input_credits_per_mtok": input_credits_per_mtok,
+            "output_credits_per_mtok": output_credits_per_mtok,
+            "context_tokens": context_tokens,
+            "max_output_tokens": max_output_tokens,
+        }
+    )
+    try:
+        with transaction.atomic():
+            return ModelPrice.objects.create(alias=alias, active=True, **values)
+    except IntegrityError:
+        if ModelPrice.objects.filter(alias=alias, active=True).exists():
+            raise field_error("alias", f"{alias!r} already has an active price; change that one instead.")
+        raise
+
+
+@transaction.atomic
+def model_price_change(*, price: ModelPrice, **changes: Any) -> ModelPrice:
+    """A new price for an alias: a new active row with `changes` applied, and the old
+    row deactivated in the same transaction. Rows are never rewritten, so every LLM
+    call keeps the price it was charged at. No change returns the row as it is."""
+    unknown = set(changes) - set(PRICE_FIELDS)
+    if unknown:
+        raise field_error(sorted(unknown)[0], "This field cannot be changed.")
+    current = ModelPrice.objects.select_for_update().get(pk=price.pk)
+    if not current.active:
+        raise StateConflict("An inactive price is history and cannot be changed.")
+    values = _price_values({name: changes.get(name, getattr(current, name)) for name in PRICE_FIELDS})
+    if all(values[name] == getattr(current, name) for name in PRICE_FIELDS):
+        return current
+    # Deactivate first: at most one active row per alias (a partial unique index).
+    ModelPrice.objects.filter(pk=current.pk).update(active=False)
+    return ModelPrice.objects.create(alias=current.alias, active=True, **values)
+
+
+def model_price_deactivate(*, price: ModelPrice) -> ModelPrice:
+    """Withdraws an alias (no active price any more). The row itself is kept."""
+    ModelPrice.objects.filter(pk=price.pk, active=True).update(active=False)
+    price.refresh_from_db(fields=["active"])
+    return price
+
+
+def model_price_set(*, alias: str, **values: Any) -> ModelPrice:
+    """Makes the alias's active price these values (create or change, with the same
+    fields as model_price_create); for seed data and scripts, safe to run again."""
+    current = ModelPrice.objects.filter(alias=alias, active=True).first()
+    if current is None:
+        return model_price_create(alias=alias, **values)
+    return model_price_change(price=current, **values)
+
+
+__all__ = [
+    "is_low_balance",
+    "model_price_change",
+    "model_price_create",
+    "model_price_deactivate",
+    "model_price_set",
+    "spend_check",
+    "wallet_adjust",
+    "wallet_create",
+    "wallet_debit",
+    "wallet_grant",
+    "wallet_hold_place",
+    "wallet_hold_release",
+    "wallet_refund",
+    "wallet_reconcile",
+    "wallet_reverse",
+    "wallet_topup",
+]

@@ -1,0 +1,45 @@
+"""The Stripe webhook endpoint (SPEC 5.2): a thin view over
+billing.stripe_webhooks.webhook_trigger_record. It answers 200 as soon as the
+verified event is stored; processing happens in Celery."""
+
+from uuid import UUID
+
+from django.contrib.auth.decorators import login_not_required
+from django.http import HttpRequest, JsonResponse
+from django.utils.decorators import method_decorator
+from django.views import View
+from django.views.decorators.csrf import csrf_exempt
+from djstripe.models import WebhookEndpoint
+from djstripe.models.webhooks import get_remote_ip
+
+from billing.stripe_webhooks import WebhookRejected, webhook_trigger_record
+
+
+def _error(status: int, code: str, message: str) -> JsonResponse:
+    return JsonResponse({"error": {"code": code, "message": message}}, status=status)
+
+
+@method_decorator(csrf_exempt, name="dispatch")
+@method_decorator(login_not_required, name="dispatch")
+class StripeWebhookView(View):
+    http_method_names = ["post"]
+
+    def post(self, request: HttpRequest, uuid: UUID) -> JsonResponse:
+        signature = request.headers.get("Stripe-Signature")
+        if not signature:
+            # Checked first: unsigned requests never touch the database.
+            return _error(400, "invalid_signature", "The Stripe-Signature header is missing.")
+        endpoint = WebhookEndpoint.objects.filter(djstripe_uuid=uuid).first()
+        if endpoint is None:
+            return _error(404, "not_found", "No such webhook endpoint.")
+        try:
+            trigger = webhook_trigger_record(
+                endpoint=endpoint,
+                body=request.body,
+                signature=signature,
+                headers=dict(request.headers),
+                remote_ip=get_remote_ip(request),
+            )
+        except WebhookRejected as exc:
+            return _error(400, "invalid_signature", str(exc))
+        return JsonResponse({"received": True, "trigger": trigger.pk})

@@ -1,0 +1,136 @@
+"""What a model sees for a turn: the system prompt, the session's rolling summary,
+then the most recent messages that fit the alias's input budget, oldest dropped
+first, and the turn's own messages last (always kept).
+
+The input budget is the alias's `context_tokens` minus its `max_output_tokens`, so
+prompt plus reply fit the model's window. Tokens are estimated from text length
+(chat.llm.estimate_*), the same rule the holds use.
+
+History is the messages of *completed* turns created before this turn's first
+message: a failed turn's question without its answer is left out, and a reply
+finished after this turn was asked is not part of what it answers.
+"""
+
+from dataclasses import dataclass, field, replace
+
+from django.db.models import Q
+
+from billing.models import ModelPrice
+from chat.llm import ChatMessage, ToolCallRequest, estimate_message_tokens, estimate_prompt_tokens
+from chat.models import ChatSession, Message, Turn
+
+# How many recent messages are read to fill the budget (bounds the query).
+HISTORY_SCAN = 200
+
+
+@dataclass
+class TurnContext:
+    messages: list[ChatMessage]
+    input_tokens: int
+    # Older messages left out because they did not fit the budget.
+    dropped: int = 0
+    history_ids: list[int] = field(default_factory=list)
+    # The turn's own stored messages (its user message), as read for this context.
+    own_rows: list[Message] = field(default_factory=list)
+
+
+def input_budget(price: ModelPrice) -> int:
+    budget = price.context_tokens - price.max_output_tokens
+    # A misconfigured price (output >= window) still leaves room for a prompt.
+    return budget if budget > 0 else max(price.context_tokens // 2, 1)
+
+
+def head_messages(*, session: ChatSession, system_prompt: str | None = None) -> list[ChatMessage]:
+    prompt = session.system_prompt if system_prompt is None else system_prompt
+    head = [ChatMessage(role="system", content=prompt)] if prompt else []
+    if session.summary:
+        head.append(ChatMessage(role="system", content=f"Summary of the conversation so far:\n{session.summary}"))
+    return head
+
+
+def _chat_message(role: str, content: str, tool_calls: list | None, tool_call_id: str) -> ChatMessage:
+    calls = tuple(ToolCallRequest.from_dict(item) for item in tool_calls or ())
+    return ChatMessage(role=role, content=content, tool_calls=calls, tool_call_id=tool_call_id)
+
+
+def _with_tool_names(messages: list[ChatMessage]) -> list[ChatMessage]:
+    """A tool result gets the name of the tool from the assistant message that asked for it."""
+    names: dict[str, str] = {}
+    named = []
+    for message in messages:
+        names.update({call.id: call.name for call in message.tool_calls})
+        if message.role == "tool" and message.tool_call_id in names:
+            message = replace(message, name=names[message.tool_call_id])
+        named.append(message)
+    return named
+
+
+def to_chat_messages(rows: list[Message]) -> list[ChatMessage]:
+    """Stored messages in the providers' neutral shape."""
+    return _with_tool_names([_chat_message(r.role, r.content, r.tool_calls, r.tool_call_id) for r in rows])
+
+
+# What the context reads of each message: plain values, not model instances (a long
+# session means up to HISTORY_SCAN rows per call).
+ROW_FIELDS = ("id", "turn_id", "session_id", "role", "participant_id", "content", "tool_calls", "tool_call_id",
+              "created_at")  # fmt: skip
+
+
+def context_rows(*, turn: Turn) -> list[dict]:
+    """What context_build reads, newest first, in ONE query: the turn's own messages
+    and the newest messages of completed turns after the session's summary (those
+    newer than the turn's question are dropped by context_build)."""
+    session = turn.session
+    rows = Message.objects.filter(Q(turn=turn) | Q(session=session, turn__status=Turn.Status.COMPLETED))
+    if session.summary_through_message_id:
+        rows = rows.filter(Q(turn=turn) | Q(id__gt=session.summary_through_message_id))
+    return list(rows.order_by("-id").values(*ROW_FIELDS)[:HISTORY_SCAN])
+
+
+def context_build(
+    *,
+    turn: Turn,
+    price: ModelPrice,
+    system_prompt: str | None = None,
+    extra: list[ChatMessage] | None = None,
+    reserved_tokens: int = 0,
+    rows: list[dict] | None = None,
+) -> TurnContext:
+    """The prompt for the next call of `turn`. `extra` are messages produced earlier
+    in this turn and not yet stored (a tool loop, earlier round-table replies);
+    `reserved_tokens` is budget taken by something sent besides the messages (tool
+    definitions); `rows` is `context_rows(turn=turn)` when the caller already read it
+    (a run reads it once for all its calls)."""
+    session = turn.session
+    if rows is None:
+        rows = context_rows(turn=turn)
+    own_rows = [Message(**row) for row in sorted((r for r in rows if r["turn_id"] == turn.pk), key=lambda r: r["id"])]
+    if not own_rows:  # more than HISTORY_SCAN newer messages: read the turn's own directly
+        own_rows = list(Message.objects.filter(turn=turn).order_by("id"))
+    first_own = own_rows[0].id if own_rows else None
+    newest_first = [r for r in rows if r["turn_id"] != turn.pk and (first_own is None or r["id"] < first_own)]
+    own = to_chat_messages(own_rows) + list(extra or ())
+    head = head_messages(session=session, system_prompt=system_prompt)
+    used = estimate_prompt_tokens(head) + estimate_prompt_tokens(own) + reserved_tokens
+    budget = input_budget(price)
+
+    kept: list[tuple[int, ChatMessage, int]] = []
+    for row in newest_first:
+        message = _chat_message(row["role"], row["content"], row["tool_calls"], row["tool_call_id"])
+        cost = estimate_message_tokens(message)
+        if used + cost > budget:
+            break
+        kept.append((row["id"], message, cost))
+        used += cost
+    kept.reverse()
+    # A tool result whose assistant tool call was cut off would be refused by the
+    # providers: drop such orphans from the old end.
+    while kept and kept[0][1].role == Message.Role.TOOL:
+        used -= kept.pop(0)[2]
+    return TurnContext(
+        messages=head + _with_tool_names([message for _, message, _ in kept]) + own,
+        input_tokens=used - reserved_tokens,
+        dropped=len(newest_first) - len(kept),
+        history_ids=[row_id for row_id, _, _ in kept],
+        own_rows=own_rows,
+    )

@@ -1,0 +1,47 @@
+"""Model providers, chosen per ModelPrice row (`provider`): `local` (offline,
+deterministic, the embedded default), `openai` (any OpenAI-compatible endpoint) and
+`anthropic`. All speak the neutral shapes of chat.llm.base; see its docstring."""
+
+from chat.llm.base import (
+    ChatMessage,
+    DeltaCallback,
+    LLMResult,
+    Provider,
+    ProviderError,
+    ToolCallRequest,
+    estimate_message_tokens,
+    estimate_prompt_tokens,
+    estimate_tokens,
+)
+
+
+def provider_for(name: str) -> Provider:
+    """The provider for a ModelPrice.provider value. Imported lazily: a process that
+    only serves the local model never loads the SDKs."""
+    if name == "local":
+        from chat.llm.local import LocalProvider
+
+        return LocalProvider()
+    if name == "openai":
+        from chat.llm.openai_provider import OpenAIProvider
+
+        return OpenAIProvider()
+    if name == "anthropic":
+        from chat.llm.anthropic_provider import AnthropicProvider
+
+        return AnthropicProvider()
+    raise ProviderError(f"Unknown provider '{name}'.")
+
+
+__all__ = [
+    "ChatMessage",
+    "DeltaCallback",
+    "LLMResult",
+    "Provider",
+    "ProviderError",
+    "ToolCallRequest",
+    "estimate_message_tokens",
+    "estimate_prompt_tokens",
+    "estimate_tokens",
+    "provider_for",
+]

@@ -1,0 +1,159 @@
+"""`anthropic` provider: the `anthropic` SDK (Messages API) at ANTHROPIC_BASE_URL.
+
+System messages become the `system` parameter; tool definitions go out as
+`tools=[{"name", "description", "input_schema"}]`; the model's `tool_use` blocks
+come back as ToolCallRequest; an assistant's tool calls are sent back as
+`tool_use` blocks and tool results as `tool_result` blocks in the next user
+message (consecutive same-role messages are merged, as the API expects).
+Streaming reads usage from `message_start` (input) and `message_delta` (output,
+cumulative). Retries on 408/409/429/5xx are the SDK's own (LLM_MAX_RETRIES).
+"""
+
+import logging
+from collections.abc import Sequence
+from functools import lru_cache
+from typing import Any
+
+import anthropic
+from django.conf import settings
+
+from chat.llm.base import ChatMessage, DeltaCallback, LLMResult, ProviderError, ToolCallRequest
+from chat.llm.errors import SDK_ERRORS, readable_error
+
+logger = logging.getLogger(__name__)
+
+STOP_REASONS = {"tool_use": "tool_calls", "max_tokens": "length"}
+
+
+@lru_cache(maxsize=8)
+def _client(base_url: str, api_key: str, timeout: float, max_retries: int) -> anthropic.Anthropic:
+    return anthropic.Anthropic(
+        api_key=api_key or "not-needed", base_url=base_url or None, timeout=timeout, max_retries=max_retries
+    )
+
+
+def client() -> anthropic.Anthropic:
+    return _client(
+        settings.ANTHROPIC_BASE_URL, settings.ANTHROPIC_API_KEY, settings.LLM_TIMEOUT_SECONDS, settings.LLM_MAX_RETRIES
+    )
+
+
+def to_wire(messages: Sequence[ChatMessage]) -> tuple[str, list[dict[str, Any]]]:
+    """(system, messages) in the Messages API shape."""
+    system = "\n\n".join(m.content for m in messages if m.role == "system" and m.content)
+    wire: list[dict[str, Any]] = []
+    for message in messages:
+        if message.role == "system":
+            continue
+        if message.role == "tool":
+            role = "user"
+            blocks = [{"type": "tool_result", "tool_use_id": message.tool_call_id, "content": message.content}]
+        else:
+            role = message.role
+            # The API refuses empty text blocks (an assistant that only called tools).
+            blocks = [{"type": "text", "text": message.content}] if message.content else []
+            blocks += [
+                {"type": "tool_use", "id": call.id, "name": call.name, "input": call.arguments}
+                for call in message.tool_calls
+            ]
+        if wire and wire[-1]["role"] == role:
+            wire[-1]["content"].extend(blocks)
+        else:
+            wire.append({"role": role, "content": blocks})
+    return system, wire
+
+
+def to_wire_tools(tools: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [
+        {"name": t["name"], "description": t.get("description", ""), "input_schema": t["parameters"]} for t in tools
+    ]
+
+
+def _input_tokens(usage: Any) -> int:
+    # Cache writes and reads are input the model processed; billed at the input price.
+    return sum(
+        getattr(usage, name, None) or 0
+        for name in ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
+    )
+
+
+class AnthropicProvider:
+    name = "anthropic"
+
+    def complete(
+        self,
+        *,
+        model: str,
+        messages: Sequence[ChatMessage],
+        max_output_tokens: int,
+        tools: Sequence[dict[str, Any]] | None = None,
+        on_delta: DeltaCallback | None = None,
+    ) -> LLMResult:
+        system, wire = to_wire(messages)
+        params: dict[str, Any] = {"model": model, "max_tokens": max_output_tokens, "messages": wire}
+        if system:
+            params["system"] = system
+        if tools:
+            params["tools"] = to_wire_tools(tools)
+        try:
+            if on_delta is None:
+                return self._plain(params)
+            return self._stream(params, on_delta)
+        except SDK_ERRORS as exc:
+            logger.warning("anthropic call to %s failed: %s", model, exc.__class__.__name__)
+            raise readable_error(exc, provider=self.name) from exc
+
+    def _plain(self, params: dict[str, Any]) -> LLMResult:
+        response = client().messages.create(**params)
+        text, calls = [], []
+        for block in response.content:
+            if block.type == "text":
+                text.append(block.text)
+            elif block.type == "tool_use":
+                calls.append(ToolCallRequest.from_raw(id=block.id, name=block.name, raw=dict(block.input or {})))
+        return LLMResult(
+            text="".join(text), tool_calls=tuple(calls),
+            finish_reason=STOP_REASONS.get(response.stop_reason or "", "stop"),
+            input_tokens=_input_tokens(response.usage), output_tokens=response.usage.output_tokens or 0,
+        )  # fmt: skip
+
+    def _stream(self, params: dict[str, Any], on_delta: DeltaCallback) -> LLMResult:
+        text: list[str] = []
+        blocks: dict[int, dict[str, Any]] = {}
+        input_tokens = output_tokens = 0
+        stop_reason = ""
+        stopped = False
+        stream = client().messages.create(**params, stream=True)
+        with stream:
+            for event in stream:
+                if event.type == "message_start":
+                    input_tokens = _input_tokens(event.message.usage)
+                    output_tokens = event.message.usage.output_tokens or 0
+                elif event.type == "content_block_start":
+                    block = event.content_block
+                    if block.type == "tool_use":
+                        blocks[event.index] = {"id": block.id, "name": block.name, "json": []}
+                elif event.type == "content_block_delta":
+                    delta = event.delta
+                    if delta.type == "text_delta" and delta.text:
+                        text.append(delta.text)
+                        on_delta(delta.text)
+                    elif delta.type == "input_json_delta" and event.index in blocks:
+                        blocks[event.index]["json"].append(delta.partial_json)
+                elif event.type == "message_delta":
+                    stop_reason = event.delta.stop_reason or stop_reason
+                    # Cumulative counts: the last message_delta has the totals.
+                    output_tokens = event.usage.output_tokens or output_tokens
+                    input_tokens = max(input_tokens, _input_tokens(event.usage))
+                elif event.type == "message_stop":
+                    stopped = True
+        if not stopped:
+            raise ProviderError(f"The {self.name} provider's stream ended before the reply was complete.")
+        calls = tuple(
+            ToolCallRequest.from_raw(id=b["id"], name=b["name"], raw="".join(b["json"]))
+            for _, b in sorted(blocks.items())
+        )
+        return LLMResult(
+            text="".join(text), tool_calls=calls, finish_reason=STOP_REASONS.get(stop_reason, "stop"),
+            input_tokens=input_tokens, output_tokens=output_tokens,
+        )  # fmt: skip

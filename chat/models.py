@@ -1,0 +1,221 @@
+import uuid
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+
+# The longest message a user can send in a turn (SPEC 5.1).
+CONTENT_MAX_CHARS = 32_000
+
+
+class ChatSession(models.Model):
+    class Mode(models.TextChoices):
+        SINGLE = "single"
+        ROUNDTABLE = "roundtable"
+        ORCHESTRATOR = "orchestrator"
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="chat_sessions")
+    title = models.CharField(max_length=200, blank=True)
+    mode = models.CharField(max_length=16, choices=Mode.choices, default=Mode.SINGLE)
+    model_alias = models.CharField(max_length=64, blank=True)
+    orchestrator_alias = models.CharField(max_length=64, blank=True)
+    system_prompt = models.TextField(blank=True)
+    summary = models.TextField(blank=True)
+    # Messages up to this id are folded into `summary`.
+    summary_through_message_id = models.BigIntegerField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    # Soft delete: turns, LLM calls and their ledger debits stay, so usage reports and
+    # rollups keep matching the raw calls after a user deletes a conversation.
+    deleted_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-updated_at", "-id"]
+        verbose_name = "chat session"
+        indexes = [
+            # Serves "my sessions, most recently active first" (GET sessions).
+            models.Index(
+                fields=["user", "-updated_at"], condition=Q(deleted_at__isnull=True), name="chat_session_user_updated"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return self.title or f"Session {self.pk}"
+
+
+class Participant(models.Model):
+    session = models.ForeignKey(ChatSession, on_delete=models.CASCADE, related_name="participants")
+    name = models.CharField(max_length=100)
+    model_alias = models.CharField(max_length=64)
+    system_prompt = models.TextField(blank=True)
+    position = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        ordering = ["position", "id"]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.model_alias})"
+
+
+class Turn(models.Model):
+    class Status(models.TextChoices):
+        QUEUED = "queued"
+        RUNNING = "running"
+        COMPLETED = "completed"
+        FAILED = "failed"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    session = models.ForeignKey(ChatSession, on_delete=models.CASCADE, related_name="turns")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="turns")
+    model_alias = models.CharField(max_length=64)
+    # The price quoted when the turn was accepted: its hold was computed from it, and
+    # the reply is charged at it.
+    price = models.ForeignKey("billing.ModelPrice", on_delete=models.PROTECT, null=True, blank=True, related_name="+")
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
+    error = models.TextField(blank=True)
+    credits_charged = models.DecimalField(max_digits=18, decimal_places=8, null=True, blank=True)
+    balance_after = models.DecimalField(max_digits=18, decimal_places=8, null=True, blank=True)
+    low_balance = models.BooleanField(default=False)
+    idempotency_key = models.CharField(max_length=255, null=True, blank=True)
+    # How many times a worker started this turn (more than 1 after a redelivery).
+    attempts = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["user", "idempotency_key"],
+                condition=Q(idempotency_key__isnull=False),
+                name="chat_turn_user_idempotency_key_unique",
+            ),
+            models.CheckConstraint(
+                condition=Q(status__in=["queued", "running", "completed", "failed"]), name="chat_turn_status_valid"
+            ),
+            models.CheckConstraint(
+                condition=Q(credits_charged__isnull=True) | Q(credits_charged__gte=0),
+                name="chat_turn_credits_charged_not_negative",
+            ),
+        ]
+        indexes = [models.Index(fields=["session", "created_at"], name="chat_turn_session_created")]
+
+    def __str__(self) -> str:
+        return f"Turn {self.pk} ({self.status})"
+
+
+class Message(models.Model):
+    class Role(models.TextChoices):
+        USER = "user"
+        ASSISTANT = "assistant"
+        TOOL = "tool"
+        SYSTEM = "system"
+
+    session = models.ForeignKey(ChatSession, on_delete=models.CASCADE, related_name="messages")
+    turn = models.ForeignKey(Turn, on_delete=models.CASCADE, related_name="messages")
+    role = models.CharField(max_length=16, choices=Role.choices)
+    participant = models.ForeignKey(Participant, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    content = models.TextField()
+    # An assistant message that asked for tools: [{"id", "name", "arguments"}], in the
+    # provider-neutral shape of chat.llm.ToolCallRequest. Replayed into later contexts.
+    tool_calls = models.JSONField(null=True, blank=True)
+    # A tool message: the id of the tool call it answers.
+    tool_call_id = models.CharField(max_length=128, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["id"]
+        indexes = [models.Index(fields=["session", "id"], name="chat_message_session_id")]
+
+    def __str__(self) -> str:
+        text = " ".join(self.content.split())
+        return f"{self.role}: {text[:60]}{'…' if len(text) > 60 else ''}"
+
+
+class LLMCall(models.Model):
+    """The usage event: one provider call, metered at the price in force."""
+
+    class Purpose(models.TextChoices):
+        REPLY = "reply"
+        SUMMARY = "summary"
+        ORCHESTRATE = "orchestrate"
+        TOOL_FOLLOWUP = "tool_followup"
+
+    class Status(models.TextChoices):
+        OK = "ok"
+        FAILED = "failed"
+
+    turn = models.ForeignKey(Turn, on_delete=models.CASCADE, related_name="llm_calls")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    price = models.ForeignKey("billing.ModelPrice", on_delete=models.PROTECT, related_name="+")
+    purpose = models.CharField(max_length=16, choices=Purpose.choices, default=Purpose.REPLY)
+    model_alias = models.CharField(max_length=64)
+    provider = models.CharField(max_length=16)
+    provider_model = models.CharField(max_length=128)
+    input_tokens = models.PositiveIntegerField(default=0)
+    output_tokens = models.PositiveIntegerField(default=0)
+    # Exact cost (ledger precision) and the display figure (usage precision).
+    cost = models.DecimalField(max_digits=18, decimal_places=8, default=0)
+    credits_burned = models.DecimalField(max_digits=20, decimal_places=4, default=0)
+    latency_ms = models.PositiveIntegerField(default=0)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.OK)
+    # Why a failed call failed, readable (never a secret or a request body).
+    error = models.CharField(max_length=500, blank=True)
+    used_fallback = models.BooleanField(default=False)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        ordering = ["id"]
+        verbose_name = "LLM call"
+        verbose_name_plural = "LLM calls"
+        indexes = [
+            models.Index(fields=["user", "created_at"], name="chat_llmcall_user_created"),
+            models.Index(fields=["model_alias", "created_at"], name="chat_llmcall_alias_created"),
+        ]
+
+    def __str__(self) -> str:
+        return f"LLM call {self.pk}: {self.purpose} on {self.model_alias}"
+
+
+class ToolCall(models.Model):
+    """A tool the model asked for and what it returned (excerpt), in one turn."""
+
+    class Status(models.TextChoices):
+        OK = "ok"
+        ERROR = "error"
+
+    turn = models.ForeignKey(Turn, on_delete=models.CASCADE, related_name="tool_calls")
+    llm_call = models.ForeignKey(LLMCall, on_delete=models.CASCADE, related_name="tool_calls")
+    tool = models.CharField(max_length=64)
+    arguments = models.JSONField(default=dict)
+    result_excerpt = models.TextField(blank=True)
+    status = models.CharField(max_length=16, choices=Status.choices)
+    latency_ms = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["id"]
+
+    def __str__(self) -> str:
+        return f"{self.tool} ({self.status})"
+
+
+class UploadedFile(models.Model):
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="files")
+    session = models.ForeignKey(ChatSession, on_delete=models.SET_NULL, null=True, blank=True, related_name="files")
+    name = models.CharField(max_length=255)
+    content_type = models.CharField(max_length=100)
+    size = models.PositiveIntegerField()
+    sha256 = models.CharField(max_length=64)
+    extracted_text = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        verbose_name = "uploaded file"
+        # F58: every file query filters by owner.
+        indexes = [models.Index(fields=["owner", "-created_at"], name="chat_file_owner_created")]
+
+    def __str__(self) -> str:
+        return self.name

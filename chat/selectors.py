@@ -1,0 +1,82 @@
+"""Reads for chat: every query a view makes starts from the requesting user, so
+someone else's session or turn is simply not found (404)."""
+
+from uuid import UUID
+
+from django.db import connection
+from django.db.models import Prefetch, QuerySet
+
+from accounts.models import User
+from billing.models import ModelPrice
+from chat.models import ChatSession, LLMCall, Message, ToolCall, Turn
+
+FINISHED = (Turn.Status.COMPLETED, Turn.Status.FAILED)
+
+
+def sessions_for_user(*, user: User) -> QuerySet[ChatSession]:
+    return ChatSession.objects.filter(user=user, deleted_at__isnull=True)
+
+
+def session_get(*, user: User, session_id: int) -> ChatSession | None:
+    return sessions_for_user(user=user).filter(pk=session_id).first()
+
+
+def turns_for_session(*, session: ChatSession) -> QuerySet[Turn]:
+    return Turn.objects.filter(session=session)
+
+
+def turn_get(*, user: User, turn_id: UUID) -> Turn | None:
+    """The user's turn with what GET turns/{id} shows; None for anyone else's."""
+    return (
+        Turn.objects.filter(pk=turn_id, user=user, session__deleted_at__isnull=True)
+        .prefetch_related(
+            Prefetch("messages", queryset=Message.objects.order_by("id")),
+            Prefetch("llm_calls", queryset=LLMCall.objects.order_by("id")),
+            Prefetch("tool_calls", queryset=ToolCall.objects.order_by("id")),
+        )
+        .first()
+    )
+
+
+def turn_for_idempotency_key(*, user: User, key: str) -> Turn | None:
+    return Turn.objects.filter(user=user, idempotency_key=key).first()
+
+
+def turn_is_finished(*, turn_id: UUID | str) -> bool:
+    return Turn.objects.filter(pk=turn_id, status__in=FINISHED).exists()
+
+
+def price_active(*, alias: str) -> ModelPrice | None:
+    if not alias:
+        return None
+    return ModelPrice.objects.filter(alias=alias, active=True).first()
+
+
+def price_default() -> ModelPrice | None:
+    """The alias a new session gets when it names none: the first one configured."""
+    return ModelPrice.objects.filter(active=True).order_by("created_at", "id").first()
+
+
+def session_history_size(*, session: ChatSession, before_message_id: int | None, scan: int) -> tuple[int, int]:
+    """(messages, characters) of the newest `scan` messages of the session (after its
+    summary, before `before_message_id`): the history part of a prompt estimate."""
+    # Plain SQL: this runs on every turn request, and building the ORM's subquery
+    # cost more than running it. LENGTH counts characters on PostgreSQL and SQLite.
+    where, params = ["session_id = %s"], [session.pk]
+    if session.summary_through_message_id:
+        where.append("id > %s")
+        params.append(session.summary_through_message_id)
+    if before_message_id is not None:
+        where.append("id < %s")
+        params.append(before_message_id)
+    sql = (
+        f"SELECT COUNT(*), SUM(LENGTH(content)) FROM (SELECT content FROM {MESSAGE_TABLE} "  # noqa: S608
+        f"WHERE {' AND '.join(where)} ORDER BY id DESC LIMIT %s) newest"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [*params, scan])
+        count, chars = cursor.fetchone()
+    return count or 0, chars or 0
+
+
+MESSAGE_TABLE = Message._meta.db_table

@@ -1,0 +1,242 @@
+"""Parley settings: the one place that reads the environment.
+
+With no environment at all this is the embedded default (SQLite file, eager
+Celery tasks, the offline `local` provider, Stripe off, DEBUG on). Setting
+`DATABASE_URL` and `REDIS_URL` switches to PostgreSQL and a Redis broker with no
+code change. Defaults follow SPEC section 7.
+"""
+
+import re
+import secrets
+from decimal import Decimal
+from pathlib import Path
+
+import environ
+from django.core.exceptions import ImproperlyConfigured
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+env = environ.Env()
+
+# The embedded default is a local, single-process setup; any deployment names its
+# database. DEBUG therefore defaults to on only when DATABASE_URL is unset, so a
+# production environment never gets DEBUG by forgetting a variable.
+EMBEDDED = "DATABASE_URL" not in env
+DEBUG = env.bool("DEBUG", default=EMBEDDED)
+
+SECRET_KEY = env.str("SECRET_KEY", default="")
+ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=[])
+if DEBUG:
+    if not SECRET_KEY:
+        # Local use only: a random key made once and kept in a git-ignored file, so a
+        # checkout never runs with a key anyone else knows.
+        key_file = BASE_DIR / ".secret_key"
+        if not key_file.exists():
+            key_file.write_text(secrets.token_urlsafe(50))
+            key_file.chmod(0o600)
+        SECRET_KEY = key_file.read_text().strip()
+    ALLOWED_HOSTS = ALLOWED_HOSTS or ["localhost", "127.0.0.1", "[::1]", "testserver"]
+elif not SECRET_KEY or not ALLOWED_HOSTS:
+    raise ImproperlyConfigured("With DEBUG off, SECRET_KEY and ALLOWED_HOSTS must be set in the environment.")
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "django_filters",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
+    "djstripe",
+    "core",
+    "accounts",
+    "billing",
+    "chat",
+    "reporting",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    # Serves the admin and Swagger UI assets (bundled, never from a CDN) under gunicorn too.
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "config.urls"
+WSGI_APPLICATION = "config.wsgi.application"
+ASGI_APPLICATION = "config.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{BASE_DIR / 'db.sqlite3'}")}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # Several threads (SSE, eager tasks) share the file: wait for locks instead of failing.
+    DATABASES["default"].setdefault("OPTIONS", {}).update({"timeout": 20, "transaction_mode": "IMMEDIATE"})
+DATABASES["default"]["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=0)
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_USER_MODEL = "accounts.User"
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / "staticfiles"
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
+}
+MEDIA_ROOT = env.path("MEDIA_ROOT", default=BASE_DIR / "media")
+
+# --- Redis, cache and Celery -------------------------------------------------
+REDIS_URL = env.str("REDIS_URL", default="")
+if REDIS_URL:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
+else:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+
+CELERY_BROKER_URL = REDIS_URL or "memory://"
+CELERY_TASK_ALWAYS_EAGER = env.bool("CELERY_TASK_ALWAYS_EAGER", default=not REDIS_URL)
+CELERY_TASK_EAGER_PROPAGATES = True
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_SERIALIZER = "json"
+CELERY_RESULT_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_TASK_IGNORE_RESULT = True
+# A task whose worker died is redelivered after this many seconds (Redis broker).
+# Workers look for such abandoned tasks every 10 s (kombu's default is every ~100 s).
+CELERY_BROKER_TRANSPORT_OPTIONS = {
+    "visibility_timeout": env.int("CELERY_VISIBILITY_TIMEOUT", default=3600),
+    "unacked_restore_interval": 10,
+    "unacked_restore_throttle": 1,
+}
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+
+# --- API ---------------------------------------------------------------------
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": ["accounts.authentication.ApiKeyAuthentication"],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_PAGINATION_CLASS": "core.pagination.DefaultPagination",
+    "PAGE_SIZE": 50,
+    "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
+    "DEFAULT_THROTTLE_CLASSES": [
+        "rest_framework.throttling.AnonRateThrottle",
+        "rest_framework.throttling.UserRateThrottle",
+    ],
+    "DEFAULT_THROTTLE_RATES": {
+        "anon": env.str("THROTTLE_ANON_RATE", default="60/min"),
+        "user": env.str("THROTTLE_USER_RATE", default="600/min"),
+    },
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "EXCEPTION_HANDLER": "core.exceptions.exception_handler",
+    "TEST_REQUEST_DEFAULT_FORMAT": "json",
+}
+
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Parley API",
+    "DESCRIPTION": "LLM chat with prepaid credits.",
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "COMPONENT_SPLIT_REQUEST": True,
+    "POSTPROCESSING_HOOKS": ["drf_spectacular.hooks.postprocess_schema_enums", "core.schema.add_error_responses"],
+}
+
+# Baseline endpoints used only by bench/ (bare INSERT); off unless a benchmark turns it on.
+BENCH_ENDPOINTS = env.bool("BENCH_ENDPOINTS", default=False)
+
+ALLOW_REGISTRATION = env.bool("ALLOW_REGISTRATION", default=True)
+
+# --- Billing -----------------------------------------------------------------
+LOW_BALANCE_THRESHOLD = Decimal(env.str("LOW_BALANCE_THRESHOLD", default="5.0"))
+BILLING_ENFORCEMENT = env.str("BILLING_ENFORCEMENT", default="warn")
+if BILLING_ENFORCEMENT not in ("warn", "block"):
+    raise ImproperlyConfigured("BILLING_ENFORCEMENT must be 'warn' or 'block'.")
+ADMIN_GRANT_MAX = Decimal(env.str("ADMIN_GRANT_MAX", default="10000"))
+CREDITS_PER_USD = Decimal(env.str("CREDITS_PER_USD", default="100"))
+TOP_UP_MIN_USD = Decimal(env.str("TOP_UP_MIN_USD", default="1.00"))
+TOP_UP_MAX_USD = Decimal(env.str("TOP_UP_MAX_USD", default="500.00"))
+
+# --- Stripe (off when no secret key) -------------------------------------------
+# Without STRIPE_SECRET_KEY top-ups answer 503 and nothing else changes. One API
+# version is used everywhere: billing/stripe_api.py sets it as the client's global
+# default and dj-stripe passes it on every call it makes. 2026-05-27.dahlia is the
+# version dj-stripe 2.11 is built and tested against (its DEFAULT_STRIPE_API_VERSION).
+STRIPE_SECRET_KEY = env.str("STRIPE_SECRET_KEY", default="")
+if STRIPE_SECRET_KEY and not re.fullmatch(r"(sk|rk)_(test|live)_[A-Za-z0-9]{24,}", STRIPE_SECRET_KEY):
+    # The key itself is never echoed.
+    raise ImproperlyConfigured("STRIPE_SECRET_KEY is not a Stripe secret key (sk_test_..., sk_live_..., rk_...).")
+STRIPE_API_VERSION = env.str("STRIPE_API_VERSION", default="2026-05-27.dahlia")
+# Another Stripe host (a local stripe-mock, the test suite's fake); empty means Stripe's own.
+STRIPE_API_BASE = env.str("STRIPE_API_BASE", default="")
+STRIPE_ENABLED = bool(STRIPE_SECRET_KEY)
+# Live or test mode follows the key itself, so the two can never disagree.
+STRIPE_LIVE_MODE = STRIPE_SECRET_KEY.startswith(("sk_live_", "rk_live_"))
+DJSTRIPE_FOREIGN_KEY_TO_FIELD = "id"
+# Every webhook is checked against its endpoint's signing secret (no unsigned shortcut).
+DJSTRIPE_WEBHOOK_VALIDATION = "verify_signature"
+DJSTRIPE_USE_NATIVE_JSONFIELD = True
+# Webhook processing (billing/tasks.py): retries with exponential backoff up to this many times.
+STRIPE_WEBHOOK_MAX_RETRIES = env.int("STRIPE_WEBHOOK_MAX_RETRIES", default=8)
+
+# --- Models, tools, uploads --------------------------------------------------
+OPENAI_API_KEY = env.str("OPENAI_API_KEY", default="")
+OPENAI_BASE_URL = env.str("OPENAI_BASE_URL", default="")
+ANTHROPIC_API_KEY = env.str("ANTHROPIC_API_KEY", default="")
+ANTHROPIC_BASE_URL = env.str("ANTHROPIC_BASE_URL", default="")
+LLM_TIMEOUT_SECONDS = env.float("LLM_TIMEOUT_SECONDS", default=60.0)
+LLM_MAX_RETRIES = env.int("LLM_MAX_RETRIES", default=2)
+LOCAL_LLM_LATENCY_MS = env.int("LOCAL_LLM_LATENCY_MS", default=0)
+MAX_UPLOAD_BYTES = env.int("MAX_UPLOAD_BYTES", default=5 * 1024 * 1024)
+WEB_SEARCH_URL = env.str("WEB_SEARCH_URL", default="")
+WEB_SEARCH_TIMEOUT_SECONDS = env.float("WEB_SEARCH_TIMEOUT_SECONDS", default=10.0)
+MAX_TOOL_ROUNDS = env.int("MAX_TOOL_ROUNDS", default=4)
+MAX_ORCHESTRATOR_STEPS = env.int("MAX_ORCHESTRATOR_STEPS", default=6)
+TURN_MAX_WAIT_SECONDS = env.int("TURN_MAX_WAIT_SECONDS", default=30)
+
+# --- Logging: never log request bodies or secrets ------------------------------
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
+}
+
+if not DEBUG:
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    SESSION_COOKIE_SECURE = env.bool("SESSION_COOKIE_SECURE", default=True)
+    CSRF_COOKIE_SECURE = env.bool("CSRF_COOKIE_SECURE", default=True)

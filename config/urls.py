@@ -1,0 +1,29 @@
+from django.conf import settings
+from django.contrib import admin
+from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+
+api_v1 = [
+    path("", include("core.urls")),
+    path("", include("accounts.urls")),
+    path("", include("billing.urls")),
+    path("", include("billing.urls_topups")),
+    path("", include("chat.urls")),
+    path("", include("chat.urls_files")),
+    path("", include("reporting.urls")),
+]
+
+urlpatterns = [
+    path("api/v1/", include(api_v1)),
+    path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),
+    path("admin/", admin.site.urls),
+    path("stripe/", include("billing.stripe_urls", namespace="djstripe")),
+]
+
+if settings.BENCH_ENDPOINTS:
+    # Baselines for bench/: never enabled in production.
+    urlpatterns.append(path("bench/", include("bench.urls")))
+
+handler404 = "core.views.not_found"
+handler500 = "core.views.server_error"

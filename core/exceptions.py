@@ -1,0 +1,94 @@
+"""Project errors and the one exception handler that turns every 4xx into the
+shared body:
+
+    {"error": {"code": "invalid", "message": "...", "fields": {"amount": ["..."]}}}
+
+`fields` is present only when specific input fields are at fault.
+"""
+
+from typing import Any
+
+from django.core.exceptions import PermissionDenied
+from django.core.exceptions import ValidationError as DjangoValidationError
+from django.http import Http404
+from rest_framework import exceptions, status
+from rest_framework.response import Response
+
+
+class ApplicationError(Exception):
+    """A business rule refused the request. Views never catch it; the handler does."""
+
+    status_code = status.HTTP_400_BAD_REQUEST
+    code = "invalid"
+
+    def __init__(self, message: str, *, fields: dict[str, list[str]] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.fields = fields
+
+
+class StateConflict(ApplicationError):
+    """Well-formed but impossible in the object's current state (SPEC section 6)."""
+
+    status_code = status.HTTP_422_UNPROCESSABLE_ENTITY
+    code = "invalid_state"
+
+
+class InsufficientCredits(ApplicationError):
+    status_code = status.HTTP_402_PAYMENT_REQUIRED
+    code = "insufficient_credits"
+
+
+class ServiceUnavailable(ApplicationError):
+    status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+    code = "service_unavailable"
+
+
+def field_error(field: str, message: str) -> ApplicationError:
+    return ApplicationError(f"{field}: {message}", fields={field: [message]})
+
+
+def _flatten(detail: Any) -> dict[str, list[str]]:
+    if isinstance(detail, dict):
+        return {
+            str(key): [str(item) for item in value] if isinstance(value, list) else [str(value)]
+            for key, value in detail.items()
+        }
+    if isinstance(detail, list):
+        return {"non_field_errors": [str(item) for item in detail]}
+    return {"non_field_errors": [str(detail)]}
+
+
+def _body(code: str, message: str, fields: dict[str, list[str]] | None = None) -> dict:
+    error: dict[str, Any] = {"code": code, "message": message}
+    if fields:
+        error["fields"] = fields
+    return {"error": error}
+
+
+def exception_handler(exc: Exception, context: dict) -> Response | None:
+    # Imported here: rest_framework.views loads the authentication classes, which import this module.
+    from rest_framework.views import exception_handler as drf_exception_handler
+
+    if isinstance(exc, ApplicationError):
+        return Response(_body(exc.code, exc.message, exc.fields), status=exc.status_code)
+    if isinstance(exc, DjangoValidationError):
+        exc = exceptions.ValidationError(exc.message_dict if hasattr(exc, "error_dict") else exc.messages)
+    elif isinstance(exc, Http404):
+        exc = exceptions.NotFound()
+    elif isinstance(exc, PermissionDenied):
+        exc = exceptions.PermissionDenied()
+
+    response = drf_exception_handler(exc, context)
+    if response is None:
+        return None
+    if isinstance(exc, exceptions.ValidationError):
+        fields = _flatten(exc.detail)
+        names = ", ".join(name for name in fields if name != "non_field_errors")
+        message = f"Invalid input: {names}." if names else "; ".join(fields["non_field_errors"])
+        response.data = _body("invalid", message, fields)
+    else:
+        detail = exc.detail if isinstance(exc, exceptions.APIException) else str(exc)
+        code = exc.get_codes() if isinstance(exc, exceptions.APIException) else "error"
+        response.data = _body(code if isinstance(code, str) else "error", str(detail))
+    return response

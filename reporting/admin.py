@@ -1,0 +1,83 @@
+"""The staff usage page in the Django admin (/admin/reporting/usage/): the same
+filters, figures and CSV as GET /api/v1/admin/usage/summary, with a bar chart of
+credits per bucket. Read-only; it registers a proxy of UsageDaily so it sits in the
+admin index and has its own view permission (reporting.view_usage)."""
+
+from django.contrib import admin
+from django.core.exceptions import PermissionDenied
+from django.http import HttpRequest, HttpResponse, QueryDict
+from django.template.response import TemplateResponse
+from django.urls import NoReverseMatch, path, reverse
+
+from accounts.models import User
+from reporting.chart import credits_chart
+from reporting.export import usage_csv_response
+from reporting.forms import UsageFilterForm
+from reporting.models import Usage
+from reporting.selectors import usage_summary
+
+
+def _query(params: QueryDict, **changes: object) -> str:
+    """The current filters with some changed (None removes one), as `?...`."""
+    query = params.copy()
+    for name, value in changes.items():
+        query.pop(name, None)
+        if value is not None:
+            query[name] = str(value)
+    return f"?{query.urlencode()}" if query else "?"
+
+
+@admin.register(Usage)
+class UsageAdmin(admin.ModelAdmin):
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Usage | None = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Usage | None = None) -> bool:
+        return False
+
+    def get_urls(self) -> list:
+        # Only the summary page: rollup rows are not edited or browsed one by one.
+        name = f"{self.opts.app_label}_{self.opts.model_name}_changelist"
+        return [path("", self.admin_site.admin_view(self.summary_view), name=name)]
+
+    def summary_view(self, request: HttpRequest) -> HttpResponse:
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        params = request.GET.copy()
+        params.pop("format", None)
+        form = UsageFilterForm(params)
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Usage summary",
+            "opts": self.opts,
+            "form": form,
+        }
+        if form.is_valid():
+            summary = usage_summary(**form.filters())
+            if request.GET.get("format") == "csv":
+                return usage_csv_response(summary)
+            context.update(self._summary_context(params, summary))
+        return TemplateResponse(request, "admin/reporting/usage_summary.html", context)
+
+    def _summary_context(self, params: QueryDict, summary: dict) -> dict:
+        user = User.objects.filter(pk=summary["user_id"]).first() if summary["user_id"] else None
+        for row in summary["by_model"]:
+            row["filter_url"] = _query(params, model_alias=row["model_alias"])
+        for row in summary["by_user"]:
+            row["filter_url"] = _query(params, user_id=row["user_id"])
+        try:
+            user_url = reverse("admin:accounts_user_change", args=[user.pk]) if user else None
+        except NoReverseMatch:
+            user_url = None
+        return {
+            "summary": summary,
+            "chart": credits_chart(summary["by_bucket"], summary["bucket"]),
+            "csv_url": _query(params, format="csv"),
+            "filtered_user": user,
+            "filtered_user_url": user_url,
+            "clear_user_url": _query(params, user_id=None),
+            "clear_model_url": _query(params, model_alias=None),
+        }

@@ -1,0 +1,39 @@
+from decimal import Decimal
+
+from django.conf import settings
+from django.db import models
+
+
+class UsageDaily(models.Model):
+    """Rollup of LLM calls per (day, user, model alias), kept exact in the same
+    transaction that records each call. Rebuild with `manage.py rebuild_usage_rollups`."""
+
+    day = models.DateField()
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    model_alias = models.CharField(max_length=64)
+    calls = models.PositiveIntegerField(default=0)
+    input_tokens = models.BigIntegerField(default=0)
+    output_tokens = models.BigIntegerField(default=0)
+    credits = models.DecimalField(max_digits=20, decimal_places=4, default=Decimal("0"))
+
+    class Meta:
+        verbose_name = "daily usage rollup"
+        constraints = [
+            models.UniqueConstraint(
+                fields=["day", "user", "model_alias"], name="reporting_usagedaily_day_user_alias_unique"
+            ),
+        ]
+        indexes = [
+            models.Index(fields=["user", "day"], name="reporting_usage_user_day"),
+            models.Index(fields=["model_alias", "day"], name="reporting_usage_alias_day"),
+        ]
+
+
+class Usage(UsageDaily):
+    """The staff usage summary in the Django admin (/admin/reporting/usage/). A proxy,
+    so the page sits in the admin index with its own view permission; no new table."""
+
+    class Meta:
+        proxy = True
+        verbose_name = "usage summary"
+        verbose_name_plural = "usage summary"

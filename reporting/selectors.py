@@ -1,0 +1,151 @@
+"""Usage summaries (SPEC 5.4). Two sources with one answer:
+
+- `usage_summary` reads the daily rollups (what the API, the admin page and
+  `usage_report` serve: it reads at most days x users x aliases rows);
+- `usage_summary_from_calls` aggregates the raw LLM calls (the reference the rollups
+  are tested and benchmarked against).
+
+Days are UTC calendar days; `from_date` and `to_date` are inclusive. Buckets are keyed
+by their first day: the day itself, the Monday of the ISO week, the first of the month.
+A breakdown lists only keys with usage; an empty selection has zero totals.
+"""
+
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta
+from decimal import Decimal
+from typing import Any, Literal
+
+from django.db.models import Count, DateField, F, QuerySet, Sum
+from django.db.models.functions import TruncDate, TruncMonth, TruncWeek
+
+from chat.models import LLMCall
+from reporting.models import UsageDaily
+
+Bucket = Literal["day", "week", "month"]
+BUCKETS: tuple[str, ...] = ("day", "week", "month")
+FIGURES = ("calls", "input_tokens", "output_tokens", "credits")
+
+
+@dataclass(frozen=True)
+class UsageFilters:
+    user_id: int | None = None
+    model_alias: str | None = None
+    from_date: date | None = None
+    to_date: date | None = None
+    bucket: Bucket = "day"
+
+
+def zero_figures() -> dict[str, Any]:
+    return {"calls": 0, "input_tokens": 0, "output_tokens": 0, "credits": Decimal("0")}
+
+
+def _figures(row: dict) -> dict[str, Any]:
+    return {
+        "calls": int(row["calls"]),
+        "input_tokens": int(row["input_tokens"]),
+        "output_tokens": int(row["output_tokens"]),
+        "credits": Decimal(row["credits"]),
+    }
+
+
+def _summarize(rows: QuerySet, *, aggregates: dict[str, Any], bucket_expr: Any, filters: UsageFilters) -> dict:
+    """Three grouped queries (by model, by user, by bucket); the totals are the sum of
+    the by-model rows, so they agree with the breakdowns by construction."""
+    by_model = [
+        {"model_alias": row["model_alias"], **_figures(row)}
+        for row in rows.values("model_alias").annotate(**aggregates).order_by("model_alias")
+    ]
+    by_user = [
+        {"user_id": row["user_id"], "email": row["user__email"], **_figures(row)}
+        for row in rows.values("user_id", "user__email").annotate(**aggregates).order_by("user_id")
+    ]
+    by_bucket = [
+        {"bucket": row["bucket_start"], **_figures(row)}
+        for row in rows.annotate(bucket_start=bucket_expr)
+        .values("bucket_start")
+        .annotate(**aggregates)
+        .order_by("bucket_start")
+    ]
+    totals = zero_figures()
+    for row in by_model:
+        for name in FIGURES:
+            totals[name] += row[name]
+    return {
+        "user_id": filters.user_id,
+        "model_alias": filters.model_alias,
+        "from_date": filters.from_date,
+        "to_date": filters.to_date,
+        "bucket": filters.bucket,
+        "totals": totals,
+        "by_model": by_model,
+        "by_user": by_user,
+        "by_bucket": by_bucket,
+    }
+
+
+def usage_summary(
+    *,
+    user_id: int | None = None,
+    model_alias: str | None = None,
+    from_date: date | None = None,
+    to_date: date | None = None,
+    bucket: Bucket = "day",
+) -> dict:
+    """The summary served to staff and users, from the daily rollups."""
+    filters = UsageFilters(user_id, model_alias, from_date, to_date, bucket)
+    rows = UsageDaily.objects.all()
+    if user_id is not None:
+        rows = rows.filter(user_id=user_id)
+    if model_alias is not None:
+        rows = rows.filter(model_alias=model_alias)
+    if from_date is not None:
+        rows = rows.filter(day__gte=from_date)
+    if to_date is not None:
+        rows = rows.filter(day__lte=to_date)
+    bucket_expr = {"day": F("day"), "week": TruncWeek("day"), "month": TruncMonth("day")}[bucket]
+    aggregates = {
+        "calls": Sum("calls"),
+        "input_tokens": Sum("input_tokens"),
+        "output_tokens": Sum("output_tokens"),
+        "credits": Sum("credits"),
+    }
+    return _summarize(rows, aggregates=aggregates, bucket_expr=bucket_expr, filters=filters)
+
+
+def _day_start(day: date) -> datetime:
+    return datetime.combine(day, time.min, tzinfo=UTC)
+
+
+def usage_summary_from_calls(
+    *,
+    user_id: int | None = None,
+    model_alias: str | None = None,
+    from_date: date | None = None,
+    to_date: date | None = None,
+    bucket: Bucket = "day",
+) -> dict:
+    """The same summary aggregated from the raw LLM calls: the reference the rollups
+    must equal exactly."""
+    filters = UsageFilters(user_id, model_alias, from_date, to_date, bucket)
+    rows = LLMCall.objects.all()
+    if user_id is not None:
+        rows = rows.filter(user_id=user_id)
+    if model_alias is not None:
+        rows = rows.filter(model_alias=model_alias)
+    # Half-open ranges on the timestamp, so the (user|alias, created_at) indexes apply.
+    if from_date is not None:
+        rows = rows.filter(created_at__gte=_day_start(from_date))
+    if to_date is not None and to_date < date.max:
+        rows = rows.filter(created_at__lt=_day_start(to_date + timedelta(days=1)))
+    bucket_expr = {
+        "day": TruncDate("created_at", tzinfo=UTC),
+        "week": TruncWeek("created_at", tzinfo=UTC, output_field=DateField()),
+        "month": TruncMonth("created_at", tzinfo=UTC, output_field=DateField()),
+    }[bucket]
+    aggregates = {
+        "calls": Count("id"),
+        "input_tokens": Sum("input_tokens"),
+        "output_tokens": Sum("output_tokens"),
+        "credits": Sum("credits_burned"),
+    }
+    return _summarize(rows, aggregates=aggregates, bucket_expr=bucket_expr, filters=filters)

@@ -1,0 +1,78 @@
+"""Usage query parameters and answers. Credits are written through billing.money's
+`format_usage` (4 places, a string), never as a float."""
+
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema_field
+from rest_framework import serializers
+
+from accounts.models import User
+from billing.money import format_usage
+from core.pagination import BIGINT_MAX
+from reporting.selectors import BUCKETS
+
+
+class UsageQuerySerializer(serializers.Serializer):
+    """Query of GET users/me/usage (always the caller's own usage)."""
+
+    model_alias = serializers.CharField(max_length=64, required=False, help_text="Only this model alias.")
+    from_date = serializers.DateField(required=False, help_text="First UTC day included (YYYY-MM-DD).")
+    to_date = serializers.DateField(required=False, help_text="Last UTC day included (YYYY-MM-DD).")
+    bucket = serializers.ChoiceField(choices=BUCKETS, default="day", help_text="Size of the by_bucket rows.")
+    format = serializers.ChoiceField(choices=["json", "csv"], default="json", help_text="csv: a CSV attachment.")
+
+    def validate(self, attrs: dict) -> dict:
+        start, end = attrs.get("from_date"), attrs.get("to_date")
+        if start is not None and end is not None and start > end:
+            raise serializers.ValidationError({"from_date": ["from_date must not be after to_date."]})
+        return attrs
+
+
+class AdminUsageQuerySerializer(UsageQuerySerializer):
+    """Query of GET admin/usage/summary: the same, optionally for one user."""
+
+    user_id = serializers.IntegerField(
+        required=False, min_value=1, max_value=BIGINT_MAX, help_text="Only this user's usage."
+    )
+
+    def validate_user_id(self, value: int) -> int:
+        if not User.objects.filter(pk=value).exists():
+            raise serializers.ValidationError("No user with this id.")
+        return value
+
+
+@extend_schema_field(OpenApiTypes.STR)
+class UsageCreditsField(serializers.Field):
+    def to_representation(self, value) -> str:  # noqa: ANN001
+        return format_usage(value)
+
+
+class UsageFiguresSerializer(serializers.Serializer):
+    calls = serializers.IntegerField()
+    input_tokens = serializers.IntegerField()
+    output_tokens = serializers.IntegerField()
+    credits = UsageCreditsField(help_text="Credits burned, 4 decimal places.")
+
+
+class UsageByModelSerializer(UsageFiguresSerializer):
+    model_alias = serializers.CharField()
+
+
+class UsageByUserSerializer(UsageFiguresSerializer):
+    user_id = serializers.IntegerField()
+    email = serializers.CharField()
+
+
+class UsageByBucketSerializer(UsageFiguresSerializer):
+    bucket = serializers.DateField(help_text="First day of the bucket (the day, the ISO week's Monday, the 1st).")
+
+
+class UsageSummarySerializer(serializers.Serializer):
+    user_id = serializers.IntegerField(allow_null=True)
+    model_alias = serializers.CharField(allow_null=True)
+    from_date = serializers.DateField(allow_null=True)
+    to_date = serializers.DateField(allow_null=True)
+    bucket = serializers.ChoiceField(choices=BUCKETS)
+    totals = UsageFiguresSerializer()
+    by_model = UsageByModelSerializer(many=True)
+    by_user = UsageByUserSerializer(many=True)
+    by_bucket = UsageByBucketSerializer(many=True)

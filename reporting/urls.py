@@ -1,0 +1,8 @@
+from django.urls import path
+
+from reporting import api
+
+urlpatterns = [
+    path("admin/usage/summary", api.AdminUsageSummaryView.as_view(), name="admin-usage-summary"),
+    path("users/me/usage", api.MyUsageView.as_view(), name="users-me-usage"),
+]

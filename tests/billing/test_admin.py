@@ -1,0 +1,266 @@
+"""The Django admin through its real views (test client, logged-in staff)."""
+
+import re
+from decimal import Decimal
+
+import pytest
+from django.contrib.auth.models import Permission
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+
+from billing.models import CreditTransaction, ModelPrice, Wallet
+from billing.services import model_price_create, wallet_debit, wallet_grant
+from tests.conftest import make_user
+
+pytestmark = pytest.mark.django_db
+
+BILLING_PERMISSIONS = [
+    "view_wallet",
+    "grant_credits",
+    "view_credittransaction",
+    "view_modelprice",
+    "add_modelprice",
+    "change_modelprice",
+]
+
+
+@pytest.fixture
+def billing_staff(db):  # noqa: ANN001, ANN201
+    """A staff member (not a superuser) given the billing permissions."""
+    user = make_user("billing-staff@example.com", staff=True, password="pw-billing-123")
+    user.user_permissions.set(
+        Permission.objects.filter(content_type__app_label="billing", codename__in=BILLING_PERMISSIONS)
+    )
+    return user
+
+
+@pytest.fixture
+def admin_client(client, billing_staff):  # noqa: ANN001, ANN201
+    client.force_login(billing_staff)
+    return client
+
+
+def wallet_url(wallet: Wallet, action: str = "change") -> str:
+    return f"/admin/billing/wallet/{wallet.pk}/{action}/"
+
+
+def token_from(html: str) -> str:
+    return re.search(r'name="token" value="([0-9a-f-]{36})"', html).group(1)
+
+
+def test_the_wallet_page_shows_read_only_balances_recent_rows_and_the_usage_link(admin_client, owner, billing_staff):
+    wallet_grant(user=owner, amount=Decimal("4"), reason="welcome gift", actor=billing_staff)
+    wallet_debit(user=owner, amount=Decimal("1.5"), reference="turn-77")
+    response = admin_client.get(wallet_url(owner.wallet))
+    assert response.status_code == 200
+    html = response.content.decode()
+    assert "2.50000000" in html and "welcome gift" in html and "turn-77" in html
+    assert 'name="balance"' not in html and 'name="held"' not in html  # read-only, not inputs
+    assert f'href="/admin/reporting/usage/?user_id={owner.id}"' in html
+    assert ">View usage<" in html
+    assert 'id="grant_form"' in html
+
+
+def test_staff_grant_through_the_admin_records_the_actor_and_applies_once(admin_client, owner, billing_staff):
+    token = token_from(admin_client.get(wallet_url(owner.wallet)).content.decode())
+    form = {"amount": "25.5", "reason": "conference voucher", "token": token}
+
+    response = admin_client.post(wallet_url(owner.wallet, "grant"), form)
+    assert response.status_code == 302
+    assert response["Location"] == wallet_url(owner.wallet)
+    # The same rendered form submitted twice (double click, back button) grants once.
+    assert admin_client.post(wallet_url(owner.wallet, "grant"), form).status_code == 302
+
+    row = CreditTransaction.objects.get()
+    assert (row.kind, row.amount, row.actor, row.reason) == (
+        "grant",
+        Decimal("25.50000000"),
+        billing_staff,
+        "conference voucher",
+    )
+    assert Wallet.objects.get(user=owner).balance == Decimal("25.5")
+    page = admin_client.get(wallet_url(owner.wallet)).content.decode()
+    assert "Granted 25.50000000 credits" in page
+
+
+@pytest.mark.parametrize(
+    ("form", "field"),
+    [
+        ({"amount": "0", "reason": "r"}, "amount"),
+        ({"amount": "-3", "reason": "r"}, "amount"),
+        ({"amount": "abc", "reason": "r"}, "amount"),
+        ({"amount": "1.123456789", "reason": "r"}, "amount"),
+        ({"amount": "10000.01", "reason": "r"}, "amount"),
+        ({"amount": "5", "reason": ""}, "reason"),
+    ],
+)
+def test_a_bad_admin_grant_shows_the_error_on_its_field(admin_client, owner, settings, form, field):
+    settings.ADMIN_GRANT_MAX = Decimal("10000")
+    response = admin_client.post(
+        wallet_url(owner.wallet, "grant"), {**form, "token": "7c9e6679-7425-40de-944b-e07fc1f90ae7"}
+    )
+    assert response.status_code == 200
+    assert field in response.context["form"].errors
+    assert not CreditTransaction.objects.exists()
+
+
+def test_granting_needs_the_grant_permission(client, owner):
+    viewer = make_user("viewer@example.com", staff=True)
+    viewer.user_permissions.set(Permission.objects.filter(codename__in=["view_wallet", "view_credittransaction"]))
+    client.force_login(viewer)
+    page = client.get(wallet_url(owner.wallet))
+    assert page.status_code == 200 and 'id="grant_form"' not in page.content.decode()
+    response = client.post(wallet_url(owner.wallet, "grant"), {"amount": "5", "reason": "r", "token": token_from_any()})
+    assert response.status_code == 403
+    assert not CreditTransaction.objects.exists()
+
+
+def token_from_any() -> str:
+    return "0b7b3c3e-0c4a-4b9e-9d6f-6a9f0f0e7b11"
+
+
+def test_a_non_staff_user_cannot_reach_the_grant_view(client, owner):
+    client.force_login(make_user("plain@example.com", password="pw-plain-12345"))
+    response = client.post(wallet_url(owner.wallet, "grant"), {"amount": "5", "reason": "r", "token": token_from_any()})
+    assert response.status_code == 302 and "/admin/login/" in response["Location"]
+    assert not CreditTransaction.objects.exists()
+
+
+def test_wallets_cannot_be_added_edited_or_deleted_in_the_admin(admin_client, owner):
+    assert admin_client.get("/admin/billing/wallet/add/").status_code == 403
+    assert admin_client.get(wallet_url(owner.wallet, "delete")).status_code == 403
+    response = admin_client.post(wallet_url(owner.wallet), {"balance": "1000000"})
+    assert response.status_code == 403
+    assert Wallet.objects.get(user=owner).balance == Decimal("0")
+
+
+def test_the_ledger_admin_has_no_add_change_or_delete(client, owner):
+    superuser = make_user("root@example.com", staff=True)
+    superuser.is_superuser = True
+    superuser.save()
+    client.force_login(superuser)
+    row = wallet_grant(user=owner, amount=Decimal("1"), reason="r")
+
+    assert client.get("/admin/billing/credittransaction/add/").status_code == 403
+    assert client.get(f"/admin/billing/credittransaction/{row.pk}/delete/").status_code == 403
+    change = client.post(f"/admin/billing/credittransaction/{row.pk}/change/", {"amount": "999", "kind": "grant"})
+    assert change.status_code == 403
+    changelist = client.get("/admin/billing/credittransaction/")
+    assert changelist.status_code == 200
+    assert 'name="action"' not in changelist.content.decode()  # no bulk delete
+    bulk = client.post(
+        "/admin/billing/credittransaction/", {"action": "delete_selected", "_selected_action": [row.pk], "post": "yes"}
+    )
+    assert bulk.status_code in (200, 302)
+    row.refresh_from_db()
+    assert row.amount == Decimal("1") and CreditTransaction.objects.count() == 1
+
+
+def test_a_price_change_in_the_admin_creates_a_new_row_and_keeps_the_old_price(admin_client):
+    old = model_price_create(
+        alias="smart", provider="local", provider_model="local-smart",
+        input_credits_per_mtok=Decimal("3"), output_credits_per_mtok=Decimal("15"),
+        context_tokens=32768, max_output_tokens=4096,
+    )  # fmt: skip
+    form = {
+        "provider": "local",
+        "provider_model": "local-smart",
+        "input_credits_per_mtok": "3",
+        "output_credits_per_mtok": "12.5",
+        "context_tokens": "32768",
+        "max_output_tokens": "4096",
+        "active": "on",
+    }
+    response = admin_client.post(f"/admin/billing/modelprice/{old.pk}/change/", form)
+    assert response.status_code == 302
+
+    old.refresh_from_db()
+    new = ModelPrice.objects.get(alias="smart", active=True)
+    assert new.pk != old.pk
+    assert (old.active, old.output_credits_per_mtok) == (False, Decimal("15"))
+    assert (new.input_credits_per_mtok, new.output_credits_per_mtok) == (Decimal("3"), Decimal("12.5"))
+    # The old row is history: its page is view-only and a POST changes nothing.
+    assert admin_client.post(f"/admin/billing/modelprice/{old.pk}/change/", form).status_code == 403
+    assert ModelPrice.objects.count() == 2
+    assert admin_client.get(f"/admin/billing/modelprice/{new.pk}/delete/").status_code == 403
+
+
+def test_unticking_active_withdraws_the_alias_without_a_new_row(admin_client):
+    price = model_price_create(
+        alias="old", provider="local", provider_model="m",
+        input_credits_per_mtok=Decimal("1"), output_credits_per_mtok=Decimal("1"),
+    )  # fmt: skip
+    form = {
+        "provider": "local",
+        "provider_model": "m",
+        "input_credits_per_mtok": "1",
+        "output_credits_per_mtok": "1",
+        "context_tokens": "8192",
+        "max_output_tokens": "1024",
+    }
+    assert admin_client.post(f"/admin/billing/modelprice/{price.pk}/change/", form).status_code == 302
+    assert list(ModelPrice.objects.values_list("pk", "active")) == [(price.pk, False)]
+
+
+def test_a_new_price_is_added_through_the_admin(admin_client):
+    form = {
+        "alias": "tiny",
+        "provider": "local",
+        "provider_model": "local-tiny",
+        "input_credits_per_mtok": "0.1",
+        "output_credits_per_mtok": "0.2",
+        "context_tokens": "2048",
+        "max_output_tokens": "256",
+    }
+    assert admin_client.post("/admin/billing/modelprice/add/", form).status_code == 302
+    duplicate = admin_client.post("/admin/billing/modelprice/add/", form)
+    assert duplicate.status_code == 200  # the form shows the error
+    price = ModelPrice.objects.get()
+    assert (price.alias, price.active, price.output_credits_per_mtok) == ("tiny", True, Decimal("0.2"))
+
+
+@pytest.mark.parametrize(
+    "url", ["/admin/billing/wallet/", "/admin/billing/credittransaction/", "/admin/billing/credithold/"]
+)
+def test_admin_lists_do_not_query_per_row(client, url, staff_user):
+    superuser = make_user("lists@example.com", staff=True)
+    superuser.is_superuser = True
+    superuser.save()
+    client.force_login(superuser)
+
+    def queries_for_page() -> int:
+        with CaptureQueriesContext(connection) as captured:
+            assert client.get(url).status_code == 200
+        return len(captured)
+
+    from billing.services import wallet_hold_place
+
+    def add_users(count: int, start: int) -> None:
+        for number in range(start, start + count):
+            user = make_user(f"u{number}@example.com")
+            wallet_grant(user=user, amount=Decimal("1"), reason="r", actor=staff_user)
+            wallet_hold_place(user=user, amount=Decimal("1"), reference=f"turn-{number}")
+
+    add_users(2, 0)
+    few = queries_for_page()
+    add_users(8, 2)
+    assert queries_for_page() == few
+
+
+def test_the_wallet_page_lists_only_the_latest_rows_in_a_constant_number_of_queries(admin_client, owner, staff_user):
+    def queries_for_page() -> tuple[int, str]:
+        with CaptureQueriesContext(connection) as captured:
+            response = admin_client.get(wallet_url(owner.wallet))
+        assert response.status_code == 200
+        return len(captured), response.content.decode()
+
+    for number in range(3):
+        wallet_grant(user=owner, amount=Decimal("1"), reason=f"grant number {number}", actor=staff_user)
+    few, _ = queries_for_page()
+    for number in range(3, 25):
+        wallet_grant(user=owner, amount=Decimal("1"), reason=f"grant number {number}", actor=staff_user)
+    many, html = queries_for_page()
+    assert many == few
+    assert "grant number 24" in html and "grant number 5" in html
+    assert "grant number 4<" not in html and "grant number 0<" not in html  # older than the latest 20
+    assert "25.00000000" in html

@@ -1,0 +1,269 @@
+"""The provider layer through the real `openai` and `anthropic` SDKs against the
+fake servers on 127.0.0.1, and the offline `local` provider."""
+
+import json
+
+import pytest
+
+from chat.llm import ChatMessage, ProviderError, ToolCallRequest, provider_for
+from tests.fakes.llm_servers import CutStream, Error, Reply, Stall, ToolUse
+
+TOOLS = [
+    {
+        "name": "web_search",
+        "description": "Search the web.",
+        "parameters": {"type": "object", "properties": {"query": {"type": "string"}}, "required": ["query"]},
+    }
+]
+CONVERSATION = [
+    ChatMessage(role="system", content="Be brief."),
+    ChatMessage(role="user", content="Find parley."),
+    ChatMessage(
+        role="assistant",
+        content="",
+        tool_calls=(ToolCallRequest(id="call_9", name="web_search", arguments={"query": "parley"}),),
+    ),  # fmt: skip
+    ChatMessage(role="tool", content="Parley is a chat service.", tool_call_id="call_9", name="web_search"),
+]
+
+
+def collect() -> tuple[list[str], callable]:
+    pieces: list[str] = []
+    return pieces, pieces.append
+
+
+# --- local ---------------------------------------------------------------------------
+
+
+def test_local_provider_echoes_and_counts_usage_from_text_length(settings):
+    settings.LOCAL_LLM_LATENCY_MS = 0
+    pieces, on_delta = collect()
+    result = provider_for("local").complete(
+        model="echo", messages=[ChatMessage(role="user", content="Hello there, model, how are you")], max_output_tokens=100,
+        on_delta=on_delta,
+    )  # fmt: skip
+    assert result.text == "Echo: Hello there, model, how are you"
+    assert pieces == ["Echo: Hello there, model, ", "how are you"]
+    # 4 tokens of message overhead + ceil(31 / 4); output ceil(37 / 4).
+    assert (result.input_tokens, result.output_tokens) == (4 + 8, 10)
+    assert result.finish_reason == "stop" and result.tool_calls == ()
+
+
+def test_local_provider_stops_at_max_output_tokens():
+    result = provider_for("local").complete(
+        model="echo", messages=[ChatMessage(role="user", content="x" * 400)], max_output_tokens=10
+    )
+    assert len(result.text) == 40 and result.output_tokens == 10 and result.finish_reason == "length"
+
+
+def test_local_provider_asks_for_an_offered_tool_in_the_machine_format():
+    asked = [ChatMessage(role="user", content='look [[tool web_search {"query": "parley"}]] please')]
+    result = provider_for("local").complete(model="echo", messages=asked, max_output_tokens=50, tools=TOOLS)
+    assert result.finish_reason == "tool_calls" and result.text == ""
+    assert [(c.name, c.arguments) for c in result.tool_calls] == [("web_search", {"query": "parley"})]
+
+    not_offered = provider_for("local").complete(model="echo", messages=asked, max_output_tokens=50)
+    assert not_offered.tool_calls == () and not_offered.text.startswith("Echo: look")
+
+    answered = provider_for("local").complete(model="echo", messages=CONVERSATION, max_output_tokens=50, tools=TOOLS)
+    assert answered.text == "Tool web_search returned: Parley is a chat service."
+
+
+def test_local_provider_latency_is_simulated(settings):
+    import time
+
+    settings.LOCAL_LLM_LATENCY_MS = 300
+    started = time.monotonic()
+    provider_for("local").complete(model="echo", messages=[ChatMessage(role="user", content="hi")], max_output_tokens=5)
+    assert time.monotonic() - started >= 0.3
+
+
+# --- openai -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "streaming"])
+def test_openai_reply_and_usage(fake_openai, stream):
+    fake_openai.script(Reply(text="Hi from OpenAI.", input_tokens=123, output_tokens=45))
+    pieces, on_delta = collect()
+    result = provider_for("openai").complete(
+        model="gpt-test", messages=CONVERSATION[:2], max_output_tokens=64, on_delta=on_delta if stream else None
+    )
+    assert result.text == "Hi from OpenAI."
+    assert (result.input_tokens, result.output_tokens, result.usage_reported) == (123, 45, True)
+    assert result.finish_reason == "stop"
+    sent = fake_openai.requests[-1]
+    assert sent.headers["authorization"] == "Bearer sk-test-openai"
+    assert sent.body["model"] == "gpt-test" and sent.body["max_tokens"] == 64
+    assert sent.body["messages"] == [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Find parley."},
+    ]
+    if stream:
+        assert sent.body["stream"] is True and sent.body["stream_options"] == {"include_usage": True}
+        assert "".join(pieces) == "Hi from OpenAI." and len(pieces) == 4
+    else:
+        assert "stream" not in sent.body and pieces == []
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "streaming"])
+def test_openai_tool_calls_and_tool_results(fake_openai, stream):
+    fake_openai.script(
+        Reply(text="", tool_calls=[ToolUse("web_search", {"query": "django ledger"}, id="call_a"),
+                                   ToolUse("web_search", {"query": "celery acks"}, id="call_b")])
+    )  # fmt: skip
+    result = provider_for("openai").complete(
+        model="gpt-test", messages=CONVERSATION, max_output_tokens=64, tools=TOOLS,
+        on_delta=collect()[1] if stream else None,
+    )  # fmt: skip
+    assert result.finish_reason == "tool_calls"
+    assert [(c.id, c.name, c.arguments) for c in result.tool_calls] == [
+        ("call_a", "web_search", {"query": "django ledger"}),
+        ("call_b", "web_search", {"query": "celery acks"}),
+    ]
+    body = fake_openai.requests[-1].body
+    assert body["tools"] == [{"type": "function", "function": TOOLS[0]}]
+    assert body["messages"][2] == {
+        "role": "assistant", "content": None,
+        "tool_calls": [{"id": "call_9", "type": "function",
+                        "function": {"name": "web_search", "arguments": json.dumps({"query": "parley"})}}],
+    }  # fmt: skip
+    assert body["messages"][3] == {"role": "tool", "tool_call_id": "call_9", "content": "Parley is a chat service."}
+
+
+def test_openai_retries_a_429_then_succeeds(fake_openai):
+    fake_openai.script(Error(429, "slow down"), Reply(text="Second time lucky.", input_tokens=5, output_tokens=4))
+    result = provider_for("openai").complete(model="gpt-test", messages=CONVERSATION[:2], max_output_tokens=16)
+    assert result.text == "Second time lucky." and result.input_tokens == 5
+    assert len(fake_openai.requests) == 2
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "streaming"])
+def test_openai_500_for_good_is_a_readable_error_after_bounded_retries(fake_openai, settings, stream):
+    settings.LLM_MAX_RETRIES = 2
+    fake_openai.script(*[Error(500, "upstream exploded")] * 5)
+    with pytest.raises(ProviderError) as failure:
+        provider_for("openai").complete(
+            model="gpt-test", messages=CONVERSATION[:2], max_output_tokens=16, on_delta=collect()[1] if stream else None
+        )
+    assert len(fake_openai.requests) == 3  # the first try and LLM_MAX_RETRIES more
+    assert failure.value.message.startswith("The openai provider answered HTTP 500 (up to 3 attempts)")
+    assert "upstream exploded" in failure.value.message
+    assert "sk-test-openai" not in failure.value.message
+
+
+def test_openai_retries_are_backed_off(fake_openai, settings):
+    import time
+
+    settings.LLM_MAX_RETRIES = 1
+    fake_openai.script(Error(503, "busy", headers={}), Reply(text="ok"))
+    started = time.monotonic()
+    provider_for("openai").complete(model="gpt-test", messages=CONVERSATION[:2], max_output_tokens=16)
+    # The SDK's exponential backoff starts at 0.5 s, less up to 25 % jitter.
+    assert time.monotonic() - started >= 0.37
+    assert len(fake_openai.requests) == 2
+
+
+def test_openai_a_stalled_server_times_out(fake_openai, settings):
+    settings.LLM_TIMEOUT_SECONDS = 0.3
+    settings.LLM_MAX_RETRIES = 1
+    fake_openai.script(Stall(3.0), Stall(3.0))
+    with pytest.raises(ProviderError) as failure:
+        provider_for("openai").complete(model="gpt-test", messages=CONVERSATION[:2], max_output_tokens=16)
+    assert failure.value.message == "The openai provider did not answer within 0.3 s (up to 2 attempts)."
+    assert len(fake_openai.requests) == 2
+
+
+def test_openai_a_cut_stream_is_an_error_not_a_reply(fake_openai):
+    fake_openai.script(CutStream("half a rep"))
+    pieces, on_delta = collect()
+    with pytest.raises(ProviderError, match="stream ended before the reply was complete"):
+        provider_for("openai").complete(
+            model="gpt-test", messages=CONVERSATION[:2], max_output_tokens=16, on_delta=on_delta
+        )
+    assert "".join(pieces) == "half a rep"
+
+
+def test_openai_server_without_usage_is_still_metered_by_estimate(fake_openai):
+    fake_openai.script(Reply(text="12345678", include_usage=False))
+    result = provider_for("openai").complete(
+        model="gpt-test",
+        messages=[ChatMessage(role="user", content="abcd")],
+        max_output_tokens=16,
+        on_delta=collect()[1],
+    )
+    assert (result.input_tokens, result.output_tokens, result.usage_reported) == (4 + 1, 2, False)
+
+
+# --- anthropic ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "streaming"])
+def test_anthropic_reply_and_usage(fake_anthropic, stream):
+    fake_anthropic.script(Reply(text="Hi from Claude.", input_tokens=321, output_tokens=54))
+    pieces, on_delta = collect()
+    result = provider_for("anthropic").complete(
+        model="claude-test", messages=CONVERSATION[:2], max_output_tokens=64, on_delta=on_delta if stream else None
+    )
+    assert result.text == "Hi from Claude."
+    assert (result.input_tokens, result.output_tokens) == (321, 54)
+    sent = fake_anthropic.requests[-1]
+    assert sent.path == "/v1/messages"
+    assert "sk-ant-test" in (sent.headers.get("x-api-key", "") + sent.headers.get("authorization", ""))
+    assert sent.body["system"] == "Be brief." and sent.body["max_tokens"] == 64
+    assert sent.body["messages"] == [{"role": "user", "content": [{"type": "text", "text": "Find parley."}]}]
+    assert ("".join(pieces), bool(sent.body.get("stream"))) == (("Hi from Claude.", True) if stream else ("", False))
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "streaming"])
+def test_anthropic_tool_use_and_tool_results(fake_anthropic, stream):
+    fake_anthropic.script(
+        Reply(text="Let me look.", tool_calls=[ToolUse("web_search", {"query": "hordak"}, id="toolu_x")])
+    )
+    result = provider_for("anthropic").complete(
+        model="claude-test", messages=CONVERSATION, max_output_tokens=64, tools=TOOLS,
+        on_delta=collect()[1] if stream else None,
+    )  # fmt: skip
+    assert result.text == "Let me look." and result.finish_reason == "tool_calls"
+    assert [(c.id, c.name, c.arguments) for c in result.tool_calls] == [("toolu_x", "web_search", {"query": "hordak"})]
+    body = fake_anthropic.requests[-1].body
+    assert body["tools"] == [
+        {"name": "web_search", "description": "Search the web.", "input_schema": TOOLS[0]["parameters"]}
+    ]
+    assert body["messages"][1:] == [
+        {"role": "assistant", "content": [{"type": "tool_use", "id": "call_9", "name": "web_search",
+                                           "input": {"query": "parley"}}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "call_9",
+                                      "content": "Parley is a chat service."}]},
+    ]  # fmt: skip
+
+
+def test_anthropic_retries_a_429_then_succeeds(fake_anthropic):
+    fake_anthropic.script(Error(429, "rate limited"), Reply(text="Fine now.", input_tokens=9, output_tokens=3))
+    result = provider_for("anthropic").complete(
+        model="claude-test", messages=CONVERSATION[:2], max_output_tokens=16, on_delta=collect()[1]
+    )
+    assert (result.text, result.input_tokens, result.output_tokens) == ("Fine now.", 9, 3)
+    assert len(fake_anthropic.requests) == 2
+
+
+def test_anthropic_overloaded_for_good_is_a_readable_error(fake_anthropic, settings):
+    settings.LLM_MAX_RETRIES = 1
+    fake_anthropic.script(*[Error(529, "Overloaded")] * 3)
+    with pytest.raises(ProviderError) as failure:
+        provider_for("anthropic").complete(model="claude-test", messages=CONVERSATION[:2], max_output_tokens=16)
+    assert len(fake_anthropic.requests) == 2
+    assert failure.value.message.startswith("The anthropic provider answered HTTP 529 (up to 2 attempts)")
+    assert "Overloaded" in failure.value.message
+
+
+def test_anthropic_a_cut_stream_is_an_error(fake_anthropic):
+    fake_anthropic.script(CutStream("partial"))
+    with pytest.raises(ProviderError, match="stream ended before the reply was complete"):
+        provider_for("anthropic").complete(
+            model="claude-test", messages=CONVERSATION[:2], max_output_tokens=16, on_delta=collect()[1]
+        )
+
+
+def test_unknown_provider_is_a_provider_error():
+    with pytest.raises(ProviderError, match="Unknown provider 'nope'"):
+        provider_for("nope")

@@ -1,0 +1,73 @@
+"""GET turns/{id}/stream: server-sent events, live through Redis pub/sub while the
+reply is produced, replayed from the database once the turn has finished."""
+
+import json
+import threading
+
+import pytest
+from django.db import connection
+
+from chat.models import Message, Turn
+from chat.services import turn_run
+from tests.chat.conftest import post_turn
+
+
+def events(response) -> list[tuple[str, dict]]:  # noqa: ANN001
+    parsed = []
+    for block in b"".join(response.streaming_content).decode().split("\n\n"):
+        lines = [line for line in block.splitlines() if not line.startswith(":")]
+        if lines:
+            name = lines[0].removeprefix("event: ")
+            parsed.append((name, json.loads(lines[1].removeprefix("data: "))))
+    return parsed
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_finished_turn_is_replayed_from_the_database(owner_client, session):
+    turn = post_turn(owner_client, session, "Stream me").data
+    response = owner_client.get(f"/api/v1/turns/{turn['id']}/stream", HTTP_ACCEPT="text/event-stream")
+    assert response.status_code == 200 and response["Content-Type"].startswith("text/event-stream")
+    received = events(response)
+    assert [name for name, _ in received] == ["delta", "done"]
+    assert received[0][1]["text"] == "Echo: Stream me"
+    done = received[-1][1]
+    assert (done["id"], done["status"], done["credits_charged"]) == (turn["id"], "completed", turn["credits_charged"])
+    assert [m["content"] for m in done["messages"]] == ["Stream me", "Echo: Stream me"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_stream_of_someone_elses_turn_is_404_even_as_event_stream(owner_client, other_client, session):
+    turn = post_turn(owner_client, session, "private").data
+    answer = other_client.get(f"/api/v1/turns/{turn['id']}/stream", HTTP_ACCEPT="text/event-stream")
+    assert answer.status_code == 404 and b"private" not in answer.content
+    assert json.loads(answer.content)["error"]["code"] == "not_found"
+
+
+@pytest.mark.redis
+@pytest.mark.django_db(transaction=True)
+def test_a_running_turn_streams_its_reply_live_through_redis(owner_client, session, settings):
+    settings.LOCAL_LLM_LATENCY_MS = 1200  # long enough to be read while it is produced
+    turn = Turn.objects.create(session=session, user=session.user, model_alias="fast", price_id=None)
+    content = "one two three four five six seven eight nine ten eleven twelve"
+    Message.objects.create(session=session, turn=turn, role="user", content=content)
+
+    def work() -> None:
+        try:
+            turn_run(turn_id=turn.pk)
+        finally:
+            connection.close()
+
+    response = owner_client.get(f"/api/v1/turns/{turn.pk}/stream")
+    stream = iter(response.streaming_content)
+    first = next(stream).decode()  # subscribed, and the turn is still queued
+    assert first.startswith("event: status") and '"queued"' in first
+    worker = threading.Thread(target=work)
+    worker.start()
+    rest = b"".join(stream).decode()
+    worker.join()
+    received = events(type("R", (), {"streaming_content": [first.encode(), rest.encode()]})())
+    names = [name for name, _ in received]
+    deltas = [data["text"] for name, data in received if name == "delta"]
+    assert names[-1] == "done" and len(deltas) >= 3  # it came in pieces, before the end
+    assert "".join(deltas) == f"Echo: {content}"
+    assert received[-1][1]["status"] == "completed" and received[-1][1]["credits_charged"] != "0.00000000"

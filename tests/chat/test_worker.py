@@ -1,0 +1,147 @@
+"""Turns run by a real Celery worker on Redis against the (PostgreSQL) test database:
+the request answers 202 and the worker completes the turn; `Prefer: wait` answers
+201 without ever waiting on a task result; the stream is fed live by the worker; a
+worker SIGKILLed mid-turn leaves a turn that a restarted worker completes once and
+charges once (CELERY_VISIBILITY_TIMEOUT is 5 s in the worker's environment)."""
+
+import json
+import time
+from concurrent.futures import ThreadPoolExecutor
+from decimal import Decimal
+
+import pytest
+from django.db import connection
+
+from billing.models import CreditHold, CreditTransaction
+from chat.models import LLMCall, Message, Turn
+from tests.chat.conftest import (
+    START_BALANCE,
+    expected_cost,
+    local_tokens,
+    make_price,
+    post_turn,
+    turn_status,
+    wait_for,
+    wallet_of,
+)
+from tests.conftest import client_for
+from tests.fakes.llm_servers import Reply
+
+pytestmark = [pytest.mark.worker, pytest.mark.postgres]
+
+
+def finished(turn_id) -> bool:  # noqa: ANN001
+    return turn_status(turn_id) in ("completed", "failed")
+
+
+def test_a_turn_is_accepted_then_completed_by_the_worker(celery_worker, owner_client, session, funded_owner):
+    answer = post_turn(owner_client, session, "Hello worker")
+    assert answer.status_code == 202, answer.content
+    assert answer.data["status"] in ("queued", "running")
+    assert answer["Location"] == f"/api/v1/turns/{answer.data['id']}"
+    wait_for(lambda: finished(answer.data["id"]))
+
+    body = owner_client.get(answer["Location"]).data
+    cost = expected_cost(4 + local_tokens("Hello worker"), local_tokens("Echo: Hello worker"))
+    assert (body["status"], body["credits_charged"]) == ("completed", f"{cost:.8f}")
+    assert body["messages"][-1]["content"] == "Echo: Hello worker"
+    assert wallet_of(funded_owner).balance == START_BALANCE - cost and wallet_of(funded_owner).held == 0
+    assert CreditTransaction.objects.filter(kind="debit", reference=body["id"]).count() == 1
+
+
+def test_prefer_wait_answers_201_with_the_turn_the_worker_completed(celery_worker, owner_client, session):
+    answer = post_turn(owner_client, session, "Quick one", prefer="wait=20")
+    assert answer.status_code == 201, answer.content
+    assert answer.data["status"] == "completed" and answer.data["messages"][-1]["content"] == "Echo: Quick one"
+    assert answer["Preference-Applied"] == "wait=20" and "Location" not in answer
+    # The body came with the worker's `done` event; it is exactly what GET turns/{id} reads.
+    assert json.loads(answer.content) == json.loads(owner_client.get(f"/api/v1/turns/{answer.data['id']}").content)
+
+
+def test_prefer_wait_that_runs_out_answers_202(worker_with_env, owner_client, session):
+    worker_with_env(LOCAL_LLM_LATENCY_MS="3000")
+    started = time.monotonic()
+    answer = post_turn(owner_client, session, "Slow one", prefer="wait=1")
+    assert answer.status_code == 202 and 1.0 <= time.monotonic() - started < 2.5
+    assert "Location" in answer
+    wait_for(lambda: finished(answer.data["id"]))
+
+
+def test_the_worker_streams_the_reply_live(worker_with_env, owner_client, session):
+    worker_with_env(LOCAL_LLM_LATENCY_MS="2000")
+    content = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu"
+    turn = post_turn(owner_client, session, content).data
+    body = b"".join(owner_client.get(f"/api/v1/turns/{turn['id']}/stream").streaming_content).decode()
+    received = [
+        (block.split("\n")[0].removeprefix("event: "), json.loads(block.split("\n")[1].removeprefix("data: ")))
+        for block in body.split("\n\n") if block and not block.startswith(":")
+    ]  # fmt: skip
+    deltas = [data["text"] for name, data in received if name == "delta"]
+    assert len(deltas) >= 3 and "".join(deltas) == f"Echo: {content}"
+    assert received[-1][0] == "done" and received[-1][1]["status"] == "completed"
+
+
+def test_openai_turns_on_the_worker_through_the_fake_server(worker_with_env, fake_openai, owner_client, session):
+    worker_with_env(OPENAI_BASE_URL=fake_openai.base_url, OPENAI_API_KEY="sk-worker")
+    make_price("gpt", provider="openai", provider_model="gpt-test")
+    fake_openai.script(Reply(text="From the fake.", input_tokens=777, output_tokens=88))
+    answer = post_turn(owner_client, session, "hi", model_alias="gpt", prefer="wait=20")
+    assert answer.status_code == 201, answer.content
+    assert answer.data["messages"][-1]["content"] == "From the fake."
+    assert answer.data["credits_charged"] == f"{expected_cost(777, 88):.8f}"
+    assert fake_openai.requests[-1].headers["authorization"] == "Bearer sk-worker"
+    assert fake_openai.requests[-1].body["stream"] is True  # the worker streams (Redis is there)
+
+
+def test_a_worker_killed_mid_turn_is_redelivered_and_the_turn_charged_once(
+    worker_with_env, owner_client, session, funded_owner
+):
+    worker = worker_with_env(LOCAL_LLM_LATENCY_MS="3000")
+    answer = post_turn(owner_client, session, "Survive this")
+    turn_id = answer.data["id"]
+    wait_for(lambda: turn_status(turn_id) == "running", timeout=30)
+    time.sleep(0.5)  # mid-reply
+    worker.kill()
+    assert turn_status(turn_id) == "running"
+    assert wallet_of(funded_owner).held > 0 and not LLMCall.objects.exists()
+
+    # Redis hands an unacknowledged task out again once it is older than the visibility
+    # timeout (5 s here); a starting worker sweeps for such tasks at once (kombu's
+    # periodic sweep is much slower), so start it after the timeout has passed.
+    time.sleep(int(worker.env["CELERY_VISIBILITY_TIMEOUT"]) + 1)
+    worker.start()
+    wait_for(lambda: finished(turn_id), timeout=60)
+
+    turn = Turn.objects.get(pk=turn_id)
+    cost = expected_cost(4 + local_tokens("Survive this"), local_tokens("Echo: Survive this"))
+    assert (turn.status, turn.attempts, turn.credits_charged) == ("completed", 2, cost)
+    assert CreditTransaction.objects.filter(kind="debit", reference=turn_id).count() == 1
+    assert LLMCall.objects.filter(turn_id=turn_id).count() == 1
+    assert Message.objects.filter(turn_id=turn_id, role="assistant").count() == 1
+    assert CreditHold.objects.get(reference=turn_id).status == "settled"
+    wallet = wallet_of(funded_owner)
+    assert (wallet.balance, wallet.held) == (START_BALANCE - cost, Decimal("0"))
+
+
+def test_fifty_concurrent_turns_on_the_worker_leave_the_exact_balance(celery_worker, session, funded_owner):
+    contents = [f"turn number {n} " + "x" * n for n in range(50)]
+
+    def send(content: str) -> str:
+        try:
+            answer = post_turn(client_for(funded_owner), session, content)
+            assert answer.status_code == 202, answer.content
+            return answer.data["id"]
+        finally:
+            connection.close()  # this thread's own connection
+
+    with ThreadPoolExecutor(max_workers=10) as pool:
+        ids = list(pool.map(send, contents))
+    wait_for(lambda: Turn.objects.filter(pk__in=ids, status="completed").count() == 50, timeout=120)
+
+    # Each turn's own cost from its recorded usage, rounded up per call.
+    costs = [expected_cost(c.input_tokens, c.output_tokens) for c in LLMCall.objects.filter(turn_id__in=ids)]
+    assert len(costs) == 50
+    wallet = wallet_of(funded_owner)
+    assert wallet.balance == START_BALANCE - sum(costs) and wallet.held == 0
+    assert CreditTransaction.objects.filter(kind="debit").count() == 50
+    assert sum(t.amount for t in CreditTransaction.objects.filter(kind="debit")) == -sum(costs)

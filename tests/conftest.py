@@ -1,0 +1,176 @@
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from django.conf import settings
+from django.db import connection
+from rest_framework.test import APIClient
+from rest_framework.throttling import SimpleRateThrottle
+
+from accounts.services import api_key_create, user_create
+from config.celery import app as celery_app
+from tests.services import require_browser, require_postgres, require_redis
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def _test_defaults(settings, monkeypatch) -> Iterator[None]:  # noqa: ANN001
+    """Every test starts on eager tasks and generous throttles; worker tests opt out.
+    DRF reads throttle rates once, at import, so the class attribute is patched."""
+    settings.CELERY_TASK_ALWAYS_EAGER = True
+    celery_app.conf.task_always_eager = True
+    monkeypatch.setattr(SimpleRateThrottle, "THROTTLE_RATES", {"anon": "10000/min", "user": "100000/min"})
+    yield
+    from django.core.cache import cache
+
+    cache.clear()
+
+
+@pytest.fixture(autouse=True)
+def _service_markers(request) -> None:  # noqa: ANN001
+    if request.node.get_closest_marker("postgres"):
+        require_postgres()
+    if request.node.get_closest_marker("redis") or request.node.get_closest_marker("worker"):
+        require_redis()
+    if request.node.get_closest_marker("browser"):
+        require_browser()
+
+
+# --- personas ------------------------------------------------------------------
+
+
+def make_user(email: str, *, staff: bool = False, password: str | None = None, **extra):  # noqa: ANN201
+    return user_create(email=email, password=password, is_staff=staff, **extra)
+
+
+@pytest.fixture
+def owner(db):  # noqa: ANN001, ANN201
+    return make_user("owner@example.com")
+
+
+@pytest.fixture
+def other_user(db):  # noqa: ANN001, ANN201
+    return make_user("other@example.com")
+
+
+@pytest.fixture
+def staff_user(db):  # noqa: ANN001, ANN201
+    return make_user("staff@example.com", staff=True, password="staff-password-123")
+
+
+def client_for(user) -> APIClient:  # noqa: ANN001
+    client = APIClient()
+    _, raw_key = api_key_create(user=user, name="test")
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {raw_key}")
+    return client
+
+
+@pytest.fixture
+def owner_client(owner) -> APIClient:  # noqa: ANN001
+    return client_for(owner)
+
+
+@pytest.fixture
+def other_client(other_user) -> APIClient:  # noqa: ANN001
+    return client_for(other_user)
+
+
+@pytest.fixture
+def staff_client(staff_user) -> APIClient:  # noqa: ANN001
+    return client_for(staff_user)
+
+
+@pytest.fixture
+def anon_client() -> APIClient:
+    return APIClient()
+
+
+# --- a real Celery worker --------------------------------------------------------
+
+
+class WorkerProcess:
+    """A `celery worker` subprocess consuming from Redis against the test database."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.env = env
+        self.proc: subprocess.Popen | None = None
+        self.log_path = ROOT / ".pytest_cache" / "celery-worker.log"
+
+    def start(self) -> None:
+        self.log_path.parent.mkdir(exist_ok=True)
+        log = open(self.log_path, "ab")  # noqa: SIM115  kept open for the process's life
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "config", "worker", "--pool=threads", "--concurrency=4",
+             "--without-gossip", "--without-mingle", "--without-heartbeat", "--loglevel=INFO"],
+            cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"celery worker exited early; see {self.log_path}")
+            if celery_app.control.ping(timeout=0.5):
+                return
+        raise RuntimeError(f"celery worker did not answer a ping within 60 s; see {self.log_path}")
+
+    def kill(self) -> None:
+        """SIGKILL, like an OOM kill: unacknowledged tasks stay on the broker."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+def _worker_env() -> dict[str, str]:
+    db = connection.settings_dict
+    env = dict(os.environ)
+    env.update(
+        DATABASE_URL=f"postgres://{db['USER']}:{db['PASSWORD']}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}",
+        REDIS_URL=settings.REDIS_URL,
+        CELERY_TASK_ALWAYS_EAGER="false",
+        CELERY_VISIBILITY_TIMEOUT=os.environ.get("CELERY_VISIBILITY_TIMEOUT", "5"),
+        SECRET_KEY=settings.SECRET_KEY,
+        ALLOWED_HOSTS=",".join(settings.ALLOWED_HOSTS) or "localhost",
+        DEBUG="false",
+    )
+    return env
+
+
+@pytest.fixture(scope="session")
+def celery_worker_process(django_db_setup, django_db_blocker) -> Iterator[WorkerProcess]:  # noqa: ANN001
+    with django_db_blocker.unblock():
+        require_postgres()  # the worker must share the test database, so it needs a server database
+        require_redis()
+        worker = WorkerProcess(_worker_env())
+    celery_app.conf.task_always_eager = False
+    # Drop messages a previous run left behind in this Redis database.
+    with celery_app.connection_for_write() as conn:
+        celery_app.amqp.queues.select(None)
+        conn.default_channel.queue_purge(celery_app.conf.task_default_queue)
+    worker.start()
+    yield worker
+    worker.stop()
+
+
+@pytest.fixture
+def celery_worker(celery_worker_process, transactional_db, settings) -> Iterator[WorkerProcess]:  # noqa: ANN001
+    """Use in tests whose tasks must run in a real worker. The test process publishes
+    to Redis on commit; the worker reads the same (committed) test database."""
+    settings.CELERY_TASK_ALWAYS_EAGER = False
+    celery_app.conf.task_always_eager = False
+    if celery_worker_process.proc is None or celery_worker_process.proc.poll() is not None:
+        celery_worker_process.start()  # a previous test killed it
+    yield celery_worker_process
+    celery_app.conf.task_always_eager = True

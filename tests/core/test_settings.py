@@ -1,0 +1,72 @@
+"""The same code runs on the embedded default and on PostgreSQL + Redis: only the
+environment differs. Each case starts a fresh interpreter with a given environment."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+PROBE = (
+    "import django, json; django.setup();"
+    "from django.conf import settings; from django.db import connection;"
+    "from config.celery import app;"
+    "print(json.dumps({'vendor': connection.vendor, 'eager': app.conf.task_always_eager,"
+    " 'broker': app.conf.broker_url, 'debug': settings.DEBUG,"
+    " 'acks_late': app.conf.task_acks_late, 'accept': list(app.conf.accept_content)}))"
+)
+
+
+def _settings_under(env: dict[str, str]) -> dict:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "REDIS_", "CELERY_", "DEBUG"))}
+    clean = {k: v for k, v in clean.items() if k not in {"SECRET_KEY", "ALLOWED_HOSTS"}}
+    result = subprocess.run(
+        [sys.executable, "-c", PROBE],
+        cwd=ROOT,
+        env={**clean, "DJANGO_SETTINGS_MODULE": "config.settings", **env},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_no_environment_is_the_embedded_default():
+    probe = _settings_under({})
+    assert probe["vendor"] == "sqlite"
+    assert probe["eager"] is True
+    assert probe["broker"].startswith("memory")
+    assert probe["debug"] is True
+    assert probe["acks_late"] is True
+    assert probe["accept"] == ["json"]
+
+
+def test_database_and_redis_urls_switch_to_postgres_and_a_redis_broker():
+    probe = _settings_under(
+        {
+            "DATABASE_URL": "postgres://postgres@127.0.0.1:5432/postgres",
+            "REDIS_URL": "redis://127.0.0.1:6379/0",
+            "SECRET_KEY": "x" * 50,
+            "ALLOWED_HOSTS": "example.com",
+        }
+    )
+    assert probe["vendor"] == "postgresql"
+    assert probe["eager"] is False
+    assert probe["broker"] == "redis://127.0.0.1:6379/0"
+    assert probe["debug"] is False
+
+
+def test_without_debug_the_service_refuses_to_start_without_secret_key():
+    clean = {k: v for k, v in os.environ.items() if k not in {"SECRET_KEY", "ALLOWED_HOSTS", "DEBUG"}}
+    result = subprocess.run(
+        [sys.executable, "-c", "import django; django.setup()"],
+        cwd=ROOT,
+        env={**clean, "DJANGO_SETTINGS_MODULE": "config.settings", "DEBUG": "false"},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode != 0
+    assert "SECRET_KEY and ALLOWED_HOSTS" in result.stderr

@@ -1,0 +1,614 @@
+"""A fake Stripe API: a stdlib `ThreadingHTTPServer` on 127.0.0.1 in a daemon thread,
+spoken to by the real `stripe` client and by dj-stripe (point `STRIPE_API_BASE` at
+`server.url` and use `server.api_key` as `STRIPE_SECRET_KEY`).
+
+It keeps its objects in memory with the shapes of Stripe's API (the fields Parley
+and dj-stripe read) and answers like Stripe: form-encoded requests, `expand[]`,
+JSON errors (`resource_missing` 404, a 401 for a wrong key), and an
+`Idempotency-Key` replays the first answer. The calls served:
+
+    GET  /v1/account
+    POST /v1/customers                GET /v1/customers/{id}
+    POST /v1/payment_intents          GET /v1/payment_intents/{id}
+    GET  /v1/charges/{id}  /v1/refunds/{id}  /v1/disputes/{id}
+    GET  /v1/payment_methods/{id}  /v1/balance_transactions/{id}  /v1/events/{id}
+    POST /v1/webhook_endpoints        GET /v1/webhook_endpoints/{id}
+
+What happens off the API (a customer paying, a refund from the dashboard, a
+dispute) is driven from Python and returns the event payload Stripe would send:
+
+    event = server.pay(pi_id)                  # payment_intent.succeeded
+    event = server.refund(pi_id, amount=300)   # charge.refunded (cumulative amount_refunded)
+    event = server.dispute(pi_id)              # charge.dispute.created
+    event = server.close_dispute(dp_id, "won") # charge.dispute.closed
+    body, header = sign_event(event, secret)   # a real Stripe-Signature: t=...,v1=HMAC-SHA256("t.body")
+
+`server.fail_next(n, status=500)` makes the next n API calls fail; `server.requests`
+records every call (method, path, params, Stripe-Version, Idempotency-Key). Run as
+its own process (`python -m tests.fakes.stripe_server`), it prints its URL and key,
+and `POST /_fake/pay/{pi_id}` stands in for `pay()`.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import hmac
+import json
+import secrets
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+API_VERSION = "2026-05-27.dahlia"
+
+
+def sign_payload(payload: str, secret: str, timestamp: int | None = None) -> str:
+    """The Stripe-Signature header Stripe would send for `payload`."""
+    timestamp = int(time.time()) if timestamp is None else timestamp
+    digest = hmac.new(secret.encode(), f"{timestamp}.{payload}".encode(), hashlib.sha256).hexdigest()
+    return f"t={timestamp},v1={digest}"
+
+
+def sign_event(event: dict, secret: str, timestamp: int | None = None) -> tuple[str, str]:
+    body = json.dumps(event)
+    return body, sign_payload(body, secret, timestamp)
+
+
+def _parse_form(pairs: list[tuple[str, str]]) -> dict[str, Any]:
+    """Stripe's bracket encoding (`metadata[a]=1`, `expand[0]=x`) back into dicts and lists."""
+    root: dict[str, Any] = {}
+    for key, value in pairs:
+        parts = key.replace("]", "").split("[")
+        node: Any = root
+        for i, part in enumerate(parts):
+            last = i == len(parts) - 1
+            nxt = None if last else parts[i + 1]
+            container_for_next: Any = [] if (nxt is not None and (nxt == "" or nxt.isdigit())) else {}
+            if isinstance(node, list):
+                index = len(node) if part == "" else int(part)
+                while len(node) <= index:
+                    node.append(None)
+                if last:
+                    node[index] = value
+                else:
+                    if node[index] is None:
+                        node[index] = container_for_next
+                    node = node[index]
+            else:
+                if last:
+                    node[part] = value
+                else:
+                    node = node.setdefault(part, container_for_next)
+    return root
+
+
+@dataclass
+class RecordedRequest:
+    method: str
+    path: str
+    params: dict[str, Any]
+    stripe_version: str | None
+    idempotency_key: str | None
+    authorization: str | None
+
+
+@dataclass
+class Fault:
+    remaining: int
+    status: int
+    path_prefix: str
+
+
+@dataclass
+class FakeStripe:
+    api_key: str = field(default_factory=lambda: f"sk_test_{secrets.token_hex(16)}")
+    account_id: str = "acct_1FakeParleyAccount"
+    objects: dict[str, dict[str, dict]] = field(default_factory=dict)
+    requests: list[RecordedRequest] = field(default_factory=list)
+    faults: list[Fault] = field(default_factory=list)
+    idempotent: dict[str, tuple[int, dict]] = field(default_factory=dict)
+    lock: threading.RLock = field(default_factory=threading.RLock)
+    url: str = ""
+    # Called as hook(method, path, params) in the server thread before each answer.
+    hooks: list[Any] = field(default_factory=list)
+    _server: ThreadingHTTPServer | None = None
+
+    # --- lifecycle -------------------------------------------------------------
+
+    def start(self) -> FakeStripe:
+        return self.start_on(0)
+
+    def start_on(self, port: int) -> FakeStripe:
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # headers and body go out at once, no 40 ms stalls
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                self._handle("GET")
+
+            def do_POST(self) -> None:
+                self._handle("POST")
+
+            def do_DELETE(self) -> None:
+                self._handle("DELETE")
+
+            def _handle(self, method: str) -> None:
+                split = urlsplit(self.path)
+                length = int(self.headers.get("Content-Length") or 0)
+                raw = self.rfile.read(length).decode() if length else ""
+                params = _parse_form(
+                    parse_qsl(split.query, keep_blank_values=True) + parse_qsl(raw, keep_blank_values=True)
+                )
+                for hook in list(fake.hooks):
+                    hook(method, split.path, params)
+                status, body = fake.dispatch(method, split.path, params, self.headers)
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.send_header("Request-Id", f"req_{secrets.token_hex(6)}")
+                if status >= 500:
+                    # Let the caller's own retry policy (the Celery task) decide.
+                    self.send_header("Stripe-Should-Retry", "false")
+                self.end_headers()
+                self.wfile.write(data)
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        self._server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        threading.Thread(target=self._server.serve_forever, daemon=True, name="fake-stripe").start()
+        return self
+
+    def stop(self) -> None:
+        if self._server:
+            self._server.shutdown()
+            self._server.server_close()
+
+    def reset(self) -> None:
+        with self.lock:
+            self.objects.clear()
+            self.requests.clear()
+            self.faults.clear()
+            self.idempotent.clear()
+            self.hooks.clear()
+
+    def fail_next(self, count: int, *, status: int = 500, path_prefix: str = "/v1/") -> None:
+        with self.lock:
+            self.faults.append(Fault(count, status, path_prefix))
+
+    def calls(self, method: str | None = None, path_prefix: str = "") -> list[RecordedRequest]:
+        with self.lock:
+            return [
+                r for r in self.requests if (method is None or r.method == method) and r.path.startswith(path_prefix)
+            ]
+
+    # --- HTTP ---------------------------------------------------------------------
+
+    def dispatch(self, method: str, path: str, params: dict, headers: Any) -> tuple[int, dict]:
+        with self.lock:
+            self.requests.append(
+                RecordedRequest(
+                    method, path, params, headers.get("Stripe-Version"), headers.get("Idempotency-Key"),
+                    headers.get("Authorization"),
+                )
+            )  # fmt: skip
+            if path.startswith("/_fake/pay/") and method == "POST":
+                # Out-of-band driver for a fake run as its own process (bench/webhooks.py).
+                return 200, self.pay(path.rsplit("/", 1)[1])
+            if headers.get("Authorization") != f"Bearer {self.api_key}":
+                return 401, _error("invalid_request_error", "Invalid API Key provided.", code="api_key_invalid")
+            for fault in self.faults:
+                if fault.remaining > 0 and path.startswith(fault.path_prefix):
+                    fault.remaining -= 1
+                    return fault.status, _error("api_error", "The fake Stripe failed on purpose.")
+            key = headers.get("Idempotency-Key")
+            if method == "POST" and key and key in self.idempotent:
+                return copy.deepcopy(self.idempotent[key])
+            status, body = self._route(method, path, params)
+            if method == "POST" and key and status < 500:
+                self.idempotent[key] = (status, copy.deepcopy(body))
+            return status, body
+
+    def _route(self, method: str, path: str, params: dict) -> tuple[int, dict]:
+        parts = path.strip("/").split("/")
+        if parts[:1] != ["v1"] or len(parts) < 2:
+            return 404, _error("invalid_request_error", f"Unrecognized request URL ({method}: {path}).")
+        resource = parts[1]
+        if resource == "account" and method == "GET":
+            return 200, self.account()
+        if len(parts) == 2 and method == "POST":
+            create = {
+                "customers": self._create_customer,
+                "payment_intents": self._create_payment_intent,
+                "webhook_endpoints": self._create_webhook_endpoint,
+            }.get(resource)
+            if create is None:
+                return 404, _error("invalid_request_error", f"Unrecognized request URL ({method}: {path}).")
+            return 200, create(params)
+        if len(parts) == 3 and method == "GET":
+            obj = self.objects.get(resource, {}).get(parts[2])
+            if obj is None:
+                return 404, _error(
+                    "invalid_request_error",
+                    f"No such {resource[:-1]}: '{parts[2]}'",
+                    code="resource_missing",
+                    param="id",
+                )
+            return 200, self._expanded(obj, params.get("expand") or [])
+        return 404, _error("invalid_request_error", f"Unrecognized request URL ({method}: {path}).")
+
+    def _expanded(self, obj: dict, expand: list[str]) -> dict:
+        result = copy.deepcopy(obj)
+        for name in expand:
+            value = result.get(name)
+            if isinstance(value, str):
+                found = self._find(value)
+                if found is not None:
+                    result[name] = copy.deepcopy(found)
+        return result
+
+    def _find(self, object_id: str) -> dict | None:
+        for table in self.objects.values():
+            if object_id in table:
+                return table[object_id]
+        return None
+
+    # --- objects ------------------------------------------------------------------
+
+    def _store(self, resource: str, obj: dict) -> dict:
+        self.objects.setdefault(resource, {})[obj["id"]] = obj
+        return obj
+
+    def get(self, resource: str, object_id: str) -> dict:
+        with self.lock:
+            return copy.deepcopy(self.objects[resource][object_id])
+
+    def account(self) -> dict:
+        return {
+            "id": self.account_id,
+            "object": "account",
+            "business_profile": {"name": "Parley (fake)", "support_email": None, "url": None},
+            "business_type": "company",
+            "capabilities": {"card_payments": "active", "transfers": "active"},
+            "charges_enabled": True,
+            "country": "US",
+            "created": 1_700_000_000,
+            "default_currency": "usd",
+            "details_submitted": True,
+            "email": "owner@parley.test",
+            "metadata": {},
+            "payouts_enabled": True,
+            "settings": {"dashboard": {"display_name": "Parley", "timezone": "Etc/UTC"}},
+            "type": "standard",
+        }
+
+    def _create_customer(self, params: dict) -> dict:
+        return self._store(
+            "customers",
+            {
+                "id": _new_id("cus"),
+                "object": "customer",
+                "address": None,
+                "balance": 0,
+                "created": int(time.time()),
+                "currency": None,
+                "default_source": None,
+                "delinquent": False,
+                "description": params.get("description"),
+                "email": params.get("email"),
+                "invoice_prefix": secrets.token_hex(4).upper(),
+                "invoice_settings": {"custom_fields": None, "default_payment_method": None, "footer": None},
+                "livemode": False,
+                "metadata": params.get("metadata") or {},
+                "name": params.get("name") or None,
+                "phone": None,
+                "preferred_locales": [],
+                "shipping": None,
+                "tax_exempt": "none",
+            },
+        )
+
+    def _create_payment_intent(self, params: dict) -> dict:
+        pi_id = _new_id("pi")
+        return self._store(
+            "payment_intents",
+            {
+                "id": pi_id,
+                "object": "payment_intent",
+                "amount": int(params["amount"]),
+                "amount_capturable": 0,
+                "amount_received": 0,
+                "automatic_payment_methods": {"enabled": True} if params.get("automatic_payment_methods") else None,
+                "canceled_at": None,
+                "cancellation_reason": None,
+                "capture_method": "automatic",
+                "client_secret": f"{pi_id}_secret_{secrets.token_hex(12)}",
+                "confirmation_method": "automatic",
+                "created": int(time.time()),
+                "currency": params["currency"],
+                "customer": params.get("customer"),
+                "description": params.get("description"),
+                "last_payment_error": None,
+                "latest_charge": None,
+                "livemode": False,
+                "metadata": params.get("metadata") or {},
+                "next_action": None,
+                "on_behalf_of": None,
+                "payment_method": None,
+                "payment_method_types": ["card"],
+                "receipt_email": None,
+                "setup_future_usage": None,
+                "shipping": None,
+                "statement_descriptor": None,
+                "status": "requires_payment_method",
+                "transfer_data": None,
+                "transfer_group": None,
+            },
+        )
+
+    def create_payment_intent(self, *, amount: int, currency: str = "usd", metadata: dict | None = None) -> dict:
+        """A PaymentIntent made outside Parley (another integration on the same account)."""
+        with self.lock:
+            return copy.deepcopy(
+                self._create_payment_intent({"amount": amount, "currency": currency, "metadata": metadata or {}})
+            )
+
+    def _create_webhook_endpoint(self, params: dict) -> dict:
+        return self._store(
+            "webhook_endpoints",
+            {
+                "id": _new_id("we"),
+                "object": "webhook_endpoint",
+                "api_version": params.get("api_version"),
+                "application": None,
+                "created": int(time.time()),
+                "description": None,
+                "enabled_events": params.get("enabled_events") or ["*"],
+                "livemode": False,
+                "metadata": params.get("metadata") or {},
+                "secret": f"whsec_{secrets.token_hex(16)}",
+                "status": "enabled",
+                "url": params["url"],
+            },
+        )
+
+    def _balance_transaction(self, *, amount: int, source: str, kind: str) -> str:
+        txn = self._store(
+            "balance_transactions",
+            {
+                "id": _new_id("txn"),
+                "object": "balance_transaction",
+                "amount": amount,
+                "available_on": int(time.time()) + 86400 * 2,
+                "created": int(time.time()),
+                "currency": "usd",
+                "description": None,
+                "exchange_rate": None,
+                "fee": 0 if amount <= 0 else 30 + amount * 29 // 1000,
+                "fee_details": [],
+                "net": amount if amount <= 0 else amount - (30 + amount * 29 // 1000),
+                "reporting_category": kind,
+                "source": source,
+                "status": "pending",
+                "type": kind,
+            },
+        )
+        return txn["id"]
+
+    # --- what happens outside the API (each returns the event Stripe would send) ----
+
+    def event(self, event_type: str, obj: dict, *, previous_attributes: dict | None = None) -> dict:
+        with self.lock:
+            data: dict[str, Any] = {"object": copy.deepcopy(obj)}
+            if previous_attributes is not None:
+                data["previous_attributes"] = previous_attributes
+            event = {
+                "id": _new_id("evt"),
+                "object": "event",
+                "api_version": API_VERSION,
+                "created": int(time.time()),
+                "data": data,
+                "livemode": False,
+                "pending_webhooks": 1,
+                "request": {"id": None, "idempotency_key": None},
+                "type": event_type,
+            }
+            return copy.deepcopy(self._store("events", event))
+
+    def pay(self, pi_id: str) -> dict:
+        """The customer confirms with a card: the PaymentIntent succeeds with one charge."""
+        with self.lock:
+            intent = self.objects["payment_intents"][pi_id]
+            method = self._store(
+                "payment_methods",
+                {
+                    "id": _new_id("pm"),
+                    "object": "payment_method",
+                    "billing_details": {"address": None, "email": None, "name": None, "phone": None},
+                    "card": {"brand": "visa", "country": "US", "exp_month": 12, "exp_year": 2034,
+                             "fingerprint": secrets.token_hex(8), "funding": "credit", "last4": "4242"},
+                    "created": int(time.time()),
+                    "customer": intent["customer"],
+                    "livemode": False,
+                    "metadata": {},
+                    "type": "card",
+                },
+            )  # fmt: skip
+            charge_id = _new_id("ch")
+            self._store(
+                "charges",
+                {
+                    "id": charge_id,
+                    "object": "charge",
+                    "amount": intent["amount"],
+                    "amount_captured": intent["amount"],
+                    "amount_refunded": 0,
+                    "application_fee_amount": None,
+                    "balance_transaction": self._balance_transaction(
+                        amount=intent["amount"], source=charge_id, kind="charge"
+                    ),
+                    "billing_details": method["billing_details"],
+                    "calculated_statement_descriptor": "PARLEY",
+                    "captured": True,
+                    "created": int(time.time()),
+                    "currency": intent["currency"],
+                    "customer": intent["customer"],
+                    "description": intent["description"],
+                    "disputed": False,
+                    "failure_code": None,
+                    "failure_message": None,
+                    "fraud_details": {},
+                    "livemode": False,
+                    "metadata": {},
+                    "on_behalf_of": None,
+                    "outcome": {"network_status": "approved_by_network", "reason": None, "risk_level": "normal",
+                                "seller_message": "Payment complete.", "type": "authorized"},
+                    "paid": True,
+                    "payment_intent": pi_id,
+                    "payment_method": method["id"],
+                    "payment_method_details": {"card": method["card"], "type": "card"},
+                    "receipt_url": None,
+                    "refunded": False,
+                    "review": None,
+                    "shipping": None,
+                    "source": None,
+                    "statement_descriptor": None,
+                    "status": "succeeded",
+                    "transfer_data": None,
+                    "transfer_group": None,
+                },
+            )  # fmt: skip
+            intent.update(
+                status="succeeded",
+                amount_received=intent["amount"],
+                latest_charge=charge_id,
+                payment_method=method["id"],
+            )
+            return self.event("payment_intent.succeeded", intent)
+
+    def fail_payment(self, pi_id: str, message: str = "Your card was declined.") -> dict:
+        with self.lock:
+            intent = self.objects["payment_intents"][pi_id]
+            intent.update(
+                status="requires_payment_method",
+                last_payment_error={"code": "card_declined", "message": message, "type": "card_error"},
+            )
+            return self.event("payment_intent.payment_failed", intent)
+
+    def _charge_of(self, pi_or_charge_id: str) -> dict:
+        if pi_or_charge_id.startswith("pi_"):
+            pi_or_charge_id = self.objects["payment_intents"][pi_or_charge_id]["latest_charge"]
+        return self.objects["charges"][pi_or_charge_id]
+
+    def refund(self, pi_or_charge_id: str, amount: int | None = None) -> dict:
+        """A refund of `amount` cents (the rest when None): charge.refunded with the
+        charge's new cumulative amount_refunded."""
+        with self.lock:
+            charge = self._charge_of(pi_or_charge_id)
+            amount = charge["amount"] - charge["amount_refunded"] if amount is None else amount
+            refund = self._store(
+                "refunds",
+                {
+                    "id": _new_id("re"),
+                    "object": "refund",
+                    "amount": amount,
+                    "balance_transaction": self._balance_transaction(
+                        amount=-amount, source=charge["id"], kind="refund"
+                    ),
+                    "charge": charge["id"],
+                    "created": int(time.time()),
+                    "currency": charge["currency"],
+                    "metadata": {},
+                    "payment_intent": charge["payment_intent"],
+                    "reason": "requested_by_customer",
+                    "receipt_number": None,
+                    "status": "succeeded",
+                },
+            )
+            previous = {"amount_refunded": charge["amount_refunded"], "refunded": charge["refunded"]}
+            charge["amount_refunded"] += amount
+            charge["refunded"] = charge["amount_refunded"] >= charge["amount"]
+            charge["refunds"] = {
+                "object": "list",
+                "data": [r for r in self.objects["refunds"].values() if r["charge"] == charge["id"]],
+                "has_more": False,
+                "total_count": sum(1 for r in self.objects["refunds"].values() if r["charge"] == charge["id"]),
+                "url": f"/v1/charges/{charge['id']}/refunds",
+            }
+            assert refund["charge"] == charge["id"]
+            return self.event("charge.refunded", charge, previous_attributes=previous)
+
+    def dispute(self, pi_or_charge_id: str, amount: int | None = None, reason: str = "fraudulent") -> dict:
+        with self.lock:
+            charge = self._charge_of(pi_or_charge_id)
+            amount = charge["amount"] if amount is None else amount
+            dispute_id = _new_id("dp")
+            dispute = self._store(
+                "disputes",
+                {
+                    "id": dispute_id,
+                    "object": "dispute",
+                    "amount": amount,
+                    "balance_transactions": [],
+                    "charge": charge["id"],
+                    "created": int(time.time()),
+                    "currency": charge["currency"],
+                    "evidence": {"customer_name": None, "product_description": None, "uncategorized_text": None},
+                    "evidence_details": {"due_by": int(time.time()) + 86400 * 7, "has_evidence": False,
+                                         "past_due": False, "submission_count": 0},
+                    "is_charge_refundable": False,
+                    "livemode": False,
+                    "metadata": {},
+                    "payment_intent": charge["payment_intent"],
+                    "reason": reason,
+                    "status": "needs_response",
+                },
+            )  # fmt: skip
+            charge["disputed"] = True
+            return self.event("charge.dispute.created", dispute)
+
+    def close_dispute(self, dispute_id: str, status: str) -> dict:
+        with self.lock:
+            dispute = self.objects["disputes"][dispute_id]
+            dispute["status"] = status
+            return self.event("charge.dispute.closed", dispute)
+
+
+_counter = iter(range(1, 10**9))
+_counter_lock = threading.Lock()
+
+
+def _new_id(prefix: str) -> str:
+    with _counter_lock:
+        n = next(_counter)
+    return f"{prefix}_{n:06d}{secrets.token_hex(7)}"
+
+
+def _error(kind: str, message: str, *, code: str | None = None, param: str | None = None) -> dict:
+    error: dict[str, Any] = {"type": kind, "message": message}
+    if code:
+        error["code"] = code
+    if param:
+        error["param"] = param
+    return {"error": error}
+
+
+if __name__ == "__main__":  # the fake as its own process: python -m tests.fakes.stripe_server [--port N]
+    import argparse
+
+    parser = argparse.ArgumentParser(description="A fake Stripe API on 127.0.0.1.")
+    parser.add_argument("--port", type=int, default=0)
+    args = parser.parse_args()
+    fake = FakeStripe()
+    fake.start_on(args.port)
+    print(json.dumps({"url": fake.url, "api_key": fake.api_key}), flush=True)
+    threading.Event().wait()

@@ -1,0 +1,98 @@
+"""Usage events for the reporting tests: prices, sessions, turns and LLM calls written
+the way the turn completion writes them (the calls inserted, then usage_rollup_add in
+the same transaction). Tests choose each call's time, so `created_at` (auto_now_add)
+is set right after the insert, still inside that transaction."""
+
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+
+import factory
+from django.db import transaction
+
+from billing.models import ModelPrice
+from billing.money import call_cost, ledger_amount, usage_amount
+from chat.models import ChatSession, LLMCall, Turn
+from reporting.services import usage_rollup_add
+
+
+class ModelPriceFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = ModelPrice
+
+    alias = factory.Sequence(lambda n: f"alias{n}")
+    provider = ModelPrice.Provider.LOCAL
+    provider_model = factory.LazyAttribute(lambda price: f"local-{price.alias}")
+    input_credits_per_mtok = Decimal("150")
+    output_credits_per_mtok = Decimal("600")
+
+
+class ChatSessionFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = ChatSession
+
+    title = factory.Sequence(lambda n: f"Session {n}")
+    model_alias = "fast"
+
+
+class TurnFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = Turn
+
+    session = factory.SubFactory(ChatSessionFactory)
+    user = factory.SelfAttribute("session.user")
+    model_alias = "fast"
+    status = Turn.Status.COMPLETED
+
+
+@dataclass(frozen=True)
+class CallSpec:
+    alias: str
+    at: datetime
+    input_tokens: int
+    output_tokens: int
+    purpose: str = LLMCall.Purpose.REPLY
+
+
+def price_for(alias: str) -> ModelPrice:
+    return ModelPrice.objects.get(alias=alias, active=True)
+
+
+def record_turn(*, session: ChatSession, calls: list[CallSpec], rollup: bool = True) -> list[LLMCall]:
+    """One completed turn: its LLM calls and, unless `rollup` is off, their rollup, in
+    one transaction like the completion."""
+    with transaction.atomic():
+        turn = TurnFactory(session=session, user=session.user)
+        rows = []
+        for spec in calls:
+            price = price_for(spec.alias)
+            cost = ledger_amount(
+                call_cost(
+                    input_tokens=spec.input_tokens,
+                    output_tokens=spec.output_tokens,
+                    input_price=price.input_credits_per_mtok,
+                    output_price=price.output_credits_per_mtok,
+                )
+            )
+            rows.append(
+                LLMCall(
+                    turn=turn,
+                    user=session.user,
+                    price=price,
+                    purpose=spec.purpose,
+                    model_alias=spec.alias,
+                    provider=price.provider,
+                    provider_model=price.provider_model,
+                    input_tokens=spec.input_tokens,
+                    output_tokens=spec.output_tokens,
+                    cost=cost,
+                    credits_burned=usage_amount(cost),
+                )
+            )
+        created = LLMCall.objects.bulk_create(rows)
+        for row, spec in zip(created, calls, strict=True):
+            LLMCall.objects.filter(pk=row.pk).update(created_at=spec.at)
+            row.created_at = spec.at
+        if rollup:
+            usage_rollup_add(llm_calls=created)
+    return created

@@ -1,0 +1,148 @@
+"""The staff usage page in the Django admin, through Django's real admin views."""
+
+import csv
+import io
+import re
+from datetime import UTC, datetime
+from decimal import Decimal
+
+import pytest
+from django.contrib.auth.models import Permission
+from django.test import Client
+
+from accounts.services import user_create
+from reporting.export import usage_summary_rows
+from reporting.selectors import usage_summary_from_calls
+from tests.conftest import make_user
+from tests.reporting.factories import CallSpec, ChatSessionFactory, ModelPriceFactory, record_turn
+
+pytestmark = pytest.mark.django_db
+
+PAGE = "/admin/reporting/usage/"
+
+
+def at(month: int, day: int, hour: int = 12) -> datetime:
+    return datetime(2025, month, day, hour, tzinfo=UTC)
+
+
+@pytest.fixture
+def admin_browser(db) -> Client:  # noqa: ANN001
+    client = Client()
+    client.force_login(user_create(email="boss@example.com", is_staff=True, is_superuser=True))
+    return client
+
+
+@pytest.fixture
+def calls(owner, other_user):  # noqa: ANN001, ANN201
+    ModelPriceFactory(alias="fast", input_credits_per_mtok=Decimal("150"), output_credits_per_mtok=Decimal("600"))
+    ModelPriceFactory(alias="smart", input_credits_per_mtok=Decimal("3000"), output_credits_per_mtok=Decimal("15000"))
+    mine, theirs = ChatSessionFactory(user=owner), ChatSessionFactory(user=other_user)
+    record_turn(session=mine, calls=[CallSpec("fast", at(1, 1), 1000, 200)])  # 0.2700
+    record_turn(session=mine, calls=[CallSpec("smart", at(1, 4), 2000, 100)])  # 7.5000
+    record_turn(session=theirs, calls=[CallSpec("fast", at(1, 4), 1, 0)])  # 0.0002
+
+
+def totals_cells(html: str) -> dict[str, str]:
+    table = html.split('id="usage-totals"', 1)[1].split("</table>", 1)[0]
+    return dict(re.findall(r'data-figure="(\w+)">([^<]*)<', table))
+
+
+def test_the_page_shows_totals_breakdowns_and_a_chart(admin_browser, owner, other_user, calls):
+    response = admin_browser.get(PAGE, {"from_date": "2025-01-01", "to_date": "2025-01-31"})
+    assert response.status_code == 200
+    html = response.content.decode()
+    assert totals_cells(html) == {"calls": "3", "input_tokens": "3001", "output_tokens": "300", "credits": "7.7702"}
+    by_model = html.split('id="usage-by-model"', 1)[1].split("</table>", 1)[0]
+    assert "fast" in by_model and "0.2702" in by_model and "7.5000" in by_model
+    by_user = html.split('id="usage-by-user"', 1)[1].split("</table>", 1)[0]
+    assert owner.email in by_user and other_user.email in by_user and "7.7700" in by_user
+    # One bar per day from the first to the last day with usage; the empty days are drawn empty.
+    svg = html.split('<svg id="usage-chart"', 1)[1].split("</svg>", 1)[0]
+    bars = re.findall(r'<rect class="bar"[^>]*data-bucket="([\d-]+)" data-credits="([\d.]+)"', svg)
+    assert bars == [
+        ("2025-01-01", "0.2700"),
+        ("2025-01-02", "0.0000"),
+        ("2025-01-03", "0.0000"),
+        ("2025-01-04", "7.5002"),
+    ]
+    heights = [float(h) for h in re.findall(r'<rect class="bar"[^>]* height="([\d.]+)"', svg)]
+    assert heights[3] == max(heights) and heights[1] == heights[2] == 0
+    assert "<script" not in html.split('id="content-main"', 1)[1]  # no JavaScript for the chart
+    assert 'href="?from_date=2025-01-01&amp;to_date=2025-01-31&amp;format=csv"' in html
+
+
+def test_the_user_id_link_from_the_wallet_page_filters_one_user(admin_browser, owner, calls):
+    html = admin_browser.get(PAGE, {"user_id": owner.pk}).content.decode()
+    assert f'User: <a href="/admin/accounts/user/{owner.pk}/change/">{owner.email}</a>' in html
+    assert totals_cells(html) == {"calls": "2", "input_tokens": "3000", "output_tokens": "300", "credits": "7.7700"}
+    assert "other@example.com" not in html
+
+
+def test_filters_by_model_and_bucket(admin_browser, calls):
+    html = admin_browser.get(PAGE, {"model_alias": "fast", "bucket": "month"}).content.decode()
+    assert totals_cells(html) == {"calls": "2", "input_tokens": "1001", "output_tokens": "200", "credits": "0.2702"}
+    assert re.findall(r'data-bucket="([\d-]+)"', html) == ["2025-01-01"]
+
+
+@pytest.mark.parametrize(
+    ("params", "field", "message"),
+    [
+        ({"from_date": "2025-02-01", "to_date": "2025-01-01"}, "from_date", "From must not be after To."),
+        ({"user_id": "424242"}, "user_id", "No user with this id."),
+        ({"user_id": "x"}, "user_id", "Enter a whole number."),
+        ({"bucket": "year"}, "bucket", "Select a valid choice."),
+        ({"model_alias": "nope"}, "model_alias", "Select a valid choice."),
+    ],
+)
+def test_bad_filters_are_shown_next_to_the_field_without_figures(admin_browser, calls, params, field, message):
+    response = admin_browser.get(PAGE, params)
+    assert response.status_code == 200
+    html = response.content.decode()
+    block = html.split(f'id="filter-{field}"', 1)[1].split("</div>", 1)[0]
+    assert 'class="errorlist' in block and message in block
+    assert 'id="usage-totals"' not in html
+    csv_response = admin_browser.get(PAGE, {**params, "format": "csv"})
+    assert csv_response["Content-Type"].startswith("text/html")
+
+
+def test_csv_download_has_the_api_rows(admin_browser, calls):
+    response = admin_browser.get(
+        PAGE, {"from_date": "2025-01-01", "to_date": "2025-01-31", "bucket": "week", "format": "csv"}
+    )
+    assert response.status_code == 200
+    assert response["Content-Type"].startswith("text/csv")
+    assert response["Content-Disposition"].startswith("attachment;")
+    expected = usage_summary_from_calls(
+        from_date=datetime(2025, 1, 1).date(), to_date=datetime(2025, 1, 31).date(), bucket="week"
+    )
+    assert list(csv.reader(io.StringIO(response.content.decode()))) == usage_summary_rows(expected)
+
+
+def test_an_empty_selection_shows_zeros(admin_browser, calls):
+    html = admin_browser.get(PAGE, {"from_date": "2030-01-01"}).content.decode()
+    assert totals_cells(html) == {"calls": "0", "input_tokens": "0", "output_tokens": "0", "credits": "0.0000"}
+    assert "No usage in this selection." in html
+
+
+def test_the_page_is_in_the_admin_index(admin_browser):
+    html = admin_browser.get("/admin/").content.decode()
+    assert f'href="{PAGE}"' in html and "Usage summary" in html
+
+
+def test_only_staff_with_the_view_permission_see_it(calls):
+    client = Client()
+    assert client.get(PAGE).status_code == 302  # to the login page
+    client.force_login(make_user("customer@example.com"))
+    assert client.get(PAGE).status_code == 302
+    staff = make_user("helpdesk@example.com", staff=True)
+    client.force_login(staff)
+    assert client.get(PAGE).status_code == 403
+    assert client.get(PAGE, {"format": "csv"}).status_code == 403
+    staff.user_permissions.add(Permission.objects.get(codename="view_usage", content_type__app_label="reporting"))
+    assert client.get(PAGE).status_code == 200
+
+
+def test_there_is_nothing_to_add_change_or_delete(admin_browser):
+    assert admin_browser.get(PAGE + "add/").status_code == 404
+    assert admin_browser.get(PAGE + "1/change/").status_code == 404
+    assert admin_browser.post(PAGE, {"from_date": "2025-01-01"}).status_code == 200  # a POST is just a page view

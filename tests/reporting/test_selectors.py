@@ -1,0 +1,122 @@
+"""The summary served from the rollups equals the raw aggregation of the LLM calls,
+and both equal a plain-Python computation over the generated calls, for every filter
+and bucket, across day, ISO-week, month and year boundaries."""
+
+from collections import defaultdict
+from datetime import date, timedelta
+from decimal import Decimal
+from itertools import product
+
+import pytest
+
+from reporting.selectors import usage_summary, usage_summary_from_calls, zero_figures
+
+pytestmark = pytest.mark.django_db
+
+RANGES = [
+    (None, None),
+    (date(2025, 1, 1), None),
+    (None, date(2025, 1, 31)),
+    (date(2024, 12, 31), date(2025, 1, 1)),  # two days across the year boundary
+    (date(2025, 1, 6), date(2025, 2, 2)),  # whole ISO weeks across a month boundary
+    (date(2025, 1, 15), date(2025, 1, 15)),  # one day
+    (date(2025, 2, 1), date(2025, 2, 28)),
+    (date(2026, 1, 1), date(2026, 12, 31)),  # nothing there
+    (date.min, date.max),
+]
+
+
+def _bucket_start(day: date, bucket: str) -> date:
+    if bucket == "week":
+        return day - timedelta(days=day.weekday())
+    if bucket == "month":
+        return day.replace(day=1)
+    return day
+
+
+def expected_summary(recorded, *, user_id, model_alias, from_date, to_date, bucket) -> dict:  # noqa: ANN001
+    chosen = [
+        call
+        for call in recorded
+        if (user_id is None or call.user_id == user_id)
+        and (model_alias is None or call.alias == model_alias)
+        and (from_date is None or call.day >= from_date)
+        and (to_date is None or call.day <= to_date)
+    ]
+
+    def grouped(key) -> dict:  # noqa: ANN001
+        groups: dict = defaultdict(zero_figures)
+        for call in chosen:
+            figures = groups[key(call)]
+            figures["calls"] += 1
+            figures["input_tokens"] += call.input_tokens
+            figures["output_tokens"] += call.output_tokens
+            figures["credits"] += call.credits
+        return dict(sorted(groups.items()))
+
+    emails = {call.user_id: call.email for call in recorded}
+    totals = zero_figures()
+    for call in chosen:
+        totals["calls"] += 1
+        totals["input_tokens"] += call.input_tokens
+        totals["output_tokens"] += call.output_tokens
+        totals["credits"] += call.credits
+    return {
+        "user_id": user_id,
+        "model_alias": model_alias,
+        "from_date": from_date,
+        "to_date": to_date,
+        "bucket": bucket,
+        "totals": totals,
+        "by_model": [{"model_alias": k, **v} for k, v in grouped(lambda c: c.alias).items()],
+        "by_user": [{"user_id": k, "email": emails[k], **v} for k, v in grouped(lambda c: c.user_id).items()],
+        "by_bucket": [{"bucket": k, **v} for k, v in grouped(lambda c: _bucket_start(c.day, bucket)).items()],
+    }
+
+
+def test_rollup_summary_equals_raw_aggregation_for_every_filter_and_bucket(usage_data):
+    users, recorded = usage_data["users"], usage_data["recorded"]
+    assert len(recorded) > 300
+    user_choices = [None, users[0].pk, users[2].pk]
+    alias_choices = [None, "fast", "tiny", "retired-alias"]
+    checked = 0
+    for user_id, alias, (start, end), bucket in product(user_choices, alias_choices, RANGES, ["day", "week", "month"]):
+        filters = {"user_id": user_id, "model_alias": alias, "from_date": start, "to_date": end, "bucket": bucket}
+        from_rollups = usage_summary(**filters)
+        from_calls = usage_summary_from_calls(**filters)
+        assert from_rollups == from_calls, filters
+        assert from_rollups == expected_summary(recorded, **filters), filters
+        checked += 1
+    assert checked == 3 * 4 * len(RANGES) * 3
+
+
+def test_the_generated_data_reaches_every_edge_the_comparison_is_about(usage_data):
+    """Guards the test above: the data really straddles the boundaries it claims to."""
+    days = {call.day for call in usage_data["recorded"]}
+    for day in [date(2024, 12, 31), date(2025, 1, 1), date(2025, 1, 5), date(2025, 1, 6), date(2025, 2, 1)]:
+        assert day in days
+    summary = usage_summary(bucket="month")
+    assert [row["bucket"] for row in summary["by_bucket"]] == [
+        date(2024, 12, 1),
+        date(2025, 1, 1),
+        date(2025, 2, 1),
+        date(2025, 3, 1),
+    ]
+    assert {row["model_alias"] for row in summary["by_model"]} == {"fast", "smart", "tiny"}
+
+
+def test_boundary_calls_land_in_their_own_utc_day(usage_data):
+    user = usage_data["users"][0]
+    by_day = {row["bucket"]: row for row in usage_summary(user_id=user.pk, bucket="day")["by_bucket"]}
+    assert by_day[date(2025, 1, 14)]["calls"] >= 1
+    assert by_day[date(2025, 1, 15)]["calls"] >= 1
+    late = [c for c in usage_data["recorded"] if c.user_id == user.pk and c.day == date(2025, 1, 14)]
+    assert by_day[date(2025, 1, 14)]["calls"] == len(late)
+    assert by_day[date(2025, 1, 14)]["credits"] == sum((c.credits for c in late), Decimal("0"))
+
+
+def test_an_empty_selection_answers_zero_totals_and_empty_breakdowns(db):
+    summary = usage_summary(from_date=date(2030, 1, 1), to_date=date(2030, 1, 31), bucket="week")
+    assert summary["totals"] == {"calls": 0, "input_tokens": 0, "output_tokens": 0, "credits": Decimal("0")}
+    assert summary["by_model"] == summary["by_user"] == summary["by_bucket"] == []
+    assert summary == usage_summary_from_calls(from_date=date(2030, 1, 1), to_date=date(2030, 1, 31), bucket="week")
