@@ -12,12 +12,15 @@ one Celery worker subprocess on PostgreSQL + Redis. CLIENTS threads, each with a
 keep-alive HTTP connection, drive in alternating rounds:
 
 - bare:  POST /bench/insert (DRF, API-key auth, throttling, one INSERT);
+- floor: POST /bench/roundtrip: the same INSERT, then a no-op Celery task that
+  answers on Redis pub/sub while the request waits. What any request handed to a
+  worker the way a turn is costs with no work at all: the floor under a turn;
 - turns: POST /api/v1/sessions/{id}/turns with `Prefer: wait=30`: the request
   commits the turn, the worker runs it, the request returns 201 when the worker's
   completion is published on Redis (no Celery result is ever waited on). A turn
   counts only when it came back `completed`; a 202 is polled until it is.
 
-Prints both rates, their ratio (goal: turns >= 50% of bare), p50/p95 latencies and
+Prints the three rates, the ratios to bare (goal: turns >= 50%), p50/p95 latencies and
 the latency a turn adds over the bare request, then checks every wallet to the last
 decimal against its ledger and its completed turns.
 """
@@ -278,6 +281,11 @@ class Client:
         self.count += 1
         return status == 201
 
+    def roundtrip(self) -> bool:
+        status, body = self.request("POST", "/bench/roundtrip", {"n": self.count})
+        self.count += 1
+        return status == 201 and body.get("ok") is True
+
     def turn(self) -> bool:
         self.count += 1
         status, body = self.request(
@@ -369,12 +377,14 @@ def main() -> None:
         for client in clients:  # warm-up: connections, imports, caches
             for _ in range(3):
                 assert client.bare(), "the bare endpoint failed during warm-up"
+                assert client.roundtrip(), "the round-trip endpoint failed during warm-up"
                 assert client.turn(), "a turn failed during warm-up"
 
-        totals = {"bare": [0, 0, []], "turns": [0, 0, []]}
-        cpu = {"bare": [0.0, 0.0], "turns": [0.0, 0.0]}  # seconds: gunicorn tree, celery tree
+        phases = (("bare", Client.bare), ("floor", Client.roundtrip), ("turns", Client.turn))
+        totals = {name: [0, 0, []] for name, _ in phases}
+        cpu = {name: [0.0, 0.0] for name, _ in phases}  # seconds: gunicorn tree, celery tree
         for number in range(1, args.rounds + 1):
-            for name, op in (("bare", Client.bare), ("turns", Client.turn)):
+            for name, op in phases:
                 before = [cpu_seconds(proc.pid) for proc in stack.procs]
                 ok, failed, latencies = run_phase(clients, args.seconds, op)
                 after = [cpu_seconds(proc.pid) for proc in stack.procs]
@@ -388,21 +398,25 @@ def main() -> None:
                 )
 
         elapsed = args.seconds * args.rounds
-        bare_rate, turn_rate = totals["bare"][0] / elapsed, totals["turns"][0] / elapsed
-        bare_lat, turn_lat = totals["bare"][2], totals["turns"][2]
+        bare_rate, floor_rate, turn_rate = (totals[name][0] / elapsed for name in ("bare", "floor", "turns"))
+        bare_lat, floor_lat, turn_lat = (totals[name][2] for name in ("bare", "floor", "turns"))
         print()
         print(
             f"bare INSERT : {bare_rate:8.1f} requests/s   p50 {percentile(bare_lat, 0.5):6.1f} ms   p95 {percentile(bare_lat, 0.95):6.1f} ms"
+        )
+        print(
+            f"floor       : {floor_rate:8.1f} round trips/s p50 {percentile(floor_lat, 0.5):6.1f} ms   p95 {percentile(floor_lat, 0.95):6.1f} ms"
         )
         print(
             f"turns       : {turn_rate:8.1f} completed/s  p50 {percentile(turn_lat, 0.5):6.1f} ms   p95 {percentile(turn_lat, 0.95):6.1f} ms"
         )
         verdict = "met" if turn_rate >= bare_rate / 2 else "NOT met"
         print(f"ratio       : {turn_rate / bare_rate:8.1%} of the bare rate (goal >= 50%: {verdict})")
+        print(f"floor ratio : {floor_rate / bare_rate:8.1%} of the bare rate; turns are {turn_rate / floor_rate:.1%} of the floor")
         print(f"added       : p50 {percentile(turn_lat, .5) - percentile(bare_lat, .5):6.1f} ms   "
               f"p95 {percentile(turn_lat, .95) - percentile(bare_lat, .95):6.1f} ms over the bare request")  # fmt: skip
-        print(f"failures    : bare {totals['bare'][1]}, turns {totals['turns'][1]}")
-        for name in ("bare", "turns"):
+        print(f"failures    : bare {totals['bare'][1]}, floor {totals['floor'][1]}, turns {totals['turns'][1]}")
+        for name, _ in phases:
             done = max(totals[name][0], 1)
             print(f"cpu / op    : {name:<5} web {cpu[name][0] / done * 1000:5.1f} ms, "
                   f"worker {cpu[name][1] / done * 1000:5.1f} ms (gunicorn and celery process trees)")  # fmt: skip
@@ -413,7 +427,7 @@ def main() -> None:
               f"started -> completed {report['spans_ms']['running']} ms (medians, database timestamps)")  # fmt: skip
         print(f"check       : {report['wallets']} wallets, turns {report['turns']}, "
               f"{'all exact' if not report['wrong'] else 'WRONG: ' + json.dumps(report['wrong'])}")  # fmt: skip
-        if report["wrong"] or totals["turns"][1]:
+        if report["wrong"] or totals["turns"][1] or totals["floor"][1]:
             sys.exit(1)
     finally:
         stack.stop()

@@ -1,6 +1,13 @@
-"""Baseline endpoint for the benchmarks: the same stack as the real API (DRF, API key
-auth, throttling, the database) doing one INSERT and nothing else. Mounted only when
-BENCH_ENDPOINTS is on."""
+"""Baseline endpoints for the benchmarks: the same stack as the real API (DRF, API key
+auth, throttling, the database). Mounted only when BENCH_ENDPOINTS is on.
+
+- BareInsertView: one INSERT and nothing else.
+- RoundTripView: the same INSERT, then a no-op Celery task that answers on Redis
+  pub/sub while the request waits: the floor of any work handed to a worker the way
+  a turn is (task sent on commit, completion heard through pub/sub)."""
+
+import time
+import uuid
 
 from django.db import connection
 from drf_spectacular.utils import extend_schema
@@ -8,6 +15,8 @@ from rest_framework import status
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
+
+from chat import streaming
 
 TABLE_DDL = (
     "CREATE TABLE IF NOT EXISTS bench_insert (id BIGSERIAL PRIMARY KEY, user_id BIGINT NOT NULL, body TEXT NOT NULL)"
@@ -20,11 +29,33 @@ def ensure_table() -> None:
         cursor.execute(TABLE_DDL if connection.vendor == "postgresql" else TABLE_DDL_SQLITE)
 
 
+def _insert(request: Request) -> int:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "INSERT INTO bench_insert (user_id, body) VALUES (%s, %s) RETURNING id",
+            [request.user.pk, str(request.data)[:1000]],
+        )
+        return cursor.fetchone()[0]
+
+
 class BareInsertView(APIView):
     @extend_schema(exclude=True)
     def post(self, request: Request) -> Response:
-        with connection.cursor() as cursor:
-            cursor.execute(
-                "INSERT INTO bench_insert (user_id, body) VALUES (%s, %s)", [request.user.pk, str(request.data)[:1000]]
-            )
+        _insert(request)
         return Response({"ok": True}, status=status.HTTP_201_CREATED)
+
+
+class RoundTripView(APIView):
+    @extend_schema(exclude=True)
+    def post(self, request: Request) -> Response:
+        from bench.tasks import echo
+
+        token = f"bench-{uuid.uuid4().hex}"
+        with streaming.subscription(token) as events:  # subscribed before the task can answer
+            _insert(request)
+            echo.apply_async(args=[token])
+            deadline = time.monotonic() + 30
+            while (left := deadline - time.monotonic()) > 0:
+                if (event := events.get(timeout=left)) is not None and event[0] == "done":
+                    return Response({"ok": True}, status=status.HTTP_201_CREATED)
+        return Response({"ok": False}, status=status.HTTP_504_GATEWAY_TIMEOUT)

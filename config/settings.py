@@ -177,6 +177,8 @@ SPECTACULAR_SETTINGS = {
 
 # Baseline endpoints used only by bench/ (bare INSERT); off unless a benchmark turns it on.
 BENCH_ENDPOINTS = env.bool("BENCH_ENDPOINTS", default=False)
+if BENCH_ENDPOINTS:
+    INSTALLED_APPS.append("bench")  # its no-op task, for the worker to find
 
 ALLOW_REGISTRATION = env.bool("ALLOW_REGISTRATION", default=True)
 
