@@ -412,7 +412,9 @@ def main() -> None:
         )
         verdict = "met" if turn_rate >= bare_rate / 2 else "NOT met"
         print(f"ratio       : {turn_rate / bare_rate:8.1%} of the bare rate (goal >= 50%: {verdict})")
-        print(f"floor ratio : {floor_rate / bare_rate:8.1%} of the bare rate; turns are {turn_rate / floor_rate:.1%} of the floor")
+        print(
+            f"floor ratio : {floor_rate / bare_rate:8.1%} of the bare rate; turns are {turn_rate / floor_rate:.1%} of the floor"
+        )
         print(f"added       : p50 {percentile(turn_lat, .5) - percentile(bare_lat, .5):6.1f} ms   "
               f"p95 {percentile(turn_lat, .95) - percentile(bare_lat, .95):6.1f} ms over the bare request")  # fmt: skip
         print(f"failures    : bare {totals['bare'][1]}, floor {totals['floor'][1]}, turns {totals['turns'][1]}")

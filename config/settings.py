@@ -93,7 +93,10 @@ DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{BASE_DIR / '
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # Several threads (SSE, eager tasks) share the file: wait for locks instead of failing.
     DATABASES["default"].setdefault("OPTIONS", {}).update({"timeout": 20, "transaction_mode": "IMMEDIATE"})
-DATABASES["default"]["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=0)
+# Persistent connections on PostgreSQL (a new one costs more than most requests);
+# SQLite opens a file, which is cheap.
+_sqlite = DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3"
+DATABASES["default"]["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=0 if _sqlite else 60)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_USER_MODEL = "accounts.User"
@@ -134,6 +137,10 @@ CELERY_TASK_SERIALIZER = "json"
 CELERY_RESULT_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TASK_IGNORE_RESULT = True
+# Celery's Django fixup closes every database connection around each task unless this
+# is set; config.celery closes them the way Django does per request instead
+# (CONN_MAX_AGE, broken connections). The fixup still recycles them every 2x this.
+CELERY_DB_REUSE_MAX = 10_000
 # A task whose worker died is redelivered after this many seconds (Redis broker).
 # Workers look for such abandoned tasks every 10 s (kombu's default is every ~100 s).
 CELERY_BROKER_TRANSPORT_OPTIONS = {
