@@ -225,6 +225,16 @@ _PG_POST_SETTLING = _PG_POST.format(
 )
 
 
+def _locked_wallet_id(user_id: int) -> int:
+    """PostgreSQL: locks the user's wallet row until the transaction ends; its id.
+    (_locked_wallet without the model: this runs on every turn.)"""
+    sql = f"SELECT id FROM {Wallet._meta.db_table} WHERE user_id = %s FOR UPDATE"  # noqa: S608
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [user_id])
+        row = cursor.fetchone()
+    return row[0] if row is not None else _locked_wallet(user_id).pk
+
+
 def _post_postgresql(
     *,
     user_id: int,
@@ -260,9 +270,8 @@ def _post_postgresql(
 
     if release_hold is not None:
         with transaction.atomic():
-            wallet = _locked_wallet(user_id)
             params.update(
-                wallet_id=wallet.pk,
+                wallet_id=_locked_wallet_id(user_id),
                 hold=release_hold,
                 settled=str(CreditHold.Status.SETTLED),
                 active=str(CreditHold.Status.ACTIVE),
@@ -427,6 +436,41 @@ def _hold_close(*, user: User, reference: str, status: str) -> None:
             _wallet_save(wallet, balance=wallet.balance, held=wallet.held - released)
 
 
+# PostgreSQL places a hold in one statement: the wallet UPDATE takes the row lock (the
+# lock order of every hold write: wallet, then hold) and, in `block` mode, moves only
+# when the available balance covers the amount, re-checked on the locked row; the
+# INSERT writes the hold. No row back: no wallet yet, or not covered; the general
+# path below then finds out which.
+_PG_HOLD_PLACE = f"""
+WITH wallet AS (
+    UPDATE {Wallet._meta.db_table}
+       SET held = held + %(amount)s, updated_at = %(now)s
+     WHERE user_id = %(user_id)s AND (NOT %(block)s OR balance - held >= %(amount)s)
+ RETURNING id
+)
+INSERT INTO {CreditHold._meta.db_table} (wallet_id, reference, amount, status, created_at, closed_at)
+SELECT wallet.id, %(reference)s, %(amount)s, %(active)s, %(now)s, NULL FROM wallet
+RETURNING {", ".join(field.column for field in CreditHold._meta.concrete_fields)}
+"""  # noqa: S608
+
+
+def _hold_place_postgresql(*, user_id: int, amount: Decimal, reference: str) -> CreditHold | None:
+    params = {
+        "user_id": user_id,
+        "amount": amount,
+        "reference": reference,
+        "block": settings.BILLING_ENFORCEMENT == "block",
+        "active": str(CreditHold.Status.ACTIVE),
+        "now": timezone.now(),
+    }
+    with connection.cursor() as cursor:
+        cursor.execute(_PG_HOLD_PLACE, params)
+        values = cursor.fetchone()
+    if values is None:
+        return None
+    return CreditHold.from_db(connection.alias, [f.attname for f in CreditHold._meta.concrete_fields], values)
+
+
 def wallet_hold_place(*, user: User, amount: Decimal | int | str, reference: str) -> CreditHold:
     """Reserves the worst-case cost of a turn (reference: the turn id; rounded up at
     the 8th place). In `block` mode refuses (402) when the available balance cannot
@@ -438,6 +482,10 @@ def wallet_hold_place(*, user: User, amount: Decimal | int | str, reference: str
     # replay, whose INSERT fails and rolls back this block's savepoint only.
     try:
         with transaction.atomic():
+            if connection.vendor == "postgresql" and (
+                hold := _hold_place_postgresql(user_id=user.pk, amount=amount, reference=reference)
+            ):
+                return hold
             wallet = _locked_wallet(user.pk)
             available = wallet.balance - wallet.held
             if settings.BILLING_ENFORCEMENT == "block" and available < amount:

@@ -37,10 +37,10 @@ from billing.models import CreditHold, ModelPrice
 from billing.money import call_cost, ledger_amount, usage_amount
 from chat import streaming
 from chat.context import HISTORY_SCAN, TurnContext, context_build, context_rows, head_messages, input_budget
-from chat.files import files_prompt_note
+from chat.files import files_prompt_note, user_has_files
 from chat.llm import ChatMessage, LLMResult, ProviderError, estimate_prompt_tokens, estimate_tokens, provider_for
 from chat.llm.base import CHARS_PER_TOKEN, MESSAGE_OVERHEAD_TOKENS
-from chat.models import ChatSession, LLMCall, Message, Participant, ToolCall, Turn, UploadedFile
+from chat.models import ChatSession, LLMCall, Message, Participant, ToolCall, Turn
 from chat.participants import (
     NEXT_SPEAKER,
     orchestrator_choice_parse,
@@ -168,7 +168,7 @@ def _tools_offered(*, user_id: int) -> bool:
     names = {tool["name"] for tool in tools_for_turn()}
     if "web_search" in names:
         return True
-    return "file_read" in names and UploadedFile.objects.filter(owner_id=user_id).exists()
+    return "file_read" in names and user_has_files(user_id=user_id)
 
 
 def turn_hold_amount(*, session: ChatSession, price: ModelPrice, content: str) -> Decimal:

@@ -43,7 +43,17 @@ def turn_for_idempotency_key(*, user: User, key: str) -> Turn | None:
 
 
 def turn_is_finished(*, turn_id: UUID | str) -> bool:
-    return Turn.objects.filter(pk=turn_id, status__in=FINISHED).exists()
+    # Plain SQL: a waiting request asks this at least once per turn.
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT status FROM {Turn._meta.db_table} WHERE id = %s", [uuid_param(turn_id)])  # noqa: S608
+        row = cursor.fetchone()
+    return row is not None and row[0] in FINISHED
+
+
+def uuid_param(value: UUID | str) -> str:
+    """A UUID as plain SQL takes it on both databases (SQLite stores Django's UUIDs as
+    32 hex digits; PostgreSQL reads those as a uuid)."""
+    return (value if isinstance(value, UUID) else UUID(str(value))).hex
 
 
 def price_active(*, alias: str) -> ModelPrice | None:
