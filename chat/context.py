@@ -13,8 +13,6 @@ finished after this turn was asked is not part of what it answers.
 
 from dataclasses import dataclass, field, replace
 
-from django.db.models import Q
-
 from billing.models import ModelPrice
 from chat.llm import ChatMessage, ToolCallRequest, estimate_message_tokens, estimate_prompt_tokens
 from chat.models import ChatSession, Message, Turn
@@ -70,21 +68,31 @@ def to_chat_messages(rows: list[Message]) -> list[ChatMessage]:
     return _with_tool_names([_chat_message(r.role, r.content, r.tool_calls, r.tool_call_id) for r in rows])
 
 
-# What the context reads of each message: plain values, not model instances (a long
-# session means up to HISTORY_SCAN rows per call).
-ROW_FIELDS = ("id", "turn_id", "session_id", "role", "participant_id", "content", "tool_calls", "tool_call_id",
-              "created_at")  # fmt: skip
+# What the context reads of each earlier message: plain values, not model instances,
+# and only what a prompt needs (a long session means up to HISTORY_SCAN rows per
+# turn; converting timestamps alone cost as much as the rest).
+HISTORY_FIELDS = ("id", "turn_id", "role", "content", "tool_calls", "tool_call_id")
 
 
-def context_rows(*, turn: Turn) -> list[dict]:
-    """What context_build reads, newest first, in ONE query: the turn's own messages
-    and the newest messages of completed turns after the session's summary (those
-    newer than the turn's question are dropped by context_build)."""
+@dataclass
+class ContextRows:
+    """What context_build reads: the turn's own stored messages, oldest first, and
+    the newest messages of completed turns before them (after the session's
+    summary), newest first."""
+
+    own: list[Message]
+    history: list[dict]
+
+
+def context_rows(*, turn: Turn) -> ContextRows:
     session = turn.session
-    rows = Message.objects.filter(Q(turn=turn) | Q(session=session, turn__status=Turn.Status.COMPLETED))
+    own = list(Message.objects.filter(turn=turn).order_by("id"))
+    history = Message.objects.filter(session=session, turn__status=Turn.Status.COMPLETED)
+    if own:
+        history = history.filter(id__lt=own[0].id)
     if session.summary_through_message_id:
-        rows = rows.filter(Q(turn=turn) | Q(id__gt=session.summary_through_message_id))
-    return list(rows.order_by("-id").values(*ROW_FIELDS)[:HISTORY_SCAN])
+        history = history.filter(id__gt=session.summary_through_message_id)
+    return ContextRows(own=own, history=list(history.order_by("-id").values(*HISTORY_FIELDS)[:HISTORY_SCAN]))
 
 
 def context_build(
@@ -94,7 +102,7 @@ def context_build(
     system_prompt: str | None = None,
     extra: list[ChatMessage] | None = None,
     reserved_tokens: int = 0,
-    rows: list[dict] | None = None,
+    rows: ContextRows | None = None,
 ) -> TurnContext:
     """The prompt for the next call of `turn`. `extra` are messages produced earlier
     in this turn and not yet stored (a tool loop, earlier round-table replies);
@@ -104,11 +112,7 @@ def context_build(
     session = turn.session
     if rows is None:
         rows = context_rows(turn=turn)
-    own_rows = [Message(**row) for row in sorted((r for r in rows if r["turn_id"] == turn.pk), key=lambda r: r["id"])]
-    if not own_rows:  # more than HISTORY_SCAN newer messages: read the turn's own directly
-        own_rows = list(Message.objects.filter(turn=turn).order_by("id"))
-    first_own = own_rows[0].id if own_rows else None
-    newest_first = [r for r in rows if r["turn_id"] != turn.pk and (first_own is None or r["id"] < first_own)]
+    own_rows, newest_first = rows.own, rows.history
     own = to_chat_messages(own_rows) + list(extra or ())
     head = head_messages(session=session, system_prompt=system_prompt)
     used = estimate_prompt_tokens(head) + estimate_prompt_tokens(own) + reserved_tokens

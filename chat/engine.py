@@ -36,7 +36,15 @@ from django.conf import settings
 from billing.models import CreditHold, ModelPrice
 from billing.money import call_cost, ledger_amount, usage_amount
 from chat import streaming
-from chat.context import HISTORY_SCAN, TurnContext, context_build, context_rows, head_messages, input_budget
+from chat.context import (
+    HISTORY_SCAN,
+    ContextRows,
+    TurnContext,
+    context_build,
+    context_rows,
+    head_messages,
+    input_budget,
+)
 from chat.files import files_prompt_note, user_has_files
 from chat.llm import ChatMessage, LLMResult, ProviderError, estimate_prompt_tokens, estimate_tokens, provider_for
 from chat.llm.base import CHARS_PER_TOKEN, MESSAGE_OVERHEAD_TOKENS
@@ -242,7 +250,7 @@ class TurnRun:
     # The history was truncated because its summary failed (F51).
     used_fallback: bool = False
     # context_rows() of this run, and the summary boundary it was read with.
-    rows: list[dict] | None = None
+    rows: ContextRows | None = None
     rows_through: int | None = None
     # The last context built without extra messages, and what it was built for.
     last_context: tuple[tuple, TurnContext] | None = None

@@ -59,6 +59,18 @@ def test_messages_after_the_turn_was_asked_are_not_its_history(session, price):
     assert [m.content for m in context_build(turn=current, price=price).messages] == ["mine"]
 
 
+def test_a_turn_overtaken_by_many_later_messages_still_sees_its_history(session, price):
+    """History is read from before the turn's question, however many messages came
+    after it (a slow turn while the session went on)."""
+    from chat.context import HISTORY_SCAN
+
+    add_turn(session, "completed", ("user", "before"), ("assistant", "before reply"))
+    current = add_turn(session, "running", ("user", "mine"))
+    for n in range(HISTORY_SCAN // 2 + 1):
+        add_turn(session, "completed", ("user", f"later {n}"), ("assistant", "ok"))
+    assert [m.content for m in context_build(turn=current, price=price).messages] == ["before", "before reply", "mine"]
+
+
 def test_tool_exchanges_round_trip_and_orphan_results_are_dropped(session):
     calls = [{"id": "c1", "name": "web_search", "arguments": {"query": "x" * 200}}]
     old = add_turn(session, "completed", ("user", "search please"))
