@@ -24,6 +24,7 @@ ERROR_STATUSES = {
     "403": "Not allowed (staff only).",
     "404": "Not found, or not yours.",
     "405": "Method not allowed.",
+    "406": "The Accept header asks only for formats the endpoint cannot produce.",
     "415": "Unsupported media type.",
     "422": "Well-formed but impossible in the current state.",
     "429": "Rate limited.",
