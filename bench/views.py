@@ -16,6 +16,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from bench.tasks import echo
 from chat import streaming
 
 TABLE_DDL = (
@@ -48,8 +49,6 @@ class BareInsertView(APIView):
 class RoundTripView(APIView):
     @extend_schema(exclude=True)
     def post(self, request: Request) -> Response:
-        from bench.tasks import echo
-
         token = f"bench-{uuid.uuid4().hex}"
         with streaming.subscription(token) as events:  # subscribed before the task can answer
             _insert(request)

@@ -11,6 +11,7 @@ from billing.models import ModelPrice
 from chat.models import ChatSession, LLMCall, Message, ToolCall, Turn
 
 FINISHED = (Turn.Status.COMPLETED, Turn.Status.FAILED)
+UNFINISHED = (Turn.Status.QUEUED, Turn.Status.RUNNING)
 
 
 def sessions_for_user(*, user: User) -> QuerySet[ChatSession]:
@@ -49,12 +50,21 @@ def turn_for_idempotency_key(*, user: User, key: str) -> Turn | None:
     return Turn.objects.filter(user=user, idempotency_key=key).first()
 
 
-def turn_is_finished(*, turn_id: UUID | str) -> bool:
-    # Plain SQL: a waiting request asks this at least once per turn.
+def turn_status(*, turn_id: UUID | str, lock: bool = False) -> str | None:
+    """The turn's status (None when there is no such turn). Plain SQL: a waiting
+    request and every completion ask it. With `lock`, the row stays locked until the
+    transaction ends (SQLite: the transaction itself holds the write lock)."""
+    sql = f"SELECT status FROM {Turn._meta.db_table} WHERE id = %s"  # noqa: S608
+    if lock and connection.features.has_select_for_update:
+        sql += " FOR UPDATE"
     with connection.cursor() as cursor:
-        cursor.execute(f"SELECT status FROM {Turn._meta.db_table} WHERE id = %s", [uuid_param(turn_id)])  # noqa: S608
+        cursor.execute(sql, [uuid_param(turn_id)])
         row = cursor.fetchone()
-    return row is not None and row[0] in FINISHED
+    return row[0] if row is not None else None
+
+
+def turn_is_finished(*, turn_id: UUID | str) -> bool:
+    return turn_status(turn_id=turn_id) in FINISHED
 
 
 def uuid_param(value: UUID | str) -> str:

@@ -36,7 +36,15 @@ from chat import streaming
 from chat.engine import TurnOutcome, llm_call_build, llm_call_run, turn_hold_amount, turn_outcome
 from chat.models import CONTENT_MAX_CHARS, ChatSession, LLMCall, Message, ToolCall, Turn
 from chat.participants import session_mode_change
-from chat.selectors import FINISHED, price_active, price_default, turn_for_idempotency_key, uuid_param
+from chat.selectors import (
+    FINISHED,
+    UNFINISHED,
+    price_active,
+    price_default,
+    turn_for_idempotency_key,
+    turn_status,
+    uuid_param,
+)
 from chat.serializers import turn_detail_payload
 from core.exceptions import ApplicationError, StateConflict, field_error
 from reporting.services import usage_rollup_add
@@ -211,6 +219,13 @@ def turns_requeue_lost(*, older_than: timedelta = timedelta(minutes=10), limit: 
 # --- running a turn ------------------------------------------------------------------
 
 
+# Plain SQL: building the ORM's UPDATE with its expressions cost more than running it.
+_TURN_START = (
+    f"UPDATE {Turn._meta.db_table} SET status = %s, started_at = COALESCE(started_at, %s), "  # noqa: S608
+    "attempts = attempts + 1 WHERE id = %s AND status IN (%s, %s)"
+)
+
+
 def turn_start(*, turn_id: UUID | str) -> Turn | None:
     """queued|running -> running. None when the turn is finished (or gone): a
     duplicate delivery then does nothing. A running turn is taken over: its worker
@@ -221,27 +236,6 @@ def turn_start(*, turn_id: UUID | str) -> Turn | None:
         if not cursor.rowcount:
             return None
     return Turn.objects.select_related("session", "user", "price").get(pk=turn_id)
-
-
-# Plain SQL for the two statements every run makes on the turn row: building the
-# ORM's UPDATE with its expressions cost more than running it.
-UNFINISHED = (Turn.Status.QUEUED, Turn.Status.RUNNING)
-_TURN_START = (
-    f"UPDATE {Turn._meta.db_table} SET status = %s, started_at = COALESCE(started_at, %s), "  # noqa: S608
-    "attempts = attempts + 1 WHERE id = %s AND status IN (%s, %s)"
-)
-
-
-def _turn_status_locked(turn_id: UUID | str) -> str | None:
-    """The turn's status, its row locked until the transaction ends (SQLite: the
-    transaction itself holds the database's write lock)."""
-    sql = f"SELECT status FROM {Turn._meta.db_table} WHERE id = %s"  # noqa: S608
-    if connection.features.has_select_for_update:
-        sql += " FOR UPDATE"
-    with connection.cursor() as cursor:
-        cursor.execute(sql, [uuid_param(turn_id)])
-        row = cursor.fetchone()
-    return row[0] if row is not None else None
 
 
 def turn_run(*, turn_id: UUID | str) -> Turn | None:
@@ -271,9 +265,8 @@ def turn_complete(*, turn: Turn, outcome: TurnOutcome) -> Turn:
     reference = str(turn.pk)
     with transaction.atomic():
         # Lock order everywhere: turn, then wallet (billing.services), then rollups.
-        status = _turn_status_locked(turn.pk)
-        if status is None or status in FINISHED:
-            return Turn.objects.get(pk=turn.pk)
+        if turn_status(turn_id=turn.pk, lock=True) in (*FINISHED, None):
+            return Turn.objects.get(pk=turn.pk)  # finished: as it is (gone: DoesNotExist)
         locked = turn  # unfinished and locked: nothing else writes it until this commits
         for message in outcome.messages:
             message.turn, message.session_id = locked, locked.session_id

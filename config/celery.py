@@ -5,6 +5,7 @@ import os
 
 from celery import Celery
 from celery.signals import task_postrun, task_prerun
+from django.db import close_old_connections
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 
@@ -15,7 +16,7 @@ app.autodiscover_tasks()
 
 @task_prerun.connect
 @task_postrun.connect
-def close_old_connections(sender=None, **kwargs) -> None:  # noqa: ANN001
+def close_old_connections_around_tasks(sender=None, **kwargs) -> None:  # noqa: ANN001
     """Around each task, what Django does around each request: close the database
     connections that are broken or older than CONN_MAX_AGE, keep the others. Celery's
     own Django fixup would close them all before and after every task (see
@@ -23,6 +24,4 @@ def close_old_connections(sender=None, **kwargs) -> None:  # noqa: ANN001
     connection. Eager tasks run inside a request and leave its connection alone."""
     if sender is not None and getattr(sender.request, "is_eager", False):
         return
-    from django.db import close_old_connections as django_close_old_connections
-
-    django_close_old_connections()
+    close_old_connections()
