@@ -1,38 +1,24 @@
-from decimal import Decimal
-
 from django.conf import settings
 from rest_framework import serializers
 
+from billing.fields import MoneyField
 from billing.models import CreditTransaction, ModelPrice
-from billing.money import format_ledger
-
-
-class LedgerAmountField(serializers.DecimalField):
-    """Money at ledger precision, written as a string by billing.money.format_ledger
-    (the one shared formatter). Read-only unless stated."""
-
-    def __init__(self, **kwargs) -> None:  # noqa: ANN003
-        kwargs.setdefault("read_only", True)
-        super().__init__(max_digits=18, decimal_places=8, **kwargs)
-
-    def to_representation(self, value: Decimal) -> str | None:
-        return format_ledger(value)
 
 
 class WalletSerializer(serializers.Serializer):
     """Reads billing.selectors.wallet_status()."""
 
-    balance = LedgerAmountField()
-    held = LedgerAmountField(help_text="Reserved for turns in flight (their worst-case cost).")
-    available = LedgerAmountField(help_text="balance - held")
+    balance = MoneyField()
+    held = MoneyField(help_text="Reserved for turns in flight (their worst-case cost).")
+    available = MoneyField(help_text="balance - held")
     low_balance = serializers.BooleanField(read_only=True)
-    low_balance_threshold = LedgerAmountField()
+    low_balance_threshold = MoneyField()
     enforcement = serializers.ChoiceField(choices=["warn", "block"], read_only=True)
 
 
 class TransactionSerializer(serializers.ModelSerializer):
-    amount = LedgerAmountField()
-    balance_after = LedgerAmountField()
+    amount = MoneyField()
+    balance_after = MoneyField()
     actor = serializers.PrimaryKeyRelatedField(read_only=True, help_text="Id of the staff user who granted.")
 
     class Meta:
@@ -65,8 +51,8 @@ class GrantedSerializer(serializers.Serializer):
 
 
 class ModelPriceSerializer(serializers.ModelSerializer):
-    input_credits_per_mtok = LedgerAmountField()
-    output_credits_per_mtok = LedgerAmountField()
+    input_credits_per_mtok = MoneyField()
+    output_credits_per_mtok = MoneyField()
 
     class Meta:
         model = ModelPrice

@@ -1,27 +1,12 @@
 """Serializers for chat: request parsing and the SPEC 6 field names. Money goes out
 as strings through billing.money's formatters (ledger 8 places, usage 4)."""
 
-from decimal import Decimal
-
-from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from billing.money import format_ledger, format_usage
+from billing.fields import MoneyField
 from chat.models import CONTENT_MAX_CHARS, ChatSession, LLMCall, Message, ToolCall, Turn
 
 PROMPT_MAX_CHARS = 32_000
-
-
-@extend_schema_field({"type": "string", "nullable": True, "example": "1.25000000"})
-class LedgerAmountField(serializers.Field):
-    def to_representation(self, value: Decimal) -> str | None:
-        return format_ledger(value)
-
-
-@extend_schema_field({"type": "string", "example": "0.0125"})
-class UsageAmountField(serializers.Field):
-    def to_representation(self, value: Decimal) -> str | None:
-        return format_usage(value)
 
 
 class SessionSerializer(serializers.ModelSerializer):
@@ -62,7 +47,7 @@ class MessageSerializer(serializers.ModelSerializer):
 
 
 class LLMCallSerializer(serializers.ModelSerializer):
-    credits_burned = UsageAmountField()
+    credits_burned = MoneyField(precision="usage")
 
     class Meta:
         model = LLMCall
@@ -81,8 +66,8 @@ class ToolCallSerializer(serializers.ModelSerializer):
 
 
 class TurnSerializer(serializers.ModelSerializer):
-    credits_charged = LedgerAmountField()
-    balance_after = LedgerAmountField()
+    credits_charged = MoneyField()
+    balance_after = MoneyField()
 
     class Meta:
         model = Turn

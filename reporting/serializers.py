@@ -1,12 +1,10 @@
 """Usage query parameters and answers. Credits are written through billing.money's
 `format_usage` (4 places, a string), never as a float."""
 
-from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from accounts.models import User
-from billing.money import format_usage
+from billing.fields import MoneyField
 from core.pagination import BIGINT_MAX
 from reporting.selectors import BUCKETS
 
@@ -40,17 +38,11 @@ class AdminUsageQuerySerializer(UsageQuerySerializer):
         return value
 
 
-@extend_schema_field(OpenApiTypes.STR)
-class UsageCreditsField(serializers.Field):
-    def to_representation(self, value) -> str:  # noqa: ANN001
-        return format_usage(value)
-
-
 class UsageFiguresSerializer(serializers.Serializer):
     calls = serializers.IntegerField()
     input_tokens = serializers.IntegerField()
     output_tokens = serializers.IntegerField()
-    credits = UsageCreditsField(help_text="Credits burned, 4 decimal places.")
+    credits = MoneyField(precision="usage", help_text="Credits burned, 4 decimal places.")
 
 
 class UsageByModelSerializer(UsageFiguresSerializer):
