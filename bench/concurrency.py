@@ -1,0 +1,352 @@
+"""Concurrency benchmark: N users at once each post a turn and read its SSE stream
+while the model takes LATENCY to answer, against the stack as the Procfile ships it.
+
+    .venv/bin/python bench/concurrency.py [--users 200] [--latency-ms 3000]
+        [--pg postgres://postgres@127.0.0.1:5432] [--redis redis://127.0.0.1:6379/3]
+
+It creates (and drops again) its own PostgreSQL database `parley_bench_concurrency`
+from a migrated template, seeds one user per client (API key, credits, a session)
+and a `local` model alias, then starts the Procfile's `web`, `worker` (and any
+other worker line) and `beat` processes with their default settings, adding only
+the database, Redis, a secret key and LOCAL_LLM_LATENCY_MS. All users then, at the
+same moment, POST a turn (202) and open GET turns/{id}/stream. Meanwhile a probe
+asks GET /api/v1/health and another user GET /api/v1/users/me/wallet, each about
+ten times a second, and PostgreSQL's connections to the database are counted.
+
+Prints: the batch's wall time against the latency (goal: within 2.5x for 200 users
+at 3 s, 2x for 1,000 at 20 s), time to the first streamed piece p50/p95/p99 (goal
+p95 < 1 s), health p99 (< 250 ms) and wallet p99 (< 500 ms) during the load, the peak
+number of PostgreSQL connections (<= 50), the memory of the web and worker process
+trees per open stream / turn in flight, and then checks every wallet to the last
+decimal against its ledger and its completed turns. Exits 1 when a turn did not
+complete or a wallet is wrong.
+"""
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # run as `python bench/<name>.py`
+
+from bench.stack import (  # noqa: E402
+    Stack,
+    connections_to,
+    cpu_seconds,
+    database_create,
+    database_drop,
+    database_url,
+    percentile,
+    rss_bytes,
+)
+
+BENCH_DB = "parley_bench_concurrency"
+LOG = Path(tempfile.gettempdir()) / "parley-bench-concurrency.log"
+CREDITS = "5000"
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--users", type=int, default=200, help="users, each with one turn and one stream (200)")
+    parser.add_argument("--latency-ms", type=int, default=3000, help="how long the model takes to answer (3000)")
+    parser.add_argument("--goal-factor", type=float, default=None, help="batch goal as a multiple of the latency")
+    parser.add_argument("--pg", default=os.environ.get("BENCH_PG_URL", "postgres://postgres@127.0.0.1:5432"))
+    parser.add_argument("--redis", default=os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/3"))
+    parser.add_argument("--keep", action="store_true", help="keep the benchmark database afterwards")
+    parser.add_argument("--fresh", action="store_true", help="rebuild the migrated template database first")
+    return parser.parse_args()
+
+
+SEED = """
+import json
+from decimal import Decimal
+from accounts.services import api_key_create, user_create
+from billing.models import ModelPrice
+from billing.services import wallet_grant
+from chat.models import ChatSession
+ModelPrice.objects.create(alias="bench", provider="local", provider_model="echo",
+    input_credits_per_mtok=Decimal("3.33333333"), output_credits_per_mtok=Decimal("7.77777777"))
+out = []
+for n in range({users} + 1):
+    user = user_create(email=f"bench{{n}}@example.com")
+    wallet_grant(user=user, amount=Decimal("{credits}"), reason="benchmark credits")
+    _, key = api_key_create(user=user, name="bench")
+    session = ChatSession.objects.create(user=user, model_alias="bench", title="bench")
+    out.append({{"key": key, "session": session.pk}})
+print(json.dumps(out))
+"""
+
+CHECK = """
+import json
+from decimal import Decimal
+from django.db.models import Sum
+from billing.models import CreditHold, CreditTransaction, Wallet
+from chat.models import Turn
+report = {{"wallets": 0, "wrong": [], "turns": {{}}, "active_holds": CreditHold.objects.filter(status="active").count()}}
+for status, in Turn.objects.values_list("status").distinct():
+    report["turns"][status] = Turn.objects.filter(status=status).count()
+for wallet in Wallet.objects.all():
+    ledger = CreditTransaction.objects.filter(wallet=wallet).aggregate(s=Sum("amount"))["s"] or Decimal(0)
+    done = Turn.objects.filter(user_id=wallet.user_id, status="completed")
+    charged = done.aggregate(s=Sum("credits_charged"))["s"] or Decimal(0)
+    debits = CreditTransaction.objects.filter(wallet=wallet, kind="debit").count()
+    report["wallets"] += 1
+    if wallet.balance != ledger or wallet.balance != Decimal("{credits}") - charged or debits != done.count() or wallet.held:
+        report["wrong"].append([wallet.pk, str(wallet.balance), str(ledger), str(charged), debits, str(wallet.held)])
+print(json.dumps(report))
+"""
+
+
+# --- a small HTTP/1.1 client on asyncio: one connection per request, no dependency ---
+
+
+async def _open(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    return await asyncio.open_connection("127.0.0.1", port, limit=2**20)
+
+
+def _request(method: str, path: str, headers: dict[str, str], body: bytes = b"") -> bytes:
+    lines = [f"{method} {path} HTTP/1.1", "Host: 127.0.0.1", "Connection: close", f"Content-Length: {len(body)}"]
+    lines += [f"{name}: {value}" for name, value in headers.items()]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+async def _head(reader: asyncio.StreamReader) -> tuple[int, dict[str, str]]:
+    status_line = await reader.readline()
+    if not status_line:
+        raise ConnectionError("connection closed before an answer")
+    status = int(status_line.split()[1])
+    headers = {}
+    while (line := await reader.readline()) not in (b"\r\n", b"\n", b""):
+        name, _, value = line.decode("latin-1").partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return status, headers
+
+
+async def _body(reader: asyncio.StreamReader, headers: dict[str, str]):  # noqa: ANN202  an async iterator
+    """The body as it arrives, de-chunked."""
+    if headers.get("transfer-encoding", "").lower() == "chunked":
+        while True:
+            size = int((await reader.readline()).split(b";")[0].strip() or b"0", 16)
+            if size == 0:
+                return
+            data = await reader.readexactly(size)
+            await reader.readline()
+            yield data
+    elif "content-length" in headers:
+        yield await reader.readexactly(int(headers["content-length"]))
+    else:
+        while data := await reader.read(65536):
+            yield data
+
+
+async def http_json(port: int, method: str, path: str, headers: dict[str, str], body: dict | None = None):  # noqa: ANN201
+    reader, writer = await _open(port)
+    try:
+        payload = json.dumps(body).encode() if body is not None else b""
+        if body is not None:
+            headers = {**headers, "Content-Type": "application/json"}
+        writer.write(_request(method, path, headers, payload))
+        await writer.drain()
+        status, answer_headers = await _head(reader)
+        data = b"".join([chunk async for chunk in _body(reader, answer_headers)])
+        return status, json.loads(data) if data else {}
+    finally:
+        writer.close()
+
+
+@dataclass
+class TurnResult:
+    accepted_status: int = 0
+    first_piece: float | None = None  # seconds from the POST
+    finished: float | None = None
+    final_status: str = ""
+    error: str = ""
+
+
+async def user_turn(port: int, key: str, session: int, n: int, start: asyncio.Event) -> TurnResult:
+    """POST a turn, then read its SSE stream to the `done` event."""
+    result = TurnResult()
+    auth = {"Authorization": f"Bearer {key}"}
+    await start.wait()
+    began = time.perf_counter()
+    try:
+        status, body = await http_json(
+            port, "POST", f"/api/v1/sessions/{session}/turns", auth, {"content": f"Concurrency question {n}"}
+        )
+        result.accepted_status = status
+        if status not in (201, 202):
+            result.error = f"POST {status}: {body}"
+            return result
+        reader, writer = await _open(port)
+        try:
+            writer.write(_request("GET", f"/api/v1/turns/{body['id']}/stream", {**auth, "Accept": "text/event-stream"}))
+            await writer.drain()
+            status, headers = await _head(reader)
+            if status != 200:
+                result.error = f"stream {status}"
+                return result
+            buffer = b""
+            async for chunk in _body(reader, headers):
+                buffer += chunk
+                while b"\n\n" in buffer:
+                    event, buffer = buffer.split(b"\n\n", 1)
+                    name, data = "", ""
+                    for line in event.decode().splitlines():
+                        if line.startswith("event:"):
+                            name = line[6:].strip()
+                        elif line.startswith("data:"):
+                            data = line[5:].strip()
+                    if name == "delta" and result.first_piece is None:
+                        result.first_piece = time.perf_counter() - began
+                    if name == "done":
+                        result.finished = time.perf_counter() - began
+                        result.final_status = json.loads(data).get("status", "")
+                        return result
+            result.error = "stream ended without done"
+        finally:
+            writer.close()
+    except (OSError, ValueError, asyncio.IncompleteReadError) as exc:
+        result.error = f"{exc.__class__.__name__}: {exc}"
+    return result
+
+
+@dataclass
+class Probe:
+    latencies: list[float] = field(default_factory=list)
+    failures: int = 0
+
+
+async def probe(port: int, path: str, headers: dict[str, str], every: float, stop: asyncio.Event, out: Probe) -> None:
+    while not stop.is_set():
+        began = time.perf_counter()
+        try:
+            status, _ = await asyncio.wait_for(http_json(port, "GET", path, headers), timeout=30)
+            out.latencies.append((time.perf_counter() - began) * 1000)
+            out.failures += status != 200
+        except (TimeoutError, OSError, ValueError):
+            out.latencies.append((time.perf_counter() - began) * 1000)
+            out.failures += 1
+        await asyncio.sleep(max(0.0, every - (time.perf_counter() - began)))
+
+
+class Sampler(threading.Thread):
+    """Peak PostgreSQL connections and peak process-tree memory while the load runs."""
+
+    def __init__(self, server: str, stack: Stack) -> None:
+        super().__init__(daemon=True)
+        self.server, self.stack = server, stack
+        self.peak_connections = 0
+        self.peak_rss = {name: 0 for name in stack.procs}
+        self.running = True
+
+    def run(self) -> None:
+        while self.running:
+            self.peak_connections = max(self.peak_connections, connections_to(self.server, BENCH_DB))
+            for name, proc in self.stack.procs.items():
+                self.peak_rss[name] = max(self.peak_rss[name], rss_bytes(proc.pid))
+            time.sleep(0.1)
+
+
+async def load(port: int, seeds: list[dict]) -> tuple[list[TurnResult], Probe, Probe, float]:
+    start, stop = asyncio.Event(), asyncio.Event()
+    probe_user, users = seeds[0], seeds[1:]
+    health, wallet = Probe(), Probe()
+    probes = [
+        asyncio.create_task(probe(port, "/api/v1/health", {}, 0.1, stop, health)),
+        asyncio.create_task(
+            probe(port, "/api/v1/users/me/wallet", {"Authorization": f"Bearer {probe_user['key']}"}, 0.15, stop, wallet)
+        ),
+    ]
+    turns = [asyncio.create_task(user_turn(port, s["key"], s["session"], n, start)) for n, s in enumerate(users)]
+    await asyncio.sleep(0.5)  # every task waits at the start line
+    began = time.perf_counter()
+    start.set()
+    results = await asyncio.gather(*turns)
+    wall = time.perf_counter() - began
+    stop.set()
+    await asyncio.gather(*probes)
+    return results, health, wallet, wall
+
+
+def main() -> None:
+    args = parse_args()
+    factor = args.goal_factor or (2.5 if args.latency_ms < 10_000 else 2.0)
+    latency = args.latency_ms / 1000
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "CELERY_", "WEB_", "WORKER_"))},
+        "DATABASE_URL": database_url(args.pg, BENCH_DB),
+        "REDIS_URL": args.redis,
+        "SECRET_KEY": "bench-only-not-secret",
+        "ALLOWED_HOSTS": "127.0.0.1,localhost",
+        "LOCAL_LLM_LATENCY_MS": str(args.latency_ms),
+        "LOG_LEVEL": "WARNING",
+    }
+    env.pop("DEBUG", None)
+    env.pop("CONN_MAX_AGE", None)
+    stack = Stack(env, LOG)
+    print(f"Creating {BENCH_DB} ...", flush=True)
+    try:
+        database_create(args.pg, BENCH_DB, stack.env, fresh=args.fresh)
+        seeds = json.loads(stack.manage("shell", "-c", SEED.format(users=args.users, credits=CREDITS)).splitlines()[-1])
+        import redis  # the benchmark's own connection, to empty the queues it uses
+
+        redis.Redis.from_url(args.redis).flushdb()
+        stack.start()
+        print(f"load average before the run: {' '.join(f'{x:.2f}' for x in os.getloadavg())} on {os.cpu_count()} CPUs")
+        print("Procfile processes: " + ", ".join(stack.procs))
+        idle_rss = {name: rss_bytes(proc.pid) for name, proc in stack.procs.items()}
+        cpu_before = {name: cpu_seconds(proc.pid) for name, proc in stack.procs.items()}
+        sampler = Sampler(args.pg, stack)
+        sampler.start()
+        results, health, wallet, wall = asyncio.run(load(stack.port, seeds))
+        sampler.running = False
+        sampler.join()
+        cpu = {name: cpu_seconds(proc.pid) - cpu_before[name] for name, proc in stack.procs.items()}
+        completed = [r for r in results if r.final_status == "completed"]
+        errors = [r.error or r.final_status for r in results if r.final_status != "completed"]
+        firsts = [r.first_piece for r in results if r.first_piece is not None]
+
+        def verdict(ok: bool) -> str:
+            return "met" if ok else "NOT met"
+
+        n = args.users
+        print(f"\n{n} users, model latency {latency:g} s")
+        print(f"completed   : {len(completed)}/{n}" + (f"; first errors: {errors[:3]}" if errors else ""))
+        print(f"batch       : {wall:6.2f} s = {wall / latency:4.2f}x the latency (goal <= {factor:g}x: "
+              f"{verdict(wall <= factor * latency and len(completed) == n)})")  # fmt: skip
+        print(f"first piece : p50 {percentile(firsts, .5) * 1000:7.0f} ms  p95 {percentile(firsts, .95) * 1000:7.0f} ms  "
+              f"p99 {percentile(firsts, .99) * 1000:7.0f} ms (goal p95 < 1000 ms: "
+              f"{verdict(len(firsts) == n and percentile(firsts, .95) < 1)})")  # fmt: skip
+        print(f"health      : p50 {percentile(health.latencies, .5):7.1f} ms  p99 {percentile(health.latencies, .99):7.1f} ms"
+              f"  ({len(health.latencies)} asked, {health.failures} failed; goal p99 < 250 ms: "
+              f"{verdict(percentile(health.latencies, .99) < 250 and not health.failures)})")  # fmt: skip
+        print(f"wallet      : p50 {percentile(wallet.latencies, .5):7.1f} ms  p99 {percentile(wallet.latencies, .99):7.1f} ms"
+              f"  ({len(wallet.latencies)} asked, {wallet.failures} failed; goal p99 < 500 ms: "
+              f"{verdict(percentile(wallet.latencies, .99) < 500 and not wallet.failures)})")  # fmt: skip
+        print(f"postgres    : peak {sampler.peak_connections} connections to {BENCH_DB} "
+              f"(goal <= 50: {verdict(sampler.peak_connections <= 50)})")  # fmt: skip
+        for name in stack.procs:
+            grown = sampler.peak_rss[name] - idle_rss[name]
+            print(f"memory      : {name:<6} idle {idle_rss[name] / 2**20:7.1f} MiB, peak {sampler.peak_rss[name] / 2**20:7.1f} MiB,"
+                  f" {grown / n / 1024:7.1f} KiB per turn in flight; CPU {cpu[name]:6.2f} s")  # fmt: skip
+        stack.stop()
+        report = json.loads(stack.manage("shell", "-c", CHECK.format(credits=CREDITS)).splitlines()[-1])
+        print(f"check       : {report['wallets']} wallets, turns {report['turns']}, active holds {report['active_holds']}, "
+              f"{'all exact' if not report['wrong'] else 'WRONG: ' + json.dumps(report['wrong'][:5])}")  # fmt: skip
+        if report["wrong"] or len(completed) != n or report["active_holds"]:
+            sys.exit(1)
+    finally:
+        stack.stop()
+        if not args.keep:
+            database_drop(args.pg, BENCH_DB)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,202 @@
+"""The stack a benchmark measures, started from the Procfile's own lines with their
+default settings, so what is measured is what ships. Also: a throwaway PostgreSQL
+database copied from a migrated template, and CPU and memory of process trees."""
+
+import hashlib
+import os
+import re
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+
+ROOT = Path(__file__).resolve().parent.parent
+TEMPLATE_DB = "parley_bench_template"
+PYTHON = str(ROOT / ".venv" / "bin" / "python") if (ROOT / ".venv" / "bin" / "python").exists() else sys.executable
+# Procfile lines a benchmark runs: the release step (migrations) is done by the
+# template database instead.
+SERVED = ("web", "worker", "turns", "beat")
+
+
+def database_url(server: str, name: str) -> str:
+    parts = urlsplit(server)
+    return urlunsplit((parts.scheme, parts.netloc, f"/{name}", "", ""))
+
+
+def admin_connection(server: str) -> psycopg.Connection:
+    return psycopg.connect(database_url(server, "postgres").replace("postgres://", "postgresql://", 1), autocommit=True)
+
+
+def migration_fingerprint() -> str:
+    """Changes whenever a migration (ours, or a pinned package's) could have changed."""
+    digest = hashlib.sha256((ROOT / "requirements.txt").read_bytes())
+    for path in sorted(ROOT.glob("*/migrations/*.py")):
+        digest.update(path.relative_to(ROOT).as_posix().encode() + path.read_bytes())
+    return digest.hexdigest()[:32]
+
+
+def database_create(server: str, name: str, env: dict[str, str], *, fresh: bool = False) -> None:
+    """`name` as a copy of a migrated template: migrating from scratch takes minutes
+    (dj-stripe brings many migrations), so the template is kept between runs and
+    rebuilt only when the migrations change."""
+    fingerprint = migration_fingerprint()
+    with admin_connection(server) as conn:
+        row = conn.execute(
+            "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s", [TEMPLATE_DB]
+        ).fetchone()
+        stale = fresh or row is None or row[0] != fingerprint
+        if stale:
+            print(f"  migrating the template database {TEMPLATE_DB} (once per set of migrations) ...", flush=True)
+            conn.execute(f"DROP DATABASE IF EXISTS {TEMPLATE_DB} WITH (FORCE)")
+            conn.execute(f"CREATE DATABASE {TEMPLATE_DB}")
+    if stale:
+        migrate_env = {**env, "DATABASE_URL": database_url(server, TEMPLATE_DB)}
+        subprocess.run([PYTHON, "manage.py", "migrate", "--no-input", "-v", "0"], cwd=ROOT, env=migrate_env, check=True)
+        with admin_connection(server) as conn:
+            conn.execute(f"COMMENT ON DATABASE {TEMPLATE_DB} IS '{fingerprint}'")
+    with admin_connection(server) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        conn.execute(f"CREATE DATABASE {name} TEMPLATE {TEMPLATE_DB}")
+
+
+def database_drop(server: str, name: str) -> None:
+    with admin_connection(server) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def connections_to(server: str, name: str) -> int:
+    with admin_connection(server) as conn:
+        return conn.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = %s", [name]).fetchone()[0]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def procfile() -> dict[str, str]:
+    lines = {}
+    for line in (ROOT / "Procfile").read_text().splitlines():
+        if ":" in line and not line.lstrip().startswith("#"):
+            name, command = line.split(":", 1)
+            lines[name.strip()] = command.strip()
+    return lines
+
+
+def _expand(command: str, env: dict[str, str]) -> list[str]:
+    """The Procfile's ${NAME:-default} and $NAME, as the shell would expand them."""
+
+    def value(match: re.Match) -> str:
+        name, default = match.group(1) or match.group(3), match.group(2) or ""
+        return env.get(name) or default
+
+    expanded = re.sub(r"\$\{(\w+)(?::-([^}]*))?\}|\$(\w+)", value, command)
+    words = shlex.split(expanded)
+    # `celery`, `gunicorn` and the like from this project's virtualenv.
+    return [PYTHON, "-m", words[0], *words[1:]] if words[0] in ("gunicorn", "celery") else words
+
+
+class Stack:
+    """The Procfile's processes on a benchmark database, stopped on exit."""
+
+    def __init__(self, env: dict[str, str], log: Path) -> None:
+        self.port = free_port()
+        self.env = {**env, "PORT": str(self.port)}
+        self.log = log
+        self.procs: dict[str, subprocess.Popen] = {}
+
+    def start(self, names: tuple[str, ...] = SERVED) -> None:
+        lines = procfile()
+        out = open(self.log, "w")  # noqa: SIM115  kept open for the processes
+        for name in names:
+            if name in lines:
+                command = _expand(lines[name], self.env)
+                # Production binds every interface; a benchmark only loopback.
+                command = [word.replace("0.0.0.0:", "127.0.0.1:") for word in command]
+                self.procs[name] = subprocess.Popen(
+                    command, cwd=ROOT, env=self.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+                )
+        self.wait_until_up()
+
+    def wait_until_up(self, seconds: float = 90) -> None:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            for name, proc in self.procs.items():
+                if proc.poll() is not None:
+                    raise RuntimeError(f"Procfile process {name!r} exited early; see {self.log}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/api/v1/health", timeout=2) as answer:
+                    if answer.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.3)
+        raise RuntimeError(f"the web process did not answer /api/v1/health within {seconds:g} s; see {self.log}")
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc in self.procs.values():
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+
+    def manage(self, *command: str) -> str:
+        done = subprocess.run(
+            [PYTHON, "manage.py", *command], cwd=ROOT, env=self.env, check=True, capture_output=True, text=True
+        )
+        return done.stdout
+
+
+def process_tree(pid: int) -> list[int]:
+    """`pid` and its descendants (Linux /proc)."""
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        try:
+            children = Path(f"/proc/{current}/task/{current}/children").read_text().split()
+        except OSError:
+            continue
+        todo.extend(int(child) for child in children)
+    return found
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process tree so far."""
+    total = 0
+    for member in process_tree(pid):
+        try:
+            fields = Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime in clock ticks
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident memory of a process tree (sum of its processes' RSS)."""
+    total = 0
+    for member in process_tree(pid):
+        try:
+            for line in Path(f"/proc/{member}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1]) * 1024
+        except OSError:
+            continue
+    return total
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))] if ordered else float("nan")
