@@ -11,7 +11,7 @@ from django.db.models.functions import Coalesce
 
 from accounts.models import User
 from billing.models import LEDGER_DIGITS, CreditHold, CreditTransaction, ModelPrice, Wallet
-from billing.services import is_low_balance
+from billing.money import is_low_balance
 
 RECENT_TRANSACTIONS = 20
 

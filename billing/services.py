@@ -29,7 +29,6 @@ from billing.models import CreditHold, CreditTransaction, ModelPrice, Transactio
 from billing.money import ledger_amount, ledger_exact, to_decimal
 from core.exceptions import InsufficientCredits, StateConflict, field_error
 
-Kind = TransactionKind
 ZERO = Decimal("0")
 REASON_MAX = CreditTransaction._meta.get_field("reason").max_length
 REFERENCE_MAX = CreditTransaction._meta.get_field("reference").max_length
@@ -302,7 +301,7 @@ def wallet_grant(
         raise field_error("amount", f"Amount must be at most {settings.ADMIN_GRANT_MAX}.")
     row = _post(
         user_id=user.pk,
-        kind=Kind.GRANT,
+        kind=TransactionKind.GRANT,
         amount=amount,
         reference=_reference(reference, required=False),
         reason=reason,
@@ -321,7 +320,7 @@ def wallet_topup(
     """Credits bought (reference: the PaymentIntent id)."""
     return _post(
         user_id=user.pk,
-        kind=Kind.TOPUP,
+        kind=TransactionKind.TOPUP,
         amount=_positive_amount(amount),
         reference=_reference(reference, required=True),
         reason=_reason(reason),
@@ -349,7 +348,7 @@ def wallet_debit(
         return None
     return _post(
         user_id=user.pk,
-        kind=Kind.DEBIT,
+        kind=TransactionKind.DEBIT,
         amount=-magnitude,
         reference=reference,
         reason=_reason(reason),
@@ -363,7 +362,7 @@ def wallet_refund(
     """Gives credits back to the user (e.g. a charge made in error)."""
     return _post(
         user_id=user.pk,
-        kind=Kind.REFUND,
+        kind=TransactionKind.REFUND,
         amount=_positive_amount(amount),
         reference=_reference(reference, required=False),
         reason=_reason(reason, required=True),
@@ -376,7 +375,7 @@ def wallet_reverse(*, user: User, amount: Decimal | int | str, reference: str, r
     negative: a take-back is never skipped."""
     return _post(
         user_id=user.pk,
-        kind=Kind.REVERSAL,
+        kind=TransactionKind.REVERSAL,
         amount=-_charge_amount(amount),
         reference=_reference(reference, required=True),
         reason=_reason(reason),
@@ -397,7 +396,7 @@ def wallet_adjust(
         raise field_error("amount", "An adjustment must not be zero.")
     return _post(
         user_id=user.pk,
-        kind=Kind.ADJUSTMENT,
+        kind=TransactionKind.ADJUSTMENT,
         amount=value,
         reference=_reference(reference, required=False),
         reason=_reason(reason, required=True),
@@ -518,25 +517,6 @@ def wallet_hold_release(*, user: User, reference: str) -> None:
     _hold_close(user=user, reference=reference, status=CreditHold.Status.RELEASED)
 
 
-# --- enforcement ------------------------------------------------------------------
-
-
-def spend_check(*, user: User, amount: Decimal) -> None:
-    """May this user spend about `amount` now? Raises InsufficientCredits (402) in
-    `block` mode when the available balance (balance minus holds) is short; in `warn`
-    mode always yes. Advisory only: the hold is what reserves the credits."""
-    if settings.BILLING_ENFORCEMENT != "block":
-        return
-    wallet = Wallet.objects.filter(user=user).only("balance", "held").first() or Wallet()
-    if wallet.available < amount:
-        raise InsufficientCredits(f"Available balance {wallet.available} does not cover {amount}.")
-
-
-def is_low_balance(balance: Decimal) -> bool:
-    """Is this balance low (below LOW_BALANCE_THRESHOLD)? Warn-only signal."""
-    return balance < settings.LOW_BALANCE_THRESHOLD
-
-
 # --- reconciliation -----------------------------------------------------------------
 
 
@@ -567,7 +547,7 @@ def wallet_reconcile(*, wallet: Wallet) -> WalletFix:
         if difference != 0:
             adjustment = CreditTransaction.objects.create(
                 wallet=locked,
-                kind=Kind.ADJUSTMENT,
+                kind=TransactionKind.ADJUSTMENT,
                 amount=difference,
                 balance_after=locked.balance,
                 reason=(
@@ -680,12 +660,10 @@ def model_price_set(*, alias: str, **values: Any) -> ModelPrice:
 
 
 __all__ = [
-    "is_low_balance",
     "model_price_change",
     "model_price_create",
     "model_price_deactivate",
     "model_price_set",
-    "spend_check",
     "wallet_adjust",
     "wallet_create",
     "wallet_debit",
