@@ -11,6 +11,7 @@ from djstripe.models import Event, WebhookEventTrigger
 
 from billing.models import CreditTransaction, TopUp
 from billing.stripe.tasks import requeue_stripe_webhooks
+from tests.billing.factories import TopUpFactory
 from tests.billing.stripe.conftest import WEBHOOK_SECRET, balance_of, ledger_of
 from tests.fakes.stripe_server import sign_event, sign_payload
 
@@ -351,12 +352,8 @@ def test_the_webhook_request_stores_the_event_and_makes_no_stripe_call(
     # A top-up row as topup_create leaves it (that service itself needs a
     # transaction-free test); its PaymentIntent lives in the fake Stripe.
     intent = stripe_on.create_payment_intent(amount=1000)
-    topup = TopUp.objects.create(
-        user=owner,
-        amount_usd=Decimal("10.00"),
-        credits=Decimal("1000"),
-        payment_intent_id=intent["id"],
-        status="pending",
+    topup = TopUpFactory(
+        user=owner, amount_usd=Decimal("10.00"), credits=Decimal("1000"), payment_intent_id=intent["id"]
     )
     event = stripe_on.pay(intent["id"])
     stripe_on.requests.clear()
@@ -383,9 +380,7 @@ def test_the_webhook_request_stores_the_event_and_makes_no_stripe_call(
 
 def test_the_sweeper_sends_triggers_whose_task_was_lost(stripe_on, webhooks, owner, django_capture_on_commit_callbacks):
     intent = stripe_on.create_payment_intent(amount=500)
-    TopUp.objects.create(
-        user=owner, amount_usd=Decimal("5.00"), credits=Decimal("500"), payment_intent_id=intent["id"], status="pending"
-    )
+    TopUpFactory(user=owner, amount_usd=Decimal("5.00"), credits=Decimal("500"), payment_intent_id=intent["id"])
     with django_capture_on_commit_callbacks(execute=False):
         assert webhooks.post(stripe_on.pay(intent["id"]), process=False).status_code == 200  # task never sent
     assert requeue_stripe_webhooks() == 0  # too recent: its task may still be on its way
