@@ -6,14 +6,18 @@ from django.contrib.auth.base_user import AbstractBaseUser, BaseUserManager
 from django.contrib.auth.models import PermissionsMixin
 from django.db import models
 from django.utils import timezone
+from django.utils.module_loading import import_string
 
 
 class UserManager(BaseUserManager["User"]):
     use_in_migrations = True
 
     def create_user(self, email: str, password: str | None = None, **extra) -> "User":
-        from accounts.services import user_create
-
+        # Django's createsuperuser creates users through the model's manager; the one
+        # way to create a user is accounts.services.user_create (a wallet with every
+        # user), and services import this module. Looked up by name when called, so
+        # models never import services (no import cycle).
+        user_create = import_string("accounts.services.user_create")
         return user_create(email=email, password=password, **extra)
 
     def create_superuser(self, email: str, password: str | None = None, **extra) -> "User":

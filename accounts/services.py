@@ -6,6 +6,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from accounts.models import ApiKey, User
+from billing.services import wallet_create
 from core.exceptions import field_error
 
 KEY_PREFIX = "prl_"
@@ -19,8 +20,6 @@ def hash_api_key(raw_key: str) -> str:
 
 @transaction.atomic
 def user_create(*, email: str, password: str | None = None, **extra) -> User:
-    from billing.services import wallet_create
-
     email = User.objects.normalize_email(email).strip()
     if User.objects.filter(email__iexact=email).exists():
         raise field_error("email", "A user with this email already exists.")

@@ -201,8 +201,7 @@ def main() -> None:
         from accounts.services import api_key_create, user_create
         from bench.views import ensure_table
         from billing.models import CreditTransaction, TopUp, Wallet
-        from billing.stripe_webhooks import webhook_endpoint_register_local, webhook_path
-        from billing.topups import topup_create
+        from billing.stripe.services import topup_create, webhook_endpoint_register_local, webhook_path
         from config.celery import app as celery_app
         from tests.fakes.stripe_server import sign_payload
 

@@ -1,6 +1,3 @@
-from billing import admin_topups  # noqa: F401  Stripe top-ups register their own admin
-
-# isort: split
 import uuid
 
 from django import forms
@@ -20,6 +17,7 @@ from billing.services import (
     model_price_deactivate,
     wallet_grant,
 )
+from billing.stripe import admin as stripe_admin  # noqa: F401  registers the top-up and webhook trigger admins
 from core.exceptions import ApplicationError
 
 RECENT_ROWS = 20

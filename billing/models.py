@@ -56,15 +56,10 @@ REFERENCED_KINDS = (TransactionKind.DEBIT, TransactionKind.TOPUP, TransactionKin
 class CreditTransaction(models.Model):
     """One row per balance change. Append-only: no code path updates or deletes it."""
 
-    Kind = TransactionKind
-    POSITIVE_KINDS = POSITIVE_KINDS
-    NEGATIVE_KINDS = NEGATIVE_KINDS
-    REFERENCED_KINDS = REFERENCED_KINDS
-
     # No index of its own: billing_txn_wallet_created starts with wallet (every ledger
     # row written updates each index, and the hot wallet writes while holding its lock).
     wallet = models.ForeignKey(Wallet, on_delete=models.PROTECT, related_name="transactions", db_index=False)
-    kind = models.CharField(max_length=16, choices=Kind.choices)
+    kind = models.CharField(max_length=16, choices=TransactionKind.choices)
     amount = models.DecimalField(**LEDGER_DIGITS)
     balance_after = models.DecimalField(**LEDGER_DIGITS)
     # Idempotency key: a turn id, a PaymentIntent id, a refund id. Unique per kind.
@@ -187,7 +182,7 @@ class ModelPrice(models.Model):
 class TopUp(models.Model):
     """A Stripe top-up. The row is committed before Stripe is called and its
     `idempotency_key` is the PaymentIntent's idempotency key, so a retried create can
-    never make two PaymentIntents. Webhook handlers (billing/topups.py) change it only
+    never make two PaymentIntents. Webhook handlers (billing/stripe/services.py) change it only
     under select_for_update; the ledger rows they write are keyed by Stripe ids
     (PaymentIntent, charge + cumulative refunded cents, dispute), so a redelivered
     event changes nothing twice."""

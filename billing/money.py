@@ -11,6 +11,8 @@ The API writes every amount as a string through `format_*` below, never a float.
 
 from decimal import ROUND_CEILING, ROUND_HALF_UP, Decimal, InvalidOperation
 
+from django.conf import settings
+
 LEDGER_PLACES = Decimal("0.00000001")
 USAGE_PLACES = Decimal("0.0001")
 USD_PLACES = Decimal("0.01")
@@ -56,6 +58,12 @@ def usage_amount(value: Decimal) -> Decimal:
 
 def usd_amount(value: Decimal) -> Decimal:
     return value.quantize(USD_PLACES, rounding=ROUND_HALF_UP)
+
+
+def is_low_balance(balance: Decimal) -> bool:
+    """Is this balance low (below LOW_BALANCE_THRESHOLD)? A warn-only signal, shown with
+    the wallet (billing.selectors) and with a turn (chat.services)."""
+    return balance < settings.LOW_BALANCE_THRESHOLD
 
 
 def call_cost(*, input_tokens: int, output_tokens: int, input_price: Decimal, output_price: Decimal) -> Decimal:

@@ -10,8 +10,9 @@ from django.db.models import DecimalField, OuterRef, QuerySet, Subquery, Sum
 from django.db.models.functions import Coalesce
 
 from accounts.models import User
+from billing import _sql
 from billing.models import LEDGER_DIGITS, CreditHold, CreditTransaction, ModelPrice, Wallet
-from billing.services import is_low_balance
+from billing.money import is_low_balance
 
 RECENT_TRANSACTIONS = 20
 
@@ -55,8 +56,11 @@ def model_prices_active() -> QuerySet[ModelPrice]:
 
 
 def model_price_for_alias(*, alias: str) -> ModelPrice | None:
-    """The price in force for `alias`, or None when the alias has none."""
-    return ModelPrice.objects.filter(alias=alias, active=True).first()
+    """The price in force for `alias`, or None when the alias has none. The one
+    function for this rule (chat asks it too); raw SQL, see billing/_sql.py."""
+    if not alias:
+        return None
+    return _sql.model_price_active(alias=alias)
 
 
 # --- reconciliation -----------------------------------------------------------------

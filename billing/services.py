@@ -2,8 +2,8 @@
 
 Every balance change runs in one transaction that locks the wallet row, writes one
 ledger row with its balance_after and updates the cached balance. The lock is
-`select_for_update`, or on PostgreSQL, for a posting that settles no hold, the
-UPDATE of the wallet row itself (one statement does it all, see _PG_POST). Holds
+`select_for_update`, or on PostgreSQL the UPDATE of the wallet row itself (one
+statement does it all, see billing/_sql.py, with the figures that keep it). Holds
 take the same lock first, so every write to a wallet and its holds is serialised in
 one order: wallet, then hold.
 
@@ -25,11 +25,11 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from accounts.models import User
+from billing import _sql
 from billing.models import CreditHold, CreditTransaction, ModelPrice, TransactionKind, Wallet
 from billing.money import ledger_amount, ledger_exact, to_decimal
 from core.exceptions import InsufficientCredits, StateConflict, field_error
 
-Kind = TransactionKind
 ZERO = Decimal("0")
 REASON_MAX = CreditTransaction._meta.get_field("reason").max_length
 REFERENCE_MAX = CreditTransaction._meta.get_field("reference").max_length
@@ -134,9 +134,18 @@ def _post(
 ) -> CreditTransaction:
     """Writes one ledger row of a validated, signed `amount` and moves the cached
     balance with it; with `release_hold`, settles that hold in the same transaction."""
-    post = _post_postgresql if connection.vendor == "postgresql" else _post_orm
     try:
-        return post(
+        if connection.vendor == "postgresql":
+            return _sql.ledger_post(
+                user_id=user_id,
+                kind=kind,
+                amount=amount,
+                reference=reference,
+                reason=reason,
+                actor_id=actor.pk if actor is not None else None,
+                release_hold=release_hold,
+            )
+        return _post_orm(
             user_id=user_id,
             kind=kind,
             amount=amount,
@@ -162,7 +171,8 @@ def _post_orm(
     actor: User | None,
     release_hold: str | None,
 ) -> CreditTransaction:
-    """Any database: lock the wallet row, write the ledger row, update the caches.
+    """Any database but PostgreSQL (which runs billing._sql.ledger_post, the same rule
+    in one statement): lock the wallet row, write the ledger row, update the caches.
     (SQLite also keeps the arithmetic in Python: it would do it in floats.)"""
     # A savepoint when the caller is already in a transaction (the turn completion):
     # a repeated reference then rolls back only this write.
@@ -185,107 +195,6 @@ def _post_orm(
         return row
 
 
-# PostgreSQL does the same in one statement: the wallet UPDATE takes the row lock and
-# returns the new balance, the INSERT writes the ledger row with it. Outside a
-# transaction the statement is its own transaction, so the hot wallet's row lock is
-# held for one statement and its commit, not for several round trips. A duplicate
-# reference fails the whole statement: nothing is written. (Numbers stay NUMERIC.)
-_LEDGER_COLUMNS = [field.column for field in CreditTransaction._meta.concrete_fields]
-_PG_POST = """
-WITH {hold_cte}
-wallet AS (
-    UPDATE {wallet_table}
-       SET balance = balance + %(amount)s, {held_set} updated_at = %(now)s
-     WHERE {wallet_match}
- RETURNING id, balance
-)
-INSERT INTO {ledger_table} (wallet_id, kind, amount, balance_after, reference, actor_id, reason, created_at)
-SELECT wallet.id, %(kind)s, %(amount)s, wallet.balance, %(reference)s, %(actor_id)s, %(reason)s, %(now)s FROM wallet
-RETURNING {columns}
-"""
-_PG_TABLES = {
-    "wallet_table": Wallet._meta.db_table,
-    "ledger_table": CreditTransaction._meta.db_table,
-    "columns": ", ".join(_LEDGER_COLUMNS),
-}
-_PG_POST_PLAIN = _PG_POST.format(**_PG_TABLES, hold_cte="", held_set="", wallet_match="user_id = %(user_id)s")
-# Settling a hold: the caller has locked the wallet row first (the lock order of every
-# hold write: wallet, then hold); the hold's amount leaves `held` in the same statement.
-_PG_HOLD_CTE = """hold AS (
-    UPDATE {hold_table}
-       SET status = %(settled)s, closed_at = %(now)s
-     WHERE wallet_id = %(wallet_id)s AND reference = %(hold)s AND status = %(active)s
- RETURNING amount
-),"""
-_PG_POST_SETTLING = _PG_POST.format(
-    **_PG_TABLES,
-    hold_cte=_PG_HOLD_CTE.format(hold_table=CreditHold._meta.db_table),
-    held_set="held = held - COALESCE((SELECT SUM(amount) FROM hold), 0),",
-    wallet_match="id = %(wallet_id)s",
-)
-
-
-def _locked_wallet_id(user_id: int) -> int:
-    """PostgreSQL: locks the user's wallet row until the transaction ends; its id.
-    (_locked_wallet without the model: this runs on every turn.)"""
-    sql = f"SELECT id FROM {Wallet._meta.db_table} WHERE user_id = %s FOR UPDATE"  # noqa: S608
-    with connection.cursor() as cursor:
-        cursor.execute(sql, [user_id])
-        row = cursor.fetchone()
-    return row[0] if row is not None else _locked_wallet(user_id).pk
-
-
-def _post_postgresql(
-    *,
-    user_id: int,
-    kind: str,
-    amount: Decimal,
-    reference: str | None,
-    reason: str,
-    actor: User | None,
-    release_hold: str | None,
-) -> CreditTransaction:
-    params = {
-        "user_id": user_id,
-        "kind": str(kind),
-        "amount": amount,
-        "reference": reference,
-        "actor_id": actor.pk if actor is not None else None,
-        "reason": reason,
-        "now": timezone.now(),
-    }
-
-    def fetch(sql: str) -> tuple | None:
-        with connection.cursor() as cursor:
-            cursor.execute(sql, params)
-            return cursor.fetchone()
-
-    def fetch_plain() -> tuple | None:
-        if connection.get_autocommit():
-            return fetch(_PG_POST_PLAIN)  # the statement is its own transaction
-        # Inside the caller's transaction: a savepoint, so a refused statement (a
-        # repeated reference) does not poison the caller's transaction.
-        with transaction.atomic():
-            return fetch(_PG_POST_PLAIN)
-
-    if release_hold is not None:
-        with transaction.atomic():
-            params.update(
-                wallet_id=_locked_wallet_id(user_id),
-                hold=release_hold,
-                settled=str(CreditHold.Status.SETTLED),
-                active=str(CreditHold.Status.ACTIVE),
-            )
-            values = fetch(_PG_POST_SETTLING)
-    elif (values := fetch_plain()) is None:
-        # No wallet row yet (a user made around accounts.services.user_create).
-        Wallet.objects.get_or_create(user_id=user_id)
-        values = fetch_plain()
-    return CreditTransaction.from_db(
-        connection.alias, [f.attname for f in CreditTransaction._meta.concrete_fields], values
-    )
-
-
 def wallet_grant(
     *,
     user: User,
@@ -302,7 +211,7 @@ def wallet_grant(
         raise field_error("amount", f"Amount must be at most {settings.ADMIN_GRANT_MAX}.")
     row = _post(
         user_id=user.pk,
-        kind=Kind.GRANT,
+        kind=TransactionKind.GRANT,
         amount=amount,
         reference=_reference(reference, required=False),
         reason=reason,
@@ -321,7 +230,7 @@ def wallet_topup(
     """Credits bought (reference: the PaymentIntent id)."""
     return _post(
         user_id=user.pk,
-        kind=Kind.TOPUP,
+        kind=TransactionKind.TOPUP,
         amount=_positive_amount(amount),
         reference=_reference(reference, required=True),
         reason=_reason(reason),
@@ -349,7 +258,7 @@ def wallet_debit(
         return None
     return _post(
         user_id=user.pk,
-        kind=Kind.DEBIT,
+        kind=TransactionKind.DEBIT,
         amount=-magnitude,
         reference=reference,
         reason=_reason(reason),
@@ -363,7 +272,7 @@ def wallet_refund(
     """Gives credits back to the user (e.g. a charge made in error)."""
     return _post(
         user_id=user.pk,
-        kind=Kind.REFUND,
+        kind=TransactionKind.REFUND,
         amount=_positive_amount(amount),
         reference=_reference(reference, required=False),
         reason=_reason(reason, required=True),
@@ -376,7 +285,7 @@ def wallet_reverse(*, user: User, amount: Decimal | int | str, reference: str, r
     negative: a take-back is never skipped."""
     return _post(
         user_id=user.pk,
-        kind=Kind.REVERSAL,
+        kind=TransactionKind.REVERSAL,
         amount=-_charge_amount(amount),
         reference=_reference(reference, required=True),
         reason=_reason(reason),
@@ -397,7 +306,7 @@ def wallet_adjust(
         raise field_error("amount", "An adjustment must not be zero.")
     return _post(
         user_id=user.pk,
-        kind=Kind.ADJUSTMENT,
+        kind=TransactionKind.ADJUSTMENT,
         amount=value,
         reference=_reference(reference, required=False),
         reason=_reason(reason, required=True),
@@ -436,41 +345,6 @@ def _hold_close(*, user: User, reference: str, status: str) -> None:
             _wallet_save(wallet, balance=wallet.balance, held=wallet.held - released)
 
 
-# PostgreSQL places a hold in one statement: the wallet UPDATE takes the row lock (the
-# lock order of every hold write: wallet, then hold) and, in `block` mode, moves only
-# when the available balance covers the amount, re-checked on the locked row; the
-# INSERT writes the hold. No row back: no wallet yet, or not covered; the general
-# path below then finds out which.
-_PG_HOLD_PLACE = f"""
-WITH wallet AS (
-    UPDATE {Wallet._meta.db_table}
-       SET held = held + %(amount)s, updated_at = %(now)s
-     WHERE user_id = %(user_id)s AND (NOT %(block)s OR balance - held >= %(amount)s)
- RETURNING id
-)
-INSERT INTO {CreditHold._meta.db_table} (wallet_id, reference, amount, status, created_at, closed_at)
-SELECT wallet.id, %(reference)s, %(amount)s, %(active)s, %(now)s, NULL FROM wallet
-RETURNING {", ".join(field.column for field in CreditHold._meta.concrete_fields)}
-"""  # noqa: S608
-
-
-def _hold_place_postgresql(*, user_id: int, amount: Decimal, reference: str) -> CreditHold | None:
-    params = {
-        "user_id": user_id,
-        "amount": amount,
-        "reference": reference,
-        "block": settings.BILLING_ENFORCEMENT == "block",
-        "active": str(CreditHold.Status.ACTIVE),
-        "now": timezone.now(),
-    }
-    with connection.cursor() as cursor:
-        cursor.execute(_PG_HOLD_PLACE, params)
-        values = cursor.fetchone()
-    if values is None:
-        return None
-    return CreditHold.from_db(connection.alias, [f.attname for f in CreditHold._meta.concrete_fields], values)
-
-
 def wallet_hold_place(*, user: User, amount: Decimal | int | str, reference: str) -> CreditHold:
     """Reserves the worst-case cost of a turn (reference: the turn id; rounded up at
     the 8th place). In `block` mode refuses (402) when the available balance cannot
@@ -480,28 +354,33 @@ def wallet_hold_place(*, user: User, amount: Decimal | int | str, reference: str
     reference = _reference(reference, required=True)
     # A new reference (every turn) costs no lookup: the unique reference decides a
     # replay, whose INSERT fails and rolls back this block's savepoint only.
+    block = settings.BILLING_ENFORCEMENT == "block"
     try:
         with transaction.atomic():
             if connection.vendor == "postgresql" and (
-                hold := _hold_place_postgresql(user_id=user.pk, amount=amount, reference=reference)
+                hold := _sql.hold_place(user_id=user.pk, amount=amount, reference=reference, block=block)
             ):
                 return hold
-            wallet = _locked_wallet(user.pk)
-            available = wallet.balance - wallet.held
-            if settings.BILLING_ENFORCEMENT == "block" and available < amount:
-                # A replay must not be refused because its own first hold uses the credits.
-                if (hold := _hold_replayed(reference=reference, user_id=user.pk)) is not None:
-                    return hold
-                raise InsufficientCredits(
-                    f"Available balance {available} does not cover this turn's worst-case cost {amount}."
-                )
-            hold = CreditHold.objects.create(wallet=wallet, reference=reference, amount=amount)
-            _wallet_save(wallet, balance=wallet.balance, held=wallet.held + amount)
-            return hold
+            return _hold_place_orm(user_id=user.pk, amount=amount, reference=reference, block=block)
     except IntegrityError:
         if (hold := _hold_replayed(reference=reference, user_id=user.pk)) is not None:
             return hold
         raise
+
+
+def _hold_place_orm(*, user_id: int, amount: Decimal, reference: str, block: bool) -> CreditHold:
+    """Any database (and PostgreSQL when billing._sql.hold_place placed nothing: no
+    wallet yet, or not covered): lock the wallet, check, write the hold and `held`."""
+    wallet = _locked_wallet(user_id)
+    available = wallet.balance - wallet.held
+    if block and available < amount:
+        # A replay must not be refused because its own first hold uses the credits.
+        if (hold := _hold_replayed(reference=reference, user_id=user_id)) is not None:
+            return hold
+        raise InsufficientCredits(f"Available balance {available} does not cover this turn's worst-case cost {amount}.")
+    hold = CreditHold.objects.create(wallet=wallet, reference=reference, amount=amount)
+    _wallet_save(wallet, balance=wallet.balance, held=wallet.held + amount)
+    return hold
 
 
 def _hold_replayed(*, reference: str, user_id: int) -> CreditHold | None:
@@ -516,25 +395,6 @@ def wallet_hold_release(*, user: User, reference: str) -> None:
     """Releases a hold without charging (the turn failed). Safe to call twice, and
     after the hold was settled (then it does nothing)."""
     _hold_close(user=user, reference=reference, status=CreditHold.Status.RELEASED)
-
-
-# --- enforcement ------------------------------------------------------------------
-
-
-def spend_check(*, user: User, amount: Decimal) -> None:
-    """May this user spend about `amount` now? Raises InsufficientCredits (402) in
-    `block` mode when the available balance (balance minus holds) is short; in `warn`
-    mode always yes. Advisory only: the hold is what reserves the credits."""
-    if settings.BILLING_ENFORCEMENT != "block":
-        return
-    wallet = Wallet.objects.filter(user=user).only("balance", "held").first() or Wallet()
-    if wallet.available < amount:
-        raise InsufficientCredits(f"Available balance {wallet.available} does not cover {amount}.")
-
-
-def is_low_balance(balance: Decimal) -> bool:
-    """Is this balance low (below LOW_BALANCE_THRESHOLD)? Warn-only signal."""
-    return balance < settings.LOW_BALANCE_THRESHOLD
 
 
 # --- reconciliation -----------------------------------------------------------------
@@ -567,7 +427,7 @@ def wallet_reconcile(*, wallet: Wallet) -> WalletFix:
         if difference != 0:
             adjustment = CreditTransaction.objects.create(
                 wallet=locked,
-                kind=Kind.ADJUSTMENT,
+                kind=TransactionKind.ADJUSTMENT,
                 amount=difference,
                 balance_after=locked.balance,
                 reason=(
@@ -680,12 +540,10 @@ def model_price_set(*, alias: str, **values: Any) -> ModelPrice:
 
 
 __all__ = [
-    "is_low_balance",
     "model_price_change",
     "model_price_create",
     "model_price_deactivate",
     "model_price_set",
-    "spend_check",
     "wallet_adjust",
     "wallet_create",
     "wallet_debit",

@@ -31,7 +31,8 @@ from django.utils import timezone
 
 from accounts.models import User
 from billing.models import ModelPrice, Wallet
-from billing.services import is_low_balance, wallet_debit, wallet_hold_place, wallet_hold_release
+from billing.money import is_low_balance
+from billing.services import wallet_debit, wallet_hold_place, wallet_hold_release
 from chat import streaming
 from chat.engine import TurnOutcome, llm_call_build, llm_call_run, turn_hold_amount, turn_outcome
 from chat.models import CONTENT_MAX_CHARS, ChatSession, LLMCall, Message, ToolCall, Turn

@@ -201,7 +201,7 @@ TOP_UP_MAX_USD = Decimal(env.str("TOP_UP_MAX_USD", default="500.00"))
 
 # --- Stripe (off when no secret key) -------------------------------------------
 # Without STRIPE_SECRET_KEY top-ups answer 503 and nothing else changes. One API
-# version is used everywhere: billing/stripe_api.py sets it as the client's global
+# version is used everywhere: billing/stripe/client.py sets it as the client's global
 # default and dj-stripe passes it on every call it makes. 2026-05-27.dahlia is the
 # version dj-stripe 2.11 is built and tested against (its DEFAULT_STRIPE_API_VERSION).
 STRIPE_SECRET_KEY = env.str("STRIPE_SECRET_KEY", default="")
@@ -211,14 +211,13 @@ if STRIPE_SECRET_KEY and not re.fullmatch(r"(sk|rk)_(test|live)_[A-Za-z0-9]{24,}
 STRIPE_API_VERSION = env.str("STRIPE_API_VERSION", default="2026-05-27.dahlia")
 # Another Stripe host (a local stripe-mock, the test suite's fake); empty means Stripe's own.
 STRIPE_API_BASE = env.str("STRIPE_API_BASE", default="")
-STRIPE_ENABLED = bool(STRIPE_SECRET_KEY)
 # Live or test mode follows the key itself, so the two can never disagree.
 STRIPE_LIVE_MODE = STRIPE_SECRET_KEY.startswith(("sk_live_", "rk_live_"))
 DJSTRIPE_FOREIGN_KEY_TO_FIELD = "id"
 # Every webhook is checked against its endpoint's signing secret (no unsigned shortcut).
 DJSTRIPE_WEBHOOK_VALIDATION = "verify_signature"
 DJSTRIPE_USE_NATIVE_JSONFIELD = True
-# Webhook processing (billing/tasks.py): retries with exponential backoff up to this many times.
+# Webhook processing (billing/stripe/tasks.py): retries with exponential backoff up to this many times.
 STRIPE_WEBHOOK_MAX_RETRIES = env.int("STRIPE_WEBHOOK_MAX_RETRIES", default=8)
 
 # --- Models, tools, uploads --------------------------------------------------

@@ -7,7 +7,7 @@ api_v1 = [
     path("", include("core.urls")),
     path("", include("accounts.urls")),
     path("", include("billing.urls")),
-    path("", include("billing.urls_topups")),
+    path("", include("billing.stripe.urls")),
     path("", include("chat.urls")),
     path("", include("chat.urls_files")),
     path("", include("reporting.urls")),
@@ -18,7 +18,7 @@ urlpatterns = [
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),
     path("admin/", admin.site.urls),
-    path("stripe/", include("billing.stripe_urls", namespace="djstripe")),
+    path("stripe/", include("billing.stripe.webhook_urls", namespace="djstripe")),
 ]
 
 if settings.BENCH_ENDPOINTS:

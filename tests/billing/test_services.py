@@ -4,10 +4,9 @@ import pytest
 from django.db import transaction
 
 from billing.models import CreditHold, CreditTransaction, Wallet
+from billing.money import is_low_balance
 from billing.selectors import wallet_status
 from billing.services import (
-    is_low_balance,
-    spend_check,
     wallet_adjust,
     wallet_debit,
     wallet_grant,
@@ -231,16 +230,6 @@ def test_a_hold_reference_of_another_wallet_is_refused(owner, other_user):
     # Releasing someone else's hold does nothing.
     wallet_hold_release(user=other_user, reference="turn-shared")
     assert CreditHold.objects.get(reference="turn-shared").status == CreditHold.Status.ACTIVE
-
-
-def test_spend_check_blocks_only_in_block_mode(owner, settings):
-    wallet_grant(user=owner, amount=Decimal("2"), reason="r")
-    settings.BILLING_ENFORCEMENT = "warn"
-    spend_check(user=owner, amount=Decimal("100"))
-    settings.BILLING_ENFORCEMENT = "block"
-    spend_check(user=owner, amount=Decimal("2"))
-    with pytest.raises(InsufficientCredits):
-        spend_check(user=owner, amount=Decimal("2.00000001"))
 
 
 def test_low_balance_is_strictly_below_the_threshold(settings):

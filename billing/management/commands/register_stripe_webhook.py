@@ -1,8 +1,8 @@
 import stripe
 from django.core.management.base import BaseCommand, CommandError
 
-from billing.stripe_api import STRIPE_DISABLED_MESSAGE, stripe_enabled
-from billing.stripe_webhooks import webhook_endpoint_create_at_stripe, webhook_endpoint_register_local, webhook_path
+from billing.stripe.client import STRIPE_DISABLED_MESSAGE, stripe_enabled
+from billing.stripe.services import webhook_endpoint_create_at_stripe, webhook_endpoint_register_local, webhook_path
 
 
 class Command(BaseCommand):

@@ -8,7 +8,7 @@ from django.conf import settings
 from django.core.management import CommandError, call_command
 from djstripe.models import WebhookEndpoint, WebhookEventTrigger
 
-from tests.stripe.conftest import post_event
+from tests.billing.stripe.conftest import post_event
 
 pytestmark = pytest.mark.django_db
 

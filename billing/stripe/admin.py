@@ -11,9 +11,8 @@ from django.http import HttpRequest
 from djstripe.admin.admin import WebhookEventTriggerAdmin
 from djstripe.models import WebhookEventTrigger
 
-from billing import stripe_api  # noqa: F401  configures the stripe client
 from billing.models import TopUp
-from billing.stripe_webhooks import webhook_trigger_enqueue
+from billing.stripe.tasks import webhook_trigger_enqueue
 
 
 @admin.register(TopUp)

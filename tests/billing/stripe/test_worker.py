@@ -17,11 +17,11 @@ import requests
 from djstripe.models import Event, WebhookEventTrigger
 
 from billing.models import CreditTransaction, TopUp
+from tests.billing.stripe.conftest import WEBHOOK_SECRET, balance_of, ledger_of
 from tests.conftest import WorkerProcess, _worker_env
 from tests.fakes.stripe_server import FakeStripe, sign_event
-from tests.stripe.conftest import WEBHOOK_SECRET, balance_of, ledger_of
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 TOP_UP = "/api/v1/users/me/wallet/top-up"
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.worker]

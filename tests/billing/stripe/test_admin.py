@@ -8,8 +8,8 @@ from django.test import Client
 from djstripe.models import WebhookEventTrigger
 
 from billing.models import TopUp
+from tests.billing.stripe.conftest import balance_of
 from tests.conftest import make_user
-from tests.stripe.conftest import balance_of
 
 TOP_UP = "/api/v1/users/me/wallet/top-up"
 TRIGGERS = "/admin/djstripe/webhookeventtrigger/"

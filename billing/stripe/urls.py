@@ -1,6 +1,8 @@
+"""Top-up endpoints, mounted at the API root in config/urls.py."""
+
 from django.urls import path
 
-from billing.stripe_topup_api import TopUpCreateView, TopUpListView
+from billing.stripe.api import TopUpCreateView, TopUpListView
 
 urlpatterns = [
     path("users/me/wallet/top-up", TopUpCreateView.as_view(), name="users-me-top-up"),

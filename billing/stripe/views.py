@@ -1,6 +1,6 @@
 """The Stripe webhook endpoint (SPEC 5.2): a thin view over
-billing.stripe_webhooks.webhook_trigger_record. It answers 200 as soon as the
-verified event is stored; processing happens in Celery."""
+billing.stripe.services.webhook_trigger_record. It answers 200 as soon as the
+verified event is stored; processing happens in Celery (sent on commit)."""
 
 from uuid import UUID
 
@@ -12,7 +12,8 @@ from django.views.decorators.csrf import csrf_exempt
 from djstripe.models import WebhookEndpoint
 from djstripe.models.webhooks import get_remote_ip
 
-from billing.stripe_webhooks import WebhookRejected, webhook_trigger_record
+from billing.stripe.services import WebhookRejected, webhook_trigger_record
+from billing.stripe.tasks import webhook_trigger_enqueue
 
 
 def _error(status: int, code: str, message: str) -> JsonResponse:
@@ -42,4 +43,5 @@ class StripeWebhookView(View):
             )
         except WebhookRejected as exc:
             return _error(400, "invalid_signature", str(exc))
+        webhook_trigger_enqueue(trigger_id=trigger.pk)
         return JsonResponse({"received": True, "trigger": trigger.pk})

@@ -4,7 +4,7 @@ reverses to this view."""
 
 from django.urls import path
 
-from billing.stripe_views import StripeWebhookView
+from billing.stripe.views import StripeWebhookView
 
 app_name = "djstripe"
 

@@ -1,4 +1,4 @@
-"""Top-up endpoints (SPEC 5.2, 6): thin views over billing/topups.py."""
+"""Top-up endpoints (SPEC 5.2, 6): thin views over billing/stripe/services.py."""
 
 from decimal import Decimal
 
@@ -11,8 +11,9 @@ from rest_framework.views import APIView
 
 from billing.models import TopUp
 from billing.money import format_ledger, format_usd
-from billing.stripe_api import stripe_require
-from billing.topups import topup_create, topups_for_user
+from billing.stripe.client import stripe_require
+from billing.stripe.selectors import topups_for_user
+from billing.stripe.services import topup_create
 
 
 @extend_schema_field(OpenApiTypes.STR)

@@ -1,5 +1,5 @@
 """Stripe's webhooks through the real endpoint (signed for real) and the processing
-task (eager here; tests/stripe/test_worker.py runs it in a real worker on
+task (eager here; tests/billing/stripe/test_worker.py runs it in a real worker on
 PostgreSQL). Balances are asserted to the last decimal."""
 
 import json
@@ -10,9 +10,10 @@ import pytest
 from djstripe.models import Event, WebhookEventTrigger
 
 from billing.models import CreditTransaction, TopUp
-from billing.stripe_webhooks import webhook_triggers_requeue
+from billing.stripe.tasks import requeue_stripe_webhooks
+from tests.billing.factories import TopUpFactory
+from tests.billing.stripe.conftest import WEBHOOK_SECRET, balance_of, ledger_of
 from tests.fakes.stripe_server import sign_event, sign_payload
-from tests.stripe.conftest import WEBHOOK_SECRET, balance_of, ledger_of
 
 TOP_UP = "/api/v1/users/me/wallet/top-up"
 
@@ -351,12 +352,8 @@ def test_the_webhook_request_stores_the_event_and_makes_no_stripe_call(
     # A top-up row as topup_create leaves it (that service itself needs a
     # transaction-free test); its PaymentIntent lives in the fake Stripe.
     intent = stripe_on.create_payment_intent(amount=1000)
-    topup = TopUp.objects.create(
-        user=owner,
-        amount_usd=Decimal("10.00"),
-        credits=Decimal("1000"),
-        payment_intent_id=intent["id"],
-        status="pending",
+    topup = TopUpFactory(
+        user=owner, amount_usd=Decimal("10.00"), credits=Decimal("1000"), payment_intent_id=intent["id"]
     )
     event = stripe_on.pay(intent["id"])
     stripe_on.requests.clear()
@@ -383,17 +380,15 @@ def test_the_webhook_request_stores_the_event_and_makes_no_stripe_call(
 
 def test_the_sweeper_sends_triggers_whose_task_was_lost(stripe_on, webhooks, owner, django_capture_on_commit_callbacks):
     intent = stripe_on.create_payment_intent(amount=500)
-    TopUp.objects.create(
-        user=owner, amount_usd=Decimal("5.00"), credits=Decimal("500"), payment_intent_id=intent["id"], status="pending"
-    )
+    TopUpFactory(user=owner, amount_usd=Decimal("5.00"), credits=Decimal("500"), payment_intent_id=intent["id"])
     with django_capture_on_commit_callbacks(execute=False):
         assert webhooks.post(stripe_on.pay(intent["id"]), process=False).status_code == 200  # task never sent
-    assert webhook_triggers_requeue() == 0  # too recent: its task may still be on its way
+    assert requeue_stripe_webhooks() == 0  # too recent: its task may still be on its way
 
     WebhookEventTrigger.objects.update(created=WebhookEventTrigger.objects.get().created.replace(year=2020))
     with django_capture_on_commit_callbacks(execute=True):
-        assert webhook_triggers_requeue() == 1
+        assert requeue_stripe_webhooks() == 1
 
     assert WebhookEventTrigger.objects.get().processed is True
     assert balance_of(owner) == Decimal("500.00000000")
-    assert webhook_triggers_requeue() == 0
+    assert requeue_stripe_webhooks() == 0

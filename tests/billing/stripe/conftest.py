@@ -9,7 +9,7 @@ from django.db import connection
 from django.test import TestCase
 from djstripe.models import WebhookEndpoint
 
-from billing.stripe_webhooks import webhook_endpoint_register_local, webhook_path
+from billing.stripe.services import webhook_endpoint_register_local, webhook_path
 from tests.conftest import client_for
 from tests.fakes.stripe_server import FakeStripe, sign_event
 
@@ -40,12 +40,11 @@ def stripe_server() -> Iterator[FakeStripe]:
 
 @pytest.fixture
 def stripe_on(settings, stripe_server: FakeStripe) -> FakeStripe:  # noqa: ANN001
-    """Stripe configured (key, API base) for this process; billing.stripe_api picks
+    """Stripe configured (key, API base) for this process; billing.stripe.client picks
     the settings up through setting_changed."""
     stripe_server.reset()
     settings.STRIPE_SECRET_KEY = stripe_server.api_key
     settings.STRIPE_API_BASE = stripe_server.url
-    settings.STRIPE_ENABLED = True
     settings.STRIPE_LIVE_MODE = False
     return stripe_server
 

@@ -1,4 +1,4 @@
-"""The one place that talks to Stripe's API for top-ups.
+"""The Stripe client: the one place that talks to Stripe's API.
 
 The `stripe` client is configured here from settings (API version, another host
 such as stripe-mock or the test suite's fake), when this module is imported (every
