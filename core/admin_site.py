@@ -10,6 +10,7 @@ the default site (django.contrib.admin's `default_site`)."""
 from django.conf import settings
 from django.contrib import admin
 from django.http import HttpRequest
+from django.template.response import TemplateResponse
 from django.urls import reverse
 
 # (section label, title, models as "app_label.ModelName" in display order, URL of the
@@ -49,6 +50,16 @@ APP_SECTIONS = {
     "reporting": "parley-usage",
 }
 STRIPE_APP = "djstripe"
+# The index's "Go to" box, top right beside the sections: what staff open most, in
+# view without scrolling even when the sections run below the fold. Each appears
+# only for staff who may open it (it must be in their app list).
+SHORTCUTS = [
+    ("reporting.Usage", "Usage summary"),
+    ("billing.Wallet", "Wallets (grant credits)"),
+    ("billing.CreditTransaction", "Ledger"),
+    ("billing.ModelPrice", "Model prices"),
+    ("chat.Turn", "Turns"),
+]
 
 
 class ParleyAdminSite(admin.AdminSite):
@@ -56,6 +67,16 @@ class ParleyAdminSite(admin.AdminSite):
     site_title = "Parley staff console"
     index_title = "Staff console"
     site_url = "/"
+
+    def index(self, request: HttpRequest, extra_context: dict | None = None) -> TemplateResponse:
+        urls = {
+            f"{app['app_label']}.{model['object_name']}": model["admin_url"]
+            for app in super().get_app_list(request)
+            for model in app["models"]
+            if model.get("admin_url")
+        }
+        shortcuts = [{"name": name, "url": urls[model]} for model, name in SHORTCUTS if model in urls]
+        return super().index(request, {"shortcuts": shortcuts, **(extra_context or {})})
 
     def get_app_list(self, request: HttpRequest, app_label: str | None = None) -> list[dict]:
         # One app's own page (/admin/billing/) keeps Django's view of that app.
