@@ -3,7 +3,7 @@
 With no environment at all this is the embedded default (SQLite file, eager
 Celery tasks, the offline `local` provider, Stripe off, DEBUG on). Setting
 `DATABASE_URL` and `REDIS_URL` switches to PostgreSQL and a Redis broker with no
-code change. Defaults follow SPEC section 7.
+code change. The defaults are the ones README.md's settings table lists.
 """
 
 import re
@@ -40,7 +40,7 @@ elif not SECRET_KEY or not ALLOWED_HOSTS:
     raise ImproperlyConfigured("With DEBUG off, SECRET_KEY and ALLOWED_HOSTS must be set in the environment.")
 
 INSTALLED_APPS = [
-    "django.contrib.admin",
+    "core.admin_apps.ParleyAdminConfig",  # django.contrib.admin, as the staff console
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
@@ -59,6 +59,9 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # Outermost, so it sees every answer under /api/ (Django's own 404, 413 and 500
+    # pages included, DEBUG on or off) and gives it the shared JSON error body.
+    "core.middleware.ApiErrorBodyMiddleware",
     "django.middleware.security.SecurityMiddleware",
     # Serves the admin and Swagger UI assets (bundled, never from a CDN) under gunicorn too.
     "whitenoise.middleware.WhiteNoiseMiddleware",
@@ -156,6 +159,9 @@ REST_FRAMEWORK = {
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_PAGINATION_CLASS": "core.pagination.DefaultPagination",
     "PAGE_SIZE": 50,
+    # The API documents JSON bodies only: a form-encoded or multipart body is a 415
+    # naming its media type (uploads, chat/files_api.py, set their own parsers).
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
     "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
     "DEFAULT_THROTTLE_CLASSES": [
         "rest_framework.throttling.AnonRateThrottle",
@@ -180,6 +186,25 @@ SPECTACULAR_SETTINGS = {
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
     "POSTPROCESSING_HOOKS": ["drf_spectacular.hooks.postprocess_schema_enums", "core.schema.add_error_responses"],
+    # Stable names for the choice sets (drf-spectacular would otherwise name two
+    # different `status` enums by a hash, Status608Enum and StatusA7cEnum, and rename
+    # them whenever a choice changes). Dotted paths, loaded when the schema is built;
+    # tests/core/test_schema.py checks that each still resolves.
+    "ENUM_NAME_OVERRIDES": {
+        "TurnStatus": "chat.models.Turn.Status",
+        "SessionMode": "chat.models.ChatSession.Mode",
+        "MessageRole": "chat.models.Message.Role",
+        "LLMCallPurpose": "chat.models.LLMCall.Purpose",
+        "LLMCallStatus": "chat.models.LLMCall.Status",
+        "ToolCallStatus": "chat.models.ToolCall.Status",
+        "TopUpStatus": "billing.models.TopUp.Status",
+        "TopUpDisputeStatus": "billing.models.TopUp.DisputeStatus",
+        "TransactionKind": "billing.models.TransactionKind",
+        "HoldStatus": "billing.models.CreditHold.Status",
+        "ModelProvider": "billing.models.ModelPrice.Provider",
+        "BillingEnforcement": ["warn", "block"],
+        "UsageBucket": "reporting.selectors.BUCKETS",
+    },
 }
 
 # Baseline endpoints used only by bench/ (bare INSERT); off unless a benchmark turns it on.

@@ -8,7 +8,8 @@ shared body:
 
 from typing import Any
 
-from django.core.exceptions import PermissionDenied
+from django.conf import settings
+from django.core.exceptions import PermissionDenied, RequestDataTooBig
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.http import Http404
 from rest_framework import exceptions, status
@@ -28,7 +29,7 @@ class ApplicationError(Exception):
 
 
 class StateConflict(ApplicationError):
-    """Well-formed but impossible in the object's current state (SPEC section 6)."""
+    """Well-formed but impossible in the object's current state."""
 
     status_code = status.HTTP_422_UNPROCESSABLE_ENTITY
     code = "invalid_state"
@@ -59,11 +60,16 @@ def _flatten(detail: Any) -> dict[str, list[str]]:
     return {"non_field_errors": [str(detail)]}
 
 
-def _body(code: str, message: str, fields: dict[str, list[str]] | None = None) -> dict:
+def error_body(code: str, message: str, fields: dict[str, list[str]] | None = None) -> dict:
     error: dict[str, Any] = {"code": code, "message": message}
     if fields:
         error["fields"] = fields
     return {"error": error}
+
+
+def request_too_large_body() -> dict:
+    limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+    return error_body("request_too_large", f"The request body is larger than {limit} bytes.")
 
 
 def exception_handler(exc: Exception, context: dict) -> Response | None:
@@ -71,7 +77,10 @@ def exception_handler(exc: Exception, context: dict) -> Response | None:
     from rest_framework.views import exception_handler as drf_exception_handler
 
     if isinstance(exc, ApplicationError):
-        return Response(_body(exc.code, exc.message, exc.fields), status=exc.status_code)
+        return Response(error_body(exc.code, exc.message, exc.fields), status=exc.status_code)
+    if isinstance(exc, RequestDataTooBig):
+        # Django counts it as a SuspiciousOperation (400); for a client it is a 413.
+        return Response(request_too_large_body(), status=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE)
     if isinstance(exc, DjangoValidationError):
         exc = exceptions.ValidationError(exc.message_dict if hasattr(exc, "error_dict") else exc.messages)
     elif isinstance(exc, Http404):
@@ -86,9 +95,9 @@ def exception_handler(exc: Exception, context: dict) -> Response | None:
         fields = _flatten(exc.detail)
         names = ", ".join(name for name in fields if name != "non_field_errors")
         message = f"Invalid input: {names}." if names else "; ".join(fields["non_field_errors"])
-        response.data = _body("invalid", message, fields)
+        response.data = error_body("invalid", message, fields)
     else:
         detail = exc.detail if isinstance(exc, exceptions.APIException) else str(exc)
         code = exc.get_codes() if isinstance(exc, exceptions.APIException) else "error"
-        response.data = _body(code if isinstance(code, str) else "error", str(detail))
+        response.data = error_body(code if isinstance(code, str) else "error", str(detail))
     return response

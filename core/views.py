@@ -1,4 +1,6 @@
+from django.conf import settings
 from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import render
 from django.views.defaults import page_not_found
 from django.views.defaults import server_error as default_server_error
 from drf_spectacular.utils import extend_schema, inline_serializer
@@ -8,7 +10,15 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from core.exceptions import error_body
 from core.health import broker_status, database_status
+
+
+def home(request: HttpRequest) -> HttpResponse:
+    """`/`: what this server is and where to go (the admin's "View site" link lands
+    here). A page rather than a redirect to the API docs, so staff following "View
+    site" and someone trying the bare host both see the admin and health links too."""
+    return render(request, "core/home.html", {"stripe_enabled": settings.STRIPE_ENABLED})
 
 
 class HealthView(APIView):
@@ -46,11 +56,11 @@ class HealthView(APIView):
 def not_found(request: HttpRequest, exception: Exception) -> HttpResponse:
     """URLs that match no route: the shared JSON error body under /api/, Django's page elsewhere."""
     if request.path.startswith("/api/"):
-        return JsonResponse({"error": {"code": "not_found", "message": "Not found."}}, status=404)
+        return JsonResponse(error_body("not_found", "Not found."), status=404)
     return page_not_found(request, exception)
 
 
 def server_error(request: HttpRequest) -> HttpResponse:
     if request.path.startswith("/api/"):
-        return JsonResponse({"error": {"code": "server_error", "message": "Internal server error."}}, status=500)
+        return JsonResponse(error_body("server_error", "Internal server error."), status=500)
     return default_server_error(request)

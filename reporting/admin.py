@@ -48,6 +48,9 @@ class UsageAdmin(admin.ModelAdmin):
             raise PermissionDenied
         params = request.GET.copy()
         params.pop("format", None)
+        if params.get("user_id") and not params.get("user"):
+            # The wallet page links with ?user_id=; the form's field is `user` (email or id).
+            params["user"] = params.pop("user_id")[-1]
         form = UsageFilterForm(params)
         context = {
             **self.admin_site.each_context(request),
@@ -67,7 +70,7 @@ class UsageAdmin(admin.ModelAdmin):
         for row in summary["by_model"]:
             row["filter_url"] = _query(params, model_alias=row["model_alias"])
         for row in summary["by_user"]:
-            row["filter_url"] = _query(params, user_id=row["user_id"])
+            row["filter_url"] = _query(params, user=row["email"], user_id=None)
         try:
             user_url = reverse("admin:accounts_user_change", args=[user.pk]) if user else None
         except NoReverseMatch:
@@ -78,6 +81,6 @@ class UsageAdmin(admin.ModelAdmin):
             "csv_url": _query(params, format="csv"),
             "filtered_user": user,
             "filtered_user_url": user_url,
-            "clear_user_url": _query(params, user_id=None),
+            "clear_user_url": _query(params, user=None, user_id=None),
             "clear_model_url": _query(params, model_alias=None),
         }

@@ -1,4 +1,4 @@
-"""Usage endpoints (SPEC 5.4, 6): thin views over reporting.selectors."""
+"""Usage endpoints (README "Usage reporting"): thin views over reporting.selectors."""
 
 from types import SimpleNamespace
 

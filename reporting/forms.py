@@ -1,9 +1,14 @@
 """Filters of the admin usage page: the API's query parameters as a Django form, so
-the admin renders and validates them the admin way (errors shown next to the field)."""
+the admin renders and validates them the admin way (errors shown next to the field).
+One difference: staff think of users by email, so the user filter (`user`) takes an
+email or an id; reporting.admin still reads `?user_id=` (the wallet page's "View usage"
+link) as `user`."""
 
 from datetime import date
 
 from django import forms
+from django.core.exceptions import ValidationError
+from django.core.validators import validate_email
 
 from accounts.models import User
 from billing.models import ModelPrice
@@ -12,8 +17,11 @@ from reporting.selectors import BUCKETS
 
 
 class UsageFilterForm(forms.Form):
-    user_id = forms.IntegerField(
-        required=False, min_value=1, max_value=BIGINT_MAX, label="User id", widget=forms.NumberInput(attrs={"size": 8})
+    user = forms.CharField(
+        required=False,
+        max_length=254,
+        label="User (email or id)",
+        widget=forms.TextInput(attrs={"size": 24, "placeholder": "name@example.com"}),
     )
     model_alias = forms.ChoiceField(required=False, label="Model")
     from_date = forms.DateField(required=False, label="From", widget=forms.DateInput(attrs={"type": "date"}))
@@ -26,10 +34,23 @@ class UsageFilterForm(forms.Form):
         aliases = ModelPrice.objects.order_by("alias").values_list("alias", flat=True).distinct()
         self.fields["model_alias"].choices = [("", "All models"), *((alias, alias) for alias in aliases)]
 
-    def clean_user_id(self) -> int | None:
-        user_id = self.cleaned_data["user_id"]
-        if user_id is not None and not User.objects.filter(pk=user_id).exists():
-            raise forms.ValidationError("No user with this id.")
+    def clean_user(self) -> int | None:
+        """The user's id, from an id or an email (case-insensitive, as at login)."""
+        value = self.cleaned_data["user"].strip()
+        if not value:
+            return None
+        if value.isdigit():
+            user_id = int(value)
+            if not 1 <= user_id <= BIGINT_MAX or not User.objects.filter(pk=user_id).exists():
+                raise forms.ValidationError("No user with this id.")
+            return user_id
+        try:
+            validate_email(value)
+        except ValidationError:
+            raise forms.ValidationError("Enter an email address or a user id.") from None
+        user_id = User.objects.filter(email__iexact=value).values_list("pk", flat=True).first()
+        if user_id is None:
+            raise forms.ValidationError("No user with this email.")
         return user_id
 
     def clean(self) -> dict:
@@ -43,7 +64,7 @@ class UsageFilterForm(forms.Form):
     def filters(self) -> dict:
         data = self.cleaned_data
         return {
-            "user_id": data["user_id"],
+            "user_id": data["user"],
             "model_alias": data["model_alias"] or None,
             "from_date": data["from_date"],
             "to_date": data["to_date"],

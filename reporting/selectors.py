@@ -1,4 +1,4 @@
-"""Usage summaries (SPEC 5.4). Two sources with one answer:
+"""Usage summaries (README "Usage reporting"). Two sources with one answer:
 
 - `usage_summary` reads the daily rollups (what the API, the admin page and
   `usage_report` serve: it reads at most days x users x aliases rows);

@@ -78,6 +78,16 @@ def test_the_user_id_link_from_the_wallet_page_filters_one_user(admin_browser, o
     assert "other@example.com" not in html
 
 
+def test_filters_by_user_email_case_insensitively(admin_browser, owner, calls):
+    html = admin_browser.get(PAGE, {"user": owner.email.upper()}).content.decode()
+    assert f">{owner.email}</a>" in html.split('class="usage-scope"', 1)[1]
+    assert totals_cells(html) == {"calls": "2", "input_tokens": "3000", "output_tokens": "300", "credits": "7.7700"}
+    # The by-user rows link to the page narrowed by email.
+    html = admin_browser.get(PAGE).content.decode()
+    by_user = html.split('id="usage-by-user"', 1)[1].split("</table>", 1)[0]
+    assert f'href="?user={owner.email.replace("@", "%40")}"' in by_user
+
+
 def test_filters_by_model_and_bucket(admin_browser, calls):
     html = admin_browser.get(PAGE, {"model_alias": "fast", "bucket": "month"}).content.decode()
     assert totals_cells(html) == {"calls": "2", "input_tokens": "1001", "output_tokens": "200", "credits": "0.2702"}
@@ -88,8 +98,11 @@ def test_filters_by_model_and_bucket(admin_browser, calls):
     ("params", "field", "message"),
     [
         ({"from_date": "2025-02-01", "to_date": "2025-01-01"}, "from_date", "From must not be after To."),
-        ({"user_id": "424242"}, "user_id", "No user with this id."),
-        ({"user_id": "x"}, "user_id", "Enter a whole number."),
+        ({"user_id": "424242"}, "user", "No user with this id."),
+        ({"user": "424242"}, "user", "No user with this id."),
+        ({"user": "x"}, "user", "Enter an email address or a user id."),
+        ({"user": "nobody@example.com"}, "user", "No user with this email."),
+        ({"from_date": "2025-13-45"}, "from_date", "Enter a valid date."),
         ({"bucket": "year"}, "bucket", "Select a valid choice."),
         ({"model_alias": "nope"}, "model_alias", "Select a valid choice."),
     ],

@@ -3,12 +3,13 @@ from decimal import Decimal
 from django.core.management.base import BaseCommand
 from django.db import transaction
 
-from accounts.models import User
-from accounts.services import api_key_create, user_create
+from accounts.models import ApiKey, User
+from accounts.services import api_key_create, api_key_revoke, user_create
 from billing.services import model_price_set, wallet_grant
 
 DEMO_EMAIL = "demo@parley.local"
 DEMO_CREDITS = Decimal("100")
+DEMO_KEY_NAME = "demo"
 # Aliases on the offline `local` provider, so the embedded default can chat at once.
 DEMO_PRICES = [
     {
@@ -35,8 +36,9 @@ DEMO_PRICES = [
 class Command(BaseCommand):
     help = (
         "Demo data: model prices for `fast` and `smart` on the local provider, a demo user with "
-        f"{DEMO_CREDITS} credits and a new API key. Safe to run again (prices and the grant apply once; "
-        "each run adds a new key)."
+        f"{DEMO_CREDITS} credits and an API key. Safe to run again: prices and the grant apply once, and "
+        "the new demo key replaces the earlier ones, which are revoked (keys are stored hashed, so an "
+        "earlier key cannot be printed again)."
     )
 
     @transaction.atomic
@@ -45,7 +47,15 @@ class Command(BaseCommand):
             model_price_set(**price)
         user = User.objects.filter(email=DEMO_EMAIL).first() or user_create(email=DEMO_EMAIL)
         grant = wallet_grant(user=user, amount=DEMO_CREDITS, reason="Demo credits", reference="seed-demo")
-        _, raw_key = api_key_create(user=user, name="demo")
+        # Only the key this command made ("demo"): a key the demo user made through the
+        # API keeps working.
+        earlier = list(ApiKey.objects.filter(user=user, name=DEMO_KEY_NAME, revoked_at__isnull=True))
+        for api_key in earlier:
+            api_key_revoke(api_key=api_key)
+        _, raw_key = api_key_create(user=user, name=DEMO_KEY_NAME)
         self.stdout.write(f"Prices:    {', '.join(price['alias'] for price in DEMO_PRICES)} (local provider)")
         self.stdout.write(f"Demo user: {DEMO_EMAIL} ({grant.amount} credits granted once)")
+        if earlier:
+            prefixes = ", ".join(f"{api_key.prefix}..." for api_key in earlier)
+            self.stdout.write(f"Revoked:   the earlier demo key ({prefixes}); use the new one")
         self.stdout.write(f"API key:   {raw_key}")

@@ -1,0 +1,184 @@
+"""Each staff console page in headless Chromium at the widths staff use: it renders
+with nothing collapsed and no sideways scrolling at 1280 px, its form submits, and a
+screenshot of it is saved in the test's temporary folder (`shots/`) to look at."""
+
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from selenium.webdriver.common.by import By
+from selenium.webdriver.remote.webdriver import WebDriver
+from selenium.webdriver.support import expected_conditions as EC
+from selenium.webdriver.support.ui import WebDriverWait
+
+from accounts.services import user_create
+from billing.models import CreditTransaction, Wallet
+from tests.reporting.factories import ModelPriceFactory
+
+pytestmark = pytest.mark.browser
+
+PASSWORD = "console-pass-4821"
+# Elements that must never be squeezed to a sliver (the grant form once was 0 px wide).
+BOXES = "#content form, #content fieldset, #content table, #content .module, #content input:not([type=hidden]), #content textarea, #content select"  # noqa: E501
+LAYOUT = """
+const doc = document.documentElement;
+const collapsed = [...document.querySelectorAll(arguments[0])]
+  .filter(el => el.getClientRects().length && getComputedStyle(el).visibility !== 'hidden')
+  .map(el => ({el, rect: el.getBoundingClientRect()}))
+  .filter(({rect}) => rect.width < 24 || rect.height < 8)
+  .map(({el, rect}) => `${el.tagName.toLowerCase()}#${el.id}.${el.className} ${rect.width}x${rect.height}`);
+return {scrollWidth: doc.scrollWidth, clientWidth: doc.clientWidth, collapsed};
+"""
+
+
+def wait(browser: WebDriver, seconds: int = 20) -> WebDriverWait:
+    return WebDriverWait(browser, seconds)
+
+
+@pytest.fixture
+def shots(tmp_path: Path) -> Path:
+    path = tmp_path / "shots"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def staff(transactional_db):  # noqa: ANN001, ANN201
+    return user_create(email="boss@example.com", password=PASSWORD, is_staff=True, is_superuser=True)
+
+
+def log_in(browser: WebDriver, live_server, staff, width: int = 1280) -> None:  # noqa: ANN001
+    browser.set_window_size(width, 900)
+    browser.get(f"{live_server.url}/admin/login/?next=/admin/")
+    browser.find_element(By.NAME, "username").send_keys(staff.email)
+    browser.find_element(By.NAME, "password").send_keys(PASSWORD)
+    browser.find_element(By.CSS_SELECTOR, "#login-form [type=submit]").click()
+    wait(browser).until(EC.presence_of_element_located((By.ID, "user-tools")))
+
+
+def assert_usable(browser: WebDriver, shot: Path) -> None:
+    """No sideways scrolling and no collapsed element; the screenshot is taken first,
+    so a failure leaves the picture of what went wrong."""
+    browser.save_screenshot(str(shot))
+    layout = browser.execute_script(LAYOUT, BOXES)
+    assert layout["scrollWidth"] <= layout["clientWidth"], f"scrolls sideways: {layout}"
+    assert layout["collapsed"] == [], layout["collapsed"]
+
+
+def rect(browser: WebDriver, css: str) -> dict:
+    return browser.execute_script("return document.querySelector(arguments[0]).getBoundingClientRect().toJSON()", css)
+
+
+def test_the_admin_index_is_the_parley_console_with_usage_in_view(live_server, browser, staff, shots, settings):
+    settings.STRIPE_ENABLED = False
+    log_in(browser, live_server, staff)
+    assert browser.title.startswith("Staff console | Parley staff console")
+    assert browser.find_element(By.CSS_SELECTOR, "#site-name").text == "Parley staff console"
+    sections = [el.text for el in browser.find_elements(By.CSS_SELECTOR, "#content-main .module caption")]
+    assert sections == ["USERS AND API KEYS", "WALLETS AND LEDGER", "MODEL PRICES", "CHAT", "USAGE"]
+    shortcut = rect(browser, "#console-shortcuts a[href='/admin/reporting/usage/']")
+    assert shortcut["bottom"] <= browser.execute_script("return window.innerHeight"), "Usage summary below the fold"
+    assert browser.find_element(By.CSS_SELECTOR, "#parley-usage-usage a").text == "Usage summary"
+    assert_usable(browser, shots / "admin-index-1280.png")
+
+    # With Stripe on, dj-stripe's models are one section, after Parley's.
+    settings.STRIPE_ENABLED = True
+    browser.get(f"{live_server.url}/admin/")
+    sections = [el.text for el in browser.find_elements(By.CSS_SELECTOR, "#content-main .module caption")]
+    assert sections[-1] == "STRIPE (DJ-STRIPE)" and sections[:5][-1] == "USAGE"
+    browser.save_screenshot(str(shots / "admin-index-stripe-on.png"))
+
+    # "View site" leads to the page that says what this server is.
+    settings.STRIPE_ENABLED = False
+    browser.get(f"{live_server.url}/admin/")
+    browser.find_element(By.CSS_SELECTOR, "#console-shortcuts a[href='/admin/reporting/usage/']").click()
+    wait(browser).until(EC.presence_of_element_located((By.ID, "usage-filters")))
+    browser.get(f"{live_server.url}/admin/")
+    browser.find_element(By.LINK_TEXT, "VIEW SITE").click()
+    wait(browser).until(EC.presence_of_element_located((By.ID, "link-docs")))
+    assert browser.find_element(By.TAG_NAME, "h1").text == "Parley"
+    assert_usable(browser, shots / "home-1280.png")
+
+
+@pytest.mark.parametrize("width", [1280, 1400, 1920])
+def test_the_grant_form_on_the_wallet_page_is_full_width_and_grants(live_server, browser, staff, shots, width):
+    customer = user_create(email="customer@example.com")
+    wallet = Wallet.objects.get(user=customer)
+    log_in(browser, live_server, staff, width)
+    browser.get(f"{live_server.url}/admin/billing/wallet/{wallet.pk}/change/")
+    form = wait(browser).until(EC.presence_of_element_located((By.CSS_SELECTOR, "form#grant_form")))
+    assert form.size["width"] >= 300, form.size
+    assert rect(browser, "#grant_form textarea")["width"] >= 300
+    # Below the wallet's own details, not beside them.
+    assert rect(browser, "#grant_form")["top"] >= rect(browser, "#wallet_form")["bottom"]
+    form.find_element(By.NAME, "amount").send_keys("12.5")
+    form.find_element(By.NAME, "reason").send_keys("Goodwill after the outage")
+    browser.execute_script("arguments[0].scrollIntoView()", form)
+    assert_usable(browser, shots / f"wallet-grant-form-{width}.png")
+    form.find_element(By.CSS_SELECTOR, "[type=submit]").click()
+    wait(browser).until(EC.presence_of_element_located((By.CSS_SELECTOR, ".messagelist .success")))
+    wallet.refresh_from_db()
+    assert wallet.balance == Decimal("12.50000000")
+    assert CreditTransaction.objects.get(wallet=wallet).actor_id == staff.pk
+    assert_usable(browser, shots / f"wallet-after-grant-{width}.png")
+
+
+def test_the_grant_page_shows_errors_then_grants(live_server, browser, staff, shots):
+    customer = user_create(email="customer@example.com")
+    wallet = Wallet.objects.get(user=customer)
+    log_in(browser, live_server, staff)
+    browser.get(f"{live_server.url}/admin/billing/wallet/{wallet.pk}/grant/")
+    form = wait(browser).until(EC.presence_of_element_located((By.CSS_SELECTOR, "form#grant_form")))
+    form.find_element(By.NAME, "amount").send_keys("-3")
+    form.find_element(By.CSS_SELECTOR, "[type=submit]").click()
+    wait(browser).until(EC.presence_of_element_located((By.CSS_SELECTOR, ".errornote")))
+    assert browser.find_elements(By.CSS_SELECTOR, ".field-reason .errorlist")
+    assert browser.find_element(By.CSS_SELECTOR, "form#grant_form").size["width"] >= 300
+    assert_usable(browser, shots / "grant-page-errors.png")
+    form = browser.find_element(By.CSS_SELECTOR, "form#grant_form")
+    amount = form.find_element(By.NAME, "amount")
+    amount.clear()
+    amount.send_keys("7")
+    form.find_element(By.NAME, "reason").send_keys("Refund for a failed turn")
+    form.find_element(By.CSS_SELECTOR, "[type=submit]").click()
+    wait(browser).until(EC.presence_of_element_located((By.CSS_SELECTOR, ".messagelist .success")))
+    wallet.refresh_from_db()
+    assert wallet.balance == Decimal("7")
+
+
+def test_the_usage_page_filters_by_email_and_keeps_its_filter_row_aligned_on_errors(live_server, browser, staff, shots):
+    customer = user_create(email="customer@example.com")
+    ModelPriceFactory(alias="fast")
+    log_in(browser, live_server, staff)
+    browser.get(f"{live_server.url}/admin/reporting/usage/")
+    wait(browser).until(EC.presence_of_element_located((By.ID, "usage-totals")))
+    assert_usable(browser, shots / "usage-all.png")
+
+    browser.find_element(By.NAME, "user").send_keys("Customer@Example.com")
+    browser.find_element(By.NAME, "apply-filters").click()
+    wait(browser).until(EC.url_contains("user=Customer%40Example.com"))
+    assert "User: customer@example.com" in browser.find_element(By.CLASS_NAME, "usage-scope").text
+    assert_usable(browser, shots / "usage-by-email.png")
+
+    # Bad values: the errors show under their fields, and the fields and buttons stay in one row.
+    browser.get(
+        f"{live_server.url}/admin/reporting/usage/?user=nobody@example.com&from_date=2025-13-45&to_date=2025-01-01"
+    )
+    wait(browser).until(EC.presence_of_element_located((By.CSS_SELECTOR, "#filter-from_date .errorlist")))
+    assert "Enter a valid date." in browser.find_element(By.ID, "filter-from_date").text
+    assert "No user with this email." in browser.find_element(By.ID, "filter-user").text
+    assert not browser.find_elements(By.ID, "usage-totals")
+    tops = {
+        css: round(rect(browser, css)["top"])
+        for css in (
+            "#id_user",
+            "#id_model_alias",
+            "#id_from_date",
+            "#id_to_date",
+            "#id_bucket",
+            "[name=apply-filters]",
+        )
+    }
+    assert max(tops.values()) - min(tops.values()) <= 2, f"the filter row is out of line: {tops}"
+    assert_usable(browser, shots / "usage-bad-filters.png")
+    assert customer.pk
