@@ -59,6 +59,7 @@ def setup_django(url: str) -> None:
     os.environ.setdefault("ALLOWED_HOSTS", "localhost")
     os.environ.setdefault("LOG_LEVEL", "WARNING")
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+    # Imported once Django is set up (django.setup() above): models need the app registry.
     import django
 
     django.setup()
@@ -69,6 +70,7 @@ def run_phase(
 ) -> float:
     """Runs `per_client` operations in each of `clients` threads (each with its own
     connection, opened before the clock starts); returns the elapsed seconds."""
+    # Imported once Django is set up (django.setup() above): models need the app registry.
     from django.db import connection
 
     barrier = threading.Barrier(clients + 1)
@@ -110,6 +112,7 @@ def main() -> None:
         setup_django(url)
         bench(args)
     finally:
+        # Imported once Django is set up (django.setup() above): models need the app registry.
         from django.db import connections
 
         connections.close_all()
@@ -121,10 +124,12 @@ def create_tables() -> None:
     """The tables a debit touches, straight from the models (the same schema the
     migrations build, which tests/core/test_migrations.py keeps in step; migrating
     all of dj-stripe would take longer than the benchmark)."""
+    # Imported once Django is set up (django.setup() above): models need the app registry.
     from django.contrib.auth.models import Group, Permission
     from django.contrib.contenttypes.models import ContentType
     from django.db import connection
 
+    # Imported once Django is set up (django.setup() above): models need the app registry.
     from accounts.models import User
     from billing.models import CreditHold, CreditTransaction, ModelPrice, Wallet
 
@@ -134,10 +139,12 @@ def create_tables() -> None:
 
 
 def bench(args: argparse.Namespace) -> None:
+    # Imported once Django is set up (django.setup() above): models need the app registry.
     from django.db import connection
     from django.db.models import Sum
     from django.test.utils import CaptureQueriesContext
 
+    # Imported once Django is set up (django.setup() above): models need the app registry.
     from accounts.models import User
     from billing.models import CreditTransaction, Wallet
     from billing.services import wallet_debit

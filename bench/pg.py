@@ -20,6 +20,7 @@ def with_database(url: str, name: str) -> str:
 
 def admin_connection(url: str):  # noqa: ANN201
     """An autocommit connection to the server's `postgres` database (CREATE/DROP DATABASE)."""
+    # psycopg here: only the benchmark's setup talks to the server directly
     import psycopg
 
     return psycopg.connect(with_database(url, "postgres").replace("postgres://", "postgresql://", 1), autocommit=True)

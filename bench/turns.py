@@ -71,6 +71,7 @@ def database_url(server: str, name: str) -> str:
 
 
 def _admin(server: str):  # noqa: ANN202
+    # psycopg here: only the benchmark's setup talks to the server directly
     import psycopg
 
     return psycopg.connect(database_url(server, "postgres").replace("postgres://", "postgresql://", 1), autocommit=True)

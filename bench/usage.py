@@ -84,9 +84,11 @@ def setup_django(url: str) -> None:
     os.environ.setdefault("ALLOWED_HOSTS", "localhost")
     os.environ.setdefault("LOG_LEVEL", "WARNING")
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+    # Imported once Django is set up (django.setup() above): models need the app registry.
     import django
 
     django.setup()
+    # Imported once Django is set up (django.setup() above): models need the app registry.
     from django.core.management import call_command
 
     call_command("migrate", verbosity=0)
@@ -102,8 +104,10 @@ def log(message: str) -> None:
 def ensure_fixtures(users: int) -> None:
     """Users, prices, one session per user and TURNS turns, plus two lookup tables the
     generator joins: turn number -> (turn id, user id), alias number -> price."""
+    # Imported once Django is set up (django.setup() above): models need the app registry.
     from django.db import connection, transaction
 
+    # Imported once Django is set up (django.setup() above): models need the app registry.
     from accounts.models import User
     from billing.models import ModelPrice
     from chat.models import ChatSession, Turn
@@ -153,6 +157,7 @@ def ensure_fixtures(users: int) -> None:
 
 
 def _table_exists(name: str) -> bool:
+    # Imported once Django is set up (django.setup() above): models need the app registry.
     from django.db import connection
 
     return name in connection.introspection.table_names()
@@ -183,8 +188,10 @@ CALL_COLUMNS = {
 def generate_calls(target: int) -> None:
     """Adds calls until the table holds `target` generated calls. Each run's new calls
     cover the 90 days in time order (a run adding 9M after 1M interleaves with them)."""
+    # Imported once Django is set up (django.setup() above): models need the app registry.
     from django.db import connection, transaction
 
+    # Imported once Django is set up (django.setup() above): models need the app registry.
     from chat.models import LLMCall
 
     with connection.cursor() as cursor:
@@ -226,8 +233,10 @@ def generate_calls(target: int) -> None:
 
 
 def rebuild_rollups() -> float:
+    # Imported once Django is set up (django.setup() above): models need the app registry.
     from django.db import connection
 
+    # Imported once Django is set up (django.setup() above): models need the app registry.
     from reporting.services import usage_rollups_rebuild
 
     started = time.perf_counter()
@@ -254,6 +263,7 @@ def timed(fn: Callable[[], object], repeat: int) -> tuple[float, object]:
 
 
 def measure_summaries(repeat: int) -> list[dict]:
+    # Imported once Django is set up (django.setup() above): models need the app registry.
     from accounts.models import User
     from reporting.selectors import usage_summary, usage_summary_from_calls
 
@@ -287,8 +297,10 @@ def measure_write_path(turns: int) -> list[dict]:
     """Turns per second through the completion's writes with and without the rollup
     update, in alternating blocks of BLOCK turns; the reported ratio is the median of
     the per-pair ratios (robust to bursts of load from other processes)."""
+    # Imported once Django is set up (django.setup() above): models need the app registry.
     from django.db import transaction
 
+    # Imported once Django is set up (django.setup() above): models need the app registry.
     from accounts.models import User
     from billing.models import ModelPrice
     from billing.money import call_cost, ledger_amount, usage_amount
@@ -347,6 +359,7 @@ def measure_write_path(turns: int) -> list[dict]:
 
     variants: list[tuple[str, Callable]] = [("LLM calls only", calls_only), ("completion", completion)]
     try:
+        # Imported once Django is set up (django.setup() above): models need the app registry.
         from chat import services as chat_services
 
         def whole_turn(turn: Turn, rollup: bool) -> None:
@@ -415,6 +428,7 @@ def main() -> None:
     url = server_url(default="postgres://postgres@127.0.0.1:5432/postgres")
     ensure_database(url, fresh=args.fresh)
     setup_django(url)
+    # Imported once Django is set up (django.setup() above): models need the app registry.
     from django.db import connection
 
     ensure_fixtures(args.users)

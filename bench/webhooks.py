@@ -96,6 +96,7 @@ def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None
 
 
 def listening(port: int) -> bool:
+    # Imported once Django is set up (django.setup() above): models need the app registry.
     import socket
 
     with socket.socket() as sock:
@@ -183,9 +184,11 @@ def main() -> None:
         }
         os.environ.update(env)
         sys.path.insert(0, str(ROOT))
+        # Imported once Django is set up (django.setup() above): models need the app registry.
         import django
 
         django.setup()
+        # Imported once Django is set up (django.setup() above): models need the app registry.
         from django.apps import apps
         from django.conf import settings
         from django.core.management import call_command
@@ -196,8 +199,10 @@ def main() -> None:
         call_command("migrate", run_syncdb=True, verbosity=0)
         print(f"schema ({'migrations' if args.migrate else 'from the models'}): {time.perf_counter() - began:.1f}s")
 
+        # Imported once Django is set up (django.setup() above): models need the app registry.
         from djstripe.models import Event, WebhookEventTrigger
 
+        # Imported once Django is set up (django.setup() above): models need the app registry.
         from accounts.services import api_key_create, user_create
         from bench.views import ensure_table
         from billing.models import CreditTransaction, TopUp, Wallet
@@ -339,6 +344,7 @@ def main() -> None:
             except subprocess.TimeoutExpired:
                 proc.kill()
         if "django.db" in sys.modules:
+            # Imported once Django is set up (django.setup() above): models need the app registry.
             from django.db import connections
 
             connections.close_all()
