@@ -8,8 +8,7 @@ api_v1 = [
     path("", include("accounts.urls")),
     path("", include("billing.urls")),
     path("", include("billing.urls_topups")),
-    path("", include("chat.urls")),
-    path("", include("chat.urls_files")),
+    path("", include("chat.api.urls")),
     path("", include("reporting.urls")),
 ]
 

@@ -8,7 +8,7 @@ from decimal import ROUND_CEILING, Decimal
 from billing.models import CreditTransaction, ModelPrice, Wallet
 from billing.services import wallet_grant
 from chat.models import ChatSession, Participant
-from chat.participants import participant_create, session_mode_change
+from chat.services.participants import participant_create, session_mode_change
 
 IN_PRICE = Decimal("3.33333333")
 OUT_PRICE = Decimal("7.77777777")

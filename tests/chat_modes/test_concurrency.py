@@ -7,7 +7,7 @@ import pytest
 from django.db import connection
 
 from chat.models import ChatSession, Participant
-from chat.participants import participant_create, participant_delete, session_mode_change
+from chat.services.participants import participant_create, participant_delete, session_mode_change
 from core.exceptions import StateConflict
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]

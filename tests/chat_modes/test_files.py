@@ -5,7 +5,8 @@ import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 from pypdf import PdfReader, PdfWriter
 
-from chat.files import file_create, files_prompt_note
+from chat.engine.context import files_prompt_note
+from chat.services.files import file_create
 from chat.models import UploadedFile
 from core.exceptions import ApplicationError
 from tests.chat_modes.pdf import make_pdf

@@ -3,7 +3,7 @@
 import pytest
 
 from chat.models import ChatSession, Participant
-from chat.participants import participant_create, session_mode_change
+from chat.services.participants import participant_create, session_mode_change
 from core.exceptions import ApplicationError, StateConflict
 
 pytestmark = pytest.mark.django_db

@@ -6,7 +6,7 @@ retry, then the turn ends with what was said. Never a crash."""
 import pytest
 
 from billing.models import CreditHold
-from chat.context import input_budget
+from chat.engine.context import input_budget
 from chat.models import ChatSession, LLMCall
 from tests.chat_modes.engine_support import START, balance, cost, debits, fund, panel, post_turn, price_for
 from tests.fakes.llm_servers import Reply, ToolUse

@@ -3,14 +3,14 @@ import json
 import pytest
 from jsonschema import Draft202012Validator
 
-from chat.participants import (
+from chat.engine.orchestrator_protocol import (
     NEXT_SPEAKER,
     orchestrator_choice_parse,
     orchestrator_system_prompt,
     orchestrator_tool_definition,
-    participant_create,
-    participants_for_session,
 )
+from chat.selectors import participants_for_session
+from chat.services.participants import participant_create
 
 pytestmark = pytest.mark.django_db
 

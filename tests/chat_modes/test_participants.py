@@ -1,7 +1,7 @@
 import pytest
 
 from chat.models import ChatSession, Participant
-from chat.participants import MAX_PARTICIPANTS, participant_create
+from chat.services.participants import MAX_PARTICIPANTS, participant_create
 
 pytestmark = pytest.mark.django_db
 

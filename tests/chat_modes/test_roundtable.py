@@ -9,7 +9,7 @@ import pytest
 from django.db import transaction
 
 from billing.models import CreditHold, CreditTransaction
-from chat.context import input_budget
+from chat.engine.context import input_budget
 from chat.models import ChatSession, LLMCall, Message
 from chat.services import turn_create
 from tests.chat_modes.engine_support import (

@@ -8,8 +8,8 @@ import pytest
 from django.db import transaction
 
 from billing.models import CreditHold
-from chat.context import input_budget
-from chat.files import file_create
+from chat.engine.context import input_budget
+from chat.services.files import file_create
 from chat.models import ChatSession, Message, ToolCall
 from chat.services import turn_create
 from tests.chat_modes.engine_support import START, balance, cost, debits, fund, post_turn, price_for, sent_text

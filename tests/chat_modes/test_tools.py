@@ -3,7 +3,7 @@ import socket
 
 import pytest
 
-from chat.files import file_create
+from chat.services.files import file_create
 from chat.models import LLMCall, ToolCall, Turn
 from chat.tools import (
     REGISTRY,

@@ -13,12 +13,13 @@ finished after this turn was asked is not part of what it answers.
 
 from dataclasses import dataclass, field, replace
 
+from django.db.models import Case, IntegerField, Value, When
+
+from accounts.models import User
 from billing.models import ModelPrice
 from chat.llm import ChatMessage, ToolCallRequest, estimate_message_tokens, estimate_prompt_tokens
-from chat.models import ChatSession, Message, Turn
-
-# How many recent messages are read to fill the budget (bounds the query).
-HISTORY_SCAN = 200
+from chat.models import ChatSession, Message, Turn, UploadedFile
+from chat.selectors import HISTORY_SCAN, files_for_user, session_history, user_has_files
 
 
 @dataclass
@@ -85,14 +86,12 @@ class ContextRows:
 
 
 def context_rows(*, turn: Turn) -> ContextRows:
-    session = turn.session
     own = list(Message.objects.filter(turn=turn).order_by("id"))
-    history = Message.objects.filter(session=session, turn__status=Turn.Status.COMPLETED)
-    if own:
-        history = history.filter(id__lt=own[0].id)
-    if session.summary_through_message_id:
-        history = history.filter(id__gt=session.summary_through_message_id)
-    return ContextRows(own=own, history=list(history.order_by("-id").values(*HISTORY_FIELDS)[:HISTORY_SCAN]))
+    history = session_history(session=turn.session, before_message_id=own[0].id if own else None)
+    # Only completed turns: a failed turn's question without its answer stays out. (The
+    # hold counts every message: a turn that finishes before this one runs joins it.)
+    history = history.filter(turn__status=Turn.Status.COMPLETED)
+    return ContextRows(own=own, history=list(history.values(*HISTORY_FIELDS)[:HISTORY_SCAN]))
 
 
 def context_build(
@@ -138,3 +137,19 @@ def context_build(
         history_ids=[row_id for row_id, _, _ in kept],
         own_rows=own_rows,
     )
+
+
+def files_prompt_note(*, user: User, session: ChatSession | None = None, limit: int = 20) -> str:
+    """A short list of the user's files for the system prompt, so the model knows which
+    ids `file_read` accepts. Files attached to `session` come first."""
+    if not user_has_files(user_id=user.pk):
+        return ""
+    files = files_for_user(user=user)
+    if session is not None:  # one query: the session's files first, then the newest others
+        here = Case(When(session=session, then=Value(0)), default=Value(1), output_field=IntegerField())
+        files = files.order_by(here, *UploadedFile._meta.ordering)
+    files = list(files[:limit])
+    if not files:
+        return ""
+    lines = [f'- id {f.pk}: "{f.name}" ({f.content_type}, {f.size} bytes)' for f in files]
+    return "Files the user uploaded (read them with the file_read tool):\n" + "\n".join(lines)

@@ -9,16 +9,10 @@ change cannot both pass their check:
 Every participant's model alias was an active price when it was set.
 """
 
-import json
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
-
 from django.db import transaction
-from django.db.models import Max, QuerySet
+from django.db.models import Max
 
-from accounts.models import User
-from billing.models import ModelPrice
+from billing.selectors import model_price_for_alias
 from chat.models import ChatSession, Participant
 from core.exceptions import StateConflict, field_error
 
@@ -26,12 +20,9 @@ MAX_PARTICIPANTS = 10
 MIN_PARTICIPANTS = {ChatSession.Mode.ROUNDTABLE: 2, ChatSession.Mode.ORCHESTRATOR: 1}
 
 
-def _alias_is_active(alias: str) -> bool:
-    return ModelPrice.objects.filter(alias=alias, active=True).exists()
-
-
-def _require_active_alias(field: str, alias: str) -> str:
-    if not alias or not _alias_is_active(alias):
+def alias_require_active(field: str, alias: str) -> str:
+    """`alias`, when it has an active price; else 400 naming `field`."""
+    if not alias or model_price_for_alias(alias=alias) is None:
         raise field_error(field, f"'{alias}' is not an active model alias.")
     return alias
 
@@ -47,32 +38,12 @@ def _locked_session(session: ChatSession) -> ChatSession:
     return ChatSession.objects.select_for_update().get(pk=session.pk)
 
 
-# --- selectors -------------------------------------------------------------------
-
-
-def session_for_owner(*, user: User, session_id: int) -> ChatSession | None:
-    # A soft-deleted session (deleted_at set) is gone for its owner too.
-    return ChatSession.objects.filter(user=user, pk=session_id, deleted_at__isnull=True).first()
-
-
-def participants_for_session(*, session: ChatSession) -> QuerySet[Participant]:
-    """In speaking order: position, then creation."""
-    return Participant.objects.filter(session=session).order_by("position", "id")
-
-
-def participant_get(*, session: ChatSession, participant_id: int) -> Participant | None:
-    return participants_for_session(session=session).filter(pk=participant_id).first()
-
-
-# --- services --------------------------------------------------------------------
-
-
 def participant_create(
     *, session: ChatSession, name: str, model_alias: str, system_prompt: str = "", position: int | None = None
 ) -> Participant:
     """Add an agent; without a position it speaks after the current last one."""
     name = _require_name(name)
-    _require_active_alias("model_alias", model_alias)
+    alias_require_active("model_alias", model_alias)
     with transaction.atomic():
         locked = _locked_session(session)
         existing = Participant.objects.filter(session=locked)
@@ -100,7 +71,7 @@ def participant_update(
         participant.name = _require_name(name)
         changed.append("name")
     if model_alias is not None:
-        participant.model_alias = _require_active_alias("model_alias", model_alias)
+        participant.model_alias = alias_require_active("model_alias", model_alias)
         changed.append("model_alias")
     if system_prompt is not None:
         participant.system_prompt = system_prompt
@@ -137,7 +108,7 @@ def session_mode_change(*, session: ChatSession, mode: str, orchestrator_alias: 
     if mode not in ChatSession.Mode.values:
         raise field_error("mode", f"'{mode}' is not one of {', '.join(ChatSession.Mode.values)}.")
     if orchestrator_alias:
-        _require_active_alias("orchestrator_alias", orchestrator_alias)
+        alias_require_active("orchestrator_alias", orchestrator_alias)
     with transaction.atomic():
         locked = _locked_session(session)
         count = Participant.objects.filter(session=locked).count()
@@ -149,7 +120,7 @@ def session_mode_change(*, session: ChatSession, mode: str, orchestrator_alias: 
                 raise StateConflict("Orchestrator mode needs at least 1 participant; this session has none.")
             if not alias:
                 raise StateConflict("Orchestrator mode needs an orchestrator_alias.")
-            if not _alias_is_active(alias):
+            if model_price_for_alias(alias=alias) is None:
                 raise StateConflict(f"The orchestrator alias '{alias}' is no longer an active model alias.")
         locked.mode = mode
         locked.orchestrator_alias = alias
@@ -160,71 +131,3 @@ def session_mode_change(*, session: ChatSession, mode: str, orchestrator_alias: 
         locked.updated_at,
     )
     return session
-
-
-# --- orchestrator protocol ---------------------------------------------------------
-# The orchestrator call decides by function calling, like the tools (F53): it is
-# offered one function, `next_speaker`, whose argument can only be one of the
-# session's participant ids or null (end the turn). The definition has the neutral
-# shape chat.llm providers take as `tools`; the model's arguments go to
-# `orchestrator_choice_parse`.
-
-NEXT_SPEAKER = "next_speaker"
-
-
-@dataclass(frozen=True)
-class OrchestratorChoice:
-    participant: Participant | None  # None: the orchestrator ends the turn
-    reason: str = ""
-    error: str = ""  # set when the model's answer was unusable (the turn then ends)
-
-
-def orchestrator_tool_definition(*, participants: Sequence[Participant]) -> dict[str, Any]:
-    ids: list[int | None] = [p.pk for p in participants]
-    return {
-        "name": NEXT_SPEAKER,
-        "description": "Choose which participant speaks next, or null when the user's request is fully answered.",
-        "parameters": {
-            "type": "object",
-            "properties": {
-                "participant_id": {"type": ["integer", "null"], "enum": [*ids, None]},
-                "reason": {"type": "string", "maxLength": 500, "description": "One sentence: why."},
-            },
-            "required": ["participant_id"],
-            "additionalProperties": False,
-        },
-    }
-
-
-def orchestrator_system_prompt(*, session: ChatSession, participants: Sequence[Participant]) -> str:
-    roster = "\n".join(
-        f"- id {p.pk}: {p.name}" + (f" ({' '.join(p.system_prompt.split())[:200]})" if p.system_prompt else "")
-        for p in participants
-    )
-    return (
-        "You coordinate a panel answering the user. After each reply, call the "
-        f"{NEXT_SPEAKER} function to pick who speaks next, or pass null when the answer is complete. "
-        f"Do not pick the same participant twice in a row without a reason.\nParticipants:\n{roster}"
-    )
-
-
-def orchestrator_choice_parse(
-    *, participants: Sequence[Participant], arguments: str | dict[str, Any] | None
-) -> OrchestratorChoice:
-    """The orchestrator's decision from its `next_speaker` arguments (a JSON string from
-    OpenAI, an object from Anthropic). Anything unusable ends the turn, with `error` set."""
-    if isinstance(arguments, str):
-        try:
-            arguments = json.loads(arguments) if arguments.strip() else {}
-        except (ValueError, RecursionError):
-            return OrchestratorChoice(participant=None, error="arguments are not valid JSON")
-    if not isinstance(arguments, dict) or "participant_id" not in arguments:
-        return OrchestratorChoice(participant=None, error="participant_id is missing")
-    reason = " ".join(str(arguments.get("reason") or "").split())[:500]
-    chosen = arguments["participant_id"]
-    if chosen is None:
-        return OrchestratorChoice(participant=None, reason=reason)
-    by_id = {p.pk: p for p in participants}
-    if isinstance(chosen, bool) or not isinstance(chosen, int | float) or chosen not in by_id:
-        return OrchestratorChoice(participant=None, reason=reason, error=f"no participant with id {chosen!r}")
-    return OrchestratorChoice(participant=by_id[int(chosen)], reason=reason)

@@ -4,9 +4,12 @@ as strings through billing.money's formatters (ledger 8 places, usage 4)."""
 from rest_framework import serializers
 
 from billing.fields import MoneyField
-from chat.models import CONTENT_MAX_CHARS, ChatSession, LLMCall, Message, ToolCall, Turn
+from chat.models import CONTENT_MAX_CHARS, ChatSession, LLMCall, Message, Participant, ToolCall, Turn, UploadedFile
+from core.pagination import BIGINT_MAX
 
 PROMPT_MAX_CHARS = 32_000
+SYSTEM_PROMPT_MAX_CHARS = 32_000
+POSITION_MAX = 1_000_000
 
 
 class SessionSerializer(serializers.ModelSerializer):
@@ -86,6 +89,42 @@ class TurnDetailSerializer(TurnSerializer):
     class Meta(TurnSerializer.Meta):
         fields = [*TurnSerializer.Meta.fields, "messages", "llm_calls", "tool_calls"]
         read_only_fields = fields
+
+
+# --- participants ----------------------------------------------------------------
+
+
+class ParticipantSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Participant
+        fields = ["id", "name", "model_alias", "system_prompt", "position"]
+        read_only_fields = fields
+
+
+class ParticipantWriteSerializer(serializers.Serializer):
+    name = serializers.CharField(max_length=100)
+    model_alias = serializers.CharField(max_length=64, help_text="An active alias from GET models.")
+    system_prompt = serializers.CharField(max_length=SYSTEM_PROMPT_MAX_CHARS, allow_blank=True, required=False)
+    position = serializers.IntegerField(
+        min_value=0, max_value=POSITION_MAX, required=False, help_text="Speaking order; default: after the last."
+    )
+
+
+# --- files -----------------------------------------------------------------------
+
+
+class UploadedFileSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = UploadedFile
+        fields = ["id", "name", "content_type", "size", "sha256", "session", "created_at"]
+        read_only_fields = fields
+
+
+class FileUploadSerializer(serializers.Serializer):
+    file = serializers.FileField(help_text="Plain text, Markdown, CSV, JSON or PDF, up to MAX_UPLOAD_BYTES.")
+    session = serializers.IntegerField(
+        required=False, allow_null=True, min_value=1, max_value=BIGINT_MAX, help_text="One of your sessions."
+    )
 
 
 def turn_detail_payload(

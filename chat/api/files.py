@@ -1,17 +1,19 @@
-"""Uploads API (SPEC 6 `files`): thin views over chat.files."""
+"""Uploads API (SPEC 6 `files`): thin views over chat.services.files."""
 
 import django_filters
 from django.conf import settings
 from drf_spectacular.utils import extend_schema
-from rest_framework import generics, serializers, status
+from rest_framework import generics, status
 from rest_framework.exceptions import NotFound
 from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from chat.files import file_create, file_delete, file_get_for_user, files_for_user, session_for_upload
-from chat.models import UploadedFile
+from chat import selectors
+from chat.api.serializers import FileUploadSerializer, UploadedFileSerializer
+from chat.models import ChatSession, UploadedFile
+from chat.services.files import file_create, file_delete
 from core.exceptions import field_error
 from core.pagination import BIGINT_MAX
 
@@ -19,18 +21,12 @@ from core.pagination import BIGINT_MAX
 MULTIPART_OVERHEAD_BYTES = 64 * 1024
 
 
-class UploadedFileSerializer(serializers.ModelSerializer):
-    class Meta:
-        model = UploadedFile
-        fields = ["id", "name", "content_type", "size", "sha256", "session", "created_at"]
-        read_only_fields = fields
-
-
-class FileUploadSerializer(serializers.Serializer):
-    file = serializers.FileField(help_text="Plain text, Markdown, CSV, JSON or PDF, up to MAX_UPLOAD_BYTES.")
-    session = serializers.IntegerField(
-        required=False, allow_null=True, min_value=1, max_value=BIGINT_MAX, help_text="One of your sessions."
-    )
+def _session_for_upload(request: Request, session_id: int) -> ChatSession:
+    """The caller's session named in an upload; someone else's reads as missing (400 `session`)."""
+    session = selectors.session_get(user=request.user, session_id=session_id)
+    if session is None:
+        raise field_error("session", "No such session.")
+    return session
 
 
 class FileFilter(django_filters.FilterSet):
@@ -50,7 +46,7 @@ class FileListCreateView(generics.ListAPIView):
     queryset = UploadedFile.objects.none()  # for the schema; requests use get_queryset
 
     def get_queryset(self):  # noqa: ANN201
-        return files_for_user(user=self.request.user)
+        return selectors.files_for_user(user=self.request.user)
 
     @extend_schema(
         request={"multipart/form-data": FileUploadSerializer},
@@ -58,7 +54,7 @@ class FileListCreateView(generics.ListAPIView):
     )
     def post(self, request: Request) -> Response:
         # Refuse an oversized body before Django spools it to disk. The checks in
-        # chat.files stay the rule; this only spares the server the transfer.
+        # chat.services.files stay the rule; this only spares the server the transfer.
         try:
             declared_length = int(request.META.get("CONTENT_LENGTH") or 0)
         except ValueError:
@@ -69,7 +65,7 @@ class FileListCreateView(generics.ListAPIView):
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
         session_id = data.get("session")
-        session = session_for_upload(user=request.user, session_id=session_id) if session_id else None
+        session = _session_for_upload(request, session_id) if session_id else None
         upload = data["file"]
         # Read one byte past the limit: enough to tell "too large" without trusting `size`.
         raw = upload.read(settings.MAX_UPLOAD_BYTES + 1)
@@ -81,7 +77,7 @@ class FileListCreateView(generics.ListAPIView):
 
 class FileDetailView(APIView):
     def _get(self, request: Request, file_id: int) -> UploadedFile:
-        stored = file_get_for_user(user=request.user, file_id=file_id)
+        stored = selectors.file_get_for_user(user=request.user, file_id=file_id)
         if stored is None:
             raise NotFound()
         return stored

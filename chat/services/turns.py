@@ -1,4 +1,4 @@
-"""Writes for chat: sessions, and the life of a turn (SPEC 5.1).
+"""The life of a turn (SPEC 5.1).
 
 A turn moves queued -> running -> completed | failed, each move a compare-and-set:
 
@@ -25,28 +25,21 @@ from decimal import Decimal
 from functools import partial
 from uuid import UUID
 
-from django.db import IntegrityError, connection, transaction
+from django.db import IntegrityError, transaction
 from django.db.models import Q
 from django.utils import timezone
 
 from accounts.models import User
 from billing.models import ModelPrice, Wallet
+from billing.selectors import model_price_for_alias
 from billing.services import is_low_balance, wallet_debit, wallet_hold_place, wallet_hold_release
-from chat import streaming
-from chat.engine import TurnOutcome, llm_call_build, llm_call_run, turn_hold_amount, turn_outcome
+from chat import _sql, dispatch, streaming
+from chat.engine import turn_outcome
+from chat.engine.hold import turn_hold_amount
+from chat.engine.metering import TurnOutcome
 from chat.models import CONTENT_MAX_CHARS, ChatSession, LLMCall, Message, ToolCall, Turn
-from chat.participants import session_mode_change
-from chat.selectors import (
-    FINISHED,
-    UNFINISHED,
-    price_active,
-    price_default,
-    turn_for_idempotency_key,
-    turn_status,
-    uuid_param,
-)
-from chat.serializers import turn_detail_payload
-from core.exceptions import ApplicationError, StateConflict, field_error
+from chat.selectors import FINISHED, turn_for_idempotency_key, turn_status
+from core.exceptions import StateConflict, field_error
 from reporting.services import usage_rollup_add
 
 logger = logging.getLogger(__name__)
@@ -54,80 +47,6 @@ logger = logging.getLogger(__name__)
 # A session's updated_at (its place in "most recently active") moves at most this
 # often, which keeps an UPDATE off most turn requests.
 SESSION_TOUCH_RESOLUTION = timedelta(seconds=60)
-
-
-# --- sessions ----------------------------------------------------------------------
-
-
-def _require_alias(field_name: str, alias: str) -> str:
-    if alias and price_active(alias=alias) is None:
-        raise field_error(field_name, f"'{alias}' is not an active model alias.")
-    return alias
-
-
-def session_create(
-    *,
-    user: User,
-    title: str = "",
-    mode: str = ChatSession.Mode.SINGLE,
-    model_alias: str = "",
-    system_prompt: str = "",
-    orchestrator_alias: str = "",
-) -> ChatSession:
-    """A new session. Without a model alias it gets the first configured one. A new
-    session has no participants, so only `single` passes the mode rules (else 422
-    and nothing is created): add participants, then change the mode."""
-    _require_alias("model_alias", model_alias)
-    _require_alias("orchestrator_alias", orchestrator_alias)
-    if not model_alias and (default := price_default()) is not None:
-        model_alias = default.alias
-    with transaction.atomic():
-        session = ChatSession.objects.create(
-            user=user, title=title, model_alias=model_alias, system_prompt=system_prompt,
-            orchestrator_alias=orchestrator_alias,
-        )  # fmt: skip
-        if mode != ChatSession.Mode.SINGLE:
-            session_mode_change(session=session, mode=mode)
-    return session
-
-
-def session_update(
-    *,
-    session: ChatSession,
-    title: str | None = None,
-    mode: str | None = None,
-    model_alias: str | None = None,
-    system_prompt: str | None = None,
-    orchestrator_alias: str | None = None,
-) -> ChatSession:
-    """Changes the given fields (None leaves one as it is), all or nothing: an
-    inactive alias is 400 naming the field; a mode the session's participants do not
-    allow is 422 (the rules and their row lock are chat.participants'
-    `session_mode_change`, shared with participant changes)."""
-    if model_alias is not None:
-        _require_alias("model_alias", model_alias)
-    if orchestrator_alias:
-        _require_alias("orchestrator_alias", orchestrator_alias)
-    with transaction.atomic():
-        if mode is not None or orchestrator_alias is not None:
-            target = mode if mode is not None else session.mode
-            session_mode_change(session=session, mode=target, orchestrator_alias=orchestrator_alias)
-        changes = {"title": title, "model_alias": model_alias, "system_prompt": system_prompt}
-        changed = [name for name, value in changes.items() if value is not None]
-        if changed:
-            locked = ChatSession.objects.select_for_update().get(pk=session.pk)
-            for name in changed:
-                setattr(locked, name, changes[name])
-            locked.save(update_fields=[*changed, "updated_at"])
-            for name in [*changed, "updated_at"]:
-                setattr(session, name, getattr(locked, name))
-    return session
-
-
-def session_delete(*, session: ChatSession) -> None:
-    """Soft delete: the session disappears from the API; its turns, LLM calls and
-    ledger rows stay, so usage and balances still add up."""
-    ChatSession.objects.filter(pk=session.pk, deleted_at__isnull=True).update(deleted_at=timezone.now())
 
 
 # --- accepting a turn --------------------------------------------------------------
@@ -167,7 +86,7 @@ def turn_create(
     alias = model_alias or session.model_alias
     if not alias:
         raise field_error("model_alias", "Name a model alias: this session has no default.")
-    price = price_active(alias=alias)
+    price = model_price_for_alias(alias=alias)
     if price is None:
         raise field_error("model_alias", f"'{alias}' is not an active model alias.")
     worst_case = turn_worst_case_cost(session=session, price=price, content=content)
@@ -182,7 +101,7 @@ def turn_create(
             wallet_hold_place(user=user, amount=worst_case, reference=str(turn.pk))
             if session.updated_at is None or timezone.now() - session.updated_at > SESSION_TOUCH_RESOLUTION:
                 ChatSession.objects.filter(pk=session.pk).update(updated_at=timezone.now())
-            transaction.on_commit(partial(_send_run_turn, turn_id=str(turn.pk)), robust=True)
+            transaction.on_commit(partial(dispatch.run_turn_send, turn_id=str(turn.pk)), robust=True)
     except IntegrityError:
         # A concurrent request with the same key committed first.
         if idempotency_key and (existing := turn_for_idempotency_key(user=user, key=idempotency_key)) is not None:
@@ -191,18 +110,18 @@ def turn_create(
     return turn, True
 
 
-def _send_run_turn(*, turn_id: str) -> None:
-    from chat.tasks import run_turn
-
-    run_turn.apply_async(args=[turn_id])
-
-
 def turns_requeue_lost(*, older_than: timedelta = timedelta(minutes=10), limit: int = 500) -> int:
     """Sends `run_turn` again for turns never started long after they were accepted:
     their task was lost (the broker was unreachable at commit, and the send on commit
-    only logged it). Without this they would keep their hold for ever. A second
-    message for a turn that is merely waiting in a long queue is harmless: the first
-    run to start moves it on, and the turn is charged once."""
+    only logged it). Without this they would keep their hold for ever.
+
+    A turn merely waiting in a long queue gets a second message too, and that is not
+    harmless: turn_start takes over a RUNNING turn (so a redelivered task can finish
+    what a dead worker left), so the second message can start the turn again while
+    the first run is still live: readers get a `reset`, both runs call the providers
+    (the provider bills twice), and turn_complete's lock writes and charges only the
+    first outcome to finish.
+    Leases on the claim (a later issue) end this."""
     cutoff = timezone.now() - older_than
     turn_ids = list(
         Turn.objects.filter(status=Turn.Status.QUEUED, attempts=0, created_at__lt=cutoff)
@@ -210,7 +129,7 @@ def turns_requeue_lost(*, older_than: timedelta = timedelta(minutes=10), limit: 
         .values_list("pk", flat=True)[:limit]
     )
     for turn_id in turn_ids:
-        _send_run_turn(turn_id=str(turn_id))
+        dispatch.run_turn_send(turn_id=str(turn_id))
     if turn_ids:
         logger.warning("re-sent run_turn for %d turns whose task was lost", len(turn_ids))
     return len(turn_ids)
@@ -219,22 +138,12 @@ def turns_requeue_lost(*, older_than: timedelta = timedelta(minutes=10), limit: 
 # --- running a turn ------------------------------------------------------------------
 
 
-# Plain SQL: building the ORM's UPDATE with its expressions cost more than running it.
-_TURN_START = (
-    f"UPDATE {Turn._meta.db_table} SET status = %s, started_at = COALESCE(started_at, %s), "  # noqa: S608
-    "attempts = attempts + 1 WHERE id = %s AND status IN (%s, %s)"
-)
-
-
 def turn_start(*, turn_id: UUID | str) -> Turn | None:
     """queued|running -> running. None when the turn is finished (or gone): a
     duplicate delivery then does nothing. A running turn is taken over: its worker
     died (redelivery), and whatever it had not committed is redone."""
-    now = connection.ops.adapt_datetimefield_value(timezone.now())
-    with connection.cursor() as cursor:
-        cursor.execute(_TURN_START, [Turn.Status.RUNNING, now, uuid_param(turn_id), *UNFINISHED])
-        if not cursor.rowcount:
-            return None
+    if not _sql.turn_start(turn_id=turn_id):
+        return None
     return Turn.objects.select_related("session", "user", "price").get(pk=turn_id)
 
 
@@ -245,7 +154,7 @@ def turn_run(*, turn_id: UUID | str) -> Turn | None:
         return None
     if turn.attempts > 1:
         streaming.publish(turn.pk, "reset", {"attempt": turn.attempts})
-    price = turn.price or price_active(alias=turn.model_alias)
+    price = turn.price or model_price_for_alias(alias=turn.model_alias)
     if price is None:
         return turn_complete(turn=turn, outcome=TurnOutcome(error=f"Model alias '{turn.model_alias}' has no price."))
     return turn_complete(turn=turn, outcome=turn_outcome(turn=turn, price=price))
@@ -307,29 +216,9 @@ def turn_complete(*, turn: Turn, outcome: TurnOutcome) -> Turn:
             prior = outcome.prior_messages
             if prior is None:
                 prior = list(Message.objects.filter(turn=locked).exclude(pk__in=[m.pk for m in outcome.messages]))
-            payload = {
-                "status": locked.status,
-                "turn": turn_detail_payload(
-                    turn=locked, messages=[*prior, *outcome.messages], llm_calls=outcome.llm_calls,
-                    tool_calls=outcome.tool_calls,
-                ),
-            }  # fmt: skip
-            transaction.on_commit(partial(streaming.publish, locked.pk, "done", payload))
+            done = partial(
+                streaming.publish_done, turn=locked, messages=[*prior, *outcome.messages],
+                llm_calls=outcome.llm_calls, tool_calls=outcome.tool_calls,
+            )  # fmt: skip
+            transaction.on_commit(done)
     return locked
-
-
-__all__ = [
-    "ApplicationError",
-    "TurnOutcome",
-    "llm_call_build",
-    "llm_call_run",
-    "session_create",
-    "session_delete",
-    "session_update",
-    "turn_complete",
-    "turn_create",
-    "turn_fail",
-    "turn_run",
-    "turn_start",
-    "turn_worst_case_cost",
-]

@@ -1,4 +1,4 @@
-"""Uploaded files: the rules for what may be stored, and the reads over them.
+"""Uploaded files: the rules for what may be stored (the reads are in chat.selectors).
 
 Invariants:
 - A file is stored only when every check passed: allowed type (declared content type,
@@ -6,8 +6,6 @@ Invariants:
   text that decodes (or a PDF pypdf can read). A refused upload leaves no row.
 - Only the extracted text is kept (in the row); the raw bytes are never written to
   disk, so deleting the row deletes everything.
-- Every read filters by owner (F58: the owner index serves it). Someone else's file
-  looks exactly like a file that does not exist.
 """
 
 import hashlib
@@ -20,8 +18,6 @@ from dataclasses import dataclass
 from pathlib import PurePath
 
 from django.conf import settings
-from django.db import connection
-from django.db.models import Case, IntegerField, QuerySet, Value, When
 
 from accounts.models import User
 from chat.models import ChatSession, UploadedFile
@@ -198,47 +194,3 @@ def file_create(
 def file_delete(*, file: UploadedFile) -> None:
     # Only the row holds the file (no bytes on disk), so this is the whole deletion.
     file.delete()
-
-
-# --- selectors -------------------------------------------------------------------
-
-
-def files_for_user(*, user: User) -> QuerySet[UploadedFile]:
-    """The owner's files, newest first, without the (possibly large) extracted text."""
-    return UploadedFile.objects.filter(owner=user).defer("extracted_text")
-
-
-def file_get_for_user(*, user: User, file_id: int) -> UploadedFile | None:
-    return UploadedFile.objects.filter(owner=user, pk=file_id).first()
-
-
-def session_for_upload(*, user: User, session_id: int) -> ChatSession:
-    """The caller's session named in an upload; someone else's reads as missing (400 `session`)."""
-    session = ChatSession.objects.filter(user=user, pk=session_id, deleted_at__isnull=True).first()
-    if session is None:
-        raise field_error("session", "No such session.")
-    return session
-
-
-def user_has_files(*, user_id: int) -> bool:
-    """Asked on every turn, and most users have no files: plain SQL, because building
-    the ORM's query costs more than running it (served by chat_file_owner_created)."""
-    with connection.cursor() as cursor:
-        cursor.execute(f"SELECT 1 FROM {UploadedFile._meta.db_table} WHERE owner_id = %s LIMIT 1", [user_id])  # noqa: S608
-        return cursor.fetchone() is not None
-
-
-def files_prompt_note(*, user: User, session: ChatSession | None = None, limit: int = 20) -> str:
-    """A short list of the user's files for the system prompt, so the model knows which
-    ids `file_read` accepts. Files attached to `session` come first."""
-    if not user_has_files(user_id=user.pk):
-        return ""
-    files = files_for_user(user=user)
-    if session is not None:  # one query: the session's files first, then the newest others
-        here = Case(When(session=session, then=Value(0)), default=Value(1), output_field=IntegerField())
-        files = files.order_by(here, *UploadedFile._meta.ordering)
-    files = list(files[:limit])
-    if not files:
-        return ""
-    lines = [f'- id {f.pk}: "{f.name}" ({f.content_type}, {f.size} bytes)' for f in files]
-    return "Files the user uploaded (read them with the file_read tool):\n" + "\n".join(lines)
