@@ -6,8 +6,8 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from pypdf import PdfReader, PdfWriter
 
 from chat.engine.context import files_prompt_note
-from chat.services.files import file_create
 from chat.models import UploadedFile
+from chat.services.files import file_create
 from core.exceptions import ApplicationError
 from tests.chat_modes.pdf import make_pdf
 

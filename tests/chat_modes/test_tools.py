@@ -3,8 +3,8 @@ import socket
 
 import pytest
 
-from chat.services.files import file_create
 from chat.models import LLMCall, ToolCall, Turn
+from chat.services.files import file_create
 from chat.tools import (
     REGISTRY,
     Tool,

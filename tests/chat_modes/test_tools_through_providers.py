@@ -4,10 +4,10 @@ back, `tool_dispatch` runs exactly what it asked for, and the result goes back."
 
 import pytest
 
-from chat.services.files import file_create
-from chat.llm import ChatMessage, provider_for
 from chat.engine.orchestrator_protocol import orchestrator_tool_definition
+from chat.llm import ChatMessage, provider_for
 from chat.selectors import participants_for_session
+from chat.services.files import file_create
 from chat.services.participants import participant_create
 from chat.tools import tool_dispatch, tools_for_turn
 from tests.fakes.llm_servers import Reply, ToolUse
