@@ -16,7 +16,7 @@ from chat import _sql
 from chat.models import ChatSession, LLMCall, Message, Participant, ToolCall, Turn, UploadedFile
 
 FINISHED = (Turn.Status.COMPLETED, Turn.Status.FAILED)
-UNFINISHED = (Turn.Status.QUEUED, Turn.Status.RUNNING)
+UNFINISHED = _sql.UNFINISHED
 
 # How many recent messages a prompt reads at most (bounds the history query).
 HISTORY_SCAN = 200
