@@ -16,10 +16,10 @@ pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
-def panel(session):  # noqa: ANN001, ANN201
-    participant_create(session=session, name="Critic", model_alias="fast", system_prompt="Find   the flaws.")
-    participant_create(session=session, name="Writer", model_alias="smart")
-    return list(participants_for_session(session=session))
+def panel(panel_session):  # noqa: ANN001, ANN201
+    participant_create(session=panel_session, name="Critic", model_alias="fast", system_prompt="Find   the flaws.")
+    participant_create(session=panel_session, name="Writer", model_alias="smart")
+    return list(participants_for_session(session=panel_session))
 
 
 def test_definition_allows_only_the_sessions_participants_or_null(panel):
@@ -35,9 +35,9 @@ def test_definition_allows_only_the_sessions_participants_or_null(panel):
     assert not validator.is_valid({})
 
 
-def test_system_prompt_lists_the_roster(session, panel):
+def test_system_prompt_lists_the_roster(panel_session, panel):
     critic, writer = panel
-    prompt = orchestrator_system_prompt(session=session, participants=panel)
+    prompt = orchestrator_system_prompt(session=panel_session, participants=panel)
     assert f"- id {critic.id}: Critic (Find the flaws.)" in prompt
     assert f"- id {writer.id}: Writer" in prompt
     assert NEXT_SPEAKER in prompt

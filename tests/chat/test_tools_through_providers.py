@@ -82,9 +82,9 @@ def test_web_search_is_not_sent_to_the_model_when_unset(settings, fake_openai_se
     assert [t["function"]["name"] for t in fake_openai_server.requests[0].body["tools"]] == ["file_read"]
 
 
-def test_orchestrator_definition_goes_through_anthropic(session, fake_anthropic_server):
-    participant_create(session=session, name="Critic", model_alias="fast")
-    panel = list(participants_for_session(session=session))
+def test_orchestrator_definition_goes_through_anthropic(panel_session, fake_anthropic_server):
+    participant_create(session=panel_session, name="Critic", model_alias="fast")
+    panel = list(participants_for_session(session=panel_session))
     definition = orchestrator_tool_definition(participants=panel)
     fake_anthropic_server.script(Reply(text="", tool_calls=[ToolUse("next_speaker", {"participant_id": panel[0].id})]))
 

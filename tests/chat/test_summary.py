@@ -9,7 +9,7 @@ import pytest
 
 from billing.models import CreditHold
 from chat.models import ChatSession, LLMCall, Message, Turn
-from tests.chat_modes.engine_support import START, balance, cost, debits, fund, post_turn, price_for, sent_text
+from tests.chat.engine_support import START, balance, cost, debits, fund, post_turn, price_for, sent_text
 from tests.fakes.llm_servers import Error, Reply
 
 pytestmark = pytest.mark.django_db(transaction=True)

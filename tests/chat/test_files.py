@@ -9,7 +9,7 @@ from chat.engine.context import files_prompt_note
 from chat.models import UploadedFile
 from chat.services.files import file_create
 from core.exceptions import ApplicationError
-from tests.chat_modes.pdf import make_pdf
+from tests.chat.pdf import make_pdf
 
 pytestmark = pytest.mark.django_db
 
@@ -97,11 +97,11 @@ def test_pdf_protected_only_by_an_owner_password_is_readable(owner_client):
     assert "Open to read" in UploadedFile.objects.get().extracted_text
 
 
-def test_upload_can_be_attached_to_the_callers_session(owner_client, session):
-    response = upload(owner_client, "a.txt", b"attached", "text/plain", session=session.id)
+def test_upload_can_be_attached_to_the_callers_session(owner_client, panel_session):
+    response = upload(owner_client, "a.txt", b"attached", "text/plain", session=panel_session.id)
     assert response.status_code == 201
-    assert response.json()["session"] == session.id
-    assert UploadedFile.objects.get().session == session
+    assert response.json()["session"] == panel_session.id
+    assert UploadedFile.objects.get().session == panel_session
 
 
 def test_file_of_exactly_the_size_limit_is_accepted(owner_client, settings):
@@ -197,11 +197,13 @@ def test_someone_elses_session_is_refused_like_a_missing_one(owner_client, other
     assert mine_missing.json() == theirs.json()
 
 
-def test_a_deleted_session_cannot_take_uploads(owner_client, session):
+def test_a_deleted_session_cannot_take_uploads(owner_client, panel_session):
     from django.utils import timezone
 
-    type(session).objects.filter(pk=session.pk).update(deleted_at=timezone.now())
-    assert_refused(upload(owner_client, "a.txt", b"x", "text/plain", session=session.id), "No such session.", "session")
+    type(panel_session).objects.filter(pk=panel_session.pk).update(deleted_at=timezone.now())
+    assert_refused(
+        upload(owner_client, "a.txt", b"x", "text/plain", session=panel_session.id), "No such session.", "session"
+    )
 
 
 def test_service_refuses_a_session_of_another_owner(owner, other_session):
@@ -230,11 +232,13 @@ def test_list_shows_only_own_files_newest_first(owner_client, other_client):
     assert set(body["results"][0]) == {"id", "name", "content_type", "size", "sha256", "session", "created_at"}
 
 
-def test_list_filters_by_session(owner_client, session, other_session):
+def test_list_filters_by_session(owner_client, panel_session, other_session):
     upload(owner_client, "loose.txt", b"1", "text/plain")
-    upload(owner_client, "attached.txt", b"2", "text/plain", session=session.id)
+    upload(owner_client, "attached.txt", b"2", "text/plain", session=panel_session.id)
 
-    assert [f["name"] for f in owner_client.get(URL, {"session": session.id}).json()["results"]] == ["attached.txt"]
+    assert [f["name"] for f in owner_client.get(URL, {"session": panel_session.id}).json()["results"]] == [
+        "attached.txt"
+    ]
     assert owner_client.get(URL, {"session": other_session.id}).json()["count"] == 0
     assert owner_client.get(URL, {"session": other_session.id + 1000}).json()["count"] == 0
     response = owner_client.get(URL, {"session": "abc"})
@@ -278,12 +282,14 @@ def test_unknown_file_id_out_of_bigint_range_is_404(owner_client):
     assert owner_client.get(f"{URL}/{2**70}").status_code == 404
 
 
-def test_prompt_note_lists_own_files_with_session_files_first(owner, other_user, session):
+def test_prompt_note_lists_own_files_with_session_files_first(owner, other_user, panel_session):
     older = file_create(owner=owner, name="older.txt", declared_type="text/plain", data=b"a")
-    attached = file_create(owner=owner, name="attached.md", declared_type="text/markdown", data=b"b", session=session)
+    attached = file_create(
+        owner=owner, name="attached.md", declared_type="text/markdown", data=b"b", session=panel_session
+    )
     file_create(owner=other_user, name="theirs.txt", declared_type="text/plain", data=b"c")
 
-    note = files_prompt_note(user=owner, session=session)
+    note = files_prompt_note(user=owner, session=panel_session)
     lines = note.splitlines()
     assert lines[1] == f'- id {attached.id}: "attached.md" (text/markdown, 1 bytes)'
     assert lines[2] == f'- id {older.id}: "older.txt" (text/plain, 1 bytes)'

@@ -8,7 +8,7 @@ import pytest
 from billing.models import CreditHold
 from chat.engine.context import input_budget
 from chat.models import ChatSession, LLMCall
-from tests.chat_modes.engine_support import START, balance, cost, debits, fund, panel, post_turn, price_for
+from tests.chat.engine_support import START, balance, cost, debits, fund, panel, post_turn, price_for
 from tests.fakes.llm_servers import Reply, ToolUse
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -12,7 +12,7 @@ from billing.models import CreditHold, CreditTransaction
 from chat.engine.context import input_budget
 from chat.models import ChatSession, LLMCall, Message
 from chat.services import turn_create
-from tests.chat_modes.engine_support import (
+from tests.chat.engine_support import (
     START,
     balance,
     cost,

@@ -12,7 +12,7 @@ from chat.engine.context import input_budget
 from chat.models import ChatSession, Message, ToolCall
 from chat.services import turn_create
 from chat.services.files import file_create
-from tests.chat_modes.engine_support import START, balance, cost, debits, fund, post_turn, price_for, sent_text
+from tests.chat.engine_support import START, balance, cost, debits, fund, post_turn, price_for, sent_text
 from tests.fakes.llm_servers import Reply, ToolUse
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -106,7 +106,7 @@ def test_file_read_of_an_unknown_id_reads_the_same_as_another_users(owner, other
 
 
 def test_file_read_of_a_file_without_text(owner):
-    from tests.chat_modes.pdf import make_pdf
+    from tests.chat.pdf import make_pdf
 
     scan = file_create(owner=owner, name="scan.pdf", declared_type="application/pdf", data=make_pdf([[]]))
     result = read(owner, file_id=scan.id)
@@ -196,8 +196,8 @@ def test_a_tool_that_raises_gives_an_error_result(owner, monkeypatch):
     assert "bug inside" not in result.content
 
 
-def test_tool_call_build_gives_a_row_the_engine_can_save(owner, session, prices, own_file):
-    turn = Turn.objects.create(session=session, user=owner, model_alias="fast")
+def test_tool_call_build_gives_a_row_the_engine_can_save(owner, panel_session, prices, own_file):
+    turn = Turn.objects.create(session=panel_session, user=owner, model_alias="fast")
     llm_call = LLMCall.objects.create(
         turn=turn, user=owner, price=prices["fast"], model_alias="fast", provider="local", provider_model="local-fast"
     )
