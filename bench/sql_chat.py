@@ -16,6 +16,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
+from decimal import Decimal
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -42,6 +43,7 @@ def setup_django(url: str) -> None:
     os.environ.setdefault("ALLOWED_HOSTS", "localhost")
     os.environ.setdefault("LOG_LEVEL", "WARNING")
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+    # Here, not at the top: the settings read DATABASE_URL, set just above.
     import django
 
     django.setup()
@@ -71,12 +73,12 @@ def main() -> None:
     recreate_database(url, BENCH_DB)
     try:
         setup_django(url)
-        from django.core.management import call_command
+        from django.core.management import call_command  # only after django.setup()
 
         call_command("migrate", verbosity=0)
         run(args)
     finally:
-        from django.db import connections
+        from django.db import connections  # only after django.setup()
 
         connections.close_all()
         if not args.keep:
@@ -84,13 +86,13 @@ def main() -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    from decimal import Decimal
-
+    # Imported here: Django and the project's models load only after setup_django().
     from django.db import transaction
     from django.db.models import Count, F, Sum, Value
     from django.db.models.functions import Coalesce, Length
     from django.utils import timezone
 
+    # Imported here, the same reason: after setup_django().
     from accounts.services import user_create
     from billing.models import ModelPrice
     from chat import _sql
