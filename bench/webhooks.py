@@ -17,7 +17,7 @@ starts, as separate processes:
   rate limited;
 - a Celery worker on REDIS_URL (its queue is purged first).
 
-Setup makes --events top-ups through billing.topups.topup_create (customer and
+Setup makes --events top-ups through billing.stripe.services.topup_create (customer and
 PaymentIntent at the fake Stripe) for --users users, and has the fake pay each. The
 events are split in two halves, each delivered with 10% extra deliveries of events
 already sent, every delivery signed at send time (HMAC-SHA256 of "t.body"). Each

@@ -1,32 +1,65 @@
-"""Reads for chat: every query a view makes starts from the requesting user, so
-someone else's session or turn is simply not found (404)."""
+"""Reads for chat. Every query a view makes starts from the requesting user, so
+someone else's session, turn or file is simply not found (404).
+
+One function per rule: `session_get` is "this user's session" (owned, not
+deleted) for every endpoint; `session_history` is "the session's history" for the
+hold estimate, the context builder and the summary; the active price of an alias is
+billing.selectors.model_price_for_alias."""
 
 from uuid import UUID
 
-from django.db import connection
 from django.db.models import Prefetch, QuerySet
 
 from accounts.models import User
 from billing.models import ModelPrice
-from chat.models import ChatSession, LLMCall, Message, ToolCall, Turn
+from chat import _sql
+from chat.models import ChatSession, LLMCall, Message, Participant, ToolCall, Turn, UploadedFile
 
 FINISHED = (Turn.Status.COMPLETED, Turn.Status.FAILED)
-UNFINISHED = (Turn.Status.QUEUED, Turn.Status.RUNNING)
+UNFINISHED = _sql.UNFINISHED
+
+# How many recent messages a prompt reads at most (bounds the history query).
+HISTORY_SCAN = 200
+
+
+# --- sessions --------------------------------------------------------------------
 
 
 def sessions_for_user(*, user: User) -> QuerySet[ChatSession]:
+    """The user's sessions; a soft-deleted one (deleted_at set) is gone for its owner too."""
     return ChatSession.objects.filter(user=user, deleted_at__isnull=True)
 
 
-# The two lookups every turn request makes use Model.objects.raw: building the ORM's
-# query cost about three times what running it does (bench/turns.py).
-_SESSION_GET = f"SELECT * FROM {ChatSession._meta.db_table} WHERE id = %s AND user_id = %s AND deleted_at IS NULL"  # noqa: S608
-_PRICE_ACTIVE = f"SELECT * FROM {ModelPrice._meta.db_table} WHERE alias = %s AND active = %s"  # noqa: S608
-
-
 def session_get(*, user: User, session_id: int) -> ChatSession | None:
-    """The user's session (not deleted); the same rows as sessions_for_user."""
-    return next(iter(ChatSession.objects.raw(_SESSION_GET, [session_id, user.pk])), None)
+    """The user's session (not deleted): one of sessions_for_user."""
+    return _sql.session_get(user_id=user.pk, session_id=session_id)
+
+
+def session_history(*, session: ChatSession, before_message_id: int | None = None) -> QuerySet[Message]:
+    """The session's history, newest first: its messages after its rolling summary,
+    before `before_message_id` (a turn's first message). The hold estimate counts
+    all of them; a prompt keeps those of completed turns (see chat.engine.context)."""
+    history = Message.objects.filter(session=session)
+    if session.summary_through_message_id:
+        history = history.filter(id__gt=session.summary_through_message_id)
+    if before_message_id is not None:
+        history = history.filter(id__lt=before_message_id)
+    return history.order_by("-id")
+
+
+def session_history_size(*, session: ChatSession, scan: int = HISTORY_SCAN) -> tuple[int, int]:
+    """(messages, characters) of the newest `scan` messages of session_history: the
+    history part of a turn's hold estimate, asked on every turn request."""
+    return _sql.session_history_size(session=session, scan=scan)
+
+
+def price_default() -> ModelPrice | None:
+    """The alias a new session gets when it names none: the first one configured
+    (a different rule from an alias's active price, billing.selectors)."""
+    return ModelPrice.objects.filter(active=True).order_by("created_at", "id").first()
+
+
+# --- turns -----------------------------------------------------------------------
 
 
 def turns_for_session(*, session: ChatSession) -> QuerySet[Turn]:
@@ -51,60 +84,42 @@ def turn_for_idempotency_key(*, user: User, key: str) -> Turn | None:
 
 
 def turn_status(*, turn_id: UUID | str, lock: bool = False) -> str | None:
-    """The turn's status (None when there is no such turn). Plain SQL: a waiting
-    request and every completion ask it. With `lock`, the row stays locked until the
-    transaction ends (SQLite: the transaction itself holds the write lock)."""
-    sql = f"SELECT status FROM {Turn._meta.db_table} WHERE id = %s"  # noqa: S608
-    if lock and connection.features.has_select_for_update:
-        sql += " FOR UPDATE"
-    with connection.cursor() as cursor:
-        cursor.execute(sql, [uuid_param(turn_id)])
-        row = cursor.fetchone()
-    return row[0] if row is not None else None
+    """The turn's status (None when there is no such turn): a waiting request and
+    every completion ask it. With `lock`, the row stays locked until the transaction
+    ends (SQLite: the transaction itself holds the write lock)."""
+    return _sql.turn_status(turn_id=turn_id, lock=lock)
 
 
 def turn_is_finished(*, turn_id: UUID | str) -> bool:
     return turn_status(turn_id=turn_id) in FINISHED
 
 
-def uuid_param(value: UUID | str) -> str:
-    """A UUID as plain SQL takes it on both databases (SQLite stores Django's UUIDs as
-    32 hex digits; PostgreSQL reads those as a uuid)."""
-    return (value if isinstance(value, UUID) else UUID(str(value))).hex
+# --- participants ----------------------------------------------------------------
 
 
-def price_active(*, alias: str) -> ModelPrice | None:
-    if not alias:
-        return None
-    # One active row per alias (billing_modelprice_one_active_per_alias).
-    return next(iter(ModelPrice.objects.raw(_PRICE_ACTIVE, [alias, True])), None)
+def participants_for_session(*, session: ChatSession) -> QuerySet[Participant]:
+    """In speaking order: position, then creation."""
+    return Participant.objects.filter(session=session).order_by("position", "id")
 
 
-def price_default() -> ModelPrice | None:
-    """The alias a new session gets when it names none: the first one configured."""
-    return ModelPrice.objects.filter(active=True).order_by("created_at", "id").first()
+def participant_get(*, session: ChatSession, participant_id: int) -> Participant | None:
+    return participants_for_session(session=session).filter(pk=participant_id).first()
 
 
-def session_history_size(*, session: ChatSession, before_message_id: int | None, scan: int) -> tuple[int, int]:
-    """(messages, characters) of the newest `scan` messages of the session (after its
-    summary, before `before_message_id`): the history part of a prompt estimate."""
-    # Plain SQL: this runs on every turn request, and building the ORM's subquery
-    # cost more than running it. LENGTH counts characters on PostgreSQL and SQLite.
-    where, params = ["session_id = %s"], [session.pk]
-    if session.summary_through_message_id:
-        where.append("id > %s")
-        params.append(session.summary_through_message_id)
-    if before_message_id is not None:
-        where.append("id < %s")
-        params.append(before_message_id)
-    sql = (
-        f"SELECT COUNT(*), SUM(LENGTH(content)) FROM (SELECT content FROM {MESSAGE_TABLE} "  # noqa: S608
-        f"WHERE {' AND '.join(where)} ORDER BY id DESC LIMIT %s) newest"
-    )
-    with connection.cursor() as cursor:
-        cursor.execute(sql, [*params, scan])
-        count, chars = cursor.fetchone()
-    return count or 0, chars or 0
+# --- files -----------------------------------------------------------------------
+# Every read filters by owner (F58: the owner index serves it). Someone else's file
+# looks exactly like a file that does not exist.
 
 
-MESSAGE_TABLE = Message._meta.db_table
+def files_for_user(*, user: User) -> QuerySet[UploadedFile]:
+    """The owner's files, newest first, without the (possibly large) extracted text."""
+    return UploadedFile.objects.filter(owner=user).defer("extracted_text")
+
+
+def file_get_for_user(*, user: User, file_id: int) -> UploadedFile | None:
+    return UploadedFile.objects.filter(owner=user, pk=file_id).first()
+
+
+def user_has_files(*, user_id: int) -> bool:
+    """Asked on every turn, and most users have no files (served by chat_file_owner_created)."""
+    return _sql.user_has_files(user_id=user_id)

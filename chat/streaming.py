@@ -1,4 +1,6 @@
-"""Turn events through Redis pub/sub, and the server-sent events a client reads.
+"""Turn events through Redis pub/sub: the publish side (the engine's `delta`, the
+services' `reset` and `done`) and the waiting side (a subscription, `turn_wait`).
+The server-sent events a client reads are rendered in chat.api.stream.
 
 The worker publishes to the channel `parley:turn:<id>` while it runs the turn:
 `delta` (a piece of the reply), `reset` (a redelivered task restarted the reply:
@@ -16,7 +18,7 @@ import logging
 import os
 import queue
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
 from typing import Any
@@ -25,17 +27,14 @@ from uuid import UUID
 import redis
 from django.conf import settings
 
-from chat.models import Message, Turn
-from chat.selectors import FINISHED, turn_is_finished
+from chat.api.serializers import turn_detail_payload
+from chat.models import LLMCall, Message, ToolCall, Turn
+from chat.selectors import turn_is_finished
 
 logger = logging.getLogger(__name__)
 
 # A reader re-checks the database this often when no event arrives (lost `done`).
 RECHECK_SECONDS = 2.0
-# SSE comment lines keep proxies from closing an idle stream.
-HEARTBEAT_SECONDS = 15.0
-# The longest a stream stays open waiting for a turn to finish.
-STREAM_MAX_SECONDS = 600.0
 POLL_SECONDS = 0.05
 
 
@@ -63,6 +62,15 @@ def publish(turn_id: UUID | str, event: str, data: dict[str, Any] | None = None)
         client().publish(channel(turn_id), json.dumps({"event": event, "data": data or {}}))
     except redis.RedisError as exc:
         logger.warning("could not publish %s for turn %s: %s", event, turn_id, exc.__class__.__name__)
+
+
+def publish_done(*, turn: Turn, messages: list[Message], llm_calls: list[LLMCall], tool_calls: list[ToolCall]) -> None:
+    """`done`, carrying the finished turn as GET turns/{id} shows it, from the rows
+    the completion has in memory: a waiting request or stream needs no read. (The
+    body is the API's, so this side of the channel renders it with chat.api's
+    serializers; the services only hand over rows.)"""
+    payload = turn_detail_payload(turn=turn, messages=messages, llm_calls=llm_calls, tool_calls=tool_calls)
+    publish(turn.pk, "done", {"status": turn.status, "turn": payload})
 
 
 class Subscription:
@@ -138,7 +146,7 @@ def turn_wait(*, turn_id: UUID | str, timeout: float) -> tuple[bool, dict | None
     waits on a Celery result."""
     deadline = time.monotonic() + timeout
     if not enabled() or timeout <= 0:
-        return _poll(turn_id, deadline), None
+        return poll(turn_id, deadline), None
     try:
         with subscription(turn_id) as events:
             next_check = 0.0  # check right after subscribing: it may have finished before
@@ -152,73 +160,14 @@ def turn_wait(*, turn_id: UUID | str, timeout: float) -> tuple[bool, dict | None
                     return True, event[1].get("turn")
     except redis.RedisError as exc:
         logger.warning("turn wait falls back to polling: %s", exc.__class__.__name__)
-        return _poll(turn_id, deadline), None
+        return poll(turn_id, deadline), None
     return turn_is_finished(turn_id=turn_id), None
 
 
-def _poll(turn_id: UUID | str, deadline: float) -> bool:
+def poll(turn_id: UUID | str, deadline: float) -> bool:
     while True:
         if turn_is_finished(turn_id=turn_id):
             return True
         if time.monotonic() >= deadline:
             return False
         time.sleep(POLL_SECONDS)
-
-
-# --- server-sent events ---------------------------------------------------------
-
-
-def sse(event: str, data: dict[str, Any]) -> str:
-    return f"event: {event}\ndata: {json.dumps(data)}\n\n"
-
-
-def _replay(turn: Turn, final: Callable[[Turn], dict]) -> Iterator[str]:
-    for message in Message.objects.filter(turn=turn, role=Message.Role.ASSISTANT).order_by("id"):
-        if message.content:
-            yield sse(
-                "delta", {"text": message.content, "message_id": message.id, "participant": message.participant_id}
-            )
-    yield sse("done", final(turn))
-
-
-def turn_events(*, turn: Turn, final: Callable[[Turn], dict], max_seconds: float = STREAM_MAX_SECONDS) -> Iterator[str]:
-    """The SSE body for GET turns/{id}/stream: `delta` events while the reply is
-    produced, then one `done` event carrying the turn (`final(turn)`, with its
-    status). A finished turn, or any turn without Redis, is replayed from the
-    database once it has finished."""
-    deadline = time.monotonic() + max_seconds
-    if turn.status in FINISHED or not enabled():
-        if turn.status not in FINISHED:
-            _poll(turn.pk, deadline)
-            turn.refresh_from_db()
-        yield from _replay(turn, final)
-        return
-    with subscription(turn.pk) as events:
-        turn.refresh_from_db()
-        if turn.status in FINISHED:
-            yield from _replay(turn, final)
-            return
-        yield sse("status", {"status": turn.status})
-        last_sent = next_check = time.monotonic()
-        while (now := time.monotonic()) < deadline:
-            if now >= next_check:
-                if turn_is_finished(turn_id=turn.pk):
-                    break
-                next_check = now + RECHECK_SECONDS
-            event = events.get(timeout=min(deadline, next_check) - now)
-            if event is None:
-                if time.monotonic() - last_sent >= HEARTBEAT_SECONDS:
-                    last_sent = time.monotonic()
-                    yield ": keep-alive\n\n"
-                continue
-            name, data = event
-            if name == "done":
-                if data.get("turn"):
-                    yield sse("done", data["turn"])
-                    return
-                break
-            if name in ("delta", "reset", "status"):
-                last_sent = time.monotonic()
-                yield sse(name, data)
-    turn.refresh_from_db()
-    yield sse("done", final(turn))

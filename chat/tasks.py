@@ -1,6 +1,9 @@
 """Celery adapters for chat. `run_turn` receives a turn id and calls the service;
-everything that makes a second run harmless lives in chat.services (compare-and-set
-state moves, one completion transaction, debit reference = turn id)."""
+everything that makes a second run harmless lives in chat.services.turns (compare-and-set
+state moves, one completion transaction, debit reference = turn id).
+
+The task names are strings in broker messages and in the beat schedule: never
+change them (chat.dispatch sends `chat.run_turn` by name)."""
 
 import logging
 
@@ -8,7 +11,7 @@ import redis
 from celery import Task, shared_task
 from django.db import InterfaceError, OperationalError
 
-from chat.services import turn_fail, turn_run, turns_requeue_lost
+from chat.services.turns import turn_fail, turn_run, turns_requeue_lost
 from config.celery import app
 
 logger = logging.getLogger(__name__)

@@ -10,8 +10,7 @@ api_v1 = [
     path("", include("accounts.urls")),
     path("", include("billing.urls")),
     path("", include("billing.stripe.urls")),
-    path("", include("chat.urls")),
-    path("", include("chat.urls_files")),
+    path("", include("chat.api.urls")),
     path("", include("reporting.urls")),
 ]
 

@@ -2,16 +2,17 @@
 by what staff do (users and keys, wallets and ledger, prices, chat, usage) instead of
 Django's alphabetical list of apps, where dj-stripe's 40-odd models sat between Chat
 and Reporting. dj-stripe's models form one last section, shown only when Stripe is
-on (settings.STRIPE_ENABLED); their pages stay reachable by URL either way.
+on (billing.stripe.client.stripe_enabled: a secret key is set); their pages stay reachable by URL either way.
 
 Every `@admin.register` in the project lands here: core.admin_apps makes this class
 the default site (django.contrib.admin's `default_site`)."""
 
-from django.conf import settings
 from django.contrib import admin
 from django.http import HttpRequest
 from django.template.response import TemplateResponse
 from django.urls import reverse
+
+from billing.stripe.client import stripe_enabled
 
 # (section label, title, models as "app_label.ModelName" in display order, URL of the
 # section heading as a URL name and its arguments). A model not named here (a new
@@ -105,6 +106,6 @@ class ParleyAdminSite(admin.AdminSite):
         # A staff member without the permissions of a section does not see it.
         listed = [section for section in sections.values() if section["models"]]
         listed.extend(other)
-        if stripe and stripe["models"] and settings.STRIPE_ENABLED:
+        if stripe and stripe["models"] and stripe_enabled():
             listed.append(stripe)
         return listed

@@ -1,4 +1,3 @@
-from django.conf import settings
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
 from django.views.defaults import page_not_found
@@ -10,6 +9,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from billing.stripe.client import stripe_enabled
 from core.exceptions import error_body
 from core.health import broker_status, database_status
 
@@ -18,7 +18,7 @@ def home(request: HttpRequest) -> HttpResponse:
     """`/`: what this server is and where to go (the admin's "View site" link lands
     here). A page rather than a redirect to the API docs, so staff following "View
     site" and someone trying the bare host both see the admin and health links too."""
-    return render(request, "core/home.html", {"stripe_enabled": settings.STRIPE_ENABLED})
+    return render(request, "core/home.html", {"stripe_enabled": stripe_enabled()})
 
 
 class HealthView(APIView):

@@ -13,21 +13,20 @@ from chat.llm.base import (
     estimate_prompt_tokens,
     estimate_tokens,
 )
+from chat.llm.local import LocalProvider
 
 
 def provider_for(name: str) -> Provider:
-    """The provider for a ModelPrice.provider value. Imported lazily: a process that
-    only serves the local model never loads the SDKs."""
+    """The provider for a ModelPrice.provider value. The SDK providers are imported
+    lazily: a process that only serves the local model never loads the SDKs."""
     if name == "local":
-        from chat.llm.local import LocalProvider
-
         return LocalProvider()
     if name == "openai":
-        from chat.llm.openai_provider import OpenAIProvider
+        from chat.llm.openai_provider import OpenAIProvider  # heavy, optional: the openai SDK
 
         return OpenAIProvider()
     if name == "anthropic":
-        from chat.llm.anthropic_provider import AnthropicProvider
+        from chat.llm.anthropic_provider import AnthropicProvider  # heavy, optional: the anthropic SDK
 
         return AnthropicProvider()
     raise ProviderError(f"Unknown provider '{name}'.")

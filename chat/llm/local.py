@@ -37,7 +37,7 @@ from chat.llm.base import (
 
 TOOL_REQUEST = re.compile(r"\[\[tool\s+(?P<name>[A-Za-z0-9_\-]+)\s*(?P<args>\{.*?\})?\s*\]\]", re.DOTALL)
 WORDS_PER_PIECE = 4
-# The orchestrator's function (chat.participants.NEXT_SPEAKER; not imported: the
+# The orchestrator's function (chat.engine.orchestrator_protocol.NEXT_SPEAKER; not imported: the
 # provider layer does not depend on the chat models).
 NEXT_SPEAKER = "next_speaker"
 

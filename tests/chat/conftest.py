@@ -12,6 +12,7 @@ from chat.models import ChatSession, Turn
 from config.celery import app as celery_app
 from tests.conftest import WorkerProcess
 from tests.fakes.llm_servers import FakeAnthropicServer, FakeOpenAIServer
+from tests.fakes.searxng_server import FakeSearxng
 
 # Prices with 8 decimals, so a call's cost needs the round-up at the 8th place.
 IN_PRICE = Decimal("3.33333333")
@@ -153,3 +154,64 @@ def parked(settings) -> Iterator[None]:  # noqa: ANN001
 def parked_turns(settings) -> Iterator[None]:  # noqa: ANN001
     with parked(settings):
         yield
+
+
+# --- participants, modes, tools and files (formerly tests/chat_modes) ----------------
+
+
+def make_local_price(alias: str, *, active: bool = True) -> ModelPrice:
+    """A local-provider price at 1 and 2 credits per million tokens (the modes' tests)."""
+    return ModelPrice.objects.create(
+        alias=alias,
+        provider=ModelPrice.Provider.LOCAL,
+        provider_model=f"local-{alias}",
+        input_credits_per_mtok=Decimal("1.00000000"),
+        output_credits_per_mtok=Decimal("2.00000000"),
+        active=active,
+    )
+
+
+@pytest.fixture
+def prices(db) -> dict[str, ModelPrice]:  # noqa: ANN001
+    """Two active aliases and one retired one."""
+    return {
+        "fast": make_local_price("fast"),
+        "smart": make_local_price("smart"),
+        "retired": make_local_price("retired", active=False),
+    }
+
+
+@pytest.fixture
+def panel_session(owner, prices) -> ChatSession:  # noqa: ANN001
+    """The owner's session on `prices` (unfunded), for participants, modes and files."""
+    return ChatSession.objects.create(user=owner, title="Owner's session", model_alias="fast")
+
+
+@pytest.fixture
+def other_session(other_user, prices) -> ChatSession:  # noqa: ANN001
+    return ChatSession.objects.create(user=other_user, title="Someone else's session", model_alias="fast")
+
+
+@pytest.fixture
+def searxng(settings) -> Iterator[FakeSearxng]:  # noqa: ANN001
+    with FakeSearxng() as fake:
+        settings.WEB_SEARCH_URL = fake.url
+        yield fake
+
+
+@pytest.fixture
+def fake_openai_server(settings) -> Iterator[FakeOpenAIServer]:  # noqa: ANN001
+    server = FakeOpenAIServer().start()
+    settings.OPENAI_BASE_URL, settings.OPENAI_API_KEY = server.base_url, "sk-test-openai"
+    settings.LLM_MAX_RETRIES, settings.LLM_TIMEOUT_SECONDS = 0, 5.0
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def fake_anthropic_server(settings) -> Iterator[FakeAnthropicServer]:  # noqa: ANN001
+    server = FakeAnthropicServer().start()
+    settings.ANTHROPIC_BASE_URL, settings.ANTHROPIC_API_KEY = server.base_url, "sk-ant-test"
+    settings.LLM_MAX_RETRIES, settings.LLM_TIMEOUT_SECONDS = 0, 5.0
+    yield server
+    server.stop()

@@ -1,9 +1,9 @@
-"""What the model sees (chat.context): system prompt and summary first, then the
+"""What the model sees (chat.engine.context): system prompt and summary first, then the
 newest history that fits the alias's input budget, then the turn's own message."""
 
 import pytest
 
-from chat.context import context_build, input_budget
+from chat.engine.context import context_build, input_budget
 from chat.models import Message, Turn
 from tests.chat.conftest import local_tokens, make_price
 
@@ -62,7 +62,7 @@ def test_messages_after_the_turn_was_asked_are_not_its_history(session, price):
 def test_a_turn_overtaken_by_many_later_messages_still_sees_its_history(session, price):
     """History is read from before the turn's question, however many messages came
     after it (a slow turn while the session went on)."""
-    from chat.context import HISTORY_SCAN
+    from chat.selectors import HISTORY_SCAN
 
     add_turn(session, "completed", ("user", "before"), ("assistant", "before reply"))
     current = add_turn(session, "running", ("user", "mine"))

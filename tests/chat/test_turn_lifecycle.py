@@ -8,9 +8,10 @@ import pytest
 from django.db import InterfaceError, OperationalError
 
 from billing.models import CreditHold, CreditTransaction
+from chat.engine.metering import TurnOutcome, llm_call_build
 from chat.llm import LLMResult
 from chat.models import LLMCall, Message, Turn
-from chat.services import TurnOutcome, llm_call_build, turn_complete, turn_create, turn_fail, turn_run, turn_start
+from chat.services.turns import turn_complete, turn_create, turn_fail, turn_run, turn_start
 from chat.tasks import run_turn
 from reporting.models import UsageDaily
 from tests.chat.conftest import START_BALANCE, expected_cost, local_tokens, make_price, wallet_of

@@ -1,0 +1,177 @@
+"""Chat's raw SQL against the ORM: does each statement in chat/_sql.py earn its keep?
+
+    DATABASE_URL=postgres://postgres@127.0.0.1:5432/parley .venv/bin/python bench/sql_chat.py
+
+It creates (and drops again) its own database `parley_bench_sqlchat`, seeds one user
+with a session of HISTORY messages, one turn and no files (most users have none),
+then times each statement of the turn hot path both ways in one process: CPU time
+(time.process_time, this process only: what building and reading a query costs
+Django) and wall time per call, CALLS calls each, interleaved in rounds so a busy
+machine slows both alike. The rule (chat/_sql.py): raw SQL stays where it saves at
+least 10% of the ORM path's CPU time.
+"""
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Callable
+from decimal import Decimal
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # run as `python bench/<name>.py`
+
+from bench.pg import recreate_database, server_url, with_database  # noqa: E402
+
+BENCH_DB = "parley_bench_sqlchat"
+HISTORY = 300
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--calls", type=int, default=1000, help="calls per statement and path (default 1000)")
+    parser.add_argument("--rounds", type=int, default=10, help="interleaved rounds (default 10)")
+    parser.add_argument("--keep", action="store_true", help="keep the benchmark database afterwards")
+    return parser.parse_args()
+
+
+def setup_django(url: str) -> None:
+    os.environ["DATABASE_URL"] = with_database(url, BENCH_DB)
+    os.environ.pop("REDIS_URL", None)  # nothing here publishes or sends a task
+    os.environ.setdefault("SECRET_KEY", "bench-only")
+    os.environ.setdefault("ALLOWED_HOSTS", "localhost")
+    os.environ.setdefault("LOG_LEVEL", "WARNING")
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+    # Here, not at the top: the settings read DATABASE_URL, set just above.
+    import django
+
+    django.setup()
+
+
+def measure(pairs: dict[str, tuple[Callable[[], object], Callable[[], object]]], calls: int, rounds: int) -> list:
+    """(statement, raw cpu, orm cpu, raw wall, orm wall) in microseconds per call."""
+    per_round = max(calls // rounds, 1)
+    totals = {name: [0.0, 0.0, 0.0, 0.0] for name in pairs}
+    for round_ in range(rounds):
+        for name, (raw, orm) in pairs.items():
+            # Alternate which path goes first, so neither always runs on a warm cache.
+            order = [(0, raw), (1, orm)] if round_ % 2 == 0 else [(1, orm), (0, raw)]
+            for index, fn in order:
+                cpu, wall = time.process_time(), time.perf_counter()
+                for _ in range(per_round):
+                    fn()
+                totals[name][index] += time.process_time() - cpu
+                totals[name][2 + index] += time.perf_counter() - wall
+    n = per_round * rounds
+    return [(name, *(value / n * 1e6 for value in values)) for name, values in totals.items()]
+
+
+def main() -> None:
+    args = parse_args()
+    url = server_url()
+    recreate_database(url, BENCH_DB)
+    try:
+        setup_django(url)
+        from django.core.management import call_command  # only after django.setup()
+
+        call_command("migrate", verbosity=0)
+        run(args)
+    finally:
+        from django.db import connections  # only after django.setup()
+
+        connections.close_all()
+        if not args.keep:
+            recreate_database(url, BENCH_DB, drop_only=True)
+
+
+def run(args: argparse.Namespace) -> None:
+    # Imported here: Django and the project's models load only after setup_django().
+    from django.db import transaction
+    from django.db.models import Count, F, Sum, Value
+    from django.db.models.functions import Coalesce, Length
+    from django.utils import timezone
+
+    # Imported here, the same reason: after setup_django().
+    from accounts.services import user_create
+    from billing.models import ModelPrice
+    from chat import _sql
+    from chat.models import ChatSession, Message, Turn, UploadedFile
+    from chat.selectors import HISTORY_SCAN, UNFINISHED, session_history
+
+    user = user_create(email="bench@example.com")
+    price = ModelPrice.objects.create(
+        alias="fast", provider="local", provider_model="echo", input_credits_per_mtok=Decimal("1"),
+        output_credits_per_mtok=Decimal("2"),
+    )  # fmt: skip
+    session = ChatSession.objects.create(user=user, model_alias=price.alias)
+    turn = Turn.objects.create(session=session, user=user, model_alias=price.alias, price=price)
+    Message.objects.bulk_create(
+        Message(session=session, turn=turn, role=Message.Role.USER, content="x" * (20 + n % 400))
+        for n in range(HISTORY)
+    )
+
+    def orm_session_get() -> ChatSession | None:
+        return ChatSession.objects.filter(pk=session.pk, user_id=user.pk, deleted_at__isnull=True).first()
+
+    def orm_turn_status() -> str | None:
+        return Turn.objects.filter(pk=turn.pk).values_list("status", flat=True).first()
+
+    def locked(fn: Callable[[], object]) -> Callable[[], object]:
+        def inside() -> object:
+            with transaction.atomic():
+                return fn()
+
+        return inside
+
+    def orm_turn_status_lock() -> str | None:
+        return Turn.objects.select_for_update().filter(pk=turn.pk).values_list("status", flat=True).first()
+
+    def orm_turn_start() -> bool:
+        return bool(
+            Turn.objects.filter(pk=turn.pk, status__in=UNFINISHED).update(
+                status=Turn.Status.RUNNING,
+                started_at=Coalesce("started_at", Value(timezone.now())),
+                attempts=F("attempts") + 1,
+            )  # fmt: skip
+        )
+
+    def orm_history_size() -> tuple[int, int]:
+        totals = (
+            session_history(session=session)
+            .values("content")[:HISTORY_SCAN]
+            .aggregate(count=Count("*"), chars=Sum(Length("content")))
+        )
+        return totals["count"] or 0, totals["chars"] or 0
+
+    def orm_user_has_files() -> bool:
+        return UploadedFile.objects.filter(owner_id=user.pk).exists()
+
+    pairs = {
+        "session_get (POST turns)": (lambda: _sql.session_get(user_id=user.pk, session_id=session.pk), orm_session_get),
+        "turn_status (waiting check)": (lambda: _sql.turn_status(turn_id=turn.pk, lock=False), orm_turn_status),
+        "turn_status FOR UPDATE (completion)": (
+            locked(lambda: _sql.turn_status(turn_id=turn.pk, lock=True)),
+            locked(orm_turn_status_lock),
+        ),
+        "turn_start (worker claim)": (lambda: _sql.turn_start(turn_id=turn.pk), orm_turn_start),
+        "session_history_size (hold)": (
+            lambda: _sql.session_history_size(session=session, scan=HISTORY_SCAN),
+            orm_history_size,
+        ),  # fmt: skip
+        "user_has_files (hold, run)": (lambda: _sql.user_has_files(user_id=user.pk), orm_user_has_files),
+    }
+    for name, (raw, orm) in pairs.items():  # both paths answer the same, or the timing means nothing
+        assert raw() == orm() or name.startswith("turn_start"), name
+    rows = measure(pairs, args.calls, args.rounds)
+    print(f"{args.calls} calls per path, {args.rounds} interleaved rounds; microseconds per call")
+    print(f"{'statement':38} {'raw cpu':>8} {'orm cpu':>8} {'saved':>6} {'raw wall':>9} {'orm wall':>9} {'saved':>6}")
+    for name, raw_cpu, orm_cpu, raw_wall, orm_wall in rows:
+        print(
+            f"{name:38} {raw_cpu:8.1f} {orm_cpu:8.1f} {1 - raw_cpu / orm_cpu:6.0%} "
+            f"{raw_wall:9.1f} {orm_wall:9.1f} {1 - raw_wall / orm_wall:6.0%}"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,109 @@
+"""Turns (SPEC 6 `sessions/{id}/turns`, `turns/{id}`): thin views over
+chat.services.turns. Every lookup starts from request.user, so another user's turn
+is a 404. The turn stream is chat.api.stream."""
+
+import re
+
+from django.conf import settings
+from django.http import Http404
+from django.urls import reverse
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from rest_framework import generics, status
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from chat import selectors, streaming
+from chat.api.serializers import TurnCreateSerializer, TurnDetailSerializer, TurnSerializer
+from chat.api.sessions import session_or_404
+from chat.models import Turn
+from chat.services.turns import turn_create
+from core.exceptions import field_error
+from core.pagination import NewestFirstCursorPagination
+
+IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")  # printable ASCII, no spaces
+PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*\"?(\d+(?:\.\d+)?)\"?", re.IGNORECASE)
+
+
+def turn_or_404(request: Request, turn_id) -> Turn:  # noqa: ANN001
+    turn = selectors.turn_get(user=request.user, turn_id=turn_id)
+    if turn is None:
+        raise Http404
+    return turn
+
+
+def _idempotency_key(request: Request) -> str | None:
+    key = request.headers.get("Idempotency-Key")
+    if key is None:
+        return None
+    if not IDEMPOTENCY_KEY.match(key):
+        raise field_error("Idempotency-Key", "Must be 1 to 255 printable ASCII characters without spaces.")
+    return key
+
+
+def _prefer_wait(request: Request) -> float:
+    """Seconds from `Prefer: wait=N` (RFC 7240), capped by TURN_MAX_WAIT_SECONDS;
+    a preference that cannot be read is ignored, as the RFC asks."""
+    match = PREFER_WAIT.search(request.headers.get("Prefer", ""))
+    if not match:
+        return 0.0
+    return min(float(match.group(1)), float(settings.TURN_MAX_WAIT_SECONDS))
+
+
+class SessionTurnsView(generics.ListAPIView):
+    serializer_class = TurnSerializer
+    pagination_class = NewestFirstCursorPagination
+    queryset = Turn.objects.none()
+
+    def get_queryset(self):  # noqa: ANN201
+        return selectors.turns_for_session(session=session_or_404(self.request, self.kwargs["session_id"]))
+
+    @extend_schema(
+        request=TurnCreateSerializer,
+        parameters=[
+            OpenApiParameter(
+                "Idempotency-Key",
+                str,
+                OpenApiParameter.HEADER,
+                description="Repeating a key (per user) returns the same turn instead of a new one.",
+            ),
+            OpenApiParameter(
+                "Prefer",
+                str,
+                OpenApiParameter.HEADER,
+                description="`wait=N`: wait up to N seconds (at most TURN_MAX_WAIT_SECONDS) for the turn to finish.",
+            ),
+        ],  # fmt: skip
+        responses={
+            201: OpenApiResponse(TurnDetailSerializer, description="The turn finished within the request."),
+            202: OpenApiResponse(
+                TurnDetailSerializer, description="Accepted and still running; `Location` is GET turns/{id}."
+            ),
+        },
+    )
+    def post(self, request: Request, session_id: int) -> Response:
+        session = session_or_404(request, session_id)
+        key = _idempotency_key(request)
+        serializer = TurnCreateSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        turn, created = turn_create(
+            user=request.user, session=session, idempotency_key=key, **serializer.validated_data
+        )
+        wait = _prefer_wait(request)
+        finished, published = streaming.turn_wait(turn_id=turn.pk, timeout=wait)
+        # The worker publishes the finished turn with its `done` event: no read needed.
+        body = published or TurnDetailSerializer(selectors.turn_get(user=request.user, turn_id=turn.pk)).data
+        response = Response(body, status=status.HTTP_201_CREATED if finished else status.HTTP_202_ACCEPTED)
+        if not finished:
+            response["Location"] = reverse("turn", kwargs={"turn_id": turn.pk})
+        if wait:
+            response["Preference-Applied"] = f"wait={wait:g}"
+        if not created:
+            response["Idempotent-Replayed"] = "true"
+        return response
+
+
+class TurnDetailView(APIView):
+    @extend_schema(responses={200: TurnDetailSerializer})
+    def get(self, request: Request, turn_id) -> Response:  # noqa: ANN001
+        return Response(TurnDetailSerializer(turn_or_404(request, turn_id)).data)

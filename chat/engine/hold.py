@@ -1,0 +1,77 @@
+"""The hold: a turn's worst-case cost, placed when the turn is accepted. Every call
+after the turn's first is checked against it (chat.engine.run), so a turn cannot
+spend more than it holds."""
+
+from decimal import Decimal
+
+from django.conf import settings
+
+from billing.models import ModelPrice
+from billing.selectors import model_price_for_alias
+from chat.engine.context import head_messages, input_budget
+from chat.engine.metering import call_bound, window_bound
+from chat.llm import estimate_prompt_tokens, estimate_tokens
+from chat.llm.base import CHARS_PER_TOKEN, MESSAGE_OVERHEAD_TOKENS
+from chat.models import ChatSession
+from chat.selectors import participants_for_session, session_history_size, user_has_files
+from chat.tools import tools_for_turn
+from core.exceptions import StateConflict, field_error
+
+
+def _tools_offered(*, user_id: int) -> bool:
+    names = {tool["name"] for tool in tools_for_turn()}
+    if "web_search" in names:
+        return True
+    return "file_read" in names and user_has_files(user_id=user_id)
+
+
+def turn_hold_amount(*, session: ChatSession, price: ModelPrice, content: str) -> Decimal:
+    """The worst-case cost of a turn, held when it is accepted (SPEC 5.1):
+
+    - a reply call: the prompt estimate (system prompt, summary, history up to the
+      input budget, the new message) plus max_output_tokens (H2's single-turn rule);
+    - with tools offered, each of the MAX_TOOL_ROUNDS follow-up calls a full window
+      (input budget + max output) of its alias;
+    - round table: every participant's calls, each a full window of its alias;
+    - orchestrator: MAX_ORCHESTRATOR_STEPS + 1 orchestrator calls (one retry of an
+      invalid answer) plus MAX_ORCHESTRATOR_STEPS replies of the dearest participant;
+    - a summary call (a full window of the turn's alias) when the history does not fit.
+
+    Raises 400 naming `content` when the message alone does not fit the alias, and
+    422 when a participant's alias is no longer active."""
+    budget = input_budget(price)
+    needed = estimate_prompt_tokens(head_messages(session=session)) + MESSAGE_OVERHEAD_TOKENS + estimate_tokens(content)
+    if needed > budget:
+        raise field_error(
+            "content",
+            f"Too long for model alias '{price.alias}': about {needed} tokens with the system prompt, "
+            f"its input limit is {budget}.",
+        )
+    count, chars = session_history_size(session=session)
+    # Per message the estimate rounds up, so this adds at most one token per message.
+    history = count * (MESSAGE_OVERHEAD_TOKENS + 1) + -(-chars // CHARS_PER_TOKEN)
+    summary = window_bound(price) if needed + history > budget else Decimal("0")
+    tool_calls = settings.MAX_TOOL_ROUNDS if _tools_offered(user_id=session.user_id) else 0
+
+    if session.mode == ChatSession.Mode.SINGLE:
+        first = call_bound(price=price, input_tokens=min(budget, needed + history))
+        if tool_calls:
+            first = window_bound(price)  # tool definitions and the files note come on top of the estimate
+        return first + tool_calls * window_bound(price) + summary
+
+    per_participant = []
+    for participant in participants_for_session(session=session):
+        participant_price = model_price_for_alias(alias=participant.model_alias)
+        if participant_price is None:
+            raise StateConflict(
+                f"Participant '{participant.name}' uses '{participant.model_alias}', which is no longer an active "
+                "model alias; change the participant first."
+            )
+        per_participant.append((1 + tool_calls) * window_bound(participant_price))
+    if session.mode == ChatSession.Mode.ROUNDTABLE:
+        return sum(per_participant, Decimal("0")) + summary
+    orchestrator = model_price_for_alias(alias=session.orchestrator_alias)
+    if orchestrator is None:
+        raise StateConflict(f"The orchestrator alias '{session.orchestrator_alias}' is not an active model alias.")
+    steps = settings.MAX_ORCHESTRATOR_STEPS
+    return (steps + 1) * window_bound(orchestrator) + steps * max(per_participant, default=Decimal("0")) + summary

@@ -1,0 +1,87 @@
+"""Each raw statement in chat/_sql.py reads or writes the same rows as the ORM query
+it replaces (bench/sql_chat.py times the two)."""
+
+from datetime import timedelta
+
+import pytest
+from django.db import transaction
+from django.db.models import Count, F, Sum, Value
+from django.db.models.functions import Coalesce, Length
+from django.utils import timezone
+
+from chat import _sql
+from chat.models import ChatSession, Message, Turn, UploadedFile
+from chat.selectors import HISTORY_SCAN, UNFINISHED, session_history
+
+pytestmark = pytest.mark.django_db
+
+
+def _turn(session: ChatSession, **fields) -> Turn:  # noqa: ANN003
+    return Turn.objects.create(session=session, user=session.user, model_alias=session.model_alias, **fields)
+
+
+def test_session_get_finds_exactly_the_owners_live_sessions(session, other_user):
+    deleted = ChatSession.objects.create(user=session.user, deleted_at=timezone.now())
+    for user, session_id in [(session.user, session.pk), (other_user, session.pk), (session.user, deleted.pk)]:
+        expected = ChatSession.objects.filter(pk=session_id, user=user, deleted_at__isnull=True).first()
+        assert _sql.session_get(user_id=user.pk, session_id=session_id) == expected
+    assert _sql.session_get(user_id=session.user.pk, session_id=2**63) is None
+
+
+def test_turn_status_reads_the_orms_status_with_and_without_the_lock(session):
+    turn = _turn(session, status=Turn.Status.RUNNING)
+    with transaction.atomic():
+        assert _sql.turn_status(turn_id=turn.pk, lock=True) == Turn.Status.RUNNING
+    assert _sql.turn_status(turn_id=str(turn.pk), lock=False) == Turn.objects.get(pk=turn.pk).status
+    assert _sql.turn_status(turn_id="00000000-0000-0000-0000-000000000000", lock=False) is None
+
+
+@pytest.mark.parametrize("status", [*Turn.Status.values])
+def test_turn_start_writes_what_the_orm_update_writes(session, status):
+    started = timezone.now() - timedelta(minutes=5)
+    raw, orm = (_turn(session, status=status, started_at=started, attempts=1) for _ in range(2))
+    assert _sql.turn_start(turn_id=raw.pk) == bool(
+        Turn.objects.filter(pk=orm.pk, status__in=UNFINISHED).update(
+            status=Turn.Status.RUNNING,
+            started_at=Coalesce("started_at", Value(timezone.now())),
+            attempts=F("attempts") + 1,
+        )  # fmt: skip
+    )
+    raw.refresh_from_db()
+    orm.refresh_from_db()
+    assert (raw.status, raw.started_at, raw.attempts) == (orm.status, orm.started_at, orm.attempts)
+
+
+def test_turn_start_sets_started_at_once(session):
+    turn = _turn(session)
+    assert _sql.turn_start(turn_id=turn.pk)
+    first = Turn.objects.get(pk=turn.pk).started_at
+    assert first is not None
+    assert _sql.turn_start(turn_id=turn.pk)
+    assert Turn.objects.get(pk=turn.pk).started_at == first
+
+
+def test_history_size_counts_the_rows_of_session_history(session):
+    turn = _turn(session)
+    rows = Message.objects.bulk_create(
+        Message(session=session, turn=turn, role=Message.Role.USER, content="é" * (n % 7 + 1))
+        for n in range(HISTORY_SCAN + 20)
+    )
+    for through in (None, rows[30].pk):
+        session.summary_through_message_id = through
+        totals = (
+            session_history(session=session)
+            .values("content")[:HISTORY_SCAN]
+            .aggregate(count=Count("*"), chars=Sum(Length("content")))
+        )
+        assert _sql.session_history_size(session=session, scan=HISTORY_SCAN) == (totals["count"], totals["chars"])
+
+
+def test_history_size_of_an_empty_session_is_zero(session):
+    assert _sql.session_history_size(session=session, scan=HISTORY_SCAN) == (0, 0)
+
+
+def test_user_has_files_answers_what_the_orm_answers(owner, other_user):
+    UploadedFile.objects.create(owner=owner, name="a.txt", content_type="text/plain", size=1, sha256="0" * 64)
+    for user in (owner, other_user):
+        assert _sql.user_has_files(user_id=user.pk) == UploadedFile.objects.filter(owner=user).exists()
