@@ -43,13 +43,22 @@ from bench.stack import (  # noqa: E402
     database_create,
     database_drop,
     database_url,
+    http_json,
+    http_open,
+    http_request,
     percentile,
+    read_head,
     rss_bytes,
+    sse_events,
 )
 
 BENCH_DB = "parley_bench_concurrency"
 LOG = Path(tempfile.gettempdir()) / "parley-bench-concurrency.log"
 CREDITS = "5000"
+# The `local` model echoes the question in pieces of 4 words spread evenly over the
+# latency, as a streaming model does: 120 words make 30 pieces, the first after
+# latency / 30 (100 ms at 3 s).
+QUESTION = " ".join(f"word{i}" for i in range(118))
 
 
 def parse_args() -> argparse.Namespace:
@@ -104,63 +113,6 @@ print(json.dumps(report))
 """
 
 
-# --- a small HTTP/1.1 client on asyncio: one connection per request, no dependency ---
-
-
-async def _open(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    return await asyncio.open_connection("127.0.0.1", port, limit=2**20)
-
-
-def _request(method: str, path: str, headers: dict[str, str], body: bytes = b"") -> bytes:
-    lines = [f"{method} {path} HTTP/1.1", "Host: 127.0.0.1", "Connection: close", f"Content-Length: {len(body)}"]
-    lines += [f"{name}: {value}" for name, value in headers.items()]
-    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
-
-
-async def _head(reader: asyncio.StreamReader) -> tuple[int, dict[str, str]]:
-    status_line = await reader.readline()
-    if not status_line:
-        raise ConnectionError("connection closed before an answer")
-    status = int(status_line.split()[1])
-    headers = {}
-    while (line := await reader.readline()) not in (b"\r\n", b"\n", b""):
-        name, _, value = line.decode("latin-1").partition(":")
-        headers[name.strip().lower()] = value.strip()
-    return status, headers
-
-
-async def _body(reader: asyncio.StreamReader, headers: dict[str, str]):  # noqa: ANN202  an async iterator
-    """The body as it arrives, de-chunked."""
-    if headers.get("transfer-encoding", "").lower() == "chunked":
-        while True:
-            size = int((await reader.readline()).split(b";")[0].strip() or b"0", 16)
-            if size == 0:
-                return
-            data = await reader.readexactly(size)
-            await reader.readline()
-            yield data
-    elif "content-length" in headers:
-        yield await reader.readexactly(int(headers["content-length"]))
-    else:
-        while data := await reader.read(65536):
-            yield data
-
-
-async def http_json(port: int, method: str, path: str, headers: dict[str, str], body: dict | None = None):  # noqa: ANN201
-    reader, writer = await _open(port)
-    try:
-        payload = json.dumps(body).encode() if body is not None else b""
-        if body is not None:
-            headers = {**headers, "Content-Type": "application/json"}
-        writer.write(_request(method, path, headers, payload))
-        await writer.drain()
-        status, answer_headers = await _head(reader)
-        data = b"".join([chunk async for chunk in _body(reader, answer_headers)])
-        return status, json.loads(data) if data else {}
-    finally:
-        writer.close()
-
-
 @dataclass
 class TurnResult:
     accepted_status: int = 0
@@ -178,37 +130,29 @@ async def user_turn(port: int, key: str, session: int, n: int, start: asyncio.Ev
     began = time.perf_counter()
     try:
         status, body = await http_json(
-            port, "POST", f"/api/v1/sessions/{session}/turns", auth, {"content": f"Concurrency question {n}"}
+            port, "POST", f"/api/v1/sessions/{session}/turns", auth, {"content": f"Question {n}: {QUESTION}"}
         )
         result.accepted_status = status
         if status not in (201, 202):
             result.error = f"POST {status}: {body}"
             return result
-        reader, writer = await _open(port)
+        reader, writer = await http_open(port)
         try:
-            writer.write(_request("GET", f"/api/v1/turns/{body['id']}/stream", {**auth, "Accept": "text/event-stream"}))
+            writer.write(
+                http_request("GET", f"/api/v1/turns/{body['id']}/stream", {**auth, "Accept": "text/event-stream"})
+            )
             await writer.drain()
-            status, headers = await _head(reader)
+            status, headers = await read_head(reader)
             if status != 200:
                 result.error = f"stream {status}"
                 return result
-            buffer = b""
-            async for chunk in _body(reader, headers):
-                buffer += chunk
-                while b"\n\n" in buffer:
-                    event, buffer = buffer.split(b"\n\n", 1)
-                    name, data = "", ""
-                    for line in event.decode().splitlines():
-                        if line.startswith("event:"):
-                            name = line[6:].strip()
-                        elif line.startswith("data:"):
-                            data = line[5:].strip()
-                    if name == "delta" and result.first_piece is None:
-                        result.first_piece = time.perf_counter() - began
-                    if name == "done":
-                        result.finished = time.perf_counter() - began
-                        result.final_status = json.loads(data).get("status", "")
-                        return result
+            async for name, data in sse_events(reader, headers):
+                if name == "delta" and result.first_piece is None:
+                    result.first_piece = time.perf_counter() - began
+                if name == "done":
+                    result.finished = time.perf_counter() - began
+                    result.final_status = json.loads(data).get("status", "")
+                    return result
             result.error = "stream ended without done"
         finally:
             writer.close()
@@ -254,9 +198,22 @@ class Sampler(threading.Thread):
             time.sleep(0.1)
 
 
+async def warm_up(port: int, probe_user: dict) -> None:
+    """Each web process's first requests import code and open pool connections."""
+    auth = {"Authorization": f"Bearer {probe_user['key']}"}
+    go = asyncio.Event()
+    go.set()
+    for _ in range(3):
+        await asyncio.gather(
+            *(http_json(port, "GET", "/api/v1/users/me/wallet", auth) for _ in range(8)),
+            *(user_turn(port, probe_user["key"], probe_user["session"], n, go) for n in range(4)),
+        )
+
+
 async def load(port: int, seeds: list[dict]) -> tuple[list[TurnResult], Probe, Probe, float]:
     start, stop = asyncio.Event(), asyncio.Event()
     probe_user, users = seeds[0], seeds[1:]
+    await warm_up(port, probe_user)
     health, wallet = Probe(), Probe()
     probes = [
         asyncio.create_task(probe(port, "/api/v1/health", {}, 0.1, stop, health)),

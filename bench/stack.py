@@ -2,7 +2,9 @@
 default settings, so what is measured is what ships. Also: a throwaway PostgreSQL
 database copied from a migrated template, and CPU and memory of process trees."""
 
+import asyncio
 import hashlib
+import json
 import os
 import re
 import shlex
@@ -200,3 +202,77 @@ def rss_bytes(pid: int) -> int:
 def percentile(values: list[float], fraction: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))] if ordered else float("nan")
+
+
+# --- a small HTTP/1.1 client on asyncio: one connection per request, no dependency ---
+
+
+async def http_open(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    return await asyncio.open_connection("127.0.0.1", port, limit=2**20)
+
+
+def http_request(method: str, path: str, headers: dict[str, str], body: bytes = b"") -> bytes:
+    lines = [f"{method} {path} HTTP/1.1", "Host: 127.0.0.1", "Connection: close", f"Content-Length: {len(body)}"]
+    lines += [f"{name}: {value}" for name, value in headers.items()]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+async def read_head(reader: asyncio.StreamReader) -> tuple[int, dict[str, str]]:
+    status_line = await reader.readline()
+    if not status_line:
+        raise ConnectionError("connection closed before an answer")
+    status = int(status_line.split()[1])
+    headers = {}
+    while (line := await reader.readline()) not in (b"\r\n", b"\n", b""):
+        name, _, value = line.decode("latin-1").partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return status, headers
+
+
+async def read_body(reader: asyncio.StreamReader, headers: dict[str, str]):  # noqa: ANN202  an async iterator
+    """The body as it arrives, de-chunked."""
+    if headers.get("transfer-encoding", "").lower() == "chunked":
+        while True:
+            size = int((await reader.readline()).split(b";")[0].strip() or b"0", 16)
+            if size == 0:
+                return
+            data = await reader.readexactly(size)
+            await reader.readline()
+            yield data
+    elif "content-length" in headers:
+        yield await reader.readexactly(int(headers["content-length"]))
+    else:
+        while data := await reader.read(65536):
+            yield data
+
+
+async def http_json(port: int, method: str, path: str, headers: dict[str, str], body: dict | None = None):  # noqa: ANN201
+    reader, writer = await http_open(port)
+    try:
+        payload = json.dumps(body).encode() if body is not None else b""
+        if body is not None:
+            headers = {**headers, "Content-Type": "application/json"}
+        writer.write(http_request(method, path, headers, payload))
+        await writer.drain()
+        status, answer_headers = await read_head(reader)
+        data = b"".join([chunk async for chunk in read_body(reader, answer_headers)])
+        return status, json.loads(data) if data else {}
+    finally:
+        writer.close()
+
+
+async def sse_events(reader: asyncio.StreamReader, headers: dict[str, str]):  # noqa: ANN201  an async iterator
+    """(event name, data text) of each server-sent event of a body as it arrives."""
+    buffer = b""
+    async for chunk in read_body(reader, headers):
+        buffer += chunk
+        while b"\n\n" in buffer:
+            block, buffer = buffer.split(b"\n\n", 1)
+            name, data = "", ""
+            for line in block.decode().splitlines():
+                if line.startswith("event:"):
+                    name = line[6:].strip()
+                elif line.startswith("data:"):
+                    data = line[5:].strip()
+            if name:
+                yield name, data

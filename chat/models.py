@@ -99,7 +99,13 @@ class Turn(models.Model):
                 name="chat_turn_credits_charged_not_negative",
             ),
         ]
-        indexes = [models.Index(fields=["session", "created_at"], name="chat_turn_session_created")]
+        indexes = [
+            models.Index(fields=["session", "created_at"], name="chat_turn_session_created"),
+            # The fair-use count of a user's turns in flight, asked on every new turn.
+            models.Index(
+                fields=["user"], condition=Q(status__in=["queued", "running"]), name="chat_turn_user_unfinished"
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"Turn {self.pk} ({self.status})"

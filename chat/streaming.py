@@ -1,6 +1,7 @@
 """Turn events through Redis pub/sub: the publish side (the engine's `delta`, the
-services' `reset` and `done`) and the waiting side (a subscription, `turn_wait`).
-The server-sent events a client reads are rendered in chat.api.stream.
+services' `reset` and `done`, from worker threads) and the waiting side (`hub`,
+`turn_wait`, on the web process's event loop), and the open-streams slots of fair
+use. The server-sent events a client reads are rendered in chat.api.stream.
 
 The worker publishes to the channel `parley:turn:<id>` while it runs the turn:
 `delta` (a piece of the reply), `reset` (a redelivered task restarted the reply:
@@ -9,33 +10,52 @@ subscribes *before* it checks the database, so a turn that finishes in between i
 seen either way. Publishing is best effort: a lost event costs a reader at most a
 periodic database check, never the turn.
 
-Without Redis (the embedded default) there is nothing to subscribe to: readers poll
-the database, and the stream replays a finished turn from it.
+Waiting holds no thread, worker or database connection (ASGI): a web process keeps
+ONE pub/sub connection for all of its waiters. A waiter subscribes its turn's
+channel on it (the first waiter of a channel subscribes, the last unsubscribes), and
+one reader task hands each event to the waiters of its channel. The database stays
+the truth: a waiter checks the turn right after subscribing (it may have finished
+before), every RECHECK_SECONDS (a `done` lost with a Redis hiccup) and after the
+pub/sub connection was re-made; each check borrows a database connection for one
+query and gives it back (core.db.db_read).
+
+Without Redis (the embedded default) there is nothing to subscribe to: waiters poll
+the database, and the stream replays a finished turn from it. Under WSGI (runserver)
+Django drains the async bodies before answering, which changes nothing there: eager
+turns have finished before anyone reads them.
 """
 
+import asyncio
+import contextlib
 import json
 import logging
-import os
-import queue
+import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+import uuid
+from collections.abc import AsyncIterator
 from functools import lru_cache
 from typing import Any
 from uuid import UUID
 
 import redis
+import redis.asyncio as aioredis
 from django.conf import settings
 
 from chat.api.serializers import turn_detail_payload
 from chat.models import LLMCall, Message, ToolCall, Turn
-from chat.selectors import turn_is_finished
+from chat.selectors import FINISHED, turn_status
+from core.db import db_read
 
 logger = logging.getLogger(__name__)
 
-# A reader re-checks the database this often when no event arrives (lost `done`).
-RECHECK_SECONDS = 2.0
-POLL_SECONDS = 0.05
+# A waiter re-checks the database this often when no event arrives (lost `done`).
+RECHECK_SECONDS = 10.0
+POLL_SECONDS = 0.2
+RECONNECT_SECONDS = 1.0
+# Sent to every waiter when the pub/sub connection was re-made: events may be lost.
+RECHECK = ("recheck", {})
+# The longest a stream stays open waiting for a turn to finish.
+STREAM_MAX_SECONDS = 600.0
 
 
 def enabled() -> bool:
@@ -73,101 +93,167 @@ def publish_done(*, turn: Turn, messages: list[Message], llm_calls: list[LLMCall
     publish(turn.pk, "done", {"status": turn.status, "turn": payload})
 
 
-class Subscription:
-    def __init__(self, pubsub: redis.client.PubSub, name: str) -> None:
-        self.pubsub = pubsub
-        self.name = name
+# --- waiting, on the event loop ------------------------------------------------------
 
-    def get(self, timeout: float) -> tuple[str, dict] | None:
-        """The next event on this channel, or None when none arrived within `timeout`."""
-        message = self.pubsub.get_message(ignore_subscribe_messages=True, timeout=max(timeout, 0.0))
-        if message is None or message.get("type") != "message":
-            return None
-        channel_name = message.get("channel")
-        if isinstance(channel_name, bytes):
-            channel_name = channel_name.decode()
-        if channel_name != self.name:
-            return None  # a late message for the channel this connection listened to before
+
+class Hub:
+    """This process's one pub/sub connection and the waiters on each turn channel."""
+
+    def __init__(self) -> None:
+        self.waiters: dict[str, set[asyncio.Queue]] = {}
+        self.pubsub: aioredis.client.PubSub | None = None
+        self.reader: asyncio.Task | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.client: aioredis.Redis | None = None
+
+    def _bind(self) -> None:
+        """A fresh connection for each event loop (tests run several; a server one)."""
+        loop = asyncio.get_running_loop()
+        if self.loop is not loop:
+            self.loop, self.waiters, self.reader = loop, {}, None
+            self.client = aioredis.Redis.from_url(
+                settings.REDIS_URL, socket_connect_timeout=2, health_check_interval=30
+            )
+            self.pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+        if self.reader is None or self.reader.done():
+            self.reader = loop.create_task(self._read())
+
+    @contextlib.asynccontextmanager
+    async def listen(self, turn_id: UUID | str) -> AsyncIterator[asyncio.Queue]:
+        self._bind()
+        name = channel(turn_id)
+        queue: asyncio.Queue = asyncio.Queue()
+        waiters = self.waiters.setdefault(name, set())
+        waiters.add(queue)
         try:
-            payload = json.loads(message["data"])
-            return payload["event"], payload.get("data") or {}
-        except (ValueError, KeyError, TypeError):
-            return None
+            if len(waiters) == 1:
+                await self.pubsub.subscribe(name)
+            yield queue
+        finally:
+            waiters.discard(queue)
+            if not waiters and self.waiters.get(name) is waiters:
+                del self.waiters[name]
+                with contextlib.suppress(redis.RedisError, OSError, RuntimeError):
+                    await self.pubsub.unsubscribe(name)
 
-
-# Idle pub/sub connections of this process. Closing a PubSub drops its TCP
-# connection, so a waiting request borrows one instead of connecting each time.
-_idle: queue.SimpleQueue = queue.SimpleQueue()
-_idle_pid = os.getpid()
-IDLE_MAX = 32
-
-
-def _borrow() -> redis.client.PubSub:
-    global _idle, _idle_pid
-    if _idle_pid != os.getpid():  # forked: connections of the parent are not ours
-        _idle, _idle_pid = queue.SimpleQueue(), os.getpid()
-    try:
-        return _idle.get_nowait()
-    except queue.Empty:
-        return client().pubsub(ignore_subscribe_messages=True)
-
-
-def _give_back(pubsub: redis.client.PubSub) -> None:
-    if _idle.qsize() < IDLE_MAX:
-        _idle.put(pubsub)
-    else:
-        pubsub.close()
-
-
-@contextmanager
-def subscription(turn_id: UUID | str) -> Iterator[Subscription]:
-    name = channel(turn_id)
-    pubsub = _borrow()
-    clean = False
-    try:
-        pubsub.subscribe(name)
-        yield Subscription(pubsub, name)
-        clean = True
-    finally:
-        if clean:
+    async def _read(self) -> None:
+        while True:
             try:
-                pubsub.unsubscribe(name)
-                _give_back(pubsub)
-            except redis.RedisError:
-                pubsub.close()
-        else:
-            pubsub.close()
+                if not self.pubsub.subscribed:
+                    await asyncio.sleep(0.05)
+                    continue
+                message = await self.pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+            except (redis.RedisError, OSError) as exc:
+                logger.warning("turn events: pub/sub connection lost (%s); re-subscribing", exc.__class__.__name__)
+                await self._reconnect()
+                continue
+            if message is None or message.get("type") != "message":
+                continue
+            name = message["channel"].decode() if isinstance(message["channel"], bytes) else message["channel"]
+            try:
+                payload = json.loads(message["data"])
+                event = (payload["event"], payload.get("data") or {})
+            except (ValueError, KeyError, TypeError):
+                continue
+            for queue in self.waiters.get(name, ()):
+                queue.put_nowait(event)
+
+    async def _reconnect(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.pubsub.aclose()
+        await asyncio.sleep(RECONNECT_SECONDS)
+        self.pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+        with contextlib.suppress(redis.RedisError, OSError):
+            if self.waiters:
+                await self.pubsub.subscribe(*self.waiters)
+        for queues in self.waiters.values():
+            for queue in queues:
+                queue.put_nowait(RECHECK)
 
 
-def turn_wait(*, turn_id: UUID | str, timeout: float) -> tuple[bool, dict | None]:
-    """Waits up to `timeout` seconds for the turn to finish (completed or failed).
-    Returns (finished, the turn as the worker published it with `done`, if it came
-    that way). Listens on Redis when there is one, else polls the database. Never
-    waits on a Celery result."""
-    deadline = time.monotonic() + timeout
-    if not enabled() or timeout <= 0:
-        return poll(turn_id, deadline), None
+hub = Hub()
+
+
+async def finished(turn_id: UUID | str) -> bool:
+    """Has the turn finished (or gone)? One read on a pooled connection."""
+    return await db_read(turn_status, turn_id=turn_id) in (*FINISHED, None)
+
+
+async def next_event(queue: asyncio.Queue, timeout: float) -> tuple[str, dict] | None:
     try:
-        with subscription(turn_id) as events:
-            next_check = 0.0  # check right after subscribing: it may have finished before
-            while (now := time.monotonic()) < deadline:
-                if now >= next_check:
-                    if turn_is_finished(turn_id=turn_id):
-                        return True, None
-                    next_check = now + RECHECK_SECONDS
-                event = events.get(timeout=min(deadline, next_check) - now)
-                if event is not None and event[0] == "done":
-                    return True, event[1].get("turn")
-    except redis.RedisError as exc:
-        logger.warning("turn wait falls back to polling: %s", exc.__class__.__name__)
-        return poll(turn_id, deadline), None
-    return turn_is_finished(turn_id=turn_id), None
+        return await asyncio.wait_for(queue.get(), timeout=max(timeout, 0.0))
+    except TimeoutError:
+        return None
 
 
-def poll(turn_id: UUID | str, deadline: float) -> bool:
-    while True:
-        if turn_is_finished(turn_id=turn_id):
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(POLL_SECONDS)
+async def turn_wait(*, turn_id: UUID | str, timeout: float) -> tuple[bool, dict | None]:
+    """Waits up to `timeout` seconds for the turn to finish. Returns (finished, the
+    turn as the worker published it with `done`, if it came that way)."""
+    deadline = time.monotonic() + timeout
+    if not enabled():
+        while not await finished(turn_id):
+            if time.monotonic() >= deadline:
+                return False, None
+            await asyncio.sleep(POLL_SECONDS)
+        return True, None
+    async with hub.listen(turn_id) as events:
+        next_check = 0.0  # right after subscribing: it may have finished before
+        while (now := time.monotonic()) < deadline:
+            if now >= next_check:
+                if await finished(turn_id):
+                    return True, None
+                next_check = time.monotonic() + RECHECK_SECONDS
+            event = await next_event(events, min(deadline, next_check) - time.monotonic())
+            if event is not None and event[0] == "done":
+                return True, event[1].get("turn")
+            if event == RECHECK:
+                next_check = 0.0
+    return await finished(turn_id), None
+
+
+# --- fair use: open streams per user ----------------------------------------------------
+
+# Each open stream is a member of the user's sorted set, scored by when it expires
+# (a process that died without closing its streams frees them then).
+_ACQUIRE = """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then return 0 end
+redis.call('ZADD', KEYS[1], ARGV[3], ARGV[4])
+redis.call('EXPIRE', KEYS[1], ARGV[5])
+return 1
+"""
+_local_streams: dict[int, set[str]] = {}
+_local_lock = threading.Lock()
+
+
+def _streams_key(user_id: int) -> str:
+    return f"parley:streams:{user_id}"
+
+
+def stream_slot_take(*, user_id: int) -> str | None:
+    """A slot for one more open stream of this user (its token), or None when the user
+    already has MAX_STREAMS_PER_USER open."""
+    token = uuid.uuid4().hex
+    limit = settings.MAX_STREAMS_PER_USER
+    if not enabled():
+        with _local_lock:
+            mine = _local_streams.setdefault(user_id, set())
+            if len(mine) >= limit:
+                return None
+            mine.add(token)
+        return token
+    now = time.time()
+    ttl = int(STREAM_MAX_SECONDS + 60)
+    taken = client().eval(_ACQUIRE, 1, _streams_key(user_id), now, limit, now + ttl, token, ttl)
+    return token if taken else None
+
+
+def stream_slot_free(*, user_id: int, token: str) -> None:
+    if not enabled():
+        with _local_lock:
+            _local_streams.get(user_id, set()).discard(token)
+        return
+    try:
+        client().zrem(_streams_key(user_id), token)
+    except redis.RedisError:
+        logger.warning("could not free a stream slot of user %s; it expires by itself", user_id)

@@ -64,7 +64,7 @@ MIDDLEWARE = [
     "core.middleware.ApiErrorBodyMiddleware",
     "django.middleware.security.SecurityMiddleware",
     # Serves the admin and Swagger UI assets (bundled, never from a CDN) under gunicorn too.
-    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "core.middleware.StaticFilesMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -96,10 +96,20 @@ DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{BASE_DIR / '
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # Several threads (SSE, eager tasks) share the file: wait for locks instead of failing.
     DATABASES["default"].setdefault("OPTIONS", {}).update({"timeout": 20, "transaction_mode": "IMMEDIATE"})
-# Persistent connections on PostgreSQL (a new one costs more than most requests);
-# SQLite opens a file, which is cheap.
 _sqlite = DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3"
-DATABASES["default"]["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=0 if _sqlite else 60)
+# PostgreSQL: Django's own connection pool (psycopg_pool), one per process. A request
+# or task borrows a connection for what it runs and gives it back; waits on a model or
+# a stream hold none (core.db). Connections stay bounded at processes x DB_POOL_MAX_SIZE
+# whatever the concurrency. DB_POOL_MAX_SIZE=0 turns the pool off (behind PgBouncer,
+# say); connections are then kept CONN_MAX_AGE seconds.
+DB_POOL_MAX_SIZE = 0 if _sqlite else env.int("DB_POOL_MAX_SIZE", default=10)
+if DB_POOL_MAX_SIZE:
+    DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+        "min_size": min(2, DB_POOL_MAX_SIZE),
+        "max_size": DB_POOL_MAX_SIZE,
+        "timeout": env.float("DB_POOL_TIMEOUT_SECONDS", default=20.0),
+    }
+DATABASES["default"]["CONN_MAX_AGE"] = 0 if DB_POOL_MAX_SIZE else env.int("CONN_MAX_AGE", default=0 if _sqlite else 60)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_USER_MODEL = "accounts.User"
@@ -259,6 +269,9 @@ WEB_SEARCH_TIMEOUT_SECONDS = env.float("WEB_SEARCH_TIMEOUT_SECONDS", default=10.
 MAX_TOOL_ROUNDS = env.int("MAX_TOOL_ROUNDS", default=4)
 MAX_ORCHESTRATOR_STEPS = env.int("MAX_ORCHESTRATOR_STEPS", default=6)
 TURN_MAX_WAIT_SECONDS = env.int("TURN_MAX_WAIT_SECONDS", default=30)
+# Fair use (429 with Retry-After beyond them): turns queued or running, open streams.
+MAX_CONCURRENT_TURNS_PER_USER = env.int("MAX_CONCURRENT_TURNS_PER_USER", default=16)
+MAX_STREAMS_PER_USER = env.int("MAX_STREAMS_PER_USER", default=32)
 
 # --- Logging: never log request bodies or secrets ------------------------------
 LOGGING = {

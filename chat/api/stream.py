@@ -1,11 +1,15 @@
 """GET turns/{id}/stream: the server-sent events a client reads, fed by the turn's
 pub/sub channel (chat.streaming) or, without Redis, replayed from the database."""
 
+import asyncio
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
+from uuid import UUID
 
+from asgiref.sync import sync_to_async
+from django.conf import settings
 from django.http import StreamingHttpResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiResponse, extend_schema
@@ -17,68 +21,91 @@ from chat import selectors, streaming
 from chat.api.serializers import TurnDetailSerializer
 from chat.api.turns import turn_or_404
 from chat.models import Message, Turn
-from chat.selectors import FINISHED, turn_is_finished
+from chat.selectors import FINISHED, turn_status
+from core.db import db_read, db_release
+from core.exceptions import TooManyRequests
 
 # SSE comment lines keep proxies from closing an idle stream.
 HEARTBEAT_SECONDS = 15.0
-# The longest a stream stays open waiting for a turn to finish.
-STREAM_MAX_SECONDS = 600.0
 
 
 def sse(event: str, data: dict[str, Any]) -> str:
     return f"event: {event}\ndata: {json.dumps(data)}\n\n"
 
 
-def _replay(turn: Turn, final: Callable[[Turn], dict]) -> Iterator[str]:
-    for message in Message.objects.filter(turn=turn, role=Message.Role.ASSISTANT).order_by("id"):
+def _replay_events(*, turn_id: UUID | str) -> list[str]:
+    """A finished turn's events as the live stream sent them: its status, then its
+    replies (with the speaker in a round table), before `done`."""
+    messages = Message.objects.filter(turn_id=turn_id, role=Message.Role.ASSISTANT).select_related("participant")
+    events = [sse("status", {"status": turn_status(turn_id=turn_id)})]
+    for message in messages.order_by("id"):
         if message.content:
-            yield sse(
-                "delta", {"text": message.content, "message_id": message.id, "participant": message.participant_id}
-            )
-    yield sse("done", final(turn))
+            who = {"participant": message.participant_id}
+            if message.participant is not None:
+                who["participant_name"] = message.participant.name
+            events.append(sse("delta", {"text": message.content, "message_id": message.id, **who}))
+    return events
 
 
-def turn_events(*, turn: Turn, final: Callable[[Turn], dict], max_seconds: float = STREAM_MAX_SECONDS) -> Iterator[str]:
-    """The SSE body for GET turns/{id}/stream: `delta` events while the reply is
-    produced, then one `done` event carrying the turn (`final(turn)`, with its
-    status). A finished turn, or any turn without Redis, is replayed from the
-    database once it has finished."""
-    deadline = time.monotonic() + max_seconds
-    if turn.status in FINISHED or not streaming.enabled():
-        if turn.status not in FINISHED:
-            streaming.poll(turn.pk, deadline)
-            turn.refresh_from_db()
-        yield from _replay(turn, final)
-        return
-    with streaming.subscription(turn.pk) as events:
-        turn.refresh_from_db()
-        if turn.status in FINISHED:
-            yield from _replay(turn, final)
+async def _replay(turn_id: UUID | str, final: Callable[..., dict]) -> AsyncIterator[str]:
+    for event in await db_read(_replay_events, turn_id=turn_id):
+        yield event
+    yield sse("done", await db_read(final, turn_id=turn_id))
+
+
+async def turn_events(
+    *, turn: Turn, final: Callable[..., dict], on_close: Callable[[], Any] | None = None
+) -> AsyncIterator[str]:
+    """The SSE body of GET turns/{id}/stream: `status`, then `delta` (and `reset`)
+    events while the reply is produced, then one `done` carrying the turn
+    (`final(turn_id=...)`, with its status). A finished turn, or any turn without
+    Redis, is replayed from the database once finished. It runs on the event loop and
+    holds no database connection between its reads; when the client goes away the
+    body is closed, which unsubscribes at once, and `on_close` runs."""
+    deadline = time.monotonic() + streaming.STREAM_MAX_SECONDS
+    try:
+        if turn.status in FINISHED or not streaming.enabled():
+            while not await streaming.finished(turn.pk) and time.monotonic() < deadline:
+                await asyncio.sleep(streaming.POLL_SECONDS)
+            async for event in _replay(turn.pk, final):
+                yield event
             return
-        yield sse("status", {"status": turn.status})
-        last_sent = next_check = time.monotonic()
-        while (now := time.monotonic()) < deadline:
-            if now >= next_check:
-                if turn_is_finished(turn_id=turn.pk):
+        async with streaming.hub.listen(turn.pk) as events:
+            status = await db_read(turn_status, turn_id=turn.pk)
+            if status in FINISHED:
+                async for event in _replay(turn.pk, final):
+                    yield event
+                return
+            yield sse("status", {"status": status})
+            last_sent = time.monotonic()
+            next_check = last_sent + streaming.RECHECK_SECONDS
+            while (now := time.monotonic()) < deadline:
+                if now >= next_check:
+                    if await streaming.finished(turn.pk):
+                        break
+                    next_check = time.monotonic() + streaming.RECHECK_SECONDS
+                wake = min(deadline, next_check, last_sent + HEARTBEAT_SECONDS)
+                event = await streaming.next_event(events, wake - time.monotonic())
+                if event is None:
+                    if time.monotonic() - last_sent >= HEARTBEAT_SECONDS:
+                        last_sent = time.monotonic()
+                        yield ": keep-alive\n\n"
+                    continue
+                name, data = event
+                if event == streaming.RECHECK:
+                    next_check = 0.0
+                elif name == "done":
+                    if data.get("turn"):
+                        yield sse("done", data["turn"])
+                        return
                     break
-                next_check = now + streaming.RECHECK_SECONDS
-            event = events.get(timeout=min(deadline, next_check) - now)
-            if event is None:
-                if time.monotonic() - last_sent >= HEARTBEAT_SECONDS:
+                elif name in ("delta", "reset", "status"):
                     last_sent = time.monotonic()
-                    yield ": keep-alive\n\n"
-                continue
-            name, data = event
-            if name == "done":
-                if data.get("turn"):
-                    yield sse("done", data["turn"])
-                    return
-                break
-            if name in ("delta", "reset", "status"):
-                last_sent = time.monotonic()
-                yield sse(name, data)
-    turn.refresh_from_db()
-    yield sse("done", final(turn))
+                    yield sse(name, data)
+        yield sse("done", await db_read(final, turn_id=turn.pk))
+    finally:
+        if on_close is not None:
+            await sync_to_async(on_close, thread_sensitive=False)()
 
 
 class EventStreamRenderer(BaseRenderer):
@@ -106,12 +133,22 @@ class TurnStreamView(APIView):
     )
     def get(self, request: Request, turn_id) -> StreamingHttpResponse:  # noqa: ANN001
         turn = turn_or_404(request, turn_id)
+        user = request.user
+        slot = streaming.stream_slot_take(user_id=user.pk)
+        if slot is None:
+            raise TooManyRequests(
+                f"At most {settings.MAX_STREAMS_PER_USER} open streams per user; close one first.", retry_after=5
+            )
 
-        def final(current: Turn) -> dict:
-            return dict(TurnDetailSerializer(selectors.turn_get(user=request.user, turn_id=current.pk)).data)
+        def final(*, turn_id) -> dict:  # noqa: ANN001
+            return dict(TurnDetailSerializer(selectors.turn_get(user=user, turn_id=turn_id)).data)
 
+        def close() -> None:
+            streaming.stream_slot_free(user_id=user.pk, token=slot)
+
+        db_release()  # the stream holds no database connection while it waits
         response = StreamingHttpResponse(
-            turn_events(turn=turn, final=final), content_type="text/event-stream; charset=utf-8"
+            turn_events(turn=turn, final=final, on_close=close), content_type="text/event-stream; charset=utf-8"
         )
         response["Cache-Control"] = "no-cache"
         response["X-Accel-Buffering"] = "no"  # nginx: pass events through as they come

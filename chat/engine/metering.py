@@ -13,6 +13,7 @@ from chat import streaming
 from chat.engine.context import TurnContext, input_budget
 from chat.llm import ChatMessage, LLMResult, ProviderError, estimate_tokens, provider_for
 from chat.models import LLMCall, Message, Participant, ToolCall, Turn
+from core.db import db_release
 
 
 @dataclass
@@ -79,6 +80,7 @@ def llm_call_run(
         def on_delta(text: str) -> None:
             streaming.publish(turn_id, "delta", {"text": text, **who})
 
+    db_release()  # nothing holds a database connection while the model answers
     started = time.monotonic()
     try:
         result = provider_for(price.provider).complete(

@@ -25,6 +25,7 @@ from decimal import Decimal
 from functools import partial
 from uuid import UUID
 
+from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.db.models import Q
 from django.utils import timezone
@@ -39,8 +40,8 @@ from chat.engine import turn_outcome
 from chat.engine.hold import turn_hold_amount
 from chat.engine.metering import TurnOutcome
 from chat.models import CONTENT_MAX_CHARS, ChatSession, LLMCall, Message, ToolCall, Turn
-from chat.selectors import FINISHED, turn_for_idempotency_key, turn_status
-from core.exceptions import StateConflict, field_error
+from chat.selectors import FINISHED, UNFINISHED, turn_for_idempotency_key, turn_status
+from core.exceptions import StateConflict, TooManyRequests, field_error
 from reporting.services import usage_rollup_add
 
 logger = logging.getLogger(__name__)
@@ -100,6 +101,9 @@ def turn_create(
             Message.objects.create(session=session, turn=turn, role=Message.Role.USER, content=content)
             # Refuses (402) in block mode; the turn and message roll back with it.
             wallet_hold_place(user=user, amount=worst_case, reference=str(turn.pk))
+            # Counted under the wallet's row lock, which the hold took: concurrent
+            # requests of one user are counted one after the other.
+            _check_turns_in_flight(user=user)
             if session.updated_at is None or timezone.now() - session.updated_at > SESSION_TOUCH_RESOLUTION:
                 ChatSession.objects.filter(pk=session.pk).update(updated_at=timezone.now())
             transaction.on_commit(partial(dispatch.run_turn_send, turn_id=str(turn.pk)), robust=True)
@@ -109,6 +113,16 @@ def turn_create(
             return _check_replay(existing, session=session, content=content), False
         raise
     return turn, True
+
+
+def _check_turns_in_flight(*, user: User) -> None:
+    """Fair use: at most MAX_CONCURRENT_TURNS_PER_USER turns queued or running (this
+    one included), so no user fills the workers alone."""
+    limit = settings.MAX_CONCURRENT_TURNS_PER_USER
+    if Turn.objects.filter(user=user, status__in=UNFINISHED).count() > limit:
+        raise TooManyRequests(
+            f"At most {limit} turns queued or running per user; wait for one to finish.", retry_after=2
+        )
 
 
 def turns_requeue_lost(*, older_than: timedelta = timedelta(minutes=10), limit: int = 500) -> int:

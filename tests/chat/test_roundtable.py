@@ -22,6 +22,7 @@ from tests.chat.engine_support import (
     post_turn,
     price_for,
 )
+from tests.chat.sse import SyncStream
 from tests.conftest import client_for, make_user
 from tests.fakes.llm_servers import Reply
 
@@ -197,7 +198,7 @@ def test_a_round_table_streams_each_reply_with_its_speaker(owner, owner_client, 
         finally:
             connection.close()
 
-    stream = iter(owner_client.get(f"/api/v1/turns/{turn.pk}/stream").streaming_content)
+    stream = SyncStream(owner_client.get(f"/api/v1/turns/{turn.pk}/stream"))
     assert next(stream).decode().startswith("event: status")
     worker = threading.Thread(target=work)
     worker.start()

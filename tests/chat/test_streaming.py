@@ -10,11 +10,12 @@ from django.db import connection
 from chat.models import Message, Turn
 from chat.services import turn_run
 from tests.chat.conftest import post_turn
+from tests.chat.sse import SyncStream, read_all
 
 
-def events(response) -> list[tuple[str, dict]]:  # noqa: ANN001
+def events(body: bytes) -> list[tuple[str, dict]]:
     parsed = []
-    for block in b"".join(response.streaming_content).decode().split("\n\n"):
+    for block in body.decode().split("\n\n"):
         lines = [line for line in block.splitlines() if not line.startswith(":")]
         if lines:
             name = lines[0].removeprefix("event: ")
@@ -27,9 +28,10 @@ def test_a_finished_turn_is_replayed_from_the_database(owner_client, session):
     turn = post_turn(owner_client, session, "Stream me").data
     response = owner_client.get(f"/api/v1/turns/{turn['id']}/stream", HTTP_ACCEPT="text/event-stream")
     assert response.status_code == 200 and response["Content-Type"].startswith("text/event-stream")
-    received = events(response)
-    assert [name for name, _ in received] == ["delta", "done"]
-    assert received[0][1]["text"] == "Echo: Stream me"
+    received = events(read_all(response))
+    assert [name for name, _ in received] == ["status", "delta", "done"]  # the live stream's kinds
+    assert received[0][1] == {"status": "completed"}
+    assert received[1][1]["text"] == "Echo: Stream me"
     done = received[-1][1]
     assert (done["id"], done["status"], done["credits_charged"]) == (turn["id"], "completed", turn["credits_charged"])
     assert [m["content"] for m in done["messages"]] == ["Stream me", "Echo: Stream me"]
@@ -58,14 +60,14 @@ def test_a_running_turn_streams_its_reply_live_through_redis(owner_client, sessi
             connection.close()
 
     response = owner_client.get(f"/api/v1/turns/{turn.pk}/stream")
-    stream = iter(response.streaming_content)
+    stream = SyncStream(response)
     first = next(stream).decode()  # subscribed, and the turn is still queued
     assert first.startswith("event: status") and '"queued"' in first
     worker = threading.Thread(target=work)
     worker.start()
     rest = b"".join(stream).decode()
     worker.join()
-    received = events(type("R", (), {"streaming_content": [first.encode(), rest.encode()]})())
+    received = events(first.encode() + rest.encode())
     names = [name for name, _ in received]
     deltas = [data["text"] for name, data in received if name == "delta"]
     assert names[-1] == "done" and len(deltas) >= 3  # it came in pieces, before the end

@@ -24,6 +24,7 @@ from tests.chat.conftest import (
     wait_for,
     wallet_of,
 )
+from tests.chat.sse import read_all
 from tests.conftest import client_for
 from tests.fakes.llm_servers import Reply
 
@@ -71,7 +72,7 @@ def test_the_worker_streams_the_reply_live(worker_with_env, owner_client, sessio
     worker_with_env(LOCAL_LLM_LATENCY_MS="2000")
     content = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu"
     turn = post_turn(owner_client, session, content).data
-    body = b"".join(owner_client.get(f"/api/v1/turns/{turn['id']}/stream").streaming_content).decode()
+    body = read_all(owner_client.get(f"/api/v1/turns/{turn['id']}/stream")).decode()
     received = [
         (block.split("\n")[0].removeprefix("event: "), json.loads(block.split("\n")[1].removeprefix("data: ")))
         for block in body.split("\n\n") if block and not block.startswith(":")

@@ -1,0 +1,31 @@
+"""Database connections around waits. On PostgreSQL connections come from Django's
+pool (psycopg_pool); a thread that is about to wait on a model, a stream or a timer
+gives its connection back first, so connections stay bounded however many turns
+and streams are in flight."""
+
+from collections.abc import Callable
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from django.db import connections
+
+
+def db_release() -> None:
+    """Gives this thread's database connections back (to the pool) before a wait.
+    Inside a transaction (a test's, or a caller's) they stay: closing would end it."""
+    for connection in connections.all(initialized_only=True):
+        if not connection.in_atomic_block:
+            connection.close()
+
+
+async def db_read(read: Callable[..., Any], /, **kwargs: Any) -> Any:  # noqa: ANN401  whatever `read` returns
+    """`read(**kwargs)` on a thread of the shared executor, its connection given back
+    right after: an async waiter holds no connection between its reads."""
+
+    def call() -> Any:  # noqa: ANN401
+        try:
+            return read(**kwargs)
+        finally:
+            db_release()
+
+    return await sync_to_async(call, thread_sensitive=False)()

@@ -1,0 +1,107 @@
+"""The Procfile's own `web` and `worker` processes hold 100 open streams of a slow
+model while health keeps answering within a second, with PostgreSQL connections
+bounded (a reduced bench/concurrency.py)."""
+
+import asyncio
+import json
+import time
+from decimal import Decimal
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import pytest
+from django.conf import settings
+from django.db import connection
+from django.db.models import Sum
+
+from accounts.services import api_key_create, user_create
+from bench.stack import Stack, http_json, http_open, http_request, read_head, sse_events
+from billing.models import CreditHold, CreditTransaction, Wallet
+from billing.services import wallet_grant
+from chat.models import ChatSession, Turn
+from tests.chat.conftest import make_price
+from tests.conftest import _worker_env
+
+pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.worker]
+
+USERS, TURNS_EACH = 10, 10
+LATENCY_MS = 8000
+
+
+def _own_redis_db(url: str) -> str:
+    """Another Redis database than the suite's worker consumes from."""
+    parts = urlsplit(url)
+    number = int(parts.path.lstrip("/") or 0)
+    return urlunsplit(parts._replace(path=f"/{(number + 1) % 16}"))
+
+
+async def _open_stream(port: int, key: str, turn_id: str) -> tuple[asyncio.StreamWriter, object]:
+    reader, writer = await http_open(port)
+    writer.write(http_request("GET", f"/api/v1/turns/{turn_id}/stream", {"Authorization": f"Bearer {key}"}))
+    status, headers = await read_head(reader)
+    assert status == 200
+    events = sse_events(reader, headers)
+    assert (await anext(events))[0] == "status"  # subscribed: the stream is open
+    return writer, events
+
+
+async def _scenario(port: int, seeds: list[tuple[str, int]]) -> dict:
+    turns = []
+    for key, session_id in seeds:
+        for n in range(TURNS_EACH):
+            status, body = await http_json(
+                port, "POST", f"/api/v1/sessions/{session_id}/turns", {"Authorization": f"Bearer {key}"},
+                {"content": f"question {n} " + "word " * 40},
+            )  # fmt: skip
+            assert status == 202, body
+            turns.append((key, body["id"]))
+    streams = await asyncio.gather(*(_open_stream(port, key, turn_id) for key, turn_id in turns))
+    # All 100 are open now, the model still answering: the API must keep answering.
+    health = []
+    for _ in range(10):
+        began = time.perf_counter()
+        status, _ = await asyncio.wait_for(http_json(port, "GET", "/api/v1/health", {}), timeout=5)
+        health.append((status, time.perf_counter() - began))
+        await asyncio.sleep(0.1)
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()")
+        connections = cursor.fetchone()[0]
+
+    async def finish(events) -> str:  # noqa: ANN001
+        async for name, data in events:
+            if name == "done":
+                return json.loads(data)["status"]
+        return "no done event"
+
+    finals = await asyncio.gather(*(finish(events) for _, events in streams))
+    for writer, _ in streams:
+        writer.close()
+    return {"health": health, "finals": finals, "connections": connections}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_procfile_stack_holds_100_open_streams_and_health_keeps_answering(tmp_path: Path) -> None:
+    price = make_price(alias="slow")
+    seeds = []
+    for n in range(USERS):
+        user = user_create(email=f"streamer{n}@example.com")
+        wallet_grant(user=user, amount=Decimal("100"), reason="test credits")
+        _, key = api_key_create(user=user, name="streams")
+        seeds.append((key, ChatSession.objects.create(user=user, model_alias=price.alias).pk))
+    env = {**_worker_env(), "REDIS_URL": _own_redis_db(settings.REDIS_URL), "LOCAL_LLM_LATENCY_MS": str(LATENCY_MS)}
+    env.pop("DEBUG")
+    stack = Stack(env, tmp_path / "procfile.log")
+    stack.start(("web", "worker"))
+    try:
+        result = asyncio.run(_scenario(stack.port, seeds))
+    finally:
+        stack.stop()
+
+    assert all(status == 200 and seconds < 1.0 for status, seconds in result["health"]), result["health"]
+    assert result["finals"] == ["completed"] * USERS * TURNS_EACH
+    assert result["connections"] <= 50
+    assert not CreditHold.objects.filter(status=CreditHold.Status.ACTIVE).exists()
+    for wallet in Wallet.objects.filter(user__email__startswith="streamer"):
+        ledger = CreditTransaction.objects.filter(wallet=wallet).aggregate(total=Sum("amount"))["total"]
+        charged = Turn.objects.filter(user_id=wallet.user_id).aggregate(total=Sum("credits_charged"))["total"]
+        assert wallet.balance == ledger == Decimal("100") - charged and wallet.held == 0
