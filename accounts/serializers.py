@@ -2,6 +2,7 @@ from django.contrib.auth.password_validation import validate_password
 from rest_framework import serializers
 
 from accounts.models import ApiKey, User
+from core.fields import StrictCharField
 
 
 class UserSerializer(serializers.ModelSerializer):
@@ -13,8 +14,8 @@ class UserSerializer(serializers.ModelSerializer):
 
 class RegisterSerializer(serializers.Serializer):
     email = serializers.EmailField(max_length=254)
-    password = serializers.CharField(min_length=8, max_length=128, write_only=True)
-    key_name = serializers.CharField(max_length=100, required=False, default="default")
+    password = StrictCharField(min_length=8, max_length=128, write_only=True)
+    key_name = StrictCharField(max_length=100, required=False, default="default")
 
     def validate_password(self, value: str) -> str:
         validate_password(value)
@@ -29,7 +30,7 @@ class ApiKeySerializer(serializers.ModelSerializer):
 
 
 class ApiKeyCreateSerializer(serializers.Serializer):
-    name = serializers.CharField(max_length=100)
+    name = StrictCharField(max_length=100)
 
 
 class ApiKeyCreatedSerializer(ApiKeySerializer):

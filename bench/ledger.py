@@ -1,6 +1,6 @@
 """Ledger benchmark: debits per second through billing.services on one hot wallet
 and spread over many wallets, against bare single-row UPDATEs of the same table, all
-in one run on the same machine (SPEC section 9).
+in one run on the same machine.
 
     DATABASE_URL=postgres://postgres@127.0.0.1:5432/parley .venv/bin/python bench/ledger.py
 

@@ -1,4 +1,4 @@
-"""Turn pipeline benchmark (SPEC section 9): completed turns per second through the
+"""Turn pipeline benchmark: completed turns per second through the
 HTTP API against the bare INSERT endpoint of the same stack, in one run.
 
     .venv/bin/python bench/turns.py [--clients 8] [--seconds 15]

@@ -1,6 +1,6 @@
 """Usage summary benchmark: the summary served from the daily rollups against the same
 summary aggregated from the raw LLM calls, over 1M and 10M calls, results compared for
-equality; and what keeping the rollups current costs the turn completion (SPEC section 9).
+equality; and what keeping the rollups current costs the turn completion.
 
     DATABASE_URL=postgres://postgres@127.0.0.1:5432/parley .venv/bin/python bench/usage.py --rows 1000000
     DATABASE_URL=... .venv/bin/python bench/usage.py --rows 10000000 --skip-write   # later, in the background

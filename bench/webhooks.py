@@ -1,7 +1,7 @@
 """Webhook intake benchmark: signed `payment_intent.succeeded` events acknowledged per
 second by the Stripe webhook endpoint (10% of deliveries are duplicates), against
 the bare INSERT endpoint `POST /bench/insert` of the same stack, in one run on the
-same machine (SPEC section 9). Afterwards every event must have been granted
+same machine. Afterwards every event must have been granted
 exactly once.
 
     DATABASE_URL=postgres://postgres@127.0.0.1:5432/parley \\

@@ -3,6 +3,7 @@ from rest_framework import serializers
 
 from billing.fields import MoneyField
 from billing.models import CreditTransaction, ModelPrice
+from core.fields import StrictCharField
 
 
 class WalletSerializer(serializers.Serializer):
@@ -42,7 +43,7 @@ class GrantSerializer(serializers.Serializer):
         decimal_places=8,
         help_text=f"Credits, > 0 and at most ADMIN_GRANT_MAX ({settings.ADMIN_GRANT_MAX}); up to 8 decimal places.",
     )
-    reason = serializers.CharField(max_length=500)
+    reason = StrictCharField(max_length=500)
 
 
 class GrantedSerializer(serializers.Serializer):

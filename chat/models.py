@@ -4,7 +4,7 @@ from django.conf import settings
 from django.db import models
 from django.db.models import Q
 
-# The longest message a user can send in a turn (SPEC 5.1).
+# The longest message a user can send in a turn.
 CONTENT_MAX_CHARS = 32_000
 
 

@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 from django.conf import settings
+from django.contrib.auth.models import Permission
 from django.db import connection
+from django.test import Client
 from rest_framework.test import APIClient
 from rest_framework.throttling import SimpleRateThrottle
 
@@ -64,6 +66,22 @@ def staff_user(db):  # noqa: ANN001, ANN201
     return make_user("staff@example.com", staff=True, password="staff-password-123")
 
 
+@pytest.fixture
+def grant_staff(db):  # noqa: ANN001, ANN201
+    """A staff member who may grant credits (billing.grant_credits); `staff_user` may not."""
+    user = make_user("granter@example.com", staff=True, password="granter-password-123")
+    user.user_permissions.add(Permission.objects.get(content_type__app_label="billing", codename="grant_credits"))
+    return user
+
+
+@pytest.fixture
+def console(db) -> Client:  # noqa: ANN001
+    """The staff console (the Django admin), logged in as a superuser."""
+    client = Client()
+    client.force_login(make_user("boss@example.com", staff=True, is_superuser=True))
+    return client
+
+
 def client_for(user) -> APIClient:  # noqa: ANN001
     client = APIClient()
     _, raw_key = api_key_create(user=user, name="test")
@@ -84,6 +102,11 @@ def other_client(other_user) -> APIClient:  # noqa: ANN001
 @pytest.fixture
 def staff_client(staff_user) -> APIClient:  # noqa: ANN001
     return client_for(staff_user)
+
+
+@pytest.fixture
+def grant_staff_client(grant_staff) -> APIClient:  # noqa: ANN001
+    return client_for(grant_staff)
 
 
 @pytest.fixture

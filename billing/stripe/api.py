@@ -1,4 +1,4 @@
-"""Top-up endpoints (SPEC 5.2, 6): thin views over billing/stripe/services.py."""
+"""Top-up endpoints: thin views over billing/stripe/services.py."""
 
 from decimal import Decimal
 

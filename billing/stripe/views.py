@@ -1,4 +1,4 @@
-"""The Stripe webhook endpoint (SPEC 5.2): a thin view over
+"""The Stripe webhook endpoint: a thin view over
 billing.stripe.services.webhook_trigger_record. It answers 200 as soon as the
 verified event is stored; processing happens in Celery (sent on commit)."""
 

@@ -1,4 +1,4 @@
-"""Uploads API (SPEC 6 `files`): thin views over chat.services.files."""
+"""Uploads API (`files`): thin views over chat.services.files."""
 
 import django_filters
 from django.conf import settings

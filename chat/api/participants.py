@@ -1,4 +1,4 @@
-"""Participants API (SPEC 6 `sessions/{id}/participants`): thin views over
+"""Participants API (`sessions/{id}/participants`): thin views over
 chat.services.participants. Only the session's owner sees or changes them; for
 anyone else the session does not exist (404)."""
 

@@ -1,10 +1,11 @@
-"""Serializers for chat: request parsing and the SPEC 6 field names. Money goes out
+"""Serializers for chat: request parsing and the API's field names. Money goes out
 as strings through billing.money's formatters (ledger 8 places, usage 4)."""
 
 from rest_framework import serializers
 
 from billing.fields import MoneyField
 from chat.models import CONTENT_MAX_CHARS, ChatSession, LLMCall, Message, Participant, ToolCall, Turn, UploadedFile
+from core.fields import StrictCharField
 from core.pagination import BIGINT_MAX
 
 PROMPT_MAX_CHARS = 32_000
@@ -24,18 +25,18 @@ class SessionSerializer(serializers.ModelSerializer):
 class SessionWriteSerializer(serializers.Serializer):
     """POST sessions (every field optional) and PATCH sessions/{id}."""
 
-    title = serializers.CharField(max_length=200, allow_blank=True, required=False)
+    title = StrictCharField(max_length=200, allow_blank=True, required=False)
     mode = serializers.ChoiceField(choices=ChatSession.Mode.choices, required=False)
-    model_alias = serializers.CharField(max_length=64, allow_blank=True, required=False)
-    orchestrator_alias = serializers.CharField(max_length=64, allow_blank=True, required=False)
-    system_prompt = serializers.CharField(
+    model_alias = StrictCharField(max_length=64, allow_blank=True, required=False)
+    orchestrator_alias = StrictCharField(max_length=64, allow_blank=True, required=False)
+    system_prompt = StrictCharField(
         max_length=PROMPT_MAX_CHARS, allow_blank=True, required=False, trim_whitespace=False
     )
 
 
 class TurnCreateSerializer(serializers.Serializer):
-    content = serializers.CharField(max_length=CONTENT_MAX_CHARS, trim_whitespace=False)
-    model_alias = serializers.CharField(max_length=64, allow_blank=True, required=False)
+    content = StrictCharField(max_length=CONTENT_MAX_CHARS, trim_whitespace=False)
+    model_alias = StrictCharField(max_length=64, allow_blank=True, required=False)
 
     def validate_content(self, value: str) -> str:
         if not value.strip():
@@ -102,9 +103,9 @@ class ParticipantSerializer(serializers.ModelSerializer):
 
 
 class ParticipantWriteSerializer(serializers.Serializer):
-    name = serializers.CharField(max_length=100)
-    model_alias = serializers.CharField(max_length=64, help_text="An active alias from GET models.")
-    system_prompt = serializers.CharField(max_length=SYSTEM_PROMPT_MAX_CHARS, allow_blank=True, required=False)
+    name = StrictCharField(max_length=100)
+    model_alias = StrictCharField(max_length=64, help_text="An active alias from GET models.")
+    system_prompt = StrictCharField(max_length=SYSTEM_PROMPT_MAX_CHARS, allow_blank=True, required=False)
     position = serializers.IntegerField(
         min_value=0, max_value=POSITION_MAX, required=False, help_text="Speaking order; default: after the last."
     )

@@ -1,4 +1,4 @@
-"""Sessions (SPEC 6 `sessions`): thin views over chat.services.sessions. Every
+"""Sessions (`sessions`): thin views over chat.services.sessions. Every
 lookup starts from request.user, so another user's session is a 404."""
 
 from django.http import Http404

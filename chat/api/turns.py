@@ -1,4 +1,4 @@
-"""Turns (SPEC 6 `sessions/{id}/turns`, `turns/{id}`): thin views over
+"""Turns (`sessions/{id}/turns`, `turns/{id}`): thin views over
 chat.services.turns. Every lookup starts from request.user, so another user's turn
 is a 404. The turn stream is chat.api.stream."""
 

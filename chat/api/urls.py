@@ -1,4 +1,4 @@
-"""Chat's routes under /api/v1/ (SPEC 6). The names are what reverse() and the
+"""Chat's routes under /api/v1/. The names are what reverse() and the
 OpenAPI schema use: they do not change."""
 
 from django.urls import path

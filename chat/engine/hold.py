@@ -26,7 +26,7 @@ def _tools_offered(*, user_id: int) -> bool:
 
 
 def turn_hold_amount(*, session: ChatSession, price: ModelPrice, content: str) -> Decimal:
-    """The worst-case cost of a turn, held when it is accepted (SPEC 5.1):
+    """The worst-case cost of a turn, held when it is accepted:
 
     - a reply call: the prompt estimate (system prompt, summary, history up to the
       input budget, the new message) plus max_output_tokens (H2's single-turn rule);

@@ -1,4 +1,4 @@
-"""The life of a turn (SPEC 5.1).
+"""The life of a turn.
 
 A turn moves queued -> running -> completed | failed, each move a compare-and-set:
 
@@ -183,6 +183,11 @@ def turn_fail(*, turn_id: UUID | str, error: str) -> Turn | None:
     return turn_complete(turn=turn, outcome=TurnOutcome(error=error))
 
 
+def _aliases(llm_calls: list[LLMCall]) -> list[str]:
+    """Every model alias that took part (a round table's speakers), in call order."""
+    return list(dict.fromkeys(call.model_alias for call in llm_calls))
+
+
 def turn_complete(*, turn: Turn, outcome: TurnOutcome) -> Turn:
     """Writes the outcome in ONE transaction, once: a turn that is already finished
     is returned as it is and nothing is written or charged (a duplicate run)."""
@@ -206,7 +211,7 @@ def turn_complete(*, turn: Turn, outcome: TurnOutcome) -> Turn:
         if charge > 0:
             row = wallet_debit(
                 user=turn.user, amount=charge, reference=reference, release_hold=reference,
-                reason=f"Turn {reference} ({locked.model_alias})",
+                reason=f"Turn {reference} ({', '.join(_aliases(outcome.llm_calls) or [locked.model_alias])})",
             )  # fmt: skip
             balance = row.balance_after
         else:

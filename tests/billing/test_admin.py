@@ -222,7 +222,7 @@ def test_a_new_price_is_added_through_the_admin(admin_client):
 @pytest.mark.parametrize(
     "url", ["/admin/billing/wallet/", "/admin/billing/credittransaction/", "/admin/billing/credithold/"]
 )
-def test_admin_lists_do_not_query_per_row(client, url, staff_user):
+def test_admin_lists_do_not_query_per_row(client, url, grant_staff):
     superuser = make_user("lists@example.com", staff=True)
     superuser.is_superuser = True
     superuser.save()
@@ -238,7 +238,7 @@ def test_admin_lists_do_not_query_per_row(client, url, staff_user):
     def add_users(count: int, start: int) -> None:
         for number in range(start, start + count):
             user = make_user(f"u{number}@example.com")
-            wallet_grant(user=user, amount=Decimal("1"), reason="r", actor=staff_user)
+            wallet_grant(user=user, amount=Decimal("1"), reason="r", actor=grant_staff)
             wallet_hold_place(user=user, amount=Decimal("1"), reference=f"turn-{number}")
 
     add_users(2, 0)
@@ -247,7 +247,7 @@ def test_admin_lists_do_not_query_per_row(client, url, staff_user):
     assert queries_for_page() == few
 
 
-def test_the_wallet_page_lists_only_the_latest_rows_in_a_constant_number_of_queries(admin_client, owner, staff_user):
+def test_the_wallet_page_lists_only_the_latest_rows_in_a_constant_number_of_queries(admin_client, owner, grant_staff):
     def queries_for_page() -> tuple[int, str]:
         with CaptureQueriesContext(connection) as captured:
             response = admin_client.get(wallet_url(owner.wallet))
@@ -255,10 +255,10 @@ def test_the_wallet_page_lists_only_the_latest_rows_in_a_constant_number_of_quer
         return len(captured), response.content.decode()
 
     for number in range(3):
-        wallet_grant(user=owner, amount=Decimal("1"), reason=f"grant number {number}", actor=staff_user)
+        wallet_grant(user=owner, amount=Decimal("1"), reason=f"grant number {number}", actor=grant_staff)
     few, _ = queries_for_page()
     for number in range(3, 25):
-        wallet_grant(user=owner, amount=Decimal("1"), reason=f"grant number {number}", actor=staff_user)
+        wallet_grant(user=owner, amount=Decimal("1"), reason=f"grant number {number}", actor=grant_staff)
     many, html = queries_for_page()
     assert many == few
     assert "grant number 24" in html and "grant number 5" in html

@@ -32,9 +32,9 @@ def test_wallet_needs_a_key(anon_client):
     assert anon_client.get("/api/v1/users/me/wallet").status_code == 401
 
 
-def test_transactions_are_own_rows_only_newest_first_with_a_cursor(owner, owner_client, other_user, staff_user):
+def test_transactions_are_own_rows_only_newest_first_with_a_cursor(owner, owner_client, other_user, grant_staff):
     for number in range(5):
-        wallet_grant(user=owner, amount=Decimal(number + 1), reason=f"grant {number}", actor=staff_user)
+        wallet_grant(user=owner, amount=Decimal(number + 1), reason=f"grant {number}", actor=grant_staff)
     wallet_grant(user=other_user, amount=Decimal("99"), reason="not yours")
     own_ids = list(
         CreditTransaction.objects.filter(wallet__user=owner).order_by("-created_at", "-id").values_list("id", flat=True)
@@ -60,7 +60,7 @@ def test_transactions_are_own_rows_only_newest_first_with_a_cursor(owner, owner_
         "balance_after": "15.00000000",
         "reference": None,
         "reason": "grant 4",
-        "actor": staff_user.id,
+        "actor": grant_staff.id,
         "created_at": seen[0]["created_at"],
     }
     assert all(row["reason"] != "not yours" for row in seen)
@@ -93,10 +93,10 @@ def test_models_lists_only_active_prices(owner_client):
 # --- staff ------------------------------------------------------------------------
 
 
-def test_admin_wallet_shows_the_wallet_and_recent_transactions(owner, staff_client, staff_user):
-    wallet_grant(user=owner, amount=Decimal("3"), reason="first", actor=staff_user)
+def test_admin_wallet_shows_the_wallet_and_recent_transactions(owner, grant_staff_client, grant_staff):
+    wallet_grant(user=owner, amount=Decimal("3"), reason="first", actor=grant_staff)
     wallet_debit(user=owner, amount=Decimal("0.5"), reference="turn-a")
-    response = staff_client.get(f"/api/v1/admin/wallets/{owner.id}")
+    response = grant_staff_client.get(f"/api/v1/admin/wallets/{owner.id}")
     assert response.status_code == 200
     body = response.json()
     assert body["user_id"] == owner.id and body["email"] == owner.email
@@ -107,24 +107,24 @@ def test_admin_wallet_shows_the_wallet_and_recent_transactions(owner, staff_clie
     ]
 
 
-def test_admin_grant_records_the_staff_caller_as_actor(owner, staff_client, staff_user):
-    response = staff_client.post(
+def test_admin_grant_records_the_staff_caller_as_actor(owner, grant_staff_client, grant_staff):
+    response = grant_staff_client.post(
         f"/api/v1/admin/wallets/{owner.id}/grant", {"amount": "12.34567891", "reason": "support ticket 42"}
     )
     assert response.status_code == 201
     body = response.json()
     assert body["transaction"]["amount"] == "12.34567891"
-    assert body["transaction"]["actor"] == staff_user.id
+    assert body["transaction"]["actor"] == grant_staff.id
     assert body["transaction"]["reason"] == "support ticket 42"
     assert body["wallet"]["balance"] == "12.34567891"
     row = CreditTransaction.objects.get()
-    assert (row.kind, row.actor, row.wallet.user) == ("grant", staff_user, owner)
+    assert (row.kind, row.actor, row.wallet.user) == ("grant", grant_staff, owner)
     assert Wallet.objects.get(user=owner).balance == Decimal("12.34567891")
 
 
-def test_admin_grant_accepts_exactly_the_maximum(owner, staff_client, settings):
+def test_admin_grant_accepts_exactly_the_maximum(owner, grant_staff_client, settings):
     settings.ADMIN_GRANT_MAX = Decimal("10000")
-    response = staff_client.post(f"/api/v1/admin/wallets/{owner.id}/grant", {"amount": "10000", "reason": "max"})
+    response = grant_staff_client.post(f"/api/v1/admin/wallets/{owner.id}/grant", {"amount": "10000", "reason": "max"})
     assert response.status_code == 201
     assert Wallet.objects.get(user=owner).balance == Decimal("10000")
 
@@ -147,33 +147,37 @@ def test_admin_grant_accepts_exactly_the_maximum(owner, staff_client, settings):
         ({"amount": "5", "reason": "x" * 501}, "reason"),
     ],
 )
-def test_admin_grant_validation_names_the_field(owner, staff_client, settings, payload, field):
+def test_admin_grant_validation_names_the_field(owner, grant_staff_client, settings, payload, field):
     settings.ADMIN_GRANT_MAX = Decimal("10000")
-    response = staff_client.post(f"/api/v1/admin/wallets/{owner.id}/grant", payload)
+    response = grant_staff_client.post(f"/api/v1/admin/wallets/{owner.id}/grant", payload)
     assert response.status_code == 400
     assert list(response.json()["error"]["fields"]) == [field]
     assert not CreditTransaction.objects.exists()
     assert Wallet.objects.get(user=owner).balance == Decimal("0")
 
 
-def test_admin_grant_with_an_idempotency_key_applies_once(owner, staff_client):
+def test_admin_grant_with_an_idempotency_key_applies_once(owner, grant_staff_client):
     url = f"/api/v1/admin/wallets/{owner.id}/grant"
-    first = staff_client.post(url, {"amount": "5", "reason": "r"}, HTTP_IDEMPOTENCY_KEY="abc")
-    again = staff_client.post(url, {"amount": "5", "reason": "r"}, HTTP_IDEMPOTENCY_KEY="abc")
+    first = grant_staff_client.post(url, {"amount": "5", "reason": "r"}, HTTP_IDEMPOTENCY_KEY="abc")
+    again = grant_staff_client.post(url, {"amount": "5", "reason": "r"}, HTTP_IDEMPOTENCY_KEY="abc")
     assert first.status_code == again.status_code == 201
     assert first.json()["transaction"]["id"] == again.json()["transaction"]["id"]
     assert Wallet.objects.get(user=owner).balance == Decimal("5")
-    too_long = staff_client.post(url, {"amount": "5", "reason": "r"}, HTTP_IDEMPOTENCY_KEY="k" * 201)
+    too_long = grant_staff_client.post(url, {"amount": "5", "reason": "r"}, HTTP_IDEMPOTENCY_KEY="k" * 201)
     assert too_long.status_code == 400
     assert list(too_long.json()["error"]["fields"]) == ["Idempotency-Key"]
 
 
 @pytest.mark.parametrize("method", ["get", "post"])
-def test_admin_wallets_of_an_unknown_user_are_404(staff_client, method):
+def test_admin_wallets_of_an_unknown_user_are_404(grant_staff_client, method):
     suffix = "/grant" if method == "post" else ""
-    response = getattr(staff_client, method)(f"/api/v1/admin/wallets/999999{suffix}", {"amount": "1", "reason": "r"})
+    response = getattr(grant_staff_client, method)(
+        f"/api/v1/admin/wallets/999999{suffix}", {"amount": "1", "reason": "r"}
+    )
     assert response.status_code == 404
-    huge = getattr(staff_client, method)(f"/api/v1/admin/wallets/{10**30}{suffix}", {"amount": "1", "reason": "r"})
+    huge = getattr(grant_staff_client, method)(
+        f"/api/v1/admin/wallets/{10**30}{suffix}", {"amount": "1", "reason": "r"}
+    )
     assert huge.status_code == 404
 
 
@@ -193,20 +197,20 @@ def test_a_staff_user_sees_only_their_own_wallet_on_users_me(owner):
     assert body["results"] == []
 
 
-def test_staff_without_the_grant_permission_cannot_grant(owner, staff_without_grant):
-    response = client_for(staff_without_grant).post(
+def test_staff_without_the_grant_permission_cannot_grant(owner, staff_user):
+    response = client_for(staff_user).post(
         f"/api/v1/admin/wallets/{owner.id}/grant", {"amount": "5", "reason": "r"}, format="json"
     )
     assert response.status_code == 403
     assert not CreditTransaction.objects.filter(wallet__user=owner).exists()
     # Reading a wallet needs only staff.
-    assert client_for(staff_without_grant).get(f"/api/v1/admin/wallets/{owner.id}").status_code == 200
+    assert client_for(staff_user).get(f"/api/v1/admin/wallets/{owner.id}").status_code == 200
 
 
-def test_an_idempotency_key_reused_with_another_amount_is_422_and_grants_nothing_more(owner, staff_client):
+def test_an_idempotency_key_reused_with_another_amount_is_422_and_grants_nothing_more(owner, grant_staff_client):
     url = f"/api/v1/admin/wallets/{owner.id}/grant"
-    assert staff_client.post(url, {"amount": "5", "reason": "r"}, HTTP_IDEMPOTENCY_KEY="k1").status_code == 201
-    response = staff_client.post(url, {"amount": "7", "reason": "r"}, HTTP_IDEMPOTENCY_KEY="k1")
+    assert grant_staff_client.post(url, {"amount": "5", "reason": "r"}, HTTP_IDEMPOTENCY_KEY="k1").status_code == 201
+    response = grant_staff_client.post(url, {"amount": "7", "reason": "r"}, HTTP_IDEMPOTENCY_KEY="k1")
     assert response.status_code == 422
     assert "5.00000000" in response.json()["error"]["message"]
     owner.wallet.refresh_from_db()

@@ -22,10 +22,10 @@ def run(*args: str) -> str:
 # --- grant_credits ------------------------------------------------------------------
 
 
-def test_grant_credits_grants_through_the_service_with_the_actor(owner, staff_user):
-    output = run("grant_credits", "OWNER@example.com", "12.5", "--reason", "beta tester", "--actor", staff_user.email)
+def test_grant_credits_grants_through_the_service_with_the_actor(owner, grant_staff):
+    output = run("grant_credits", "OWNER@example.com", "12.5", "--reason", "beta tester", "--actor", grant_staff.email)
     row = CreditTransaction.objects.get()
-    assert (row.kind, row.amount, row.reason, row.actor) == ("grant", Decimal("12.5"), "beta tester", staff_user)
+    assert (row.kind, row.amount, row.reason, row.actor) == ("grant", Decimal("12.5"), "beta tester", grant_staff)
     assert Wallet.objects.get(user=owner).balance == Decimal("12.5")
     assert "balance 12.50000000" in output
 
@@ -167,7 +167,7 @@ def test_seed_demo_keeps_an_existing_demo_user(db):
     assert User.objects.filter(email="demo@parley.local").get() == user
 
 
-def test_grant_credits_refuses_an_actor_without_the_grant_permission(owner, staff_without_grant):
+def test_grant_credits_refuses_an_actor_without_the_grant_permission(owner, staff_user):
     with pytest.raises(CommandError, match="allowed to grant"):
-        run("grant_credits", owner.email, "1", "--reason", "r", "--actor", staff_without_grant.email)
+        run("grant_credits", owner.email, "1", "--reason", "r", "--actor", staff_user.email)
     assert owner.wallet.transactions.count() == 0

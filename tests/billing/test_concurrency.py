@@ -58,13 +58,13 @@ def assert_ledger_is_consistent(user) -> list[CreditTransaction]:  # noqa: ANN00
     return rows
 
 
-def test_fifty_threads_debiting_and_granting_one_wallet_leave_the_exact_balance(owner, staff_user):
+def test_fifty_threads_debiting_and_granting_one_wallet_leave_the_exact_balance(owner, grant_staff):
     wallet_grant(user=owner, amount=Decimal("100"), reason="start")
 
     def job(number: int) -> Callable[[], object]:
         if number % 5 == 0:
             return lambda: wallet_grant(
-                user=owner, amount=Decimal("1.00000001"), reason=f"grant {number}", actor=staff_user,
+                user=owner, amount=Decimal("1.00000001"), reason=f"grant {number}", actor=grant_staff,
                 reference=f"grant-{number}",
             )  # fmt: skip
         return lambda: wallet_debit(user=owner, amount=Decimal("0.33333333"), reference=f"turn-{number}")

@@ -34,13 +34,13 @@ def test_every_user_gets_an_empty_wallet(owner):
     assert (wallet.balance, wallet.held) == (Decimal("0"), Decimal("0"))
 
 
-def test_each_kind_writes_one_row_with_its_balance_after(owner, staff_user):
-    grant = wallet_grant(user=owner, amount=Decimal("10"), reason="welcome", actor=staff_user)
+def test_each_kind_writes_one_row_with_its_balance_after(owner, grant_staff):
+    grant = wallet_grant(user=owner, amount=Decimal("10"), reason="welcome", actor=grant_staff)
     topup = wallet_topup(user=owner, amount=Decimal("25.5"), reference="pi_1")
     debit = wallet_debit(user=owner, amount=Decimal("0.12345678"), reference="turn-1")
     refund = wallet_refund(user=owner, amount=Decimal("0.12345678"), reason="bad answer", reference="turn-1")
     reversal = wallet_reverse(user=owner, amount=Decimal("5.5"), reference="re_1", reason="refund at Stripe")
-    adjustment = wallet_adjust(user=owner, amount=Decimal("-0.00000001"), reason="rounding fix", actor=staff_user)
+    adjustment = wallet_adjust(user=owner, amount=Decimal("-0.00000001"), reason="rounding fix", actor=grant_staff)
 
     assert [
         (row.kind, row.amount, row.balance_after) for row in (grant, topup, debit, refund, reversal, adjustment)
@@ -52,7 +52,7 @@ def test_each_kind_writes_one_row_with_its_balance_after(owner, staff_user):
         ("reversal", Decimal("-5.50000000"), Decimal("30.00000000")),
         ("adjustment", Decimal("-0.00000001"), Decimal("29.99999999")),
     ]
-    assert grant.actor == staff_user and adjustment.actor == staff_user and topup.actor is None
+    assert grant.actor == grant_staff and adjustment.actor == grant_staff and topup.actor is None
     assert balance_of(owner) == Decimal("29.99999999") == ledger_sum(owner)
     assert CreditTransaction.objects.filter(wallet__user=owner).count() == 6
 

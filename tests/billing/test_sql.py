@@ -52,7 +52,7 @@ def _state(user, path: str) -> tuple:  # noqa: ANN001
 
 @pytest.mark.postgres
 @pytest.mark.django_db
-def test_raw_ledger_and_hold_statements_write_what_the_orm_paths_write(staff_user):
+def test_raw_ledger_and_hold_statements_write_what_the_orm_paths_write(grant_staff):
     users = {path: make_user(f"{path}@example.com") for path in ("raw", "orm")}
     for path, user in users.items():
         uid = user.pk
@@ -60,7 +60,9 @@ def test_raw_ledger_and_hold_statements_write_what_the_orm_paths_write(staff_use
         def ref(name: str, path: str = path) -> str:  # references are unique across wallets
             return f"{path}-{name}"
 
-        _post(path, uid, kind=TransactionKind.GRANT, amount=Decimal("10"), reference=None, reason="r", actor=staff_user)
+        _post(
+            path, uid, kind=TransactionKind.GRANT, amount=Decimal("10"), reference=None, reason="r", actor=grant_staff
+        )
         _post(path, uid, kind=TransactionKind.DEBIT, amount=Decimal("-0.12345678"), reference=ref("turn-1"))
         assert _hold(path, uid, amount=Decimal("2.5"), reference=ref("turn-2"), block=True) is not None
         assert _hold(path, uid, amount=Decimal("1"), reference=ref("turn-3"), block=False) is not None

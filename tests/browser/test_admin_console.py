@@ -19,7 +19,9 @@ from billing.models import CreditTransaction, Wallet
 from billing.money import format_usage
 from reporting.export import usage_summary_rows
 from reporting.selectors import usage_summary, usage_summary_from_calls
-from tests.reporting.factories import CallSpec, ChatSessionFactory, ModelPriceFactory, record_turn
+from tests.billing.factories import ModelPriceFactory
+from tests.chat.factories import ChatSessionFactory
+from tests.reporting.factories import CallSpec, record_turn
 
 pytestmark = pytest.mark.browser
 

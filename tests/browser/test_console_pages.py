@@ -13,7 +13,7 @@ from selenium.webdriver.support.ui import WebDriverWait
 
 from accounts.services import user_create
 from billing.models import CreditTransaction, Wallet
-from tests.reporting.factories import ModelPriceFactory
+from tests.billing.factories import ModelPriceFactory
 
 STRIPE_TEST_KEY = "sk_test_" + "0" * 24  # Stripe on (never called here)
 

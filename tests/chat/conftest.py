@@ -22,7 +22,7 @@ START_BALANCE = Decimal("100.00000000")
 
 def expected_cost(input_tokens: int, output_tokens: int, *, in_price: Decimal = IN_PRICE,
                   out_price: Decimal = OUT_PRICE) -> Decimal:  # fmt: skip
-    """The SPEC 4 rule, computed here independently: rounded up at the 8th place."""
+    """The pricing rule, computed here independently: rounded up at the 8th place."""
     exact = (Decimal(input_tokens) * in_price + Decimal(output_tokens) * out_price) / Decimal(1_000_000)
     return exact.quantize(Decimal("0.00000001"), rounding=ROUND_CEILING)
 

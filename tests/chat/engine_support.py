@@ -1,6 +1,6 @@
 """Shared pieces of the engine tests (round tables, orchestrator, tool loop, summaries):
 prices with 8-decimal rates (so every cost needs the round-up), a funded owner, and
-the SPEC 4 cost rule computed independently of billing.money."""
+the pricing rule computed independently of billing.money."""
 
 import json
 from decimal import ROUND_CEILING, Decimal

@@ -8,22 +8,16 @@ from django.db import connection
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
 
-from accounts.services import user_create
 from chat.models import ChatSession, LLMCall, ToolCall, Turn
+from tests.billing.factories import ModelPriceFactory
+from tests.chat.factories import ChatSessionFactory
 from tests.conftest import make_user
-from tests.reporting.factories import CallSpec, ChatSessionFactory, ModelPriceFactory, record_turn
+from tests.reporting.factories import CallSpec, record_turn
 
 pytestmark = pytest.mark.django_db
 
 LISTS = ["/admin/chat/chatsession/", "/admin/chat/turn/", "/admin/chat/llmcall/", "/admin/chat/toolcall/"]
 NOON = datetime(2025, 1, 10, 12, tzinfo=UTC)
-
-
-@pytest.fixture
-def staff(db) -> Client:  # noqa: ANN001
-    client = Client()
-    client.force_login(user_create(email="boss@example.com", is_staff=True, is_superuser=True))
-    return client
 
 
 @pytest.fixture
@@ -52,25 +46,25 @@ def count_queries(client: Client, url: str) -> int:
 
 
 @pytest.mark.parametrize("url", LISTS)
-def test_lists_take_the_same_few_queries_for_many_rows(staff, prices, url, django_assert_max_num_queries):
+def test_lists_take_the_same_few_queries_for_many_rows(console, prices, url, django_assert_max_num_queries):
     make_history(users=1, turns_each=1)
-    few = count_queries(staff, url)
+    few = count_queries(console, url)
     make_history(users=60, turns_each=1)  # 61 sessions, turns and tool calls, 122 calls: over a page each
     with django_assert_max_num_queries(few):
-        response = staff.get(url)
+        response = console.get(url)
     with django_assert_max_num_queries(few):  # facet counts stay off even when asked for
-        assert staff.get(url, {"_facets": "1"}).status_code == 200
+        assert console.get(url, {"_facets": "1"}).status_code == 200
     assert response.status_code == 200
     assert len(response.context["cl"].result_list) == 50  # a full page
     assert few <= 8, few
 
 
-def test_lists_show_the_rows_with_their_user(staff, prices):
+def test_lists_show_the_rows_with_their_user(console, prices):
     make_history(users=1, turns_each=2)
     call = LLMCall.objects.select_related("user", "turn").first()
-    html = staff.get("/admin/chat/llmcall/").content.decode()
+    html = console.get("/admin/chat/llmcall/").content.decode()
     assert call.user.email in html and f"/admin/chat/turn/{call.turn_id}/change/" in html
-    html = staff.get("/admin/chat/toolcall/").content.decode()
+    html = console.get("/admin/chat/toolcall/").content.decode()
     assert call.user.email in html and "web_search" in html
 
 
@@ -80,51 +74,53 @@ def listed(client: Client, url: str, params: dict) -> set:
     return {row.pk for row in response.context["cl"].result_list}
 
 
-def test_filters_and_search(staff, prices):
+def test_filters_and_search(console, prices):
     make_history(users=2, turns_each=2)
     turn = Turn.objects.select_related("user").first()
     smart = set(LLMCall.objects.filter(model_alias="smart").values_list("pk", flat=True))
     assert len(smart) == 4
-    assert listed(staff, "/admin/chat/llmcall/", {"model_alias": "smart"}) == smart
-    assert listed(staff, "/admin/chat/turn/", {"q": str(turn.pk)}) == {turn.pk}
-    assert listed(staff, "/admin/chat/turn/", {"q": turn.user.email}) == set(
+    assert listed(console, "/admin/chat/llmcall/", {"model_alias": "smart"}) == smart
+    assert listed(console, "/admin/chat/turn/", {"q": str(turn.pk)}) == {turn.pk}
+    assert listed(console, "/admin/chat/turn/", {"q": turn.user.email}) == set(
         Turn.objects.filter(user=turn.user).values_list("pk", flat=True)
     )
-    assert listed(staff, "/admin/chat/turn/", {"session__id__exact": turn.session_id}) == set(
+    assert listed(console, "/admin/chat/turn/", {"session__id__exact": turn.session_id}) == set(
         Turn.objects.filter(session_id=turn.session_id).values_list("pk", flat=True)
     )
     call = LLMCall.objects.last()
-    assert listed(staff, "/admin/chat/llmcall/", {"q": str(call.pk)}) == {call.pk}
-    assert listed(staff, "/admin/chat/toolcall/", {"tool": "web_search"}) == set(
+    assert listed(console, "/admin/chat/llmcall/", {"q": str(call.pk)}) == {call.pk}
+    assert listed(console, "/admin/chat/toolcall/", {"tool": "web_search"}) == set(
         ToolCall.objects.values_list("pk", flat=True)
     )
     for junk in ["not-a-uuid", "99999999999999999999999", "'; drop table", "-5"]:
-        assert listed(staff, "/admin/chat/turn/", {"q": junk}) == set()
-        assert listed(staff, "/admin/chat/llmcall/", {"q": junk}) == set()
+        assert listed(console, "/admin/chat/turn/", {"q": junk}) == set()
+        assert listed(console, "/admin/chat/llmcall/", {"q": junk}) == set()
 
 
-def test_a_turn_page_shows_its_messages_calls_and_tools_read_only(staff, prices):
+def test_a_turn_page_shows_its_messages_calls_and_tools_read_only(console, prices):
     make_history(users=1, turns_each=1)
     turn = Turn.objects.get()
-    response = staff.get(f"/admin/chat/turn/{turn.pk}/change/")
+    response = console.get(f"/admin/chat/turn/{turn.pk}/change/")
     assert response.status_code == 200
     html = response.content.decode()
     assert "smart" in html and "web_search" in html
     assert 'type="submit"' not in html.split('id="content-main"', 1)[1]
-    assert staff.post(f"/admin/chat/turn/{turn.pk}/change/", {"status": "failed"}).status_code == 403
+    assert console.post(f"/admin/chat/turn/{turn.pk}/change/", {"status": "failed"}).status_code == 403
     turn.refresh_from_db()
     assert turn.status == Turn.Status.COMPLETED
 
 
 @pytest.mark.parametrize("url", LISTS)
-def test_nothing_can_be_added_or_deleted(staff, prices, url):
+def test_nothing_can_be_added_or_deleted(console, prices, url):
     make_history(users=1, turns_each=1)
     model = {"chatsession": ChatSession, "turn": Turn, "llmcall": LLMCall, "toolcall": ToolCall}[url.split("/")[3]]
     row = model.objects.first()
     before = model.objects.count()
-    assert staff.get(url + "add/").status_code == 403
-    assert staff.post(f"{url}{row.pk}/delete/", {"post": "yes"}).status_code == 403
-    assert staff.post(url, {"action": "delete_selected", "_selected_action": [row.pk], "post": "yes"}).status_code in (
+    assert console.get(url + "add/").status_code == 403
+    assert console.post(f"{url}{row.pk}/delete/", {"post": "yes"}).status_code == 403
+    assert console.post(
+        url, {"action": "delete_selected", "_selected_action": [row.pk], "post": "yes"}
+    ).status_code in (
         200,
         302,
     )

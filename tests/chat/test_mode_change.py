@@ -1,4 +1,4 @@
-"""Session mode rules (SPEC 6: an invalid mode change is 422 and changes nothing)."""
+"""Session mode rules (an invalid mode change is 422 and changes nothing)."""
 
 import pytest
 

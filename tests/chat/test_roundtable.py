@@ -1,4 +1,4 @@
-"""Round tables (SPEC 5.1): one user turn, every participant answers in position
+"""Round tables: one user turn, every participant answers in position
 order with its own system prompt and alias, seeing the question and the replies
 before it; each answer is its own message and LLM call; the turn is ONE debit."""
 
@@ -214,3 +214,15 @@ def test_a_round_table_streams_each_reply_with_its_speaker(owner, owner_client, 
     assert {(p, n) for p, n, _ in deltas} == {(a.pk, "Ann"), (b.pk, "Bob")}
     assert [p for p, _, _ in deltas] == sorted(p for p, _, _ in deltas)  # Ann's pieces all come before Bob's
     assert received[-1][0] == "done" and received[-1][1]["status"] == "completed"
+
+
+def test_the_ledger_and_the_admin_name_every_alias_of_a_round_table(owner, owner_client, panel_session, console):
+    fund(owner)
+    panel(panel_session, ("Ann", "fast"), ("Bob", "smart"), ("Cid", "fast"))
+    answer = post_turn(owner_client, panel_session, "Hello all")
+    assert answer.status_code == 201, answer.content
+
+    [debit] = debits(owner)
+    assert debit.reason == f"Turn {answer.data['id']} (fast, smart)"
+    page = console.get("/admin/chat/turn/").content.decode()
+    assert '<td class="field-models">fast, smart</td>' in page

@@ -1,4 +1,4 @@
-"""Sessions CRUD (SPEC 6): owner only, mode rules as 422 that change nothing."""
+"""Sessions CRUD: owner only, mode rules as 422 that change nothing."""
 
 import pytest
 

@@ -1,4 +1,4 @@
-"""Rolling summaries (SPEC 5.1 step 4, F51): when the history no longer fits the
+"""Rolling summaries (F51): when the history no longer fits the
 alias's budget, the messages that do not fit are folded into the session's summary by
 a metered `summary` call; when that call fails the context falls back to truncation,
 the turn still completes, and `used_fallback` is recorded and logged."""

@@ -1,4 +1,4 @@
-"""POST sessions/{id}/turns and the turn reads (SPEC 5.1, 6) on eager tasks: the
+"""POST sessions/{id}/turns and the turn reads on eager tasks: the
 turn runs when its transaction commits, so these tests commit (transaction=True)."""
 
 import uuid
@@ -98,7 +98,14 @@ def test_someone_elses_session_and_turn_are_404(owner_client, other_client, sess
 
 @pytest.mark.parametrize(
     ("content", "message"),
-    [("", "blank"), ("   \n ", "blank"), ("x" * 32_001, "no more than 32000 characters")],
+    [
+        ("", "blank"),
+        ("   \n ", "blank"),
+        ("x" * 32_001, "no more than 32000 characters"),
+        (123, "Must be a string"),
+        (True, "Must be a string"),
+        (["hi"], "Must be a string"),
+    ],  # fmt: skip
 )
 def test_bad_content_is_400_naming_content(owner_client, session, content, message):
     answer = post_turn(owner_client, session, content)

@@ -6,8 +6,10 @@ from decimal import Decimal
 import pytest
 
 from billing.money import call_cost, ledger_amount, usage_amount
+from tests.billing.factories import ModelPriceFactory
+from tests.chat.factories import ChatSessionFactory
 from tests.conftest import make_user
-from tests.reporting.factories import CallSpec, ChatSessionFactory, ModelPriceFactory, record_turn
+from tests.reporting.factories import CallSpec, record_turn
 
 
 @dataclass(frozen=True)

@@ -5,44 +5,14 @@ is set right after the insert, still inside that transaction."""
 
 from dataclasses import dataclass
 from datetime import datetime
-from decimal import Decimal
 
-import factory
 from django.db import transaction
 
 from billing.models import ModelPrice
 from billing.money import call_cost, ledger_amount, usage_amount
-from chat.models import ChatSession, LLMCall, Turn
+from chat.models import ChatSession, LLMCall
 from reporting.services import usage_rollup_add
-
-
-class ModelPriceFactory(factory.django.DjangoModelFactory):
-    class Meta:
-        model = ModelPrice
-
-    alias = factory.Sequence(lambda n: f"alias{n}")
-    provider = ModelPrice.Provider.LOCAL
-    provider_model = factory.LazyAttribute(lambda price: f"local-{price.alias}")
-    input_credits_per_mtok = Decimal("150")
-    output_credits_per_mtok = Decimal("600")
-
-
-class ChatSessionFactory(factory.django.DjangoModelFactory):
-    class Meta:
-        model = ChatSession
-
-    title = factory.Sequence(lambda n: f"Session {n}")
-    model_alias = "fast"
-
-
-class TurnFactory(factory.django.DjangoModelFactory):
-    class Meta:
-        model = Turn
-
-    session = factory.SubFactory(ChatSessionFactory)
-    user = factory.SelfAttribute("session.user")
-    model_alias = "fast"
-    status = Turn.Status.COMPLETED
+from tests.chat.factories import TurnFactory
 
 
 @dataclass(frozen=True)

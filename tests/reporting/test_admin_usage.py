@@ -10,11 +10,12 @@ import pytest
 from django.contrib.auth.models import Permission
 from django.test import Client
 
-from accounts.services import user_create
 from reporting.export import usage_summary_rows
 from reporting.selectors import usage_summary_from_calls
+from tests.billing.factories import ModelPriceFactory
+from tests.chat.factories import ChatSessionFactory
 from tests.conftest import make_user
-from tests.reporting.factories import CallSpec, ChatSessionFactory, ModelPriceFactory, record_turn
+from tests.reporting.factories import CallSpec, record_turn
 
 pytestmark = pytest.mark.django_db
 
@@ -23,13 +24,6 @@ PAGE = "/admin/reporting/usage/"
 
 def at(month: int, day: int, hour: int = 12) -> datetime:
     return datetime(2025, month, day, hour, tzinfo=UTC)
-
-
-@pytest.fixture
-def admin_browser(db) -> Client:  # noqa: ANN001
-    client = Client()
-    client.force_login(user_create(email="boss@example.com", is_staff=True, is_superuser=True))
-    return client
 
 
 @pytest.fixture
@@ -47,8 +41,8 @@ def totals_cells(html: str) -> dict[str, str]:
     return dict(re.findall(r'data-figure="(\w+)">([^<]*)<', table))
 
 
-def test_the_page_shows_totals_breakdowns_and_a_chart(admin_browser, owner, other_user, calls):
-    response = admin_browser.get(PAGE, {"from_date": "2025-01-01", "to_date": "2025-01-31"})
+def test_the_page_shows_totals_breakdowns_and_a_chart(console, owner, other_user, calls):
+    response = console.get(PAGE, {"from_date": "2025-01-01", "to_date": "2025-01-31"})
     assert response.status_code == 200
     html = response.content.decode()
     assert totals_cells(html) == {"calls": "3", "input_tokens": "3001", "output_tokens": "300", "credits": "7.7702"}
@@ -71,25 +65,25 @@ def test_the_page_shows_totals_breakdowns_and_a_chart(admin_browser, owner, othe
     assert 'href="?from_date=2025-01-01&amp;to_date=2025-01-31&amp;format=csv"' in html
 
 
-def test_the_user_id_link_from_the_wallet_page_filters_one_user(admin_browser, owner, calls):
-    html = admin_browser.get(PAGE, {"user_id": owner.pk}).content.decode()
+def test_the_user_id_link_from_the_wallet_page_filters_one_user(console, owner, calls):
+    html = console.get(PAGE, {"user_id": owner.pk}).content.decode()
     assert f'User: <a href="/admin/accounts/user/{owner.pk}/change/">{owner.email}</a>' in html
     assert totals_cells(html) == {"calls": "2", "input_tokens": "3000", "output_tokens": "300", "credits": "7.7700"}
     assert "other@example.com" not in html
 
 
-def test_filters_by_user_email_case_insensitively(admin_browser, owner, calls):
-    html = admin_browser.get(PAGE, {"user": owner.email.upper()}).content.decode()
+def test_filters_by_user_email_case_insensitively(console, owner, calls):
+    html = console.get(PAGE, {"user": owner.email.upper()}).content.decode()
     assert f">{owner.email}</a>" in html.split('class="usage-scope"', 1)[1]
     assert totals_cells(html) == {"calls": "2", "input_tokens": "3000", "output_tokens": "300", "credits": "7.7700"}
     # The by-user rows link to the page narrowed by email.
-    html = admin_browser.get(PAGE).content.decode()
+    html = console.get(PAGE).content.decode()
     by_user = html.split('id="usage-by-user"', 1)[1].split("</table>", 1)[0]
     assert f'href="?user={owner.email.replace("@", "%40")}"' in by_user
 
 
-def test_filters_by_model_and_bucket(admin_browser, calls):
-    html = admin_browser.get(PAGE, {"model_alias": "fast", "bucket": "month"}).content.decode()
+def test_filters_by_model_and_bucket(console, calls):
+    html = console.get(PAGE, {"model_alias": "fast", "bucket": "month"}).content.decode()
     assert totals_cells(html) == {"calls": "2", "input_tokens": "1001", "output_tokens": "200", "credits": "0.2702"}
     assert re.findall(r'data-bucket="([\d-]+)"', html) == ["2025-01-01"]
 
@@ -107,19 +101,19 @@ def test_filters_by_model_and_bucket(admin_browser, calls):
         ({"model_alias": "nope"}, "model_alias", "Select a valid choice."),
     ],
 )
-def test_bad_filters_are_shown_next_to_the_field_without_figures(admin_browser, calls, params, field, message):
-    response = admin_browser.get(PAGE, params)
+def test_bad_filters_are_shown_next_to_the_field_without_figures(console, calls, params, field, message):
+    response = console.get(PAGE, params)
     assert response.status_code == 200
     html = response.content.decode()
     block = html.split(f'id="filter-{field}"', 1)[1].split("</div>", 1)[0]
     assert 'class="errorlist' in block and message in block
     assert 'id="usage-totals"' not in html
-    csv_response = admin_browser.get(PAGE, {**params, "format": "csv"})
+    csv_response = console.get(PAGE, {**params, "format": "csv"})
     assert csv_response["Content-Type"].startswith("text/html")
 
 
-def test_csv_download_has_the_api_rows(admin_browser, calls):
-    response = admin_browser.get(
+def test_csv_download_has_the_api_rows(console, calls):
+    response = console.get(
         PAGE, {"from_date": "2025-01-01", "to_date": "2025-01-31", "bucket": "week", "format": "csv"}
     )
     assert response.status_code == 200
@@ -131,14 +125,14 @@ def test_csv_download_has_the_api_rows(admin_browser, calls):
     assert list(csv.reader(io.StringIO(response.content.decode()))) == usage_summary_rows(expected)
 
 
-def test_an_empty_selection_shows_zeros(admin_browser, calls):
-    html = admin_browser.get(PAGE, {"from_date": "2030-01-01"}).content.decode()
+def test_an_empty_selection_shows_zeros(console, calls):
+    html = console.get(PAGE, {"from_date": "2030-01-01"}).content.decode()
     assert totals_cells(html) == {"calls": "0", "input_tokens": "0", "output_tokens": "0", "credits": "0.0000"}
     assert "No usage in this selection." in html
 
 
-def test_the_page_is_in_the_admin_index(admin_browser):
-    html = admin_browser.get("/admin/").content.decode()
+def test_the_page_is_in_the_admin_index(console):
+    html = console.get("/admin/").content.decode()
     assert f'href="{PAGE}"' in html and "Usage summary" in html
 
 
@@ -155,7 +149,7 @@ def test_only_staff_with_the_view_permission_see_it(calls):
     assert client.get(PAGE).status_code == 200
 
 
-def test_there_is_nothing_to_add_change_or_delete(admin_browser):
-    assert admin_browser.get(PAGE + "add/").status_code == 404
-    assert admin_browser.get(PAGE + "1/change/").status_code == 404
-    assert admin_browser.post(PAGE, {"from_date": "2025-01-01"}).status_code == 200  # a POST is just a page view
+def test_there_is_nothing_to_add_change_or_delete(console):
+    assert console.get(PAGE + "add/").status_code == 404
+    assert console.get(PAGE + "1/change/").status_code == 404
+    assert console.post(PAGE, {"from_date": "2025-01-01"}).status_code == 200  # a POST is just a page view

@@ -9,7 +9,9 @@ from django.core.management.base import CommandError
 
 from reporting.export import usage_summary_rows
 from reporting.selectors import usage_summary_from_calls
-from tests.reporting.factories import CallSpec, ChatSessionFactory, ModelPriceFactory, record_turn
+from tests.billing.factories import ModelPriceFactory
+from tests.chat.factories import ChatSessionFactory
+from tests.reporting.factories import CallSpec, record_turn
 
 pytestmark = pytest.mark.django_db
 

@@ -10,8 +10,10 @@ from chat.models import LLMCall
 from reporting.models import UsageDaily
 from reporting.selectors import usage_summary, usage_summary_from_calls
 from reporting.services import usage_rollup_add, usage_rollups_rebuild
+from tests.billing.factories import ModelPriceFactory
+from tests.chat.factories import ChatSessionFactory
 from tests.conftest import make_user
-from tests.reporting.factories import CallSpec, ChatSessionFactory, ModelPriceFactory, record_turn
+from tests.reporting.factories import CallSpec, record_turn
 
 NOON = datetime(2025, 1, 10, 12, 0, tzinfo=UTC)
 

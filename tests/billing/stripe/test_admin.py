@@ -18,11 +18,11 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 
 @pytest.fixture
-def admin_browser(staff_user) -> Client:  # noqa: ANN001
-    staff_user.is_superuser = True
-    staff_user.save(update_fields=["is_superuser"])
+def admin_browser(grant_staff) -> Client:  # noqa: ANN001
+    grant_staff.is_superuser = True
+    grant_staff.save(update_fields=["is_superuser"])
     browser = Client()
-    browser.force_login(staff_user)
+    browser.force_login(grant_staff)
     return browser
 
 
