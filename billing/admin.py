@@ -9,6 +9,7 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 
 from billing.models import GRANT_PERMISSION, CreditHold, CreditTransaction, ModelPrice, Wallet
+from billing.money import format_ledger
 from billing.selectors import model_price_for_alias
 from billing.services import (
     PRICE_FIELDS,
@@ -66,12 +67,16 @@ class RecentTransactionsInline(admin.TabularInline):
 class WalletAdmin(admin.ModelAdmin):
     """Read-only: balances move only through billing.services (here: the grant form)."""
 
-    list_display = ["user", "balance", "held", "available", "updated_at"]
+    list_display = ["user", "balance", "held", "available_credits", "updated_at"]
     list_select_related = ["user"]
     search_fields = ["user__email"]
-    fields = ["user", "balance", "held", "available", "created_at", "updated_at"]
+    fields = ["user", "balance", "held", "available_credits", "created_at", "updated_at"]
     readonly_fields = fields
     inlines = [RecentTransactionsInline]
+
+    @admin.display(description="available")
+    def available_credits(self, obj: Wallet) -> str:
+        return format_ledger(obj.available)  # "0.00000000", never Decimal's "0E-8"
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False  # a wallet is created with its user

@@ -264,3 +264,8 @@ def test_the_wallet_page_lists_only_the_latest_rows_in_a_constant_number_of_quer
     assert "grant number 24" in html and "grant number 5" in html
     assert "grant number 4<" not in html and "grant number 0<" not in html  # older than the latest 20
     assert "25.00000000" in html
+
+
+def test_an_empty_wallet_shows_available_as_a_plain_amount(console, owner):
+    page = console.get(f"/admin/billing/wallet/{owner.wallet.pk}/change/").content.decode()
+    assert "0.00000000" in page and "0E-8" not in page
