@@ -103,7 +103,7 @@ def _expand(command: str, env: dict[str, str]) -> list[str]:
     expanded = re.sub(r"\$\{(\w+)(?::-([^}]*))?\}|\$(\w+)", value, command)
     words = shlex.split(expanded)
     # `celery`, `gunicorn` and the like from this project's virtualenv.
-    return [PYTHON, "-m", words[0], *words[1:]] if words[0] in ("gunicorn", "celery") else words
+    return [PYTHON, "-m", words[0], *words[1:]] if words[0] in ("gunicorn", "celery", "uvicorn") else words
 
 
 class Stack:

@@ -96,32 +96,47 @@ def publish_done(*, turn: Turn, messages: list[Message], llm_calls: list[LLMCall
 # --- waiting, on the event loop ------------------------------------------------------
 
 
+def _event(message: dict | None) -> tuple[str, tuple[str, dict]] | None:
+    """(channel, (event, data)) of a pub/sub message; None for anything else."""
+    if message is None or message.get("type") != "message":
+        return None
+    name = message["channel"].decode() if isinstance(message["channel"], bytes) else message["channel"]
+    try:
+        payload = json.loads(message["data"])
+        return name, (payload["event"], payload.get("data") or {})
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def _redis() -> aioredis.Redis:
+    return aioredis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=2, health_check_interval=30)
+
+
 class Hub:
-    """This process's one pub/sub connection and the waiters on each turn channel."""
+    """The server's one pub/sub connection and the waiters on each turn channel. It
+    serves the event loop of the process's main thread (the ASGI server's). A waiter
+    on any other loop (a sync caller bridged with async_to_sync, a test) gets a
+    connection of its own for the length of its wait."""
 
     def __init__(self) -> None:
         self.waiters: dict[str, set[asyncio.Queue]] = {}
         self.pubsub: aioredis.client.PubSub | None = None
         self.reader: asyncio.Task | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
-        self.client: aioredis.Redis | None = None
 
-    def _bind(self) -> None:
-        """A fresh connection for each event loop (tests run several; a server one)."""
-        loop = asyncio.get_running_loop()
-        if self.loop is not loop:
-            self.loop, self.waiters, self.reader = loop, {}, None
-            self.client = aioredis.Redis.from_url(
-                settings.REDIS_URL, socket_connect_timeout=2, health_check_interval=30
-            )
-            self.pubsub = self.client.pubsub(ignore_subscribe_messages=True)
-        if self.reader is None or self.reader.done():
-            self.reader = loop.create_task(self._read())
+    def listen(self, turn_id: UUID | str) -> contextlib.AbstractAsyncContextManager[asyncio.Queue]:
+        if threading.current_thread() is threading.main_thread():
+            return self._listen_shared(channel(turn_id))
+        return self._listen_alone(channel(turn_id))
 
     @contextlib.asynccontextmanager
-    async def listen(self, turn_id: UUID | str) -> AsyncIterator[asyncio.Queue]:
-        self._bind()
-        name = channel(turn_id)
+    async def _listen_shared(self, name: str) -> AsyncIterator[asyncio.Queue]:
+        loop = asyncio.get_running_loop()
+        if self.loop is not loop:  # a new server loop (a test may run several in turn)
+            self.loop, self.waiters, self.reader = loop, {}, None
+            self.pubsub = _redis().pubsub(ignore_subscribe_messages=True)
+        if self.reader is None or self.reader.done():
+            self.reader = loop.create_task(self._read())
         queue: asyncio.Queue = asyncio.Queue()
         waiters = self.waiters.setdefault(name, set())
         waiters.add(queue)
@@ -142,33 +157,56 @@ class Hub:
                 if not self.pubsub.subscribed:
                     await asyncio.sleep(0.05)
                     continue
-                message = await self.pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                got = _event(await self.pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0))
             except (redis.RedisError, OSError) as exc:
                 logger.warning("turn events: pub/sub connection lost (%s); re-subscribing", exc.__class__.__name__)
                 await self._reconnect()
                 continue
-            if message is None or message.get("type") != "message":
-                continue
-            name = message["channel"].decode() if isinstance(message["channel"], bytes) else message["channel"]
-            try:
-                payload = json.loads(message["data"])
-                event = (payload["event"], payload.get("data") or {})
-            except (ValueError, KeyError, TypeError):
-                continue
-            for queue in self.waiters.get(name, ()):
-                queue.put_nowait(event)
+            if got is not None:
+                for queue in self.waiters.get(got[0], ()):
+                    queue.put_nowait(got[1])
 
     async def _reconnect(self) -> None:
         with contextlib.suppress(Exception):
             await self.pubsub.aclose()
         await asyncio.sleep(RECONNECT_SECONDS)
-        self.pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+        self.pubsub = _redis().pubsub(ignore_subscribe_messages=True)
         with contextlib.suppress(redis.RedisError, OSError):
             if self.waiters:
                 await self.pubsub.subscribe(*self.waiters)
         for queues in self.waiters.values():
             for queue in queues:
                 queue.put_nowait(RECHECK)
+
+    @staticmethod
+    @contextlib.asynccontextmanager
+    async def _listen_alone(name: str) -> AsyncIterator[asyncio.Queue]:
+        client = _redis()
+        pubsub = client.pubsub(ignore_subscribe_messages=True)
+        queue: asyncio.Queue = asyncio.Queue()
+
+        async def read() -> None:
+            try:
+                while True:
+                    got = _event(await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0))
+                    if got is not None:
+                        queue.put_nowait(got[1])
+            except (redis.RedisError, OSError):
+                queue.put_nowait(RECHECK)
+
+        try:
+            await pubsub.subscribe(name)
+            reader = asyncio.create_task(read())
+            try:
+                yield queue
+            finally:
+                reader.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await reader
+        finally:
+            with contextlib.suppress(redis.RedisError, OSError, RuntimeError):
+                await pubsub.aclose()
+                await client.aclose()
 
 
 hub = Hub()

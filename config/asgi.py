@@ -1,6 +1,10 @@
 import os
 
-from django.core.asgi import get_asgi_application
+import django
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
-application = get_asgi_application()
+django.setup(set_prefix=False)
+
+from core.asgi import ASGIHandler  # noqa: E402  Django is set up first, as get_asgi_application does
+
+application = ASGIHandler()

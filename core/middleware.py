@@ -13,10 +13,8 @@ traceback still goes to the log (django.request), never to the client.
 from collections.abc import Callable
 from http import HTTPStatus
 
-from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
 from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponse, JsonResponse
-from whitenoise.middleware import WhiteNoiseMiddleware
 
 from core.exceptions import error_body, request_too_large_body
 
@@ -43,26 +41,11 @@ def _is_json(response: HttpResponse) -> bool:
 
 
 class ApiErrorBodyMiddleware:
-    # Sync and async: under ASGI a sync-only middleware would make every request hop
-    # from the event loop to a thread and back before the view's own hop.
-    sync_capable = True
-    async_capable = True
-
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
         self.get_response = get_response
-        if iscoroutinefunction(get_response):
-            markcoroutinefunction(self)
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
-        if iscoroutinefunction(self):
-            return self.__acall__(request)
-        return self._json_error(request, self.get_response(request))
-
-    async def __acall__(self, request: HttpRequest) -> HttpResponse:
-        return self._json_error(request, await self.get_response(request))
-
-    @staticmethod
-    def _json_error(request: HttpRequest, response: HttpResponse) -> HttpResponse:
+        response = self.get_response(request)
         if not request.path.startswith(API_PREFIX) or response.status_code < 400 or _is_json(response):
             return response
         status = response.status_code
@@ -79,28 +62,3 @@ class ApiErrorBodyMiddleware:
         if request.path.startswith(API_PREFIX) and isinstance(exception, RequestDataTooBig):
             return JsonResponse(request_too_large_body(), status=413)
         return None
-
-
-class StaticFilesMiddleware(WhiteNoiseMiddleware):
-    """WhiteNoise, able to sit in an async middleware chain (its own middleware is
-    sync only, which under ASGI costs every request two extra thread hops). Finding a
-    file is a dictionary lookup; only serving one runs on a thread."""
-
-    sync_capable = True
-    async_capable = True
-
-    def __init__(self, get_response) -> None:  # noqa: ANN001
-        super().__init__(get_response)
-        if iscoroutinefunction(get_response):
-            markcoroutinefunction(self)
-
-    def __call__(self, request: HttpRequest) -> HttpResponse:
-        if iscoroutinefunction(self):
-            return self.__acall__(request)
-        return super().__call__(request)
-
-    async def __acall__(self, request: HttpRequest) -> HttpResponse:
-        static_file = self.find_file(request.path_info) if self.autorefresh else self.files.get(request.path_info)
-        if static_file is not None:
-            return await sync_to_async(self.serve, thread_sensitive=False)(static_file, request)
-        return await self.get_response(request)

@@ -3,9 +3,9 @@ chat.services.turns. Every lookup starts from request.user, so another user's tu
 is a 404. The turn stream is chat.api.stream."""
 
 import re
-from functools import wraps
+from functools import partial
 
-from asgiref.sync import sync_to_async
+from asgiref.sync import async_to_sync
 from django.conf import settings
 from django.http import Http404
 from django.urls import reverse
@@ -20,7 +20,7 @@ from chat.api.serializers import TurnCreateSerializer, TurnDetailSerializer, Tur
 from chat.api.sessions import session_or_404
 from chat.models import Turn
 from chat.services.turns import turn_create
-from core.db import db_read, db_release
+from core.db import db_read
 from core.exceptions import field_error
 from core.pagination import NewestFirstCursorPagination
 
@@ -57,40 +57,32 @@ def _turn_detail(*, user, turn_id) -> dict:  # noqa: ANN001
     return dict(TurnDetailSerializer(selectors.turn_get(user=user, turn_id=turn_id)).data)
 
 
-def waits_on_the_event_loop(view):  # noqa: ANN001, ANN201
-    """Wraps a DRF view whose answer may ask to wait for a turn (`response.turn_wait`
-    = (turn id, user, seconds)). The view runs on a thread as usual; then its
-    database connection is given back and the wait happens on the event loop, so a
-    waiting request holds no thread and no connection (ASGI). The DRF view's own
-    attributes (csrf_exempt, cls for the schema) are kept."""
+def _turn_answer(response: Response, *, user, turn_id, published: dict | None = None) -> Response:  # noqa: ANN001
+    """The turn as GET turns/{id} shows it (as the worker published it with `done`,
+    or read): 201 when it has finished, else 202 with Location."""
+    response.data = published or _turn_detail(user=user, turn_id=turn_id)
+    finished = response.data["status"] in selectors.FINISHED
+    response.status_code = status.HTTP_201_CREATED if finished else status.HTTP_202_ACCEPTED
+    if not finished:
+        response["Location"] = reverse("turn", kwargs={"turn_id": turn_id})
+    return response
 
-    @wraps(view)
-    async def waiting_view(request, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
-        response = await sync_to_async(view)(request, *args, **kwargs)
-        await sync_to_async(db_release)()  # on the view's own thread: its connection goes back
-        pending = getattr(response, "turn_wait", None)
-        if pending is None:
-            return response
-        turn_id, user, wait = pending
-        finished, published = await streaming.turn_wait(turn_id=turn_id, timeout=wait)
-        # The worker publishes the finished turn with its `done` event: no read needed.
-        response.data = published or await db_read(_turn_detail, user=user, turn_id=turn_id)
-        if finished:
-            response.status_code = status.HTTP_201_CREATED
-            del response["Location"]
-        return response
 
-    return waiting_view
+async def _answer_after_wait(response: Response, *, user, turn_id, wait: float) -> Response:  # noqa: ANN001
+    """`Prefer: wait` on the event loop (core.asgi): no thread, no connection held."""
+    _, published = await streaming.turn_wait(turn_id=turn_id, timeout=wait)
+    if published is None:
+        await db_read(_turn_answer, response=response, user=user, turn_id=turn_id)
+    else:
+        _turn_answer(response, user=user, turn_id=turn_id, published=published)
+    response.content = response.rendered_content  # rendered in the thread before the wait
+    return response
 
 
 class SessionTurnsView(generics.ListAPIView):
     serializer_class = TurnSerializer
     pagination_class = NewestFirstCursorPagination
     queryset = Turn.objects.none()
-
-    @classmethod
-    def as_view(cls, **initkwargs):  # noqa: ANN003, ANN206
-        return waits_on_the_event_loop(super().as_view(**initkwargs))
 
     def get_queryset(self):  # noqa: ANN201
         return selectors.turns_for_session(session=session_or_404(self.request, self.kwargs["session_id"]))
@@ -127,19 +119,16 @@ class SessionTurnsView(generics.ListAPIView):
             user=request.user, session=session, idempotency_key=key, **serializer.validated_data
         )
         wait = _prefer_wait(request)
-        if wait and selectors.turn_status(turn_id=turn.pk) not in selectors.FINISHED:
-            # The body is the turn as it is after the wait (waits_on_the_event_loop).
-            response = Response(status=status.HTTP_202_ACCEPTED)
-            response.turn_wait = (turn.pk, request.user, wait)
-        else:  # no wait asked, or already finished (an eager run, a replayed key)
-            current = selectors.turn_get(user=request.user, turn_id=turn.pk)
-            finished = current.status in selectors.FINISHED
-            response = Response(
-                TurnDetailSerializer(current).data,
-                status=status.HTTP_201_CREATED if finished else status.HTTP_202_ACCEPTED,
+        response = Response(status=status.HTTP_202_ACCEPTED)
+        if not wait or selectors.turn_status(turn_id=turn.pk) in selectors.FINISHED:
+            _turn_answer(response, user=request.user, turn_id=turn.pk)
+        elif getattr(request, "waits_on_event_loop", False):
+            response.finish_on_event_loop = partial(
+                _answer_after_wait, response, user=request.user, turn_id=turn.pk, wait=wait
             )
-        if response.status_code == status.HTTP_202_ACCEPTED:
-            response["Location"] = reverse("turn", kwargs={"turn_id": turn.pk})
+        else:  # WSGI (runserver, the test client): this thread waits
+            _, published = async_to_sync(streaming.turn_wait)(turn_id=turn.pk, timeout=wait)
+            _turn_answer(response, user=request.user, turn_id=turn.pk, published=published)
         if wait:
             response["Preference-Applied"] = f"wait={wait:g}"
         if not created:

@@ -1,0 +1,49 @@
+"""The web process's ASGI handler: Django's, run the way its WSGI handler runs
+requests, plus waits that hold nothing.
+
+Django's own ASGI handler runs every sync middleware method, the view and the
+rendering in threads made for each request (ThreadSensitiveContext), a dozen hops per
+request here: it cost twice the CPU of the same request under gunicorn's threads.
+This one builds the middleware chain sync, as WSGI does, and runs chain and view in
+ONE hop to a shared thread pool (threads, their database wrappers and cache clients
+are reused), then gives the thread's database connection back to the pool. What
+must wait (a streamed body, a `Prefer: wait`) waits on the event loop:
+
+- a streaming response with an async iterator is sent from the loop, as Django does;
+- a response may carry `finish_on_event_loop`, a coroutine function the handler
+  awaits (on the loop) for the final response. Views learn they may use it from
+  `request.waits_on_event_loop`; under WSGI they wait the old way.
+"""
+
+from asgiref.sync import sync_to_async
+from django.core.handlers import base
+from django.core.handlers.asgi import ASGIHandler as DjangoASGIHandler
+from django.http import HttpRequest, HttpResponseBase
+
+from core.db import db_release
+
+
+class ASGIHandler(DjangoASGIHandler):
+    def __init__(self) -> None:
+        base.BaseHandler.__init__(self)
+        self.load_middleware(is_async=False)  # one sync chain, run in one hop
+
+    async def __call__(self, scope: dict, receive, send) -> None:  # noqa: ANN001
+        if scope["type"] != "http":
+            raise ValueError(f"Django can only handle ASGI/HTTP connections, not {scope['type']}.")
+        # Without Django's per-request ThreadSensitiveContext: the chain and the view
+        # run on the shared pool (get_response_async); the few thread-sensitive calls
+        # left (signals, closing a response) share one long-lived thread.
+        await self.handle(scope, receive, send)
+
+    async def get_response_async(self, request: HttpRequest) -> HttpResponseBase:
+        request.waits_on_event_loop = True
+        response = await sync_to_async(self._get_response_on_a_pool_thread, thread_sensitive=False)(request)
+        finish = getattr(response, "finish_on_event_loop", None)
+        return await finish() if finish is not None else response
+
+    def _get_response_on_a_pool_thread(self, request: HttpRequest) -> HttpResponseBase:
+        try:
+            return self.get_response(request)
+        finally:
+            db_release()
