@@ -79,6 +79,15 @@ def turn_get(*, user: User, turn_id: UUID) -> Turn | None:
     )
 
 
+def turn_brief(*, user: User, turn_id: UUID) -> Turn | None:
+    """The user's turn with only its id and status (a stream opening needs no more)."""
+    return Turn.objects.filter(pk=turn_id, user=user, session__deleted_at__isnull=True).only("id", "status").first()
+
+
+def turn_messages(*, turn_id: UUID) -> list[Message]:
+    return list(Message.objects.filter(turn_id=turn_id).order_by("id"))
+
+
 def turn_for_idempotency_key(*, user: User, key: str) -> Turn | None:
     return Turn.objects.filter(user=user, idempotency_key=key).first()
 

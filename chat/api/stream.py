@@ -10,7 +10,7 @@ from uuid import UUID
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.http import StreamingHttpResponse
+from django.http import Http404, StreamingHttpResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework.renderers import BaseRenderer, JSONRenderer
@@ -19,7 +19,6 @@ from rest_framework.views import APIView
 
 from chat import selectors, streaming
 from chat.api.serializers import TurnDetailSerializer
-from chat.api.turns import turn_or_404
 from chat.models import Message, Turn
 from chat.selectors import FINISHED, turn_status
 from core.db import db_read, db_release
@@ -132,7 +131,9 @@ class TurnStreamView(APIView):
         }
     )
     def get(self, request: Request, turn_id) -> StreamingHttpResponse:  # noqa: ANN001
-        turn = turn_or_404(request, turn_id)
+        turn = selectors.turn_brief(user=request.user, turn_id=turn_id)
+        if turn is None:
+            raise Http404
         user = request.user
         slot = streaming.stream_slot_take(user_id=user.pk)
         if slot is None:

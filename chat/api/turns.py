@@ -16,7 +16,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from chat import selectors, streaming
-from chat.api.serializers import TurnCreateSerializer, TurnDetailSerializer, TurnSerializer
+from chat.api.serializers import TurnCreateSerializer, TurnDetailSerializer, TurnSerializer, turn_detail_payload
 from chat.api.sessions import session_or_404
 from chat.models import Turn
 from chat.services.turns import turn_create
@@ -120,7 +120,15 @@ class SessionTurnsView(generics.ListAPIView):
         )
         wait = _prefer_wait(request)
         response = Response(status=status.HTTP_202_ACCEPTED)
-        if not wait or selectors.turn_status(turn_id=turn.pk) in selectors.FINISHED:
+        current = selectors.turn_status(turn_id=turn.pk)
+        if created and current == Turn.Status.QUEUED and not wait:
+            # Just accepted: the turn and its question are all there is (no calls yet).
+            turn.status = current
+            accepted = turn_detail_payload(
+                turn=turn, messages=selectors.turn_messages(turn_id=turn.pk), llm_calls=[], tool_calls=[]
+            )
+            _turn_answer(response, user=request.user, turn_id=turn.pk, published=accepted)
+        elif not wait or current in selectors.FINISHED:
             _turn_answer(response, user=request.user, turn_id=turn.pk)
         elif getattr(request, "waits_on_event_loop", False):
             response.finish_on_event_loop = partial(

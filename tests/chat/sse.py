@@ -3,6 +3,7 @@ piece by piece, as a client does: the body's async generator runs on an event lo
 of its own in a background thread, so the test can act between two pieces."""
 
 import asyncio
+import contextlib
 import threading
 
 
@@ -21,15 +22,25 @@ class SyncStream:
         try:
             return asyncio.run_coroutine_threadsafe(self.body.__anext__(), self.loop).result(self.timeout)
         except StopAsyncIteration:
-            self.close()
+            self.loop.call_soon_threadsafe(self.loop.stop)
             raise StopIteration from None
 
     def close(self) -> None:
-        """Ends the body as a client that goes away does (its `finally` runs)."""
-        if self.loop.is_running():
-            asyncio.run_coroutine_threadsafe(self.body.aclose(), self.loop).result(self.timeout)
-            self.loop.call_soon_threadsafe(self.loop.stop)
-            self.thread.join(self.timeout)
+        """Goes away as a client does mid-stream: the ASGI server cancels the read the
+        body is waiting in, and the cancellation runs through the body's `finally`."""
+        if not self.loop.is_running():
+            return
+
+        async def cancel_the_pending_read() -> None:
+            read = asyncio.ensure_future(self.body.__anext__())
+            await asyncio.sleep(0.1)  # the body is waiting for its next event now
+            read.cancel()
+            with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
+                await read
+
+        asyncio.run_coroutine_threadsafe(cancel_the_pending_read(), self.loop).result(self.timeout)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(self.timeout)
 
 
 def read_all(response) -> bytes:  # noqa: ANN001

@@ -45,7 +45,8 @@ def in_threads(jobs: list, work) -> list:  # noqa: ANN001
         return list(pool.map(run, jobs))
 
 
-def test_fifty_concurrent_turns_on_one_wallet_leave_the_exact_balance(session, funded_owner):
+def test_fifty_concurrent_turns_on_one_wallet_leave_the_exact_balance(session, funded_owner, settings):
+    settings.MAX_CONCURRENT_TURNS_PER_USER = N  # the ledger under load here; fair use is tests/chat/test_fair_use.py
     jobs = list(zip(clients(funded_owner, N), [f"question {n} " + "q" * n for n in range(N)], strict=True))
     answers = in_threads(jobs, lambda job: post_turn(job[0], session, job[1]))
     assert [a.status_code for a in answers] == [201] * N
@@ -85,6 +86,19 @@ def test_block_mode_accepts_only_what_the_wallet_covers(owner, price, settings, 
     charged = expected_cost(4 + local_tokens(content), local_tokens("Echo: " + content))
     wallet = wallet_of(owner)
     assert (wallet.balance, wallet.held) == (hold * 10 - charged * 10, Decimal("0"))
+
+
+def test_fifty_concurrent_turns_of_one_user_accept_exactly_the_fair_use_limit(owner, price, settings, parked_turns):
+    settings.MAX_CONCURRENT_TURNS_PER_USER = 16
+    wallet_grant(user=owner, amount=START_BALANCE, reason="plenty")
+    sessions = [ChatSession.objects.create(user=owner, model_alias="fast") for _ in range(N)]
+
+    answers = in_threads(list(zip(clients(owner, N), sessions, strict=True)),
+                         lambda job: post_turn(job[0], job[1], "one of many"))  # fmt: skip
+
+    assert sorted(a.status_code for a in answers) == [202] * 16 + [429] * 34
+    assert all(a["Retry-After"].isdigit() for a in answers if a.status_code == 429)
+    assert Turn.objects.count() == 16 and CreditHold.objects.filter(status="active").count() == 16
 
 
 def test_concurrent_requests_with_one_idempotency_key_make_one_turn(session, funded_owner):

@@ -10,12 +10,13 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
+import redis
 from django.conf import settings
 from django.db import connection
 from django.db.models import Sum
 
 from accounts.services import api_key_create, user_create
-from bench.stack import Stack, http_json, http_open, http_request, read_head, sse_events
+from bench.stack import Stack, connections_to, http_json, http_open, http_request, read_head, sse_events
 from billing.models import CreditHold, CreditTransaction, Wallet
 from billing.services import wallet_grant
 from chat.models import ChatSession, Turn
@@ -45,7 +46,7 @@ async def _open_stream(port: int, key: str, turn_id: str) -> tuple[asyncio.Strea
     return writer, events
 
 
-async def _scenario(port: int, seeds: list[tuple[str, int]]) -> dict:
+async def _scenario(port: int, seeds: list[tuple[str, int]], env: dict[str, str], owner_id: int) -> dict:
     turns = []
     for key, session_id in seeds:
         for n in range(TURNS_EACH):
@@ -63,9 +64,7 @@ async def _scenario(port: int, seeds: list[tuple[str, int]]) -> dict:
         status, _ = await asyncio.wait_for(http_json(port, "GET", "/api/v1/health", {}), timeout=5)
         health.append((status, time.perf_counter() - began))
         await asyncio.sleep(0.1)
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()")
-        connections = cursor.fetchone()[0]
+    connections = await asyncio.to_thread(connections_to, env["DATABASE_URL"], connection.settings_dict["NAME"])
 
     async def finish(events) -> str:  # noqa: ANN001
         async for name, data in events:
@@ -76,30 +75,51 @@ async def _scenario(port: int, seeds: list[tuple[str, int]]) -> dict:
     finals = await asyncio.gather(*(finish(events) for _, events in streams))
     for writer, _ in streams:
         writer.close()
-    return {"health": health, "finals": finals, "connections": connections}
+
+    # A client that goes away mid-stream frees its slot at once (the turn goes on).
+    key, session_id = seeds[0]
+    status, body = await http_json(
+        port, "POST", f"/api/v1/sessions/{session_id}/turns", {"Authorization": f"Bearer {key}"}, {"content": "bye"}
+    )
+    writer, _ = await _open_stream(port, key, body["id"])
+    writer.close()
+    await asyncio.sleep(1.0)
+    streams_open = await asyncio.to_thread(redis.Redis.from_url(env["REDIS_URL"]).zcard, f"parley:streams:{owner_id}")
+    for _ in range(150):  # ...and the turn goes on, to be charged as any other
+        status, body = await http_json(port, "GET", f"/api/v1/turns/{body['id']}", {"Authorization": f"Bearer {key}"})
+        if body["status"] in ("completed", "failed"):
+            break
+        await asyncio.sleep(0.1)
+    return {
+        "health": health, "finals": finals, "connections": connections, "streams_open": streams_open,
+        "left": body["status"],
+    }  # fmt: skip
 
 
 @pytest.mark.django_db(transaction=True)
 def test_the_procfile_stack_holds_100_open_streams_and_health_keeps_answering(tmp_path: Path) -> None:
     price = make_price(alias="slow")
-    seeds = []
+    seeds, owners = [], []
     for n in range(USERS):
         user = user_create(email=f"streamer{n}@example.com")
         wallet_grant(user=user, amount=Decimal("100"), reason="test credits")
         _, key = api_key_create(user=user, name="streams")
         seeds.append((key, ChatSession.objects.create(user=user, model_alias=price.alias).pk))
+        owners.append(user.pk)
     env = {**_worker_env(), "REDIS_URL": _own_redis_db(settings.REDIS_URL), "LOCAL_LLM_LATENCY_MS": str(LATENCY_MS)}
     env.pop("DEBUG")
     stack = Stack(env, tmp_path / "procfile.log")
     stack.start(("web", "worker"))
     try:
-        result = asyncio.run(_scenario(stack.port, seeds))
+        result = asyncio.run(_scenario(stack.port, seeds, env, owners[0]))
     finally:
         stack.stop()
 
     assert all(status == 200 and seconds < 1.0 for status, seconds in result["health"]), result["health"]
     assert result["finals"] == ["completed"] * USERS * TURNS_EACH
     assert result["connections"] <= 50
+    assert result["streams_open"] == 0  # the stream whose client went away freed its slot
+    assert result["left"] == "completed"
     assert not CreditHold.objects.filter(status=CreditHold.Status.ACTIVE).exists()
     for wallet in Wallet.objects.filter(user__email__startswith="streamer"):
         ledger = CreditTransaction.objects.filter(wallet=wallet).aggregate(total=Sum("amount"))["total"]
