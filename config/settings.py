@@ -102,7 +102,7 @@ _sqlite = DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3"
 # a stream hold none (core.db). Connections stay bounded at processes x DB_POOL_MAX_SIZE
 # whatever the concurrency. DB_POOL_MAX_SIZE=0 turns the pool off (behind PgBouncer,
 # say); connections are then kept CONN_MAX_AGE seconds.
-DB_POOL_MAX_SIZE = 0 if _sqlite else env.int("DB_POOL_MAX_SIZE", default=10)
+DB_POOL_MAX_SIZE = 0 if _sqlite else env.int("DB_POOL_MAX_SIZE", default=12)
 if DB_POOL_MAX_SIZE:
     DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
         "min_size": min(2, DB_POOL_MAX_SIZE),
@@ -269,6 +269,8 @@ WEB_SEARCH_TIMEOUT_SECONDS = env.float("WEB_SEARCH_TIMEOUT_SECONDS", default=10.
 MAX_TOOL_ROUNDS = env.int("MAX_TOOL_ROUNDS", default=4)
 MAX_ORCHESTRATOR_STEPS = env.int("MAX_ORCHESTRATOR_STEPS", default=6)
 TURN_MAX_WAIT_SECONDS = env.int("TURN_MAX_WAIT_SECONDS", default=30)
+# Threads of the web process's pool for requests (core.asgi).
+WEB_THREADS = env.int("WEB_THREADS", default=6)
 # Fair use (429 with Retry-After beyond them): turns queued or running, open streams.
 MAX_CONCURRENT_TURNS_PER_USER = env.int("MAX_CONCURRENT_TURNS_PER_USER", default=16)
 MAX_STREAMS_PER_USER = env.int("MAX_STREAMS_PER_USER", default=32)

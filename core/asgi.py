@@ -13,20 +13,31 @@ must wait (a streamed body, a `Prefer: wait`) waits on the event loop:
 - a response may carry `finish_on_event_loop`, a coroutine function the handler
   awaits (on the loop) for the final response. Views learn they may use it from
   `request.waits_on_event_loop`; under WSGI they wait the old way.
+
+Requests run on a pool of WEB_THREADS threads, the health probe on a thread of its
+own, so a burst of requests never queues the probe behind it (measured in
+bench/concurrency.py, with the alternatives tried).
 """
 
+from concurrent.futures import ThreadPoolExecutor
+
 from asgiref.sync import sync_to_async
+from django.conf import settings
 from django.core.handlers import base
 from django.core.handlers.asgi import ASGIHandler as DjangoASGIHandler
 from django.http import HttpRequest, HttpResponseBase
 
 from core.db import db_release
 
+PROBE = "/api/v1/health"
+
 
 class ASGIHandler(DjangoASGIHandler):
     def __init__(self) -> None:
         base.BaseHandler.__init__(self)
         self.load_middleware(is_async=False)  # one sync chain, run in one hop
+        self.requests = ThreadPoolExecutor(settings.WEB_THREADS, thread_name_prefix="web")
+        self.probes = ThreadPoolExecutor(1, thread_name_prefix="web-probe")
 
     async def __call__(self, scope: dict, receive, send) -> None:  # noqa: ANN001
         if scope["type"] != "http":
@@ -38,9 +49,15 @@ class ASGIHandler(DjangoASGIHandler):
 
     async def get_response_async(self, request: HttpRequest) -> HttpResponseBase:
         request.waits_on_event_loop = True
-        response = await sync_to_async(self._get_response_on_a_pool_thread, thread_sensitive=False)(request)
+        pool = self._pool_for(request)
+        response = await sync_to_async(self._get_response_on_a_pool_thread, thread_sensitive=False, executor=pool)(
+            request
+        )
         finish = getattr(response, "finish_on_event_loop", None)
         return await finish() if finish is not None else response
+
+    def _pool_for(self, request: HttpRequest) -> ThreadPoolExecutor:
+        return self.probes if request.path == PROBE else self.requests
 
     def _get_response_on_a_pool_thread(self, request: HttpRequest) -> HttpResponseBase:
         try:
