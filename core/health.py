@@ -26,10 +26,11 @@ def _redis(url: str) -> redis.Redis:
 def broker_status() -> dict:
     if settings.CELERY_TASK_ALWAYS_EAGER and not settings.REDIS_URL:
         return {"ok": True, "transport": "eager"}
-    if settings.CELERY_BROKER_URL.startswith(("redis://", "rediss://")):
+    broker_url = celery_app.conf.broker_url
+    if broker_url.startswith(("redis://", "rediss://")):
         # A PING on a kept connection: a probe must stay cheap under load.
         try:
-            _redis(settings.CELERY_BROKER_URL).ping()
+            _redis(broker_url).ping()
             return {"ok": True, "transport": "redis"}
         except redis.RedisError as exc:
             return {"ok": False, "error": exc.__class__.__name__}
