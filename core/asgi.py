@@ -54,7 +54,12 @@ class ASGIHandler(DjangoASGIHandler):
             request
         )
         finish = getattr(response, "finish_on_event_loop", None)
-        return await finish() if finish is not None else response
+        if finish is None:
+            return response
+        response = await finish()
+        if response.has_header("Content-Length"):  # set by CommonMiddleware for the body before the wait
+            response["Content-Length"] = str(len(response.content))
+        return response
 
     def _pool_for(self, request: HttpRequest) -> ThreadPoolExecutor:
         return self.probes if request.path == PROBE else self.requests

@@ -85,6 +85,11 @@ async def _scenario(port: int, seeds: list[tuple[str, int]], env: dict[str, str]
     writer.close()
     await asyncio.sleep(1.0)
     streams_open = await asyncio.to_thread(redis.Redis.from_url(env["REDIS_URL"]).zcard, f"parley:streams:{owner_id}")
+    # `Prefer: wait` through the real server: the wait on the event loop, then 201.
+    status_waited, waited = await http_json(
+        port, "POST", f"/api/v1/sessions/{session_id}/turns",
+        {"Authorization": f"Bearer {key}", "Prefer": "wait=30"}, {"content": "wait for me"},
+    )  # fmt: skip
     for _ in range(150):  # ...and the turn goes on, to be charged as any other
         status, body = await http_json(port, "GET", f"/api/v1/turns/{body['id']}", {"Authorization": f"Bearer {key}"})
         if body["status"] in ("completed", "failed"):
@@ -92,7 +97,7 @@ async def _scenario(port: int, seeds: list[tuple[str, int]], env: dict[str, str]
         await asyncio.sleep(0.1)
     return {
         "health": health, "finals": finals, "connections": connections, "streams_open": streams_open,
-        "left": body["status"],
+        "left": body["status"], "waited": (status_waited, waited.get("status")),
     }  # fmt: skip
 
 
@@ -120,6 +125,7 @@ def test_the_procfile_stack_holds_100_open_streams_and_health_keeps_answering(tm
     assert result["connections"] <= 50
     assert result["streams_open"] == 0  # the stream whose client went away freed its slot
     assert result["left"] == "completed"
+    assert result["waited"] == (201, "completed")
     assert not CreditHold.objects.filter(status=CreditHold.Status.ACTIVE).exists()
     for wallet in Wallet.objects.filter(user__email__startswith="streamer"):
         ledger = CreditTransaction.objects.filter(wallet=wallet).aggregate(total=Sum("amount"))["total"]
