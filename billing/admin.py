@@ -1,4 +1,5 @@
 import uuid
+from decimal import Decimal
 
 from django import forms
 from django.contrib import admin, messages
@@ -30,6 +31,13 @@ class GrantForm(forms.Form):
     reason = forms.CharField(max_length=500, widget=forms.Textarea(attrs={"rows": 2, "cols": 60}))
     # One token per rendered form: submitting the same form twice grants once.
     token = forms.UUIDField(widget=forms.HiddenInput)
+
+    def clean_amount(self) -> Decimal:
+        # The service refuses it too; saying so on the form spares a round trip.
+        amount = self.cleaned_data["amount"]
+        if amount <= 0:
+            raise forms.ValidationError("Must be more than 0.")
+        return amount
 
 
 class RecentRowsFormSet(BaseInlineFormSet):

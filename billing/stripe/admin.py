@@ -38,6 +38,9 @@ class TopUpAdmin(admin.ModelAdmin):
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
 
+    def has_change_permission(self, request: HttpRequest, obj: TopUp | None = None) -> bool:
+        return False  # read-only: top-ups move only through Stripe's events
+
     def has_delete_permission(self, request: HttpRequest, obj: TopUp | None = None) -> bool:
         return False
 

@@ -81,6 +81,8 @@ def test_top_ups_are_listed_read_only_in_the_admin(stripe_on, owner, buyer_clien
     detail = admin_browser.get(f"/admin/billing/topup/{topup_id}/change/")
     assert detail.status_code == 200
     assert 'name="credits"' not in detail.content.decode()  # nothing editable
+    assert admin_browser.post(f"/admin/billing/topup/{topup_id}/change/", {"credits": "1"}).status_code == 403
+    assert 'href="/admin/billing/topup/" class="viewlink"' in admin_browser.get("/admin/").content.decode()
     assert admin_browser.get("/admin/billing/topup/add/").status_code == 403
     assert admin_browser.post(f"/admin/billing/topup/{topup_id}/delete/", {"post": "yes"}).status_code == 403
     assert TopUp.objects.filter(pk=topup_id).exists()
