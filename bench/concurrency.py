@@ -73,25 +73,6 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-SEED = """
-import json
-from decimal import Decimal
-from accounts.services import api_key_create, user_create
-from billing.models import ModelPrice
-from billing.services import wallet_grant
-from chat.models import ChatSession
-ModelPrice.objects.create(alias="bench", provider="local", provider_model="echo",
-    input_credits_per_mtok=Decimal("3.33333333"), output_credits_per_mtok=Decimal("7.77777777"))
-out = []
-for n in range({users} + 1):
-    user = user_create(email=f"bench{{n}}@example.com")
-    wallet_grant(user=user, amount=Decimal("{credits}"), reason="benchmark credits")
-    _, key = api_key_create(user=user, name="bench")
-    session = ChatSession.objects.create(user=user, model_alias="bench", title="bench")
-    out.append({{"key": key, "session": session.pk}})
-print(json.dumps(out))
-"""
-
 CHECK = """
 import json
 from decimal import Decimal
@@ -251,7 +232,7 @@ def main() -> None:
     print(f"Creating {BENCH_DB} ...", flush=True)
     try:
         database_create(args.pg, BENCH_DB, stack.env, fresh=args.fresh)
-        seeds = json.loads(stack.manage("shell", "-c", SEED.format(users=args.users, credits=CREDITS)).splitlines()[-1])
+        seeds = stack.seed_users(args.users + 1, credits=CREDITS)  # one more: the wallet probe
         import redis  # the benchmark's own connection, to empty the queues it uses
 
         redis.Redis.from_url(args.redis).flushdb()

@@ -106,6 +106,26 @@ def _expand(command: str, env: dict[str, str]) -> list[str]:
     return [PYTHON, "-m", words[0], *words[1:]] if words[0] in ("gunicorn", "celery", "uvicorn") else words
 
 
+SEED_USERS = """
+import json
+from decimal import Decimal
+from accounts.services import api_key_create, user_create
+from billing.models import ModelPrice
+from billing.services import wallet_grant
+from chat.models import ChatSession
+ModelPrice.objects.create(alias="bench", provider="local", provider_model="echo",
+    input_credits_per_mtok=Decimal("3.33333333"), output_credits_per_mtok=Decimal("7.77777777"))
+out = []
+for n in range({count}):
+    user = user_create(email=f"bench{{n}}@example.com")
+    wallet_grant(user=user, amount=Decimal("{credits}"), reason="benchmark credits")
+    _, key = api_key_create(user=user, name="bench")
+    session = ChatSession.objects.create(user=user, model_alias="bench", title="bench")
+    out.append({{"key": key, "session": session.pk}})
+print(json.dumps(out))
+"""
+
+
 class Stack:
     """The Procfile's processes on a benchmark database, stopped on exit."""
 
@@ -152,6 +172,11 @@ class Stack:
                 proc.wait(20)
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
+
+    def seed_users(self, count: int, *, credits: str) -> list[dict]:
+        """`count` users, each with credits, an API key and a session on the `bench`
+        alias (a `local` model): [{"key", "session"}]."""
+        return json.loads(self.manage("shell", "-c", SEED_USERS.format(count=count, credits=credits)).splitlines()[-1])
 
     def manage(self, *command: str) -> str:
         done = subprocess.run(

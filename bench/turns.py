@@ -62,27 +62,6 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-SEED = """
-import json
-from decimal import Decimal
-from accounts.services import api_key_create, user_create
-from billing.models import ModelPrice
-from billing.services import wallet_grant
-from chat.models import ChatSession
-from bench.views import ensure_table
-ensure_table()
-ModelPrice.objects.create(alias="bench", provider="local", provider_model="echo",
-    input_credits_per_mtok=Decimal("3.33333333"), output_credits_per_mtok=Decimal("7.77777777"))
-out = []
-for n in range({clients}):
-    user = user_create(email=f"bench{{n}}@example.com")
-    wallet_grant(user=user, amount=Decimal("5000"), reason="benchmark credits")
-    _, key = api_key_create(user=user, name="bench")
-    session = ChatSession.objects.create(user=user, model_alias="bench", title="bench")
-    out.append({{"key": key, "session": session.pk}})
-print(json.dumps(out))
-"""
-
 CHECK = """
 import json
 from decimal import Decimal
@@ -215,7 +194,8 @@ def main() -> None:
     stack = Stack(bench_env(args), LOG)
     try:
         database_create(args.pg, BENCH_DB, stack.env, fresh=args.fresh)
-        seeds = json.loads(stack.manage("shell", "-c", SEED.format(clients=args.clients)).splitlines()[-1])
+        stack.manage("shell", "-c", "from bench.views import ensure_table; ensure_table()")
+        seeds = stack.seed_users(args.clients, credits="5000")
         stack.start(("web", "worker"))
         clients = [Client(stack.port, seed["key"], seed["session"]) for seed in seeds]
         print(f"load average before the run: {' '.join(f'{x:.2f}' for x in os.getloadavg())} on {os.cpu_count()} CPUs")

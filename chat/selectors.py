@@ -99,10 +99,6 @@ def turn_status(*, turn_id: UUID | str, lock: bool = False) -> str | None:
     return _sql.turn_status(turn_id=turn_id, lock=lock)
 
 
-def turn_is_finished(*, turn_id: UUID | str) -> bool:
-    return turn_status(turn_id=turn_id) in FINISHED
-
-
 # --- participants ----------------------------------------------------------------
 
 

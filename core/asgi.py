@@ -26,10 +26,9 @@ from django.conf import settings
 from django.core.handlers import base
 from django.core.handlers.asgi import ASGIHandler as DjangoASGIHandler
 from django.http import HttpRequest, HttpResponseBase
+from django.urls import reverse
 
 from core.db import db_release
-
-PROBE = "/api/v1/health"
 
 
 class ASGIHandler(DjangoASGIHandler):
@@ -38,6 +37,7 @@ class ASGIHandler(DjangoASGIHandler):
         self.load_middleware(is_async=False)  # one sync chain, run in one hop
         self.requests = ThreadPoolExecutor(settings.WEB_THREADS, thread_name_prefix="web")
         self.probes = ThreadPoolExecutor(1, thread_name_prefix="web-probe")
+        self.probe_path = reverse("health")
 
     async def __call__(self, scope: dict, receive, send) -> None:  # noqa: ANN001
         if scope["type"] != "http":
@@ -62,7 +62,7 @@ class ASGIHandler(DjangoASGIHandler):
         return response
 
     def _pool_for(self, request: HttpRequest) -> ThreadPoolExecutor:
-        return self.probes if request.path == PROBE else self.requests
+        return self.probes if request.path == self.probe_path else self.requests
 
     def _get_response_on_a_pool_thread(self, request: HttpRequest) -> HttpResponseBase:
         try:

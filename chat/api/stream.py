@@ -5,6 +5,7 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncIterator, Callable
+from functools import partial
 from typing import Any
 from uuid import UUID
 
@@ -18,7 +19,7 @@ from rest_framework.request import Request
 from rest_framework.views import APIView
 
 from chat import selectors, streaming
-from chat.api.serializers import TurnDetailSerializer
+from chat.api.turns import turn_detail
 from chat.models import Message, Turn
 from chat.selectors import FINISHED, turn_status
 from core.db import db_read, db_release
@@ -141,8 +142,7 @@ class TurnStreamView(APIView):
                 f"At most {settings.MAX_STREAMS_PER_USER} open streams per user; close one first.", retry_after=5
             )
 
-        def final(*, turn_id) -> dict:  # noqa: ANN001
-            return dict(TurnDetailSerializer(selectors.turn_get(user=user, turn_id=turn_id)).data)
+        final = partial(turn_detail, user=user)
 
         def close() -> None:
             streaming.stream_slot_free(user_id=user.pk, token=slot)

@@ -53,14 +53,15 @@ def _prefer_wait(request: Request) -> float:
     return min(float(match.group(1)), float(settings.TURN_MAX_WAIT_SECONDS))
 
 
-def _turn_detail(*, user, turn_id) -> dict:  # noqa: ANN001
+def turn_detail(*, user, turn_id) -> dict:  # noqa: ANN001
+    """GET turns/{id}'s body, read."""
     return dict(TurnDetailSerializer(selectors.turn_get(user=user, turn_id=turn_id)).data)
 
 
 def _turn_answer(response: Response, *, user, turn_id, published: dict | None = None) -> Response:  # noqa: ANN001
     """The turn as GET turns/{id} shows it (as the worker published it with `done`,
     or read): 201 when it has finished, else 202 with Location."""
-    response.data = published or _turn_detail(user=user, turn_id=turn_id)
+    response.data = published or turn_detail(user=user, turn_id=turn_id)
     finished = response.data["status"] in selectors.FINISHED
     response.status_code = status.HTTP_201_CREATED if finished else status.HTTP_202_ACCEPTED
     if not finished:
