@@ -2,8 +2,11 @@
 spoken to by the real `stripe` client and by dj-stripe (point `STRIPE_API_BASE` at
 `server.url` and use `server.api_key` as `STRIPE_SECRET_KEY`).
 
-It keeps its objects in memory with the shapes of Stripe's API (the fields Parley
-and dj-stripe read) and answers like Stripe: form-encoded requests, `expand[]`,
+It keeps its objects in memory with the shapes of Stripe's API at the pinned version
+(API_VERSION; the fields Parley and dj-stripe read, checked against Stripe's own
+fixtures in github.com/stripe/openapi: a charge lists no `refunds` unless expanded,
+a dispute embeds its balance transactions and may have a null `payment_intent`,
+inquiries are `warning_*`) and answers like Stripe: form-encoded requests, `expand[]`,
 JSON errors (`resource_missing` 404, a 401 for a wrong key), and an
 `Idempotency-Key` replays the first answer. The calls served:
 
@@ -19,8 +22,12 @@ dispute) is driven from Python and returns the event payload Stripe would send:
 
     event = server.pay(pi_id)                  # payment_intent.succeeded
     event = server.refund(pi_id, amount=300)   # charge.refunded (cumulative amount_refunded)
-    event = server.dispute(pi_id)              # charge.dispute.created
-    event = server.close_dispute(dp_id, "won") # charge.dispute.closed
+    event = server.fail_refund(re_id)          # charge.refund.updated (status failed)
+    event = server.dispute(pi_id)              # charge.dispute.created (a chargeback: funds withdrawn)
+    event = server.dispute(pi_id, status="warning_needs_response")  # an inquiry: no funds move
+    event = server.escalate_dispute(dp_id)     # charge.dispute.funds_withdrawn
+    event = server.close_dispute(dp_id, "won") # charge.dispute.closed (won: funds reinstated)
+    event = server.dispute_event(dp_id, "charge.dispute.funds_reinstated")
     body, header = sign_event(event, secret)   # a real Stripe-Signature: t=...,v1=HMAC-SHA256("t.body")
 
 `server.fail_next(n, status=500)` makes the next n API calls fail; `server.requests`
@@ -113,6 +120,7 @@ class FakeStripe:
     idempotent: dict[str, tuple[int, dict]] = field(default_factory=dict)
     lock: threading.RLock = field(default_factory=threading.RLock)
     url: str = ""
+    clock: int = 0  # the last event's `created`
     # Called as hook(method, path, params) in the server thread before each answer.
     hooks: list[Any] = field(default_factory=list)
     _server: ThreadingHTTPServer | None = None
@@ -248,6 +256,11 @@ class FakeStripe:
 
     def _expanded(self, obj: dict, expand: list[str]) -> dict:
         result = copy.deepcopy(obj)
+        if "refunds" in expand and obj.get("object") == "charge":
+            # Not part of a charge at this API version unless expanded.
+            refunds = [r for r in self.objects.get("refunds", {}).values() if r["charge"] == obj["id"]]
+            result["refunds"] = {"object": "list", "data": copy.deepcopy(refunds), "has_more": False,
+                                 "url": f"/v1/charges/{obj['id']}/refunds"}  # fmt: skip
         for name in expand:
             value = result.get(name)
             if isinstance(value, str):
@@ -411,11 +424,14 @@ class FakeStripe:
             data: dict[str, Any] = {"object": copy.deepcopy(obj)}
             if previous_attributes is not None:
                 data["previous_attributes"] = previous_attributes
+            # Strictly increasing, like Stripe's events of one object days apart (the
+            # handlers order snapshots of one object by it).
+            self.clock = max(int(time.time()), self.clock + 1)
             event = {
                 "id": _new_id("evt"),
                 "object": "event",
                 "api_version": API_VERSION,
-                "created": int(time.time()),
+                "created": self.clock,
                 "data": data,
                 "livemode": False,
                 "pending_webhooks": 1,
@@ -464,6 +480,7 @@ class FakeStripe:
                     "customer": intent["customer"],
                     "description": intent["description"],
                     "disputed": False,
+                    "failure_balance_transaction": None,
                     "failure_code": None,
                     "failure_message": None,
                     "fraud_details": {},
@@ -509,13 +526,20 @@ class FakeStripe:
             pi_or_charge_id = self.objects["payment_intents"][pi_or_charge_id]["latest_charge"]
         return self.objects["charges"][pi_or_charge_id]
 
+    def refunds_of(self, pi_or_charge_id: str) -> list[dict]:
+        """The charge's refunds, oldest first (what `expand[]=refunds` lists)."""
+        with self.lock:
+            charge_id = self._charge_of(pi_or_charge_id)["id"]
+            return [copy.deepcopy(r) for r in self.objects.get("refunds", {}).values() if r["charge"] == charge_id]
+
     def refund(self, pi_or_charge_id: str, amount: int | None = None) -> dict:
         """A refund of `amount` cents (the rest when None): charge.refunded with the
-        charge's new cumulative amount_refunded."""
+        charge's new cumulative amount_refunded. At this API version the charge in the
+        event carries no `refunds` list (only `expand[]=refunds` on a GET lists them)."""
         with self.lock:
             charge = self._charge_of(pi_or_charge_id)
             amount = charge["amount"] - charge["amount_refunded"] if amount is None else amount
-            refund = self._store(
+            self._store(
                 "refunds",
                 {
                     "id": _new_id("re"),
@@ -527,31 +551,64 @@ class FakeStripe:
                     "charge": charge["id"],
                     "created": int(time.time()),
                     "currency": charge["currency"],
+                    "destination_details": {"card": {"type": "refund"}, "type": "card"},
                     "metadata": {},
                     "payment_intent": charge["payment_intent"],
                     "reason": "requested_by_customer",
                     "receipt_number": None,
+                    "source_transfer_reversal": None,
                     "status": "succeeded",
+                    "transfer_reversal": None,
                 },
             )
             previous = {"amount_refunded": charge["amount_refunded"], "refunded": charge["refunded"]}
             charge["amount_refunded"] += amount
             charge["refunded"] = charge["amount_refunded"] >= charge["amount"]
-            charge["refunds"] = {
-                "object": "list",
-                "data": [r for r in self.objects["refunds"].values() if r["charge"] == charge["id"]],
-                "has_more": False,
-                "total_count": sum(1 for r in self.objects["refunds"].values() if r["charge"] == charge["id"]),
-                "url": f"/v1/charges/{charge['id']}/refunds",
-            }
-            assert refund["charge"] == charge["id"]
             return self.event("charge.refunded", charge, previous_attributes=previous)
 
-    def dispute(self, pi_or_charge_id: str, amount: int | None = None, reason: str = "fraudulent") -> dict:
+    def fail_refund(self, refund_id: str, reason: str = "expired_or_canceled_card") -> dict:
+        """The card refused the refund: the money returns to the balance (a
+        refund_failure balance transaction), the refund is `failed`, the charge's
+        amount_refunded no longer counts it; Stripe sends charge.refund.updated."""
+        with self.lock:
+            refund = self.objects["refunds"][refund_id]
+            charge = self.objects["charges"][refund["charge"]]
+            refund.update(
+                status="failed",
+                failure_reason=reason,
+                failure_balance_transaction=self._balance_transaction(
+                    amount=refund["amount"], source=refund_id, kind="refund_failure"
+                ),
+            )
+            charge["amount_refunded"] -= refund["amount"]
+            charge["refunded"] = False
+            return self.event("charge.refund.updated", refund, previous_attributes={"status": "succeeded"})
+
+    # Dispute statuses at this API version. Inquiries (warning_*) move no money; a
+    # chargeback withdraws the disputed amount when it opens (a balance transaction on
+    # the dispute, charge.dispute.funds_withdrawn) and reinstates it when won
+    # (charge.dispute.funds_reinstated); `prevented` (Visa RDR) moves no dispute funds
+    # (the payment is refunded instead).
+    WITHDRAWN_STATUSES = ("needs_response", "under_review", "lost")
+
+    def dispute(
+        self,
+        pi_or_charge_id: str,
+        amount: int | None = None,
+        reason: str = "fraudulent",
+        *,
+        status: str = "needs_response",
+        payment_intent: bool = True,
+    ) -> dict:
+        """A dispute opens: charge.dispute.created. `status="warning_needs_response"` is
+        an inquiry, `"prevented"` a dispute resolved by refunding (RDR). With
+        `payment_intent=False` the dispute names only its charge, as Stripe's own
+        fixture does (payment_intent: null)."""
         with self.lock:
             charge = self._charge_of(pi_or_charge_id)
             amount = charge["amount"] if amount is None else amount
             dispute_id = _new_id("dp")
+            inquiry = status.startswith("warning_")
             dispute = self._store(
                 "disputes",
                 {
@@ -562,25 +619,63 @@ class FakeStripe:
                     "charge": charge["id"],
                     "created": int(time.time()),
                     "currency": charge["currency"],
+                    "enhanced_eligibility_types": [],
                     "evidence": {"customer_name": None, "product_description": None, "uncategorized_text": None},
-                    "evidence_details": {"due_by": int(time.time()) + 86400 * 7, "has_evidence": False,
-                                         "past_due": False, "submission_count": 0},
-                    "is_charge_refundable": False,
+                    "evidence_details": {"due_by": int(time.time()) + 86400 * 7, "enhanced_eligibility": {},
+                                         "has_evidence": False, "past_due": False, "submission_count": 0},
+                    "is_charge_refundable": inquiry,
                     "livemode": False,
                     "metadata": {},
-                    "payment_intent": charge["payment_intent"],
+                    "payment_intent": charge["payment_intent"] if payment_intent else None,
+                    "payment_method_details": {
+                        "card": {"brand": "visa", "case_type": "inquiry" if inquiry else "chargeback",
+                                 "network_reason_code": "10.4"},
+                        "type": "card",
+                    },
                     "reason": reason,
-                    "status": "needs_response",
+                    "status": status,
                 },
             )  # fmt: skip
+            if status in self.WITHDRAWN_STATUSES:
+                self._dispute_funds(dispute, -amount)
             charge["disputed"] = True
             return self.event("charge.dispute.created", dispute)
 
-    def close_dispute(self, dispute_id: str, status: str) -> dict:
+    def _dispute_funds(self, dispute: dict, amount: int) -> None:
+        """A withdrawal (amount < 0, with Stripe's dispute fee) or a reinstatement,
+        embedded in the dispute as Stripe does."""
+        txn_id = self._balance_transaction(
+            amount=amount, source=dispute["id"], kind="dispute" if amount < 0 else "dispute_reversal"
+        )
+        txn = self.objects["balance_transactions"][txn_id]
+        fee = 1500 if amount < 0 else -1500
+        txn.update(type="adjustment", fee=fee, net=amount - fee, status="available")
+        dispute["balance_transactions"].append(copy.deepcopy(txn))
+
+    def escalate_dispute(self, dispute_id: str) -> dict:
+        """An inquiry becomes a chargeback: the funds are withdrawn."""
         with self.lock:
             dispute = self.objects["disputes"][dispute_id]
+            dispute.update(status="needs_response", is_charge_refundable=False)
+            dispute["payment_method_details"]["card"]["case_type"] = "chargeback"
+            self._dispute_funds(dispute, -dispute["amount"])
+            return self.event("charge.dispute.funds_withdrawn", dispute)
+
+    def close_dispute(self, dispute_id: str, status: str) -> dict:
+        """charge.dispute.closed; a won chargeback has its funds reinstated first (see
+        dispute_event for the charge.dispute.funds_reinstated Stripe also sends)."""
+        with self.lock:
+            dispute = self.objects["disputes"][dispute_id]
+            withdrawn = sum(txn["amount"] for txn in dispute["balance_transactions"])
+            if status == "won" and withdrawn < 0:
+                self._dispute_funds(dispute, -withdrawn)
             dispute["status"] = status
             return self.event("charge.dispute.closed", dispute)
+
+    def dispute_event(self, dispute_id: str, event_type: str) -> dict:
+        """Another event about the dispute as it is now (funds_withdrawn, funds_reinstated, updated)."""
+        with self.lock:
+            return self.event(event_type, self.objects["disputes"][dispute_id])
 
 
 _counter = iter(range(1, 10**9))

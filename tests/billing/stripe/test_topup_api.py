@@ -195,3 +195,70 @@ def test_top_ups_list_shows_own_top_ups_newest_first_with_their_state(stripe_on,
 def test_top_up_endpoints_need_an_api_key(anon_client):
     assert anon_client.post(TOP_UP, {"amount_usd": "10.00"}, format="json").status_code == 401
     assert anon_client.get(TOP_UPS).status_code == 401
+
+
+# --- Idempotency-Key ------------------------------------------------------------------------
+
+
+def test_the_same_idempotency_key_answers_the_same_payment_intent(stripe_on, owner, buyer_client):
+    first = buyer_client.post(TOP_UP, {"amount_usd": "10.00"}, format="json", HTTP_IDEMPOTENCY_KEY="order-42")
+    retried = buyer_client.post(TOP_UP, {"amount_usd": "10.00"}, format="json", HTTP_IDEMPOTENCY_KEY="order-42")
+
+    assert first.status_code == 201, first.json()
+    assert retried.status_code == 201
+    assert retried.json() == first.json()
+    assert TopUp.objects.count() == 1
+    assert len(stripe_on.calls("POST", "/v1/payment_intents")) == 1
+    # The PaymentIntent's own idempotency key comes from the row the client's key names.
+    topup = TopUp.objects.get()
+    assert stripe_on.calls("POST", "/v1/payment_intents")[0].idempotency_key == f"parley-topup-{topup.idempotency_key}"
+
+
+def test_a_top_up_whose_first_stripe_call_failed_is_retried_under_the_same_key(stripe_on, owner, buyer_client):
+    stripe_on.fail_next(1, status=500, path_prefix="/v1/payment_intents")
+    failed = buyer_client.post(TOP_UP, {"amount_usd": "10.00"}, format="json", HTTP_IDEMPOTENCY_KEY="k-1")
+    assert failed.status_code == 503
+
+    retried = buyer_client.post(TOP_UP, {"amount_usd": "10.00"}, format="json", HTTP_IDEMPOTENCY_KEY="k-1")
+
+    assert retried.status_code == 201, retried.json()
+    topup = TopUp.objects.get()
+    assert (topup.status, topup.payment_intent_id, topup.error) == ("pending", retried.json()["payment_intent_id"], "")
+    keys = {call.idempotency_key for call in stripe_on.calls("POST", "/v1/payment_intents")}
+    assert keys == {f"parley-topup-{topup.idempotency_key}"}
+
+
+def test_an_idempotency_key_reused_for_another_amount_is_refused(stripe_on, owner, buyer_client):
+    assert (
+        buyer_client.post(TOP_UP, {"amount_usd": "10.00"}, format="json", HTTP_IDEMPOTENCY_KEY="k-2").status_code == 201
+    )
+
+    response = buyer_client.post(TOP_UP, {"amount_usd": "20.00"}, format="json", HTTP_IDEMPOTENCY_KEY="k-2")
+
+    assert response.status_code == 422
+    assert response.json()["error"]["code"] == "invalid_state"
+    assert "10.00 USD" in response.json()["error"]["message"]
+    assert TopUp.objects.count() == 1
+
+
+def test_idempotency_keys_belong_to_their_user_and_different_keys_make_different_top_ups(
+    stripe_on, owner, buyer_client
+):
+    other_client = client_for(make_user("buyer2@example.com"))
+    mine = buyer_client.post(TOP_UP, {"amount_usd": "10.00"}, format="json", HTTP_IDEMPOTENCY_KEY="same")
+    theirs = other_client.post(TOP_UP, {"amount_usd": "10.00"}, format="json", HTTP_IDEMPOTENCY_KEY="same")
+    another = buyer_client.post(TOP_UP, {"amount_usd": "10.00"}, format="json", HTTP_IDEMPOTENCY_KEY="other")
+
+    assert (
+        len({mine.json()["payment_intent_id"], theirs.json()["payment_intent_id"], another.json()["payment_intent_id"]})
+        == 3
+    )
+    assert TopUp.objects.count() == 3
+
+
+def test_an_overlong_idempotency_key_is_refused(stripe_on, buyer_client):
+    response = buyer_client.post(TOP_UP, {"amount_usd": "10.00"}, format="json", HTTP_IDEMPOTENCY_KEY="k" * 256)
+
+    assert response.status_code == 400
+    assert "Idempotency-Key" in response.json()["error"]["message"]
+    assert not TopUp.objects.exists()

@@ -3,10 +3,13 @@ task (eager here; tests/billing/stripe/test_worker.py runs it in a real worker o
 PostgreSQL). Balances are asserted to the last decimal."""
 
 import json
+import logging
 import time
+from datetime import timedelta
 from decimal import Decimal
 
 import pytest
+from django.conf import settings
 from djstripe.models import Event, WebhookEventTrigger
 
 from billing.models import CreditTransaction, TopUp
@@ -392,3 +395,69 @@ def test_the_sweeper_sends_triggers_whose_task_was_lost(stripe_on, webhooks, own
     assert WebhookEventTrigger.objects.get().processed is True
     assert balance_of(owner) == Decimal("500.00000000")
     assert requeue_stripe_webhooks() == 0
+
+
+# --- the handler depends only on the signed event -------------------------------------------
+
+
+def test_the_grant_happens_even_when_dj_stripes_sync_is_refused_by_stripe(stripe_on, webhooks, owner, buyer_client):
+    topup = start_topup(buyer_client)
+    event = stripe_on.pay(topup.payment_intent_id)
+    # dj-stripe's sync of the PaymentIntent gets a 400 (InvalidRequestError, not retried).
+    stripe_on.fail_next(5, status=400, path_prefix="/v1/payment_intents/")
+
+    deliver(webhooks, event)
+
+    assert balance_of(owner) == Decimal("1000.00000000")
+    topup.refresh_from_db()
+    assert topup.status == TopUp.Status.SUCCEEDED
+    trigger = WebhookEventTrigger.objects.get()
+    assert trigger.processed is False  # dj-stripe's part is still to do
+    assert trigger.exception.startswith("InvalidRequestError")
+
+
+def test_the_sweeper_retries_a_failed_trigger_and_the_credits_move_once(
+    stripe_on, webhooks, owner, buyer_client, django_capture_on_commit_callbacks
+):
+    topup = start_topup(buyer_client)
+    stripe_on.fail_next(1, status=400, path_prefix="/v1/payment_intents/")
+    deliver(webhooks, stripe_on.pay(topup.payment_intent_id))
+    trigger = WebhookEventTrigger.objects.get()
+    assert trigger.exception
+    assert requeue_stripe_webhooks() == 0  # failed moments ago: its own retries come first
+
+    long_ago = trigger.created - timedelta(minutes=10)
+    WebhookEventTrigger.objects.update(created=long_ago, updated=long_ago)
+    with django_capture_on_commit_callbacks(execute=True):
+        assert requeue_stripe_webhooks() == 1
+
+    trigger.refresh_from_db()
+    assert (trigger.processed, trigger.exception) == (True, "")
+    assert trigger.event.type == "payment_intent.succeeded"
+    assert balance_of(owner) == Decimal("1000.00000000")
+    assert CreditTransaction.objects.count() == 1
+
+
+def test_a_failed_trigger_older_than_stripes_retry_window_is_left_to_staff(stripe_on, webhooks, owner, buyer_client):
+    topup = start_topup(buyer_client)
+    stripe_on.fail_next(1, status=400, path_prefix="/v1/payment_intents/")
+    deliver(webhooks, stripe_on.pay(topup.payment_intent_id))
+    long_ago = WebhookEventTrigger.objects.get().created - timedelta(days=4)
+    WebhookEventTrigger.objects.update(created=long_ago, updated=long_ago)
+
+    assert requeue_stripe_webhooks() == 0
+
+
+def test_an_event_of_another_api_version_is_logged_and_applied(stripe_on, webhooks, owner, buyer_client, caplog):
+    topup = start_topup(buyer_client)
+    event = stripe_on.pay(topup.payment_intent_id)
+    event["api_version"] = "2024-06-20"
+
+    with caplog.at_level(logging.WARNING, logger="billing.stripe.services"):
+        deliver(webhooks, event)
+
+    assert balance_of(owner) == Decimal("1000.00000000")
+    assert any(
+        "2024-06-20" in record.getMessage() and settings.STRIPE_API_VERSION in record.getMessage()
+        for record in caplog.records
+    )
