@@ -201,20 +201,32 @@ class TopUp(models.Model):
         OPEN = "open"
         WON = "won"
         LOST = "lost"
+        # Closed with no funds lost: an inquiry closed, or prevented (Visa RDR, refunded instead).
+        CLOSED = "closed"
 
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="top_ups")
     idempotency_key = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    # The client's Idempotency-Key header, if it sent one: the same key from the same
+    # user answers this top-up (and so this PaymentIntent) again.
+    request_key = models.CharField(max_length=255, blank=True, default="")
     amount_usd = models.DecimalField(max_digits=10, decimal_places=2)
     credits = models.DecimalField(**LEDGER_DIGITS)
     status = models.CharField(max_length=24, choices=Status.choices, default=Status.CREATED)
     payment_intent_id = models.CharField(max_length=255, unique=True, null=True, blank=True)
     charge_id = models.CharField(max_length=255, blank=True)
     granted_at = models.DateTimeField(null=True, blank=True)
-    # Stripe's cumulative charge.amount_refunded (cents) already taken back, and its credits.
+    # What Stripe last said of the charge's refunds: its amount_refunded (cents), as of
+    # the `created` time of the event that said it (failed refunds no longer count).
     refunded_cents = models.PositiveBigIntegerField(default=0)
+    refunds_as_of = models.PositiveBigIntegerField(default=0)
+    failed_refunds = models.JSONField(default=list, blank=True)  # refund ids seen failed or canceled
+    # Each dispute of the charge as last seen: {dispute id: {"status", "amount",
+    # "withdrawn" (cents Stripe holds now), "transactions", "as_of"}}.
+    disputes = models.JSONField(default=dict, blank=True)
+    # The credits taken back, split by cause: refunds first, disputes for what their
+    # withdrawn funds add beyond the refunds, never more than `credits` together.
     refunded_credits = models.DecimalField(**LEDGER_DIGITS, default=Decimal("0"))
     dispute_status = models.CharField(max_length=8, choices=DisputeStatus.choices, default="", blank=True)
-    # Credits currently held back by disputes (taken back when opened, given back when won).
     disputed_credits = models.DecimalField(**LEDGER_DIGITS, default=Decimal("0"))
     error = models.CharField(max_length=255, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
@@ -228,6 +240,12 @@ class TopUp(models.Model):
                 condition=Q(refunded_credits__gte=0, refunded_credits__lte=models.F("credits")),
                 name="billing_topup_refunded_within_credits",
             ),
+            # Also the index behind the lookup of a replayed Idempotency-Key.
+            models.UniqueConstraint(
+                fields=["user", "request_key"],
+                condition=~Q(request_key=""),
+                name="billing_topup_user_request_key_unique",
+            ),
         ]
         indexes = [
             # Serves GET users/me/top-ups (own top-ups, newest first).
@@ -240,3 +258,44 @@ class TopUp(models.Model):
     @property
     def amount_cents(self) -> int:
         return int(self.amount_usd * 100)
+
+
+class TopUpEvent(models.Model):
+    """A Stripe event Parley acts on, recorded from the signed webhook body alone (no
+    Stripe call) and applied to its top-up once. One the handlers cannot match yet (a
+    refund or dispute before its top-up has the PaymentIntent or charge id) stays
+    `pending` with what it said, and is applied when its top-up appears (when the
+    top-up learns the id, or by the sweeper)."""
+
+    class State(models.TextChoices):
+        PENDING = "pending"
+        APPLIED = "applied"
+        IGNORED = "ignored"
+
+    event_id = models.CharField(max_length=255, unique=True)
+    type = models.CharField(max_length=100)
+    # The event's `created` (seconds): orders what several events say of one object.
+    stripe_created = models.PositiveBigIntegerField()
+    api_version = models.CharField(max_length=64, blank=True)
+    payment_intent_id = models.CharField(max_length=255, blank=True)
+    charge_id = models.CharField(max_length=255, blank=True)
+    data = models.JSONField()  # the event's data.object
+    state = models.CharField(max_length=8, choices=State.choices, default=State.PENDING)
+    outcome = models.CharField(max_length=255, blank=True)
+    topup = models.ForeignKey(TopUp, on_delete=models.PROTECT, null=True, blank=True, related_name="events")
+    received_at = models.DateTimeField(auto_now_add=True)
+    applied_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["stripe_created", "id"]
+        indexes = [
+            # Serve the look-up of a top-up's pending events by its PaymentIntent or
+            # charge id (partial: applied events, nearly all, cost these nothing).
+            models.Index(
+                fields=["payment_intent_id"], condition=Q(state="pending"), name="billing_topupevent_pending_pi"
+            ),
+            models.Index(fields=["charge_id"], condition=Q(state="pending"), name="billing_topupevent_pending_ch"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.type} {self.event_id} ({self.state})"

@@ -9,7 +9,7 @@ from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
 from djstripe.admin.admin import WebhookEventTriggerAdmin
-from djstripe.models import WebhookEventTrigger
+from djstripe.models import APIKey, WebhookEventTrigger
 
 from billing.models import TopUp
 from billing.stripe.tasks import webhook_trigger_enqueue
@@ -85,3 +85,8 @@ class ParleyWebhookEventTriggerAdmin(WebhookEventTriggerAdmin):
 if admin.site.is_registered(WebhookEventTrigger):
     admin.site.unregister(WebhookEventTrigger)
 admin.site.register(WebhookEventTrigger, ParleyWebhookEventTriggerAdmin)
+
+# Stripe keys live in the environment (STRIPE_SECRET_KEY), never in the database
+# (billing/stripe/client.py refuses to store one): no admin page adds them.
+if admin.site.is_registered(APIKey):
+    admin.site.unregister(APIKey)

@@ -3,7 +3,7 @@
 from decimal import Decimal
 
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import extend_schema, extend_schema_field
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_field
 from rest_framework import generics, serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -69,12 +69,28 @@ class TopUpSerializer(serializers.ModelSerializer):
 
 
 class TopUpCreateView(APIView):
-    @extend_schema(request=TopUpRequestSerializer, responses={201: TopUpCreatedSerializer})
+    @extend_schema(
+        request=TopUpRequestSerializer,
+        responses={201: TopUpCreatedSerializer},
+        parameters=[
+            OpenApiParameter(
+                "Idempotency-Key",
+                str,
+                OpenApiParameter.HEADER,
+                description="Optional, 1 to 255 characters. A retry with the same key answers the same top-up "
+                "and PaymentIntent; the same key for another amount is refused (422).",
+            )
+        ],
+    )
     def post(self, request: Request) -> Response:
         stripe_require()  # 503 before anything else: nothing a client sends can help
         serializer = TopUpRequestSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        topup, client_secret = topup_create(user=request.user, amount_usd=serializer.validated_data["amount_usd"])
+        topup, client_secret = topup_create(
+            user=request.user,
+            amount_usd=serializer.validated_data["amount_usd"],
+            request_key=request.headers.get("Idempotency-Key"),
+        )
         body = {
             "id": topup.pk,
             "payment_intent_id": topup.payment_intent_id,

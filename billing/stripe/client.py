@@ -6,10 +6,18 @@ module that uses Stripe imports it) and again whenever a test overrides a STRIPE
 setting. dj-stripe passes STRIPE_API_VERSION on each of its own calls, so the whole
 process speaks one API version.
 
-Every call here writes at Stripe, so none may run inside a database transaction:
+Every call here that writes at Stripe refuses to run inside a database transaction:
 the caller commits first and passes an idempotency key taken from the committed row.
+
+No secret key at rest: dj-stripe keeps every key it is called with in its APIKey table
+(plaintext, so in every backup) to find the Stripe account that owns the objects it
+syncs. Here that lookup asks Stripe for the account (once per process and key) and
+stores nothing, and an APIKey row holding a secret or restricted key is refused;
+STRIPE_SECRET_KEY lives in the environment only. (Migration billing 0002 deleted the
+rows stored before.)
 """
 
+import hashlib
 import logging
 from typing import Any
 
@@ -17,8 +25,10 @@ import stripe
 from django.conf import settings
 from django.core.signals import setting_changed
 from django.db import transaction
+from django.db.models.signals import pre_save
 from django.dispatch import receiver
-from djstripe.models import Customer
+from djstripe.models import Account, APIKey, Customer
+from djstripe.settings import djstripe_settings
 
 from accounts.models import User
 from core.exceptions import ServiceUnavailable
@@ -42,6 +52,42 @@ def _reconfigure(*, setting: str, **kwargs: Any) -> None:
 
 
 stripe_configure()
+
+
+# --- keys stay out of the database --------------------------------------------------
+
+# sha256(key) -> the id of the Stripe account it belongs to, for this process.
+_owner_account_ids: dict[str, str] = {}
+
+
+def _owner_account_for_key(cls: type[Account], api_key: str) -> Account:
+    """In place of dj-stripe's Account.get_or_retrieve_for_api_key (dj-stripe 2.11),
+    which stores `api_key` in an APIKey row to remember its account: the account is
+    asked of Stripe once per process and key, and remembered in memory only."""
+    digest = hashlib.sha256(api_key.encode()).hexdigest()
+    account_id = _owner_account_ids.get(digest)
+    account = Account.objects.filter(id=account_id).first() if account_id else None
+    if account is None:
+        data = Account.stripe_class.retrieve(api_key=api_key, stripe_version=djstripe_settings.STRIPE_API_VERSION)
+        # The row first (as dj-stripe does): syncing it looks up its own owner account,
+        # which is this one.
+        account, created = Account.objects.get_or_create(id=data["id"])
+        _owner_account_ids[digest] = account.id
+        if created:
+            account = Account.sync_from_stripe_data(data, api_key=api_key)
+    return account
+
+
+Account.get_or_retrieve_for_api_key = classmethod(_owner_account_for_key)
+
+
+@receiver(pre_save, sender=APIKey)
+def _refuse_stored_secret(*, instance: APIKey, **kwargs: Any) -> None:
+    # Publishable keys are public; anything else would put a secret at rest.
+    if not str(instance.secret).startswith("pk_"):
+        raise ValueError(
+            "Stripe secret and restricted keys are not stored in the database; set STRIPE_SECRET_KEY instead."
+        )
 
 
 def stripe_enabled() -> bool:
@@ -91,6 +137,11 @@ def payment_intent_create(
         idempotency_key=idempotency_key,
         **_api_options(),
     )
+
+
+def payment_intent_retrieve(*, payment_intent_id: str) -> stripe.PaymentIntent:
+    """A read (its client secret for a replayed top-up); safe anywhere."""
+    return stripe.PaymentIntent.retrieve(payment_intent_id, **_api_options())
 
 
 def webhook_endpoint_create(*, url: str, enabled_events: list[str], metadata: dict[str, str]) -> stripe.WebhookEndpoint:

@@ -2,7 +2,7 @@
 
 from datetime import timedelta
 
-from django.db.models import QuerySet
+from django.db.models import Q, QuerySet
 from django.utils import timezone
 from djstripe.models import WebhookEventTrigger
 
@@ -14,13 +14,17 @@ def topups_for_user(*, user: User) -> QuerySet[TopUp]:
     return TopUp.objects.filter(user=user).order_by("-created_at", "-id")
 
 
-def webhook_triggers_lost(*, older_than: timedelta, limit: int = 500) -> list[int]:
-    """Ids of valid triggers that were never processed nor failed: their task was lost
-    (broker down at intake, or purged). Failed ones stay for staff to re-run from the
-    admin."""
-    cutoff = timezone.now() - older_than
+def webhook_triggers_to_retry(*, older_than: timedelta, failed_within: timedelta, limit: int = 500) -> list[int]:
+    """Ids of valid, unprocessed triggers older than `older_than` whose task was lost
+    (broker down at intake, or purged: no error), or that failed (an error, last tried
+    more than `older_than` ago) and are younger than `failed_within`. Older failures
+    stay for staff to re-run from the admin."""
+    now = timezone.now()
+    cutoff = now - older_than
+    lost = Q(exception="")
+    failed = ~Q(exception="") & Q(updated__lt=cutoff, created__gte=now - failed_within)
     return list(
-        WebhookEventTrigger.objects.filter(valid=True, processed=False, exception="", created__lt=cutoff)
+        WebhookEventTrigger.objects.filter(lost | failed, valid=True, processed=False, created__lt=cutoff)
         .order_by("pk")
         .values_list("pk", flat=True)[:limit]
     )

@@ -3,17 +3,27 @@ webhooks (intake in the web request, processing in Celery, endpoints).
 
 Creating a top-up: the TopUp row is committed first; then, outside any transaction, the
 user's Stripe customer and a PaymentIntent keyed by the row's idempotency key. A
-retried create can therefore never make a second PaymentIntent.
+retried create can therefore never make a second PaymentIntent; a client that sends
+an `Idempotency-Key` gets the same top-up (and PaymentIntent) for the same key.
 
-Applying Stripe's events (`topup_event_apply`, called by `webhook_trigger_process`
-in the Celery task, never in a web request). Stripe delivers each event at least
-once, in any order, sometimes concurrently, so every handler:
-- locks the TopUp row (select_for_update) and re-reads its state before acting;
-- moves credits only through billing.services with a reference derived from Stripe
-  ids, so the ledger's unique (kind, reference) refuses a second application;
-- is commutative: a refund or dispute that arrives before payment_intent.succeeded
-  is taken back at once (the balance may go negative) and the later grant leaves
-  the right balance.
+Applying Stripe's events (`topup_event_receive`, called by `webhook_trigger_process`
+in the Celery task, never in a web request). It depends only on the signed event
+body: no Stripe call, nothing of dj-stripe's. Stripe delivers each event at least
+once, in any order, sometimes concurrently, so:
+- each event is recorded once (TopUpEvent, unique by event id) and applied once;
+- the handlers lock the TopUp row (select_for_update) and re-read its state;
+- credits move only through billing.services (the reference: the event id, which
+  the ledger's unique (kind, reference) also refuses to apply twice);
+- an event no top-up matches yet (a refund or dispute before its top-up has the
+  PaymentIntent or charge id, a dispute that names only its charge) stays pending and
+  is applied when its top-up learns the id, or by the sweeper;
+- refunds and disputes of one charge are reconciled against each other: the TopUp
+  keeps what Stripe last said of each (the charge's amount_refunded, each dispute's
+  funds withdrawn or reinstated, ordered by the events' `created`), and the credits
+  taken back are always share(min(amount, refunded + withdrawn)): never more than the
+  charge bought, an inquiry takes nothing, a refunded dispute is taken back once. A
+  take-back may come before the grant (the balance goes negative); the later grant
+  leaves the right balance.
 The credits granted always come from our TopUp row, never from event metadata.
 
 Webhook intake (`webhook_trigger_record`, called by the view) verifies the
@@ -24,14 +34,12 @@ task on commit (billing/stripe/tasks.py). No Stripe API call happens in
 the request, so Stripe gets its 2xx at once. A request with a bad signature stores
 nothing.
 
-Processing (`webhook_trigger_process`, the task) first runs dj-stripe's own
-processing (the Event row and dj-stripe's sync of the objects it names, which may
-call Stripe, in dj-stripe's own transaction), then the project's handlers
-(`topup_event_apply`) in one transaction of ours that also marks the trigger
-processed; no Stripe call happens inside it. If anything fails, our transaction
-rolls back, the trigger keeps the error for the admin, and the task retries with
-backoff. Stripe may deliver one event several times (several triggers): each is
-processed, and the handlers' ledger references make the second application a no-op.
+Processing (`webhook_trigger_process`, the task): Parley's own handlers first, in
+their own transaction; then dj-stripe's processing (its Event row and its sync of
+the objects named, which calls Stripe); then the trigger is marked processed. If
+dj-stripe's part fails (Stripe refuses or is down), the credits have moved already;
+the trigger keeps the error, the task retries what is worth retrying and the
+sweeper re-sends failed triggers within Stripe's own retry window.
 
 Nothing here sends a task (tasks import services, never the reverse): the view, the
 admin's re-run action and the sweeper task enqueue.
@@ -48,22 +56,24 @@ from uuid import uuid4
 import stripe
 from django.conf import settings
 from django.db import transaction
+from django.db.models import Q
 from django.urls import reverse
 from django.utils import timezone
 from djstripe.models import Event, WebhookEndpoint, WebhookEventTrigger
 from djstripe.settings import djstripe_settings
 
 from accounts.models import User
-from billing.models import CreditTransaction, TopUp, TransactionKind
+from billing.models import TopUp, TopUpEvent
 from billing.money import LEDGER_PLACES, USD_PLACES
 from billing.services import wallet_adjust, wallet_reverse, wallet_topup
 from billing.stripe import client
-from core.exceptions import ServiceUnavailable, field_error
+from core.exceptions import ApplicationError, ServiceUnavailable, StateConflict, field_error
 
 logger = logging.getLogger(__name__)
 
 Status = TopUp.Status
 DisputeStatus = TopUp.DisputeStatus
+EventState = TopUpEvent.State
 
 
 class TopUpMismatch(Exception):
@@ -86,21 +96,55 @@ def topup_validate_amount(amount_usd: Decimal) -> Decimal:
     return amount_usd
 
 
-def topup_create(*, user: User, amount_usd: Decimal) -> tuple[TopUp, str]:
+REQUEST_KEY_MAX = TopUp._meta.get_field("request_key").max_length
+
+
+def topup_create(*, user: User, amount_usd: Decimal, request_key: str | None = None) -> tuple[TopUp, str]:
     """Starts a top-up: returns the pending TopUp and the PaymentIntent's client secret
-    (handed to the client once, never stored)."""
+    (handed to the client, never stored). With `request_key` (the client's
+    Idempotency-Key), the same key from the same user answers the same top-up and
+    PaymentIntent; the same key for another amount is refused."""
     client.stripe_require()
     topup_validate_amount(amount_usd)
-    # Autocommit: the row (and its idempotency key) is durable before Stripe sees it.
-    topup = TopUp.objects.create(user=user, amount_usd=amount_usd, credits=topup_credits(amount_usd))
+    if request_key is None:
+        # Autocommit: the row (and its idempotency key) is durable before Stripe sees it.
+        topup = TopUp.objects.create(user=user, amount_usd=amount_usd, credits=topup_credits(amount_usd))
+        return topup, _payment_intent_start(topup, replay=False)
+    if not request_key.strip() or len(request_key) > REQUEST_KEY_MAX:
+        raise ApplicationError(f"The Idempotency-Key header must be 1 to {REQUEST_KEY_MAX} characters.")
+    # The unique (user, request_key) decides a race between two requests with one key.
+    topup, created = TopUp.objects.get_or_create(
+        user=user,
+        request_key=request_key,
+        defaults={"amount_usd": amount_usd, "credits": topup_credits(amount_usd)},
+    )
+    if created:
+        return topup, _payment_intent_start(topup, replay=False)
+    if topup.amount_usd != amount_usd:
+        raise StateConflict(f"This Idempotency-Key was already used for a top-up of {topup.amount_usd:.2f} USD.")
+    if topup.payment_intent_id:
+        try:
+            intent = client.payment_intent_retrieve(payment_intent_id=topup.payment_intent_id)
+        except stripe.StripeError as exc:
+            logger.warning("Stripe refused reading top-up %s: %s", topup.pk, exc.__class__.__name__)
+            raise ServiceUnavailable("The payment provider could not be reached; please try again.") from exc
+        return topup, intent.client_secret
+    # The first request got no PaymentIntent (Stripe failed, or it is still under way):
+    # ask again under the row's key, which Stripe answers with the same PaymentIntent.
+    return topup, _payment_intent_start(topup, replay=True)
+
+
+def _payment_intent_start(topup: TopUp, *, replay: bool) -> str:
+    """Creates (or, under the row's idempotency key, gets again) the top-up's
+    PaymentIntent, records its id, and applies events that were waiting for it."""
     try:
-        customer = client.customer_for_user(user=user)
+        customer = client.customer_for_user(user=topup.user)
         intent = client.payment_intent_create(
             customer_id=customer.id,
             amount_cents=topup.amount_cents,
             metadata={
                 "parley_topup_id": str(topup.pk),
-                "parley_user_id": str(user.pk),
+                "parley_user_id": str(topup.user_id),
                 "credits": str(topup.credits),
             },
             idempotency_key=f"parley-topup-{topup.idempotency_key}",
@@ -109,18 +153,23 @@ def topup_create(*, user: User, amount_usd: Decimal) -> tuple[TopUp, str]:
     except stripe.StripeError as exc:
         # Logged by class only: Stripe's messages may echo request details.
         logger.warning("Stripe refused top-up %s: %s", topup.pk, exc.__class__.__name__)
-        TopUp.objects.filter(pk=topup.pk, status=Status.CREATED).update(
-            status=Status.FAILED, error=f"Stripe error: {exc.__class__.__name__}", updated_at=timezone.now()
-        )
+        if not replay:  # a replay may race the first request, which decides
+            TopUp.objects.filter(pk=topup.pk, status=Status.CREATED).update(
+                status=Status.FAILED, error=f"Stripe error: {exc.__class__.__name__}", updated_at=timezone.now()
+            )
         raise ServiceUnavailable("The payment provider could not be reached; please try again.") from exc
-    # Compare-and-set: only a still-new top-up becomes pending (an early webhook may
-    # already have moved it further).
-    TopUp.objects.filter(pk=topup.pk, status=Status.CREATED).update(
-        payment_intent_id=intent.id, status=Status.PENDING, updated_at=timezone.now()
-    )
+    # Compare-and-set: only a top-up that has no PaymentIntent yet becomes pending (an
+    # early webhook may already have adopted it and moved it further).
+    TopUp.objects.filter(
+        pk=topup.pk, status__in=[Status.CREATED, Status.FAILED], payment_intent_id__isnull=True
+    ).update(payment_intent_id=intent.id, status=Status.PENDING, error="", updated_at=timezone.now())
     TopUp.objects.filter(pk=topup.pk, payment_intent_id__isnull=True).update(payment_intent_id=intent.id)
+    if TopUpEvent.objects.filter(state=EventState.PENDING, payment_intent_id=intent.id).exists():
+        with transaction.atomic():
+            locked = TopUp.objects.select_for_update().select_related("user").get(pk=topup.pk)
+            _pending_apply(locked)
     topup.refresh_from_db()
-    return topup, intent.client_secret
+    return intent.client_secret
 
 
 # --- applying Stripe events -------------------------------------------------------
@@ -160,11 +209,6 @@ def _locked_topup(*, payment_intent_id: str | None, charge_id: str | None = None
     return None
 
 
-def _ledger_has(kind: str, reference: str) -> bool:
-    # Every posting for a top-up happens under its row lock, so this check is exact.
-    return CreditTransaction.objects.filter(kind=kind, reference=reference).exists()
-
-
 def _check_usd(topup: TopUp, obj: dict, amount_field: str) -> None:
     if str(obj.get("currency", "")).lower() != "usd":
         raise TopUpMismatch(f"{obj.get('id')}: currency {obj.get('currency')!r}, top-up {topup.pk} is in USD.")
@@ -174,20 +218,44 @@ def _check_usd(topup: TopUp, obj: dict, amount_field: str) -> None:
         )
 
 
-def _on_payment_intent_succeeded(intent: dict) -> str:
-    pi_id = _id(intent.get("id"))
-    topup = _locked_topup(payment_intent_id=pi_id)
-    if topup is None:
-        topup = _adopt_by_metadata(intent)
-    if topup is None:
-        return "ignored: unknown PaymentIntent"
+def _learn_charge(topup: TopUp, charge_id: str | None) -> None:
+    if charge_id and not topup.charge_id:
+        topup.charge_id = charge_id
+
+
+def _takebacks_settle(topup: TopUp, *, reference: str, why: str) -> Decimal:
+    """Brings the credits taken back for this top-up's charge to what Stripe now says:
+    share(min(amount, refunded + disputed funds withdrawn)). Refunds and disputes of
+    one charge are one sum, capped at the charge (an inquiry resolved by refunding, a
+    dispute prevented by a refund, a chargeback on a refunded charge are taken back
+    once). Posts the difference as one ledger row (a reversal, or an adjustment that
+    gives back) and returns it."""
+    refunded = min(topup.refunded_cents, topup.amount_cents)
+    withdrawn = sum(int(dispute["withdrawn"]) for dispute in topup.disputes.values())
+    refunded_credits = _share(topup, refunded)
+    total = _share(topup, min(topup.amount_cents, refunded + withdrawn))
+    delta = total - (topup.refunded_credits + topup.disputed_credits)
+    reason = f"Stripe: {why} (top-up {topup.pk})"
+    if delta > 0:
+        wallet_reverse(user=topup.user, amount=delta, reference=reference, reason=reason)
+    elif delta < 0:
+        wallet_adjust(user=topup.user, amount=-delta, reference=reference, reason=reason)
+    topup.refunded_credits = refunded_credits
+    topup.disputed_credits = total - refunded_credits
+    return delta
+
+
+def _on_payment_intent_succeeded(topup: TopUp, intent: dict, event: TopUpEvent) -> str:
     _check_usd(topup, intent, "amount")
     wallet_topup(
-        user=topup.user, amount=topup.credits, reference=pi_id, reason=f"Stripe top-up of {topup.amount_usd} USD"
+        user=topup.user,
+        amount=topup.credits,
+        reference=topup.payment_intent_id,
+        reason=f"Stripe top-up of {topup.amount_usd} USD",
     )
     if topup.granted_at is None:
         topup.granted_at = timezone.now()
-    topup.charge_id = topup.charge_id or _id(intent.get("latest_charge")) or ""
+    _learn_charge(topup, _id(intent.get("latest_charge")))
     topup.error = ""
     _refresh_status(topup)
     topup.save()
@@ -198,14 +266,13 @@ def _adopt_by_metadata(intent: dict) -> TopUp | None:
     """The PaymentIntent id is stored right after Stripe answers; should the webhook
     win that race (or the process die in between), find the row by the id we put in
     the metadata, and accept it only when user and amount agree with our row."""
-    metadata = intent.get("metadata") or {}
-    topup_id, user_id = metadata.get("parley_topup_id"), metadata.get("parley_user_id")
-    if not (str(topup_id).isdigit() and str(user_id).isdigit()):
+    topup_id, user_id = _metadata_ids(intent)
+    if topup_id is None:
         return None
     topup = (
         TopUp.objects.select_for_update()
         .select_related("user")
-        .filter(pk=int(topup_id), user_id=int(user_id), payment_intent_id__isnull=True)
+        .filter(pk=topup_id, user_id=user_id, payment_intent_id__isnull=True)
         .first()
     )
     if topup is None or intent.get("amount") != topup.amount_cents:
@@ -214,10 +281,15 @@ def _adopt_by_metadata(intent: dict) -> TopUp | None:
     return topup
 
 
-def _on_payment_intent_failed(intent: dict) -> str:
-    topup = _locked_topup(payment_intent_id=_id(intent.get("id")))
-    if topup is None:
-        return "ignored: unknown PaymentIntent"
+def _metadata_ids(intent: dict) -> tuple[int | None, int | None]:
+    metadata = intent.get("metadata") or {}
+    topup_id, user_id = metadata.get("parley_topup_id"), metadata.get("parley_user_id")
+    if not (str(topup_id).isdigit() and str(user_id).isdigit()):
+        return None, None
+    return int(topup_id), int(user_id)
+
+
+def _on_payment_intent_failed(topup: TopUp, intent: dict, event: TopUpEvent) -> str:
     if topup.status not in (Status.CREATED, Status.PENDING):
         return "ignored: top-up already settled"
     error = (intent.get("last_payment_error") or {}).get("message") or intent.get("cancellation_reason") or "failed"
@@ -227,82 +299,113 @@ def _on_payment_intent_failed(intent: dict) -> str:
     return f"top-up {topup.pk} failed"
 
 
-def _on_charge_refunded(charge: dict) -> str:
-    """charge.amount_refunded is Stripe's running total, so the credits to take back
-    are (share of that total) - (what was already taken back): partial refunds add
-    up, a replayed or older event finds nothing new."""
-    charge_id = _id(charge.get("id"))
-    topup = _locked_topup(payment_intent_id=_id(charge.get("payment_intent")), charge_id=charge_id)
-    if topup is None:
-        return "ignored: unknown charge"
+def _on_charge_refunded(topup: TopUp, charge: dict, event: TopUpEvent) -> str:
+    """charge.amount_refunded is Stripe's running total of the charge's refunds (at
+    this API version the charge lists no refunds). The newest event says it; of two
+    in one second the larger counts (refunds only add up within a second: a refund
+    fails days later)."""
     _check_usd(topup, charge, "")
-    refunded_cents = int(charge.get("amount_refunded") or 0)
-    if refunded_cents <= topup.refunded_cents:
-        return "nothing new refunded"
-    target = _share(topup, refunded_cents)
-    delta = target - topup.refunded_credits
-    if delta > 0:
-        wallet_reverse(
-            user=topup.user,
-            amount=delta,
-            reference=f"{charge_id}:refunded:{refunded_cents}",
-            reason=f"Stripe refund of top-up {topup.pk} ({refunded_cents} of {topup.amount_cents} cents)",
-        )
-    topup.refunded_cents = refunded_cents
-    topup.refunded_credits = target
-    topup.charge_id = topup.charge_id or charge_id or ""
+    _learn_charge(topup, _id(charge.get("id")))
+    refunded = int(charge.get("amount_refunded") or 0)
+    if event.stripe_created > topup.refunds_as_of:
+        topup.refunded_cents = refunded
+    elif event.stripe_created == topup.refunds_as_of:
+        topup.refunded_cents = max(topup.refunded_cents, refunded)
+    else:
+        return "older than what is known of the charge's refunds"
+    topup.refunds_as_of = event.stripe_created
+    delta = _takebacks_settle(topup, reference=event.event_id, why=f"refunds now {topup.refunded_cents} cents")
     _refresh_status(topup)
     topup.save()
     return f"took back {delta} for refunds of top-up {topup.pk}"
 
 
-def _dispute_topup(dispute: dict) -> TopUp | None:
-    return _locked_topup(payment_intent_id=_id(dispute.get("payment_intent")), charge_id=_id(dispute.get("charge")))
+# A refund that ends in one of these gave the customer nothing back: Stripe returns the
+# money to the balance and the charge's amount_refunded no longer counts it.
+REFUND_UNDONE = ("failed", "canceled")
 
 
-def _on_dispute_created(dispute: dict) -> str:
-    dispute_id = _id(dispute.get("id"))
-    topup = _dispute_topup(dispute)
-    if topup is None or dispute_id is None:
-        return "ignored: unknown charge"
-    _check_usd(topup, dispute, "")
-    share = _share(topup, int(dispute.get("amount") or 0))
-    if share > 0 and not _ledger_has(TransactionKind.REVERSAL, dispute_id):
-        wallet_reverse(
-            user=topup.user, amount=share, reference=dispute_id, reason=f"Stripe dispute on top-up {topup.pk}"
-        )
-        topup.disputed_credits += share
-    if topup.dispute_status == DisputeStatus.NONE:  # a close that came first stays final
-        topup.dispute_status = DisputeStatus.OPEN
+def _on_refund_updated(topup: TopUp, refund: dict, event: TopUpEvent) -> str:
+    refund_id = _id(refund.get("id"))
+    status = refund.get("status")
+    if status not in REFUND_UNDONE or refund_id is None:
+        return f"refund {refund_id} {status}: nothing to change"
+    if refund_id in topup.failed_refunds:
+        return f"refund {refund_id} already counted out"
+    _check_usd(topup, refund, "")
+    _learn_charge(topup, _id(refund.get("charge")))
+    topup.failed_refunds = [*topup.failed_refunds, refund_id]
+    # A charge event newer than the failure already counts it out.
+    if event.stripe_created >= topup.refunds_as_of:
+        topup.refunded_cents = max(0, topup.refunded_cents - int(refund.get("amount") or 0))
+        topup.refunds_as_of = event.stripe_created
+    delta = _takebacks_settle(topup, reference=event.event_id, why=f"refund {refund_id} {status}")
     _refresh_status(topup)
     topup.save()
-    return f"took back {share} for dispute {dispute_id}"
+    return f"gave back {-delta} for refund {refund_id} {status}"
 
 
-# An inquiry closed without a chargeback never withdrew funds: the credits come back too.
-DISPUTE_GIVEN_BACK = ("won", "warning_closed")
+# Dispute statuses at the pinned API version. Inquiries (warning_*) never withdraw
+# funds; a chargeback withdraws the disputed amount (charge.dispute.funds_withdrawn)
+# and a won one reinstates it (charge.dispute.funds_reinstated); `prevented` (Visa
+# RDR) withdraws nothing, the payment is refunded instead.
+DISPUTE_OPEN = ("warning_needs_response", "warning_under_review", "needs_response", "under_review")
+# Only when a dispute carries no balance transactions to tell (another API version).
+DISPUTE_FUNDS_WITHDRAWN = ("needs_response", "under_review", "lost")
 
 
-def _on_dispute_closed(dispute: dict) -> str:
+def _dispute_withdrawn(dispute: dict) -> tuple[int, int]:
+    """(cents Stripe holds back now for this dispute, how many balance transactions
+    say so). The dispute embeds its balance transactions: a withdrawal (negative) and,
+    once won, a reinstatement; their count only grows, so it orders snapshots."""
+    amount = int(dispute.get("amount") or 0)
+    transactions = dispute.get("balance_transactions")
+    if isinstance(transactions, list) and all(isinstance(txn, dict) for txn in transactions):
+        withdrawals = sum(1 for txn in transactions if int(txn.get("amount") or 0) < 0)
+        reinstatements = sum(1 for txn in transactions if int(txn.get("amount") or 0) > 0)
+        return (amount if withdrawals > reinstatements else 0), len(transactions)
+    return (amount if dispute.get("status") in DISPUTE_FUNDS_WITHDRAWN else 0), 0
+
+
+def _dispute_summary(disputes: dict[str, dict]) -> str:
+    statuses = [dispute["status"] for dispute in disputes.values()]
+    if any(status in DISPUTE_OPEN for status in statuses):
+        return DisputeStatus.OPEN
+    if "lost" in statuses:
+        return DisputeStatus.LOST
+    if "won" in statuses:
+        return DisputeStatus.WON
+    return DisputeStatus.CLOSED if statuses else DisputeStatus.NONE
+
+
+def _on_dispute(topup: TopUp, dispute: dict, event: TopUpEvent) -> str:
+    """Every charge.dispute.* event carries the whole dispute: what it says replaces
+    what was known of that dispute unless an earlier snapshot arrives late."""
     dispute_id = _id(dispute.get("id"))
-    topup = _dispute_topup(dispute)
-    if topup is None or dispute_id is None:
-        return "ignored: unknown charge"
+    if dispute_id is None:
+        return "ignored: no dispute id"
     _check_usd(topup, dispute, "")
-    if dispute.get("status") not in DISPUTE_GIVEN_BACK:
-        topup.dispute_status = DisputeStatus.LOST
-        _refresh_status(topup)
-        topup.save()
-        return f"dispute {dispute_id} lost"
-    share = _share(topup, int(dispute.get("amount") or 0))
-    reference = f"{dispute_id}:won"
-    if share > 0 and not _ledger_has(TransactionKind.ADJUSTMENT, reference):
-        wallet_adjust(user=topup.user, amount=share, reference=reference, reason=f"Stripe dispute {dispute_id} won")
-        topup.disputed_credits -= share
-    topup.dispute_status = DisputeStatus.WON
+    _learn_charge(topup, _id(dispute.get("charge")))
+    withdrawn, transactions = _dispute_withdrawn(dispute)
+    known = topup.disputes.get(dispute_id)
+    if known is not None and (known["transactions"], known["as_of"]) > (transactions, event.stripe_created):
+        return f"older than what is known of dispute {dispute_id}"
+    status = str(dispute.get("status") or "")
+    topup.disputes = {
+        **topup.disputes,
+        dispute_id: {
+            "status": status,
+            "amount": int(dispute.get("amount") or 0),
+            "withdrawn": withdrawn,
+            "transactions": transactions,
+            "as_of": event.stripe_created,
+        },
+    }
+    topup.dispute_status = _dispute_summary(topup.disputes)
+    delta = _takebacks_settle(topup, reference=event.event_id, why=f"dispute {dispute_id} {status}")
     _refresh_status(topup)
     topup.save()
-    return f"gave back {share} for dispute {dispute_id}"
+    return f"dispute {dispute_id} {status}: took back {delta}"
 
 
 EVENT_HANDLERS = {
@@ -310,19 +413,128 @@ EVENT_HANDLERS = {
     "payment_intent.payment_failed": _on_payment_intent_failed,
     "payment_intent.canceled": _on_payment_intent_failed,
     "charge.refunded": _on_charge_refunded,
-    "charge.dispute.created": _on_dispute_created,
-    "charge.dispute.closed": _on_dispute_closed,
+    "charge.refund.updated": _on_refund_updated,
+    "charge.dispute.created": _on_dispute,
+    "charge.dispute.updated": _on_dispute,
+    "charge.dispute.funds_withdrawn": _on_dispute,
+    "charge.dispute.funds_reinstated": _on_dispute,
+    "charge.dispute.closed": _on_dispute,
 }
 
 
-def topup_event_apply(*, event_type: str, obj: dict) -> str:
-    """Applies one verified Stripe event to its top-up; returns what it did. Other
-    event types, and events for PaymentIntents that are not top-ups, change nothing."""
-    handler = EVENT_HANDLERS.get(event_type)
-    if handler is None:
+def _event_ids(event_type: str, obj: dict) -> tuple[str, str]:
+    """(PaymentIntent id, charge id) the event's object names; either may be empty (a
+    dispute's payment_intent is null when the charge was not made by one)."""
+    if event_type.startswith("payment_intent."):
+        return _id(obj.get("id")) or "", _id(obj.get("latest_charge")) or ""
+    if obj.get("object") == "charge":
+        return _id(obj.get("payment_intent")) or "", _id(obj.get("id")) or ""
+    return _id(obj.get("payment_intent")) or "", _id(obj.get("charge")) or ""
+
+
+def topup_event_receive(*, event: dict) -> str:
+    """Records one verified Stripe event and applies it to its top-up, once, in one
+    transaction; returns what it did. Other event types change nothing."""
+    event_type = event["type"]
+    if event_type not in EVENT_HANDLERS:
         return "ignored: event type"
+    obj = event["data"]["object"]
+    payment_intent_id, charge_id = _event_ids(event_type, obj)
     with transaction.atomic():
-        return handler(obj)
+        record, _ = TopUpEvent.objects.select_for_update().get_or_create(
+            event_id=event["id"],
+            defaults={
+                "type": event_type,
+                "stripe_created": int(event.get("created") or 0),
+                "api_version": str(event.get("api_version") or "")[:64],
+                "payment_intent_id": payment_intent_id,
+                "charge_id": charge_id,
+                "data": obj,
+            },
+        )
+        if record.state != EventState.PENDING:
+            return f"already {record.state}: {record.outcome}"
+        return _event_apply(record)
+
+
+def _event_apply(record: TopUpEvent) -> str:
+    """Applies a pending event (locked by the caller) if its top-up is known."""
+    topup = _locked_topup(payment_intent_id=record.payment_intent_id, charge_id=record.charge_id)
+    if topup is None and record.type == "payment_intent.succeeded":
+        topup = _adopt_by_metadata(record.data)
+    if topup is None:
+        if record.type.startswith("payment_intent.") and _metadata_ids(record.data)[0] is None:
+            return _event_close(record, EventState.IGNORED, "not a top-up's PaymentIntent")
+        record.outcome = "pending: no top-up has this PaymentIntent or charge yet"
+        record.save(update_fields=["outcome"])
+        return record.outcome
+    outcome = _event_close(record, EventState.APPLIED, EVENT_HANDLERS[record.type](topup, record.data, record), topup)
+    _pending_apply(topup)  # the top-up may just have learned its PaymentIntent or charge id
+    return outcome
+
+
+def _event_close(record: TopUpEvent, state: str, outcome: str, topup: TopUp | None = None) -> str:
+    record.state, record.outcome, record.topup = state, outcome[:255], topup
+    record.applied_at = timezone.now()
+    record.save(update_fields=["state", "outcome", "topup", "applied_at"])
+    return outcome
+
+
+def _pending_apply(topup: TopUp) -> int:
+    """Applies the pending events that name this (locked) top-up's PaymentIntent or
+    charge, oldest first; returns how many. One being applied elsewhere right now is
+    skipped, not waited for (that worker locks the event, then this top-up: waiting
+    here could deadlock); the sweeper picks up whatever is left."""
+    applied, seen = 0, set()
+    while True:
+        names = Q()
+        if topup.payment_intent_id:
+            names |= Q(payment_intent_id=topup.payment_intent_id)
+        if topup.charge_id:
+            names |= Q(charge_id=topup.charge_id)
+        if not names:
+            return applied
+        batch = list(
+            TopUpEvent.objects.select_for_update(skip_locked=True)
+            .filter(names, state=EventState.PENDING)
+            .exclude(pk__in=seen)
+            .order_by("stripe_created", "id")
+        )
+        if not batch:
+            return applied
+        for record in batch:
+            seen.add(record.pk)
+            try:
+                with transaction.atomic():  # a refused one must not undo the event that found it
+                    outcome = EVENT_HANDLERS[record.type](topup, record.data, record)
+            except TopUpMismatch as exc:
+                logger.error("Stripe event %s refused for top-up %s: %s", record.event_id, topup.pk, exc)
+                _event_close(record, EventState.IGNORED, f"refused: {exc}", topup)
+                continue
+            _event_close(record, EventState.APPLIED, outcome, topup)
+            applied += 1
+
+
+def topup_events_pending_apply(*, limit: int = 500) -> int:
+    """The sweeper's part: applies pending events whose top-up is known by now (the
+    race where a worker kept an event pending while the top-up was learning its id);
+    returns how many were applied."""
+    known = Q(payment_intent_id__in=TopUp.objects.filter(payment_intent_id__isnull=False).values("payment_intent_id"))
+    known |= Q(charge_id__in=TopUp.objects.exclude(charge_id="").values("charge_id"))
+    ids = list(
+        TopUpEvent.objects.filter(known, state=EventState.PENDING)
+        .order_by("stripe_created", "id")
+        .values_list("pk", flat=True)[:limit]
+    )
+    applied = 0
+    for pk in ids:
+        with transaction.atomic():
+            record = TopUpEvent.objects.select_for_update(skip_locked=True).filter(pk=pk).first()
+            if record is None or record.state != EventState.PENDING:
+                continue
+            _event_apply(record)
+            applied += record.state == EventState.APPLIED
+    return applied
 
 
 # --- webhooks ------------------------------------------------------------------
@@ -384,6 +596,24 @@ def _api_key(trigger: WebhookEventTrigger) -> str:
     return (account.default_api_key if account else None) or djstripe_settings.get_default_api_key(livemode)
 
 
+def _check_api_version(body: dict) -> None:
+    """An event rendered at another API version than the pinned one (an endpoint made
+    elsewhere, or Stripe's account default) is logged and still applied: the fields
+    the handlers read (ids, amounts, amount_refunded, a dispute's status and balance
+    transactions) have kept their shape across versions, and dropping a payment's
+    event would lose money. Staff fix the endpoint's version (register_stripe_webhook)."""
+    version = body.get("api_version")
+    if version != settings.STRIPE_API_VERSION:
+        logger.warning(
+            "Stripe event %s (%s) is at API version %s, not the pinned %s; applied anyway. "
+            "Set the webhook endpoint's API version to the pinned one.",
+            body.get("id"),
+            body.get("type"),
+            version,
+            settings.STRIPE_API_VERSION,
+        )
+
+
 def webhook_trigger_process(*, trigger_id: int) -> str:
     """Processes one stored trigger. Safe to run twice and concurrently with another
     trigger of the same event."""
@@ -394,24 +624,26 @@ def webhook_trigger_process(*, trigger_id: int) -> str:
         return "skipped: already processed"
     body = trigger.json_body
     try:
-        # dj-stripe first, outside our transaction: it creates the Event once per Stripe
-        # event id and runs its sync, which may call Stripe (in its own transaction);
-        # for a repeated event it returns the stored Event. A slow Stripe therefore
-        # never holds the lock below, and the credits depend only on the signed body.
+        _check_api_version(body)
+        # Parley's part first, from the signed body alone, in its own transaction: the
+        # credits never wait on dj-stripe or on Stripe.
+        outcome = topup_event_receive(event=body)
+        # dj-stripe's part: it creates the Event once per Stripe event id and syncs
+        # what the event names, calling Stripe (in its own transaction; for a repeated
+        # event it returns the stored Event). A slow Stripe never holds our locks.
         event = Event.process(body, api_key=_api_key(trigger))
         with transaction.atomic():
             locked = WebhookEventTrigger.objects.select_for_update().get(pk=trigger_id)
             if locked.processed:
                 return "skipped: already processed"
-            outcome = topup_event_apply(event_type=body["type"], obj=body["data"]["object"])
             locked.event = event
             locked.processed = True
             locked.exception = ""
             locked.traceback = ""
             locked.save(update_fields=["event", "processed", "exception", "traceback", "updated"])
     except Exception as exc:
-        # Kept on the trigger (outside the rolled-back transaction) so staff can see
-        # it in the admin and re-run it; the task decides whether to retry.
+        # Kept on the trigger so staff can see it in the admin and re-run it; the task
+        # decides whether to retry, the sweeper re-sends it later either way.
         WebhookEventTrigger.objects.filter(pk=trigger_id).update(
             exception=f"{exc.__class__.__name__}: {exc}"[:128], traceback=format_exc(), updated=timezone.now()
         )
@@ -423,14 +655,7 @@ def webhook_trigger_process(*, trigger_id: int) -> str:
 # --- endpoints (manage.py register_stripe_webhook) ---------------------------------
 
 # The events Parley acts on; an endpoint created at Stripe subscribes to these only.
-WEBHOOK_EVENTS = [
-    "payment_intent.succeeded",
-    "payment_intent.payment_failed",
-    "payment_intent.canceled",
-    "charge.refunded",
-    "charge.dispute.created",
-    "charge.dispute.closed",
-]
+WEBHOOK_EVENTS = list(EVENT_HANDLERS)
 
 
 def webhook_path(endpoint: WebhookEndpoint) -> str:

@@ -4,7 +4,7 @@ its APIKey table (and so in every backup); Parley keeps it in the environment on
 import pytest
 from django.apps import apps
 from django.db import models
-from djstripe.models import Account, APIKey
+from djstripe.models import Account, APIKey, PaymentIntent
 
 from billing.stripe.services import webhook_endpoint_create_at_stripe
 from tests.billing.stripe.test_webhooks import deliver, start_topup
@@ -38,7 +38,7 @@ def test_the_secret_key_never_lands_in_the_database(stripe_on, webhooks, owner, 
     assert rows_holding(stripe_on.api_key) == []
     # dj-stripe still knows whose objects they are.
     assert Account.objects.get().id == stripe_on.account_id
-    assert topup.user.djstripe_customers.get().djstripe_owner_account_id == stripe_on.account_id
+    assert PaymentIntent.objects.get(id=topup.payment_intent_id).djstripe_owner_account_id == stripe_on.account_id
 
 
 def test_storing_a_secret_key_through_dj_stripe_is_refused(stripe_on):
