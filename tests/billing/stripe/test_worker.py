@@ -16,7 +16,8 @@ import pytest
 import requests
 from djstripe.models import Event, WebhookEventTrigger
 
-from billing.models import CreditTransaction, TopUp
+from billing.models import CreditTransaction, TopUp, TopUpEvent
+from billing.stripe.tasks import apply_pending_stripe_events
 from tests.billing.stripe.conftest import WEBHOOK_SECRET, balance_of, ledger_of
 from tests.conftest import WorkerProcess, _worker_env
 from tests.fakes.stripe_server import FakeStripe, sign_event
@@ -132,7 +133,12 @@ def test_the_same_webhooks_delivered_concurrently_to_two_web_processes_apply_onc
     ]
     paid = [stripe_on.pay(t.payment_intent_id) for t in topups]
     refunded = stripe_on.refund(topups[0].payment_intent_id, amount=400)
-    events = [*paid, refunded]
+    # An inquiry resolved by refunding (taken back once), and a chargeback that names
+    # only its charge (pending until its payment's event is applied).
+    inquiry = stripe_on.dispute(topups[1].payment_intent_id, status="warning_needs_response")
+    inquiry_refunded = stripe_on.refund(topups[1].payment_intent_id)
+    chargeback = stripe_on.dispute(topups[2].payment_intent_id, payment_intent=False)
+    events = [chargeback, inquiry_refunded, *paid, refunded, inquiry]
 
     # Each event goes to both web processes at the same instant, twice over.
     deliveries = [(url, event) for event in events for url in web_processes for _ in range(2)]
@@ -150,11 +156,19 @@ def test_the_same_webhooks_delivered_concurrently_to_two_web_processes_apply_onc
     assert statuses == [200] * len(deliveries)
     wait_for(all_processed(len(deliveries)), 90, "every delivery to be processed")
 
+    # What beat's sweeper does every five minutes: an event kept pending while its
+    # top-up was learning the charge id in another worker is applied now.
+    apply_pending_stripe_events()
+
     assert WebhookEventTrigger.objects.filter(processed=False).count() == 0
     assert Event.objects.count() == len(events)
+    assert not TopUpEvent.objects.filter(state="pending").exists()
     assert CreditTransaction.objects.filter(kind="topup").count() == len(topups)
-    assert CreditTransaction.objects.filter(kind="reversal").count() == 1
-    expected = sum(Decimal(a) * 100 for a in amounts) - Decimal("400")
+    assert CreditTransaction.objects.filter(kind="reversal").count() == 3
+    assert not CreditTransaction.objects.filter(kind="adjustment").exists()
+    expected = sum(Decimal(a) * 100 for a in amounts) - Decimal("400") - Decimal("250") - Decimal("777")
     assert balance_of(owner) == expected
     assert sum(amount for _, amount, _ in ledger_of(owner)) == expected
-    assert set(TopUp.objects.values_list("status", flat=True)) == {"succeeded", "partially_refunded"}
+    assert sorted(TopUp.objects.values_list("status", flat=True)) == sorted(
+        ["partially_refunded", "disputed", "disputed", "succeeded", "succeeded", "succeeded"]  # the inquiry is open
+    )
