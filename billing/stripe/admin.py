@@ -11,7 +11,7 @@ from django.http import HttpRequest
 from djstripe.admin.admin import WebhookEventTriggerAdmin
 from djstripe.models import APIKey, WebhookEventTrigger
 
-from billing.models import TopUp
+from billing.models import TopUp, TopUpEvent
 from billing.stripe.tasks import webhook_trigger_enqueue
 
 
@@ -42,6 +42,30 @@ class TopUpAdmin(admin.ModelAdmin):
         return False  # read-only: top-ups move only through Stripe's events
 
     def has_delete_permission(self, request: HttpRequest, obj: TopUp | None = None) -> bool:
+        return False
+
+
+@admin.register(TopUpEvent)
+class TopUpEventAdmin(admin.ModelAdmin):
+    """The Stripe events Parley applied to top-ups, and those still pending (no top-up
+    has their PaymentIntent or charge yet). Read-only: the sweeper applies a pending
+    one once its top-up is known."""
+
+    list_display = ["event_id", "type", "state", "topup", "payment_intent_id", "charge_id", "outcome", "received_at"]
+    list_filter = ["state", "type"]
+    search_fields = ["event_id", "payment_intent_id", "charge_id"]
+    list_select_related = ["topup"]
+
+    def get_readonly_fields(self, request: HttpRequest, obj: TopUpEvent | None = None) -> list[str]:
+        return [field.name for field in TopUpEvent._meta.fields]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: TopUpEvent | None = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: TopUpEvent | None = None) -> bool:
         return False
 
 

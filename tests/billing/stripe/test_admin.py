@@ -87,3 +87,20 @@ def test_top_ups_are_listed_read_only_in_the_admin(stripe_on, owner, buyer_clien
     assert admin_browser.get("/admin/billing/topup/add/").status_code == 403
     assert admin_browser.post(f"/admin/billing/topup/{topup_id}/delete/", {"post": "yes"}).status_code == 403
     assert TopUp.objects.filter(pk=topup_id).exists()
+
+
+def test_stripe_events_are_listed_read_only_with_the_pending_ones(stripe_on, webhooks, owner, admin_browser):
+    intent = stripe_on.create_payment_intent(amount=1000)
+    stripe_on.pay(intent["id"])
+    refunded = stripe_on.refund(intent["id"], amount=100)  # no top-up has this PaymentIntent
+    assert webhooks.post(refunded).status_code == 200
+
+    listing = admin_browser.get("/admin/billing/topupevent/", {"state__exact": "pending"})
+
+    assert listing.status_code == 200
+    assert refunded["id"] in listing.content.decode()
+    assert admin_browser.get("/admin/billing/topupevent/add/").status_code == 403
+
+
+def test_no_admin_page_stores_a_stripe_api_key(admin_browser):
+    assert admin_browser.get("/admin/djstripe/apikey/add/").status_code == 404
