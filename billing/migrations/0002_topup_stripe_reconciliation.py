@@ -13,6 +13,32 @@ def forget_stored_stripe_keys(apps, schema_editor):
     APIKey.objects.filter(type__in=["secret", "restricted"]).delete()
 
 
+def backfill_disputes(apps, schema_editor):
+    """Top-ups disputed before this migration kept only `disputed_credits`; the
+    take-backs are now derived from each dispute's state (TopUp.disputes), so rebuild
+    it from the ledger rows the old handlers wrote (a reversal referenced by the
+    dispute id, an adjustment "<dispute id>:won" when won). `as_of` 0 lets the
+    dispute's next event replace the entry."""
+    TopUp = apps.get_model("billing", "TopUp")
+    CreditTransaction = apps.get_model("billing", "CreditTransaction")
+    for topup in TopUp.objects.exclude(dispute_status="").iterator():
+        amount_cents = int(topup.amount_usd * 100)
+        disputes = {}
+        for row in CreditTransaction.objects.filter(kind="reversal", reason=f"Stripe dispute on top-up {topup.pk}"):
+            won = CreditTransaction.objects.filter(kind="adjustment", reference=f"{row.reference}:won").exists()
+            cents = round(-row.amount * amount_cents / topup.credits)
+            status = "won" if won else ("lost" if topup.dispute_status == "lost" else "needs_response")
+            disputes[row.reference] = {
+                "status": status,
+                "amount": cents,
+                "withdrawn": 0 if won else cents,
+                "transactions": 0,
+                "as_of": 0,
+            }
+        if disputes:
+            TopUp.objects.filter(pk=topup.pk).update(disputes=disputes)
+
+
 class Migration(migrations.Migration):
     dependencies = [
         ("billing", "0001_initial"),
@@ -112,4 +138,5 @@ class Migration(migrations.Migration):
             ),
         ),
         migrations.RunPython(forget_stored_stripe_keys, migrations.RunPython.noop),
+        migrations.RunPython(backfill_disputes, migrations.RunPython.noop),
     ]

@@ -6,11 +6,14 @@ is known. The take-backs of one charge never exceed its credits; every scenario
 ends with wallets equal to their ledger (the conftest's check)."""
 
 from decimal import Decimal
+from importlib import import_module
 
 import pytest
+from django.apps import apps
 from djstripe.models import WebhookEventTrigger
 
 from billing.models import CreditTransaction, TopUp
+from billing.services import wallet_reverse
 from billing.stripe.tasks import apply_pending_stripe_events
 from tests.billing.factories import TopUpFactory
 from tests.billing.stripe.conftest import balance_of
@@ -217,3 +220,25 @@ def test_the_sweeper_applies_a_pending_event_once_its_top_up_is_known(stripe_on,
     assert balance_of(owner) == Decimal("-250.00000000")
     topup.refresh_from_db()
     assert topup.refunded_cents == 250
+
+
+def test_a_dispute_taken_back_before_the_upgrade_is_not_given_back_by_a_later_refund(
+    stripe_on, webhooks, owner, buyer_client
+):
+    """Migration billing 0002 rebuilds each dispute's state from the old ledger rows."""
+    backfill = import_module("billing.migrations.0002_topup_stripe_reconciliation").backfill_disputes
+    topup = paid_topup(stripe_on, webhooks, buyer_client)
+    opened = stripe_on.dispute(topup.payment_intent_id, amount=600)
+    dispute_id = opened["data"]["object"]["id"]
+    # What the old handler left: a reversal referenced by the dispute id, and only
+    # disputed_credits on the row.
+    wallet_reverse(user=owner, amount="600", reference=dispute_id, reason=f"Stripe dispute on top-up {topup.pk}")
+    TopUp.objects.filter(pk=topup.pk).update(dispute_status="open", disputed_credits=Decimal("600"))
+
+    backfill(apps, None)
+    deliver(webhooks, stripe_on.refund(topup.payment_intent_id, amount=200))
+
+    # 600 withdrawn + 200 refunded: 800 taken back in all, not 200.
+    assert balance_of(owner) == Decimal("200.00000000")
+    deliver(webhooks, stripe_on.close_dispute(dispute_id, "won"))  # the real dispute replaces the rebuilt entry
+    assert balance_of(owner) == Decimal("800.00000000")
