@@ -121,6 +121,7 @@ class FakeStripe:
     lock: threading.RLock = field(default_factory=threading.RLock)
     url: str = ""
     clock: int = 0  # the last event's `created`
+    endpoint_secrets: dict[str, str] = field(default_factory=dict)
     # Called as hook(method, path, params) in the server thread before each answer.
     hooks: list[Any] = field(default_factory=list)
     _server: ThreadingHTTPServer | None = None
@@ -188,6 +189,7 @@ class FakeStripe:
             self.faults.clear()
             self.idempotent.clear()
             self.hooks.clear()
+            self.endpoint_secrets.clear()
 
     def fail_next(self, count: int, *, status: int = 500, path_prefix: str = "/v1/") -> None:
         with self.lock:
@@ -339,6 +341,9 @@ class FakeStripe:
                 "object": "payment_intent",
                 "amount": int(params["amount"]),
                 "amount_capturable": 0,
+                "amount_details": {"tip": {}},
+                "application": None,
+                "application_fee_amount": None,
                 "amount_received": 0,
                 "automatic_payment_methods": {"enabled": True} if params.get("automatic_payment_methods") else None,
                 "canceled_at": None,
@@ -361,7 +366,12 @@ class FakeStripe:
                 "receipt_email": None,
                 "setup_future_usage": None,
                 "shipping": None,
+                "payment_method_configuration_details": None,
+                "payment_method_options": {},
+                "processing": None,
+                "review": None,
                 "statement_descriptor": None,
+                "statement_descriptor_suffix": None,
                 "status": "requires_payment_method",
                 "transfer_data": None,
                 "transfer_group": None,
@@ -376,7 +386,9 @@ class FakeStripe:
             )
 
     def _create_webhook_endpoint(self, params: dict) -> dict:
-        return self._store(
+        # Stripe shows the signing secret in the create call's answer only.
+        secret = f"whsec_{secrets.token_hex(16)}"
+        stored = self._store(
             "webhook_endpoints",
             {
                 "id": _new_id("we"),
@@ -388,11 +400,17 @@ class FakeStripe:
                 "enabled_events": params.get("enabled_events") or ["*"],
                 "livemode": False,
                 "metadata": params.get("metadata") or {},
-                "secret": f"whsec_{secrets.token_hex(16)}",
                 "status": "enabled",
                 "url": params["url"],
             },
         )
+        self.endpoint_secrets[stored["id"]] = secret
+        return {**copy.deepcopy(stored), "secret": secret}
+
+    def webhook_secret(self, endpoint_id: str) -> str:
+        """The signing secret Stripe generated for an endpoint (what it signs events with)."""
+        with self.lock:
+            return self.endpoint_secrets[endpoint_id]
 
     def _balance_transaction(self, *, amount: int, source: str, kind: str) -> str:
         txn = self._store(
@@ -409,6 +427,7 @@ class FakeStripe:
                 "fee": 0 if amount <= 0 else 30 + amount * 29 // 1000,
                 "fee_details": [],
                 "net": amount if amount <= 0 else amount - (30 + amount * 29 // 1000),
+                "balance_type": "payments",
                 "reporting_category": kind,
                 "source": source,
                 "status": "pending",
@@ -468,6 +487,8 @@ class FakeStripe:
                     "amount": intent["amount"],
                     "amount_captured": intent["amount"],
                     "amount_refunded": 0,
+                    "application": None,
+                    "application_fee": None,
                     "application_fee_amount": None,
                     "balance_transaction": self._balance_transaction(
                         amount=intent["amount"], source=charge_id, kind="charge"
@@ -493,12 +514,16 @@ class FakeStripe:
                     "payment_intent": pi_id,
                     "payment_method": method["id"],
                     "payment_method_details": {"card": method["card"], "type": "card"},
+                    "receipt_email": None,
+                    "receipt_number": None,
                     "receipt_url": None,
                     "refunded": False,
                     "review": None,
                     "shipping": None,
                     "source": None,
+                    "source_transfer": None,
                     "statement_descriptor": None,
+                    "statement_descriptor_suffix": None,
                     "status": "succeeded",
                     "transfer_data": None,
                     "transfer_group": None,

@@ -74,7 +74,7 @@ def test_create_makes_the_endpoint_at_stripe_and_stores_its_secret(stripe_on, cl
     assert created.params["api_version"] == settings.STRIPE_API_VERSION
     assert "payment_intent.succeeded" in created.params["enabled_events"]
     assert created.params["metadata"] == {"djstripe_uuid": str(endpoint.djstripe_uuid)}
-    secret = stripe_on.get("webhook_endpoints", endpoint.id)["secret"]
+    secret = stripe_on.webhook_secret(endpoint.id)
     assert endpoint.secret == secret
     assert post_signed(client, path, secret, stripe_on) == 200
 
