@@ -202,6 +202,11 @@ class LLMCall(models.Model):
     def __str__(self) -> str:
         return f"LLM call {self.pk}: {self.purpose} on {self.model_alias}"
 
+    @property
+    def billed(self) -> bool:
+        """A call that returned output (all of it, or part: a stopped stream) is charged."""
+        return self.status != self.Status.FAILED
+
 
 class ToolCall(models.Model):
     """A tool the model asked for and what it returned (excerpt), in one turn."""
