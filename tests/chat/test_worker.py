@@ -109,9 +109,9 @@ def test_a_worker_killed_mid_turn_is_taken_over_once_its_lease_runs_out_and_char
     worker.kill()
     assert turn_status(turn_id) == "running"
     assert wallet_of(funded_owner).held > 0 and not LLMCall.objects.exists()
+    assert turns_sweep() == 0  # the dead worker's lease is still live: nobody else may run the turn
 
     worker.start()
-    assert turns_sweep() == 0  # the dead worker's lease is still live: nobody else may run the turn
     wait_for(lambda: Turn.objects.get(pk=turn_id).lease_expires_at < timezone.now(), timeout=10)
     assert turns_sweep() == 1  # what beat does every few seconds: hands the turn over
     wait_for(lambda: finished(turn_id), timeout=60)
