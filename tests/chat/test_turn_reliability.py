@@ -88,7 +88,7 @@ def _another_redis_db(url: str) -> str:
     """A Redis database the suite's own worker does not consume from."""
     parts = urlsplit(url)
     number = int(parts.path.lstrip("/") or 0)
-    return urlunsplit(parts._replace(path=f"/{(number + 2) % 16}"))
+    return urlunsplit(parts._replace(path=f"/{(number + 8) % 16}"))
 
 
 def _stack(tmp_path: Path, redis_url: str, fake: FakeOpenAIServer, **extra: str) -> Stack:
@@ -222,6 +222,8 @@ def database_refusing(seconds: float) -> Iterator[None]:
             yield
         finally:
             admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+            if getattr(connection, "pool", None) is not None:
+                connection.pool.check()  # this process's idle pooled connections were terminated too
 
 
 def _turn_in_completion(tmp_path: Path, fake: FakeOpenAIServer, email: str, **env: str) -> tuple[Stack, str]:
