@@ -86,6 +86,7 @@ def test_a_finished_turn_cannot_be_cancelled_and_the_answer_names_its_status(own
     assert answer.json()["error"]["code"] == "invalid_state"
     assert "already completed" in answer.json()["error"]["message"]
     assert Turn.objects.get(pk=turn_id).status == "completed"
+    _assert_reconciled()
 
 
 @pytest.mark.django_db(transaction=True)
