@@ -187,7 +187,7 @@ def test_a_turn_whose_worker_was_killed_is_taken_over_within_90_s_and_runs_once_
         wait_for(lambda: len(fake.requests) == 1, timeout=30)
         # The broker delivers the turn again while it runs (a duplicate message):
         # the live lease keeps the second delivery out.
-        Celery(broker=redis_url).send_task("chat.run_turn", args=[turn_id])
+        Celery(broker=redis_url, set_as_current=False).send_task("chat.run_turn", args=[turn_id])
         time.sleep(1.5)
         assert len(fake.requests) == 1 and _status(turn_id) == "running"
 
