@@ -2,11 +2,12 @@ import hashlib
 import secrets
 from datetime import timedelta
 
+from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from accounts.models import ApiKey, User
-from billing.services import wallet_create
+from billing.services import wallet_create, wallet_grant
 from core.exceptions import field_error
 
 KEY_PREFIX = "prl_"
@@ -35,6 +36,19 @@ def user_create(*, email: str, password: str | None = None, **extra) -> User:
         raise field_error("email", "A user with this email already exists.") from None
     wallet_create(user=user)
     return user
+
+
+@transaction.atomic
+def user_register(*, email: str, password: str, key_name: str) -> tuple[User, ApiKey, str]:
+    """Self-service sign-up (POST auth/register, when ALLOW_REGISTRATION): the user, its
+    wallet and a first API key, and SIGNUP_CREDITS granted through the ledger (a
+    `grant` row, reference signup:<user id>). Nothing else: what an account can spend
+    beyond what it was given is bounded by BILLING_OVERDRAFT_LIMIT (billing.services)."""
+    user = user_create(email=email, password=password)
+    if settings.SIGNUP_CREDITS > 0:
+        wallet_grant(user=user, amount=settings.SIGNUP_CREDITS, reason="Signup credits", reference=f"signup:{user.pk}")
+    api_key, raw_key = api_key_create(user=user, name=key_name)
+    return user, api_key, raw_key
 
 
 def api_key_create(*, user: User, name: str) -> tuple[ApiKey, str]:

@@ -222,7 +222,10 @@ BENCH_ENDPOINTS = env.bool("BENCH_ENDPOINTS", default=False)
 if BENCH_ENDPOINTS:
     INSTALLED_APPS.append("bench")  # its no-op task, for the worker to find
 
-ALLOW_REGISTRATION = env.bool("ALLOW_REGISTRATION", default=True)
+# Open registration is for local use: a deployment opens it on purpose.
+ALLOW_REGISTRATION = env.bool("ALLOW_REGISTRATION", default=DEBUG)
+# Credits each registered account starts with (a `grant` ledger row, reference signup:<user id>).
+SIGNUP_CREDITS = Decimal(env.str("SIGNUP_CREDITS", default="0"))
 
 # --- Billing -----------------------------------------------------------------
 LOW_BALANCE_THRESHOLD = Decimal(env.str("LOW_BALANCE_THRESHOLD", default="5.0"))
@@ -230,6 +233,13 @@ BILLING_ENFORCEMENT = env.str("BILLING_ENFORCEMENT", default="warn")
 if BILLING_ENFORCEMENT not in ("warn", "block"):
     raise ImproperlyConfigured("BILLING_ENFORCEMENT must be 'warn' or 'block'.")
 ADMIN_GRANT_MAX = Decimal(env.str("ADMIN_GRANT_MAX", default="10000"))
+# In `warn` mode no hold may take the available balance below -BILLING_OVERDRAFT_LIMIT
+# credits: a turn that could go past it is refused (402). `block` mode allows no overdraft.
+BILLING_OVERDRAFT_LIMIT = Decimal(env.str("BILLING_OVERDRAFT_LIMIT", default="1"))
+if not BILLING_OVERDRAFT_LIMIT.is_finite() or BILLING_OVERDRAFT_LIMIT < 0:
+    raise ImproperlyConfigured("BILLING_OVERDRAFT_LIMIT must be a number of credits, 0 or more.")
+if not SIGNUP_CREDITS.is_finite() or SIGNUP_CREDITS < 0 or SIGNUP_CREDITS > ADMIN_GRANT_MAX:
+    raise ImproperlyConfigured("SIGNUP_CREDITS must be between 0 and ADMIN_GRANT_MAX.")
 CREDITS_PER_USD = Decimal(env.str("CREDITS_PER_USD", default="100"))
 TOP_UP_MIN_USD = Decimal(env.str("TOP_UP_MIN_USD", default="1.00"))
 TOP_UP_MAX_USD = Decimal(env.str("TOP_UP_MAX_USD", default="500.00"))

@@ -14,7 +14,9 @@ PROBE = (
     "from config.celery import app;"
     "print(json.dumps({'vendor': connection.vendor, 'eager': app.conf.task_always_eager,"
     " 'broker': app.conf.broker_url, 'debug': settings.DEBUG,"
-    " 'acks_late': app.conf.task_acks_late, 'accept': list(app.conf.accept_content)}))"
+    " 'acks_late': app.conf.task_acks_late, 'accept': list(app.conf.accept_content),"
+    " 'registration': settings.ALLOW_REGISTRATION, 'overdraft': str(settings.BILLING_OVERDRAFT_LIMIT),"
+    " 'signup_credits': str(settings.SIGNUP_CREDITS)}))"
 )
 
 
@@ -41,6 +43,8 @@ def test_no_environment_is_the_embedded_default():
     assert probe["debug"] is True
     assert probe["acks_late"] is True
     assert probe["accept"] == ["json"]
+    assert probe["registration"] is True  # local use: anyone may sign up
+    assert (probe["overdraft"], probe["signup_credits"]) == ("1", "0")
 
 
 def test_database_and_redis_urls_switch_to_postgres_and_a_redis_broker():
@@ -56,6 +60,7 @@ def test_database_and_redis_urls_switch_to_postgres_and_a_redis_broker():
     assert probe["eager"] is False
     assert probe["broker"] == "redis://127.0.0.1:6379/0"
     assert probe["debug"] is False
+    assert probe["registration"] is False  # a deployment opens registration on purpose
 
 
 def test_without_debug_the_service_refuses_to_start_without_secret_key():
