@@ -3,10 +3,12 @@ import secrets
 from datetime import timedelta
 
 from django.conf import settings
+from django.contrib.auth.models import Group, Permission
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from accounts.models import ApiKey, User
+from accounts.permissions import STAFF_GROUP, STAFF_GROUP_PERMISSIONS
 from billing.services import wallet_create, wallet_grant
 from core.exceptions import field_error
 
@@ -49,6 +51,29 @@ def user_register(*, email: str, password: str, key_name: str) -> tuple[User, Ap
         wallet_grant(user=user, amount=settings.SIGNUP_CREDITS, reason="Signup credits", reference=f"signup:{user.pk}")
     api_key, raw_key = api_key_create(user=user, name=key_name)
     return user, api_key, raw_key
+
+
+def staff_group() -> Group:
+    """The "Parley staff" group, holding every permission the staff API needs
+    (accounts.permissions). Migration accounts 0002 makes it; this makes it again
+    if someone deleted it, and adds a permission it lost."""
+    group, _ = Group.objects.get_or_create(name=STAFF_GROUP)
+    for name in STAFF_GROUP_PERMISSIONS:
+        app_label, codename = name.split(".")
+        group.permissions.add(Permission.objects.get(content_type__app_label=app_label, codename=codename))
+    return group
+
+
+@transaction.atomic
+def user_make_staff(*, user: User) -> Group:
+    """Makes `user` staff and a member of the "Parley staff" group (what the staff API
+    and the matching admin pages ask for); returns the group."""
+    if not user.is_staff:
+        user.is_staff = True
+        user.save(update_fields=["is_staff"])
+    group = staff_group()
+    user.groups.add(group)
+    return group
 
 
 def api_key_create(*, user: User, name: str) -> tuple[ApiKey, str]:

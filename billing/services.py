@@ -27,7 +27,7 @@ from django.utils import timezone
 from accounts.models import User
 from billing import _sql
 from billing.models import CreditHold, CreditTransaction, ModelPrice, TransactionKind, Wallet
-from billing.money import ledger_amount, ledger_exact, to_decimal
+from billing.money import format_ledger, ledger_amount, ledger_exact, to_decimal
 from core.exceptions import InsufficientCredits, StateConflict, field_error
 
 ZERO = Decimal("0")
@@ -393,11 +393,12 @@ def _hold_place_orm(*, user_id: int, amount: Decimal, reference: str, overdraft:
 
 
 def _not_covered(*, available: Decimal, amount: Decimal, overdraft: Decimal) -> str:
+    available, amount = format_ledger(available), format_ledger(amount)
     if not overdraft:
         return f"Available balance {available} does not cover this turn's worst-case cost {amount}."
     return (
         f"This turn could cost up to {amount} credits; your available balance is {available} and may go at most "
-        f"{overdraft} credits below zero (the overdraft limit). Top up, or ask for a grant, to continue."
+        f"{format_ledger(overdraft)} credits below zero (the overdraft limit). Top up, or ask for a grant, to continue."
     )
 
 
