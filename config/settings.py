@@ -274,6 +274,13 @@ LLM_TIMEOUT_SECONDS = env.float("LLM_TIMEOUT_SECONDS", default=60.0)
 LLM_MAX_RETRIES = env.int("LLM_MAX_RETRIES", default=2)
 LOCAL_LLM_LATENCY_MS = env.int("LOCAL_LLM_LATENCY_MS", default=0)
 MAX_UPLOAD_BYTES = env.int("MAX_UPLOAD_BYTES", default=5 * 1024 * 1024)
+# An upload's text is extracted in a child process (chat/extraction.py) with these
+# bounds; an upload past one is refused with a 400 saying which.
+UPLOAD_EXTRACT_TIMEOUT_SECONDS = env.float("UPLOAD_EXTRACT_TIMEOUT_SECONDS", default=10.0)
+UPLOAD_EXTRACT_MEMORY_MB = env.int("UPLOAD_EXTRACT_MEMORY_MB", default=512)
+PDF_MAX_PAGES = env.int("PDF_MAX_PAGES", default=500)
+# The page content a PDF's text is read from, inflated, summed over its pages.
+PDF_MAX_DECODED_BYTES = env.int("PDF_MAX_DECODED_BYTES", default=32 * 1024 * 1024)
 WEB_SEARCH_URL = env.str("WEB_SEARCH_URL", default="")
 WEB_SEARCH_TIMEOUT_SECONDS = env.float("WEB_SEARCH_TIMEOUT_SECONDS", default=10.0)
 MAX_TOOL_ROUNDS = env.int("MAX_TOOL_ROUNDS", default=4)

@@ -4,18 +4,21 @@ Invariants:
 - A file is stored only when every check passed: allowed type (declared content type,
   file name extension and the bytes themselves agree), size within MAX_UPLOAD_BYTES,
   text that decodes (or a PDF pypdf can read). A refused upload leaves no row.
+- Text is extracted in a child process bounded in time, memory, PDF pages and
+  inflated bytes (chat/extraction.py); an upload past a bound is refused (400 naming
+  `file`, saying which bound), never half-stored.
 - Only the extracted text is kept (in the row); the raw bytes are never written to
   disk, so deleting the row deletes everything.
 """
 
 import hashlib
-import io
 import json
 import logging
-import re
+import subprocess
+import sys
 import unicodedata
 from dataclasses import dataclass
-from pathlib import PurePath
+from pathlib import Path, PurePath
 
 from django.conf import settings
 
@@ -51,9 +54,8 @@ EXTENSION_TYPES: dict[str, str] = {
     ".pdf": PDF,
 }
 
-# Control characters (Unicode "Cc") other than tab, newline, form feed and carriage return.
-BINARY_CONTROLS = re.compile("[\x00-\x08\x0b\x0e-\x1f\x7f-\x9f]")
-
+# Where `python -m chat.extraction` is found.
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 # A PDF's text can be far larger than its compressed bytes; keep a bounded amount.
 EXTRACTED_TEXT_MAX_CHARS = 2_000_000
 NAME_MAX_CHARS = 255
@@ -105,52 +107,40 @@ def _resolve_type(*, name: str, declared: str) -> str:
     raise _reject(f"The content type '{declared}' does not match a '{extension}' file.")
 
 
-def _decode_text(data: bytes, content_type: str) -> str:
+def _extract_text(data: bytes, content_type: str) -> str:
+    """The upload's text, extracted by `python -m chat.extraction` in a child process:
+    killed after UPLOAD_EXTRACT_TIMEOUT_SECONDS, its memory capped, PDFs bounded in
+    pages and inflated bytes (chat/extraction.py says how). This thread only waits
+    (without the GIL), so the web process keeps answering meanwhile."""
+    limits = {
+        "content_type": content_type,
+        "max_pages": settings.PDF_MAX_PAGES,
+        "max_decoded_bytes": settings.PDF_MAX_DECODED_BYTES,
+        "max_chars": EXTRACTED_TEXT_MAX_CHARS,
+        "memory_bytes": settings.UPLOAD_EXTRACT_MEMORY_MB * 1024 * 1024,
+    }
+    timeout = settings.UPLOAD_EXTRACT_TIMEOUT_SECONDS
     try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        raise _reject(f"The file is declared as {content_type} but is not UTF-8 text.")
-    # A NUL or a run of other control characters means binary data posing as text
-    # (tab, newline, carriage return and form feed are what real text files contain).
-    controls = sum(1 for _ in BINARY_CONTROLS.finditer(text))
-    if "\x00" in text or controls > max(8, len(text) // 1000):
-        raise _reject(f"The file is declared as {content_type} but contains binary data.")
-    if content_type == "application/json":
-        try:
-            json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise _reject(f"The file is not valid JSON ({exc.msg} at line {exc.lineno}).")
-        except RecursionError:
-            raise _reject("The file is not valid JSON (nested too deeply).")
-    return text
-
-
-def _extract_pdf_text(data: bytes) -> str:
-    # Imported here: pypdf is only needed for PDF uploads.
-    from pypdf import PdfReader
-
-    if not data.startswith(b"%PDF-"):
-        raise _reject("The file is declared as a PDF but does not start with a PDF header.")
-    parts: list[str] = []
+        child = subprocess.run(  # noqa: S603  our own module, arguments we built
+            [sys.executable, "-m", "chat.extraction", json.dumps(limits)],
+            input=data,
+            capture_output=True,
+            timeout=timeout,
+            cwd=PROJECT_ROOT,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:  # subprocess.run has killed the child
+        logger.info("refused an upload whose text took over %s s to extract", timeout)
+        raise _reject(f"Reading the text of this file took longer than {timeout:g} s, the limit; it was not stored.")
     try:
-        reader = PdfReader(io.BytesIO(data))
-        locked = reader.is_encrypted and not reader.decrypt("")
-        total = 0
-        for page in [] if locked else reader.pages:
-            text = page.extract_text() or ""
-            parts.append(text)
-            total += len(text)
-            if total >= EXTRACTED_TEXT_MAX_CHARS:
-                break
-    except Exception as exc:  # noqa: BLE001
-        # pypdf raises many exception types (its own, ValueError, KeyError, TypeError,
-        # RecursionError...) on malformed input; every one of them means "unreadable".
-        logger.info("rejected an unreadable PDF upload: %s", type(exc).__name__)
-        raise _reject("The PDF could not be read.")
-    if locked:
-        raise _reject("The PDF is password-protected; upload an unprotected copy.")
-    # PostgreSQL text cannot hold NUL; some PDFs' text layers contain it.
-    return "\n\n".join(parts).replace("\x00", "")[:EXTRACTED_TEXT_MAX_CHARS]
+        answer = json.loads(child.stdout)
+    except ValueError:
+        # Killed by its memory cap, or crashed: stderr goes to the log, not to the client.
+        logger.warning("upload extraction exited %s: %s", child.returncode, child.stderr[-2000:].decode(errors="replace"))
+        raise _reject("The file could not be read within the limits for uploads.")
+    if "refused" in answer:
+        raise _reject(answer["refused"])
+    return answer["text"]
 
 
 def file_check(*, name: str, declared_type: str | None, data: bytes) -> CheckedUpload:
@@ -163,7 +153,7 @@ def file_check(*, name: str, declared_type: str | None, data: bytes) -> CheckedU
     if not data:
         raise _reject("The file is empty.")
     content_type = _resolve_type(name=clean_name, declared=_declared(declared_type))
-    text = _extract_pdf_text(data) if content_type == PDF else _decode_text(data, content_type)
+    text = _extract_text(data, content_type)
     return CheckedUpload(
         name=clean_name,
         content_type=content_type,
