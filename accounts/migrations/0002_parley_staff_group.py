@@ -21,7 +21,7 @@ def create_staff_group(apps, schema_editor):
 
     for label in ("billing", "reporting"):
         config = apps.get_app_config(label)
-        unset = config.models_module is None
+        unset = getattr(config, "models_module", None) is None  # a migration state's stub has none
         if unset:
             config.models_module = True
         create_permissions(config, verbosity=0, using=schema_editor.connection.alias, apps=apps)
