@@ -1,6 +1,5 @@
 import pytest
 from django.test import Client
-
 from rest_framework.test import APIClient
 
 from accounts.models import ApiKey, User
