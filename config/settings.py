@@ -62,6 +62,8 @@ MIDDLEWARE = [
     # Outermost, so it sees every answer under /api/ (Django's own 404, 413 and 500
     # pages included, DEBUG on or off) and gives it the shared JSON error body.
     "core.middleware.ApiErrorBodyMiddleware",
+    # A chunked body (no Content-Length) under /api/: read within the size limit, given its length.
+    "core.middleware.ChunkedBodyMiddleware",
     "django.middleware.security.SecurityMiddleware",
     # Serves the admin and Swagger UI assets (bundled, never from a CDN) under gunicorn too.
     "whitenoise.middleware.WhiteNoiseMiddleware",
