@@ -303,7 +303,22 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
 }
 
+# --- HTTPS (README "Production"; `manage.py check --deploy` is clean with them) ------
 if not DEBUG:
-    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
     SESSION_COOKIE_SECURE = env.bool("SESSION_COOKIE_SECURE", default=True)
     CSRF_COOKIE_SECURE = env.bool("CSRF_COOKIE_SECURE", default=True)
+# The header by which the TLS-terminating proxy in front says a request came over
+# https; trust it only behind such a proxy (a client reaching the app directly could
+# send it). Empty: no such proxy. Default: X-Forwarded-Proto when DEBUG is off.
+_proxy_header = env.str("SECURE_PROXY_SSL_HEADER", default="" if DEBUG else "X-Forwarded-Proto").strip()
+if _proxy_header:
+    SECURE_PROXY_SSL_HEADER = ("HTTP_" + _proxy_header.upper().replace("-", "_"), "https")
+# Redirect plain http to https (off by default: behind a proxy that redirects itself,
+# or for local runs on PostgreSQL). The health probe stays reachable over http.
+SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=False)
+SECURE_REDIRECT_EXEMPT = [r"^api/v1/health$"]
+# HSTS: browsers keep to https for this many seconds once they have seen it. Start
+# small; a long value cannot be taken back from browsers that saw it.
+SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", default=False)
+SECURE_HSTS_PRELOAD = env.bool("SECURE_HSTS_PRELOAD", default=False)
