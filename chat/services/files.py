@@ -63,11 +63,16 @@ NAME_MAX_CHARS = 255
 
 @dataclass(frozen=True)
 class CheckedUpload:
+    """An upload that passed every check but the reading of its text."""
+
     name: str
     content_type: str
-    size: int
+    data: bytes
     sha256: str
-    text: str
+
+    @property
+    def size(self) -> int:
+        return len(self.data)
 
 
 def _reject(message: str) -> Exception:
@@ -107,44 +112,62 @@ def _resolve_type(*, name: str, declared: str) -> str:
     raise _reject(f"The content type '{declared}' does not match a '{extension}' file.")
 
 
-def _extract_text(data: bytes, content_type: str) -> str:
-    """The upload's text, extracted by `python -m chat.extraction` in a child process:
-    killed after UPLOAD_EXTRACT_TIMEOUT_SECONDS, its memory capped, PDFs bounded in
-    pages and inflated bytes (chat/extraction.py says how). This thread only waits
-    (without the GIL), so the web process keeps answering meanwhile."""
+def file_extraction_command(*, upload: CheckedUpload) -> list[str]:
+    """The child process that reads an upload's text (its bytes go to its stdin):
+    `python -m chat.extraction` with the limits, run from the project root. Whoever
+    runs it kills it after UPLOAD_EXTRACT_TIMEOUT_SECONDS (file_extract here; the
+    upload view on the event loop) and passes what it printed to file_extraction_answer."""
     limits = {
-        "content_type": content_type,
+        "content_type": upload.content_type,
         "max_pages": settings.PDF_MAX_PAGES,
         "max_decoded_bytes": settings.PDF_MAX_DECODED_BYTES,
         "max_chars": EXTRACTED_TEXT_MAX_CHARS,
         "memory_bytes": settings.UPLOAD_EXTRACT_MEMORY_MB * 1024 * 1024,
     }
+    return [sys.executable, "-m", "chat.extraction", json.dumps(limits)]
+
+
+def file_extraction_timed_out() -> Exception:
     timeout = settings.UPLOAD_EXTRACT_TIMEOUT_SECONDS
+    logger.info("refused an upload whose text took over %s s to extract", timeout)
+    return _reject(f"Reading the text of this file took longer than {timeout:g} s, the limit; it was not stored.")
+
+
+def file_extraction_answer(*, stdout: bytes, stderr: bytes, returncode: int | None) -> str:
+    """The text the child printed, or the 400 naming `file` it refused the upload with."""
+    try:
+        answer = json.loads(stdout)
+    except ValueError:
+        # Killed by its memory cap, or crashed: stderr goes to the log, not to the client.
+        logger.warning("upload extraction exited %s: %s", returncode, stderr[-2000:].decode(errors="replace"))
+        raise _reject("The file could not be read within the limits for uploads.")
+    if "refused" in answer:
+        raise _reject(answer["refused"])
+    return answer["text"][:EXTRACTED_TEXT_MAX_CHARS]
+
+
+def file_extract(*, upload: CheckedUpload) -> str:
+    """The upload's text, read by the child process (chat/extraction.py: bounded in
+    time, memory, PDF pages and inflated bytes). This thread only waits, without the
+    GIL; under the ASGI web process the upload view waits on the event loop instead
+    and holds no thread at all."""
     try:
         child = subprocess.run(  # noqa: S603  our own module, arguments we built
-            [sys.executable, "-m", "chat.extraction", json.dumps(limits)],
-            input=data,
+            file_extraction_command(upload=upload),
+            input=upload.data,
             capture_output=True,
-            timeout=timeout,
+            timeout=settings.UPLOAD_EXTRACT_TIMEOUT_SECONDS,
             cwd=PROJECT_ROOT,
             check=False,
         )
     except subprocess.TimeoutExpired:  # subprocess.run has killed the child
-        logger.info("refused an upload whose text took over %s s to extract", timeout)
-        raise _reject(f"Reading the text of this file took longer than {timeout:g} s, the limit; it was not stored.")
-    try:
-        answer = json.loads(child.stdout)
-    except ValueError:
-        # Killed by its memory cap, or crashed: stderr goes to the log, not to the client.
-        logger.warning("upload extraction exited %s: %s", child.returncode, child.stderr[-2000:].decode(errors="replace"))
-        raise _reject("The file could not be read within the limits for uploads.")
-    if "refused" in answer:
-        raise _reject(answer["refused"])
-    return answer["text"]
+        raise file_extraction_timed_out()
+    return file_extraction_answer(stdout=child.stdout, stderr=child.stderr, returncode=child.returncode)
 
 
 def file_check(*, name: str, declared_type: str | None, data: bytes) -> CheckedUpload:
-    """Validate an upload and extract its text; raises a 400 naming `file` when refused."""
+    """Validate an upload (name, size, type); raises a 400 naming `file` when refused.
+    Its text is read next (file_extract)."""
     clean_name = _clean_name(name or "")
     if not clean_name:
         raise _reject("The file has no name.")
@@ -153,13 +176,27 @@ def file_check(*, name: str, declared_type: str | None, data: bytes) -> CheckedU
     if not data:
         raise _reject("The file is empty.")
     content_type = _resolve_type(name=clean_name, declared=_declared(declared_type))
-    text = _extract_text(data, content_type)
     return CheckedUpload(
-        name=clean_name,
-        content_type=content_type,
-        size=len(data),
-        sha256=hashlib.sha256(data).hexdigest(),
-        text=text[:EXTRACTED_TEXT_MAX_CHARS],
+        name=clean_name, content_type=content_type, data=data, sha256=hashlib.sha256(data).hexdigest()
+    )
+
+
+def file_session_check(*, owner: User, session: ChatSession | None) -> None:
+    if session is not None and session.user_id != owner.pk:
+        raise field_error("session", "No such session.")
+
+
+def file_store(*, owner: User, upload: CheckedUpload, text: str, session: ChatSession | None = None) -> UploadedFile:
+    """Stores a checked upload with its extracted text (the bytes themselves are not kept)."""
+    file_session_check(owner=owner, session=session)
+    return UploadedFile.objects.create(
+        owner=owner,
+        session=session,
+        name=upload.name,
+        content_type=upload.content_type,
+        size=upload.size,
+        sha256=upload.sha256,
+        extracted_text=text,
     )
 
 
@@ -167,18 +204,9 @@ def file_create(
     *, owner: User, name: str, declared_type: str | None, data: bytes, session: ChatSession | None = None
 ) -> UploadedFile:
     """Store an upload for `owner`. Every check runs before the row is written."""
-    if session is not None and session.user_id != owner.pk:
-        raise field_error("session", "No such session.")
-    checked = file_check(name=name, declared_type=declared_type, data=data)
-    return UploadedFile.objects.create(
-        owner=owner,
-        session=session,
-        name=checked.name,
-        content_type=checked.content_type,
-        size=checked.size,
-        sha256=checked.sha256,
-        extracted_text=checked.text,
-    )
+    file_session_check(owner=owner, session=session)
+    upload = file_check(name=name, declared_type=declared_type, data=data)
+    return file_store(owner=owner, upload=upload, text=file_extract(upload=upload), session=session)
 
 
 def file_delete(*, file: UploadedFile) -> None:

@@ -1,11 +1,14 @@
+import asyncio
 import hashlib
 import io
+import json
 import time
 
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 from pypdf import PdfReader, PdfWriter
 
+from accounts.services import api_key_create
 from chat.engine.context import files_prompt_note
 from chat.models import UploadedFile
 from chat.services.files import file_create
@@ -364,3 +367,59 @@ def test_prompt_note_lists_own_files_with_session_files_first(owner, other_user,
     assert lines[2] == f'- id {older.id}: "older.txt" (text/plain, 1 bytes)'
     assert "theirs" not in note
     assert files_prompt_note(user=other_user).count("- id") == 1
+
+
+# --- under the ASGI web process: the event loop waits for the child, no thread does ----
+
+
+def _asgi_upload(app, raw_key: str, name: str, data: bytes):  # noqa: ANN001, ANN201
+    from tests.asgi import asgi_call, multipart
+
+    body, content_type = multipart({"file": SimpleUploadedFile(name, data, content_type="application/pdf")})
+    return asgi_call(app, "POST", URL, body=body, headers=[content_type, (b"authorization", f"Bearer {raw_key}".encode())])
+
+
+@pytest.mark.django_db(transaction=True)
+def test_under_asgi_a_pdf_is_stored_and_a_bomb_refused_in_under_two_seconds(owner):
+    from core.asgi import ASGIHandler
+
+    app = ASGIHandler()
+    _, raw_key = api_key_create(user=owner, name="asgi")
+    status, _, content = asyncio.run(_asgi_upload(app, raw_key, "report.pdf", make_pdf([["Quarterly report"]])))
+    assert status == 201, content
+    assert json.loads(content)["name"] == "report.pdf"
+    assert "Quarterly report" in UploadedFile.objects.get().extracted_text
+
+    started = time.monotonic()
+    status, _, content = asyncio.run(_asgi_upload(app, raw_key, "bomb.pdf", make_pdf_bomb(pages=40)))
+    assert time.monotonic() - started < 2.0
+    assert status == 400
+    assert "inflates to more than 32 MiB" in json.loads(content)["error"]["fields"]["file"][0]
+    assert UploadedFile.objects.count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_under_asgi_a_slow_extraction_holds_no_thread_of_the_web_process(owner, settings):
+    from core.asgi import ASGIHandler
+    from tests.asgi import asgi_call
+
+    settings.WEB_THREADS = 1  # one thread for every request: a waiting upload would block the next one
+    settings.UPLOAD_EXTRACT_TIMEOUT_SECONDS = 3
+    settings.PDF_MAX_DECODED_BYTES = 10**12  # nothing stops the bomb but the time limit
+    app = ASGIHandler()
+    _, raw_key = api_key_create(user=owner, name="me")
+
+    async def scenario() -> tuple:
+        upload = asyncio.create_task(_asgi_upload(app, raw_key, "bomb.pdf", make_pdf_bomb(pages=40)))
+        await asyncio.sleep(1.0)  # the child is reading the bomb
+        started = time.monotonic()
+        me = await asgi_call(app, "GET", "/api/v1/users/me", headers=[(b"authorization", f"Bearer {raw_key}".encode())])
+        me_seconds, upload_still_running = time.monotonic() - started, not upload.done()
+        return me, me_seconds, upload_still_running, await upload
+
+    me, me_seconds, upload_still_running, (status, _, content) = asyncio.run(scenario())
+    assert me[0] == 200 and upload_still_running
+    assert me_seconds < 1.0, me_seconds
+    assert status == 400
+    assert "took longer than 3 s, the limit" in json.loads(content)["error"]["fields"]["file"][0]
+    assert not UploadedFile.objects.exists()

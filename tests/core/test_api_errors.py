@@ -96,38 +96,12 @@ def test_the_root_page_says_what_this_is_and_links_docs_admin_and_health():
 
 
 def _asgi_post(path: str, body: bytes, headers: list[tuple[bytes, bytes]]) -> tuple[int, dict, bytes]:
-    """POSTs `body` in 64 KiB chunks without a Content-Length (Transfer-Encoding:
-    chunked, as gunicorn hands it over) to core.asgi's handler, in this process."""
     import asyncio
 
     from core.asgi import ASGIHandler
+    from tests.asgi import asgi_call
 
-    chunks = [body[i : i + 65536] for i in range(0, len(body), 65536)] or [b""]
-    messages = [{"type": "http.request", "body": c, "more_body": n < len(chunks) - 1} for n, c in enumerate(chunks)]
-    sent: list[dict] = []
-
-    async def receive() -> dict:
-        if messages:
-            return messages.pop(0)
-        await asyncio.Event().wait()  # the client stays connected; cancelled once answered
-        return {"type": "http.disconnect"}
-
-    async def send(message: dict) -> None:
-        sent.append(message)
-
-    scope = {
-        "type": "http", "http_version": "1.1", "method": "POST", "path": path, "raw_path": path.encode(),
-        "root_path": "", "scheme": "http", "query_string": b"", "server": ("testserver", 80),
-        "client": ("127.0.0.1", 5000), "headers": [(b"host", b"testserver"), (b"transfer-encoding", b"chunked"), *headers],
-    }  # fmt: skip
-
-    async def run() -> None:
-        await asyncio.wait_for(ASGIHandler()(scope, receive, send), timeout=30)
-
-    asyncio.run(run())
-    start = next(m for m in sent if m["type"] == "http.response.start")
-    content = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
-    return start["status"], {k.decode().lower(): v.decode() for k, v in start["headers"]}, content
+    return asyncio.run(asgi_call(ASGIHandler(), "POST", path, body=body, headers=headers, chunked=True))
 
 
 @pytest.mark.django_db(transaction=True)
