@@ -1,9 +1,9 @@
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.contrib.auth.admin import UserAdmin as BaseUserAdmin
 from django.contrib.auth.forms import UserChangeForm, UserCreationForm
 
 from accounts.models import ApiKey, User
-from accounts.services import user_create
+from accounts.services import api_key_revoke, user_create
 
 
 class EmailUserCreationForm(UserCreationForm):
@@ -50,8 +50,19 @@ class ApiKeyAdmin(admin.ModelAdmin):
     list_filter = ["revoked_at"]
     search_fields = ["name", "prefix", "user__email"]
     list_select_related = ["user"]
-    readonly_fields = ["user", "prefix", "created_at", "last_used_at"]
+    # revoked_at is read-only: a revoked key stays revoked (a leaked key cannot be
+    # revived by clearing the date); keys are revoked with the list's action.
+    readonly_fields = ["user", "prefix", "created_at", "last_used_at", "revoked_at"]
     fields = ["user", "name", "prefix", "created_at", "last_used_at", "revoked_at"]
+    actions = ["revoke_keys"]
+
+    @admin.action(description="Revoke the selected API keys", permissions=["change"])
+    def revoke_keys(self, request, queryset) -> None:  # noqa: ANN001
+        revoked = 0
+        for api_key in queryset.filter(revoked_at__isnull=True):
+            api_key_revoke(api_key=api_key)
+            revoked += 1
+        self.message_user(request, f"Revoked {revoked} API key{'s' if revoked != 1 else ''}.", messages.SUCCESS)
 
     def has_add_permission(self, request) -> bool:  # noqa: ANN001
         return False  # keys are issued by the API or `manage.py issue_api_key`, which show the secret once

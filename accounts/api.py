@@ -1,5 +1,4 @@
 from django.conf import settings
-from django.db import transaction
 from django.shortcuts import get_object_or_404
 from drf_spectacular.utils import extend_schema
 from rest_framework import generics, status
@@ -19,7 +18,7 @@ from accounts.serializers import (
     RegisterSerializer,
     UserSerializer,
 )
-from accounts.services import api_key_create, api_key_revoke, user_create
+from accounts.services import api_key_create, api_key_revoke, user_register
 
 
 def _created_key_body(api_key, raw_key: str) -> dict:  # noqa: ANN001
@@ -37,9 +36,7 @@ class RegisterView(APIView):
         serializer = RegisterSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
-        with transaction.atomic():
-            user = user_create(email=data["email"], password=data["password"])
-            api_key, raw_key = api_key_create(user=user, name=data["key_name"])
+        user, api_key, raw_key = user_register(email=data["email"], password=data["password"], key_name=data["key_name"])
         body = {"user": UserSerializer(user).data, "api_key": _created_key_body(api_key, raw_key)}
         return Response(body, status=status.HTTP_201_CREATED)
 

@@ -2,11 +2,14 @@ import hashlib
 import secrets
 from datetime import timedelta
 
+from django.conf import settings
+from django.contrib.auth.models import Group, Permission
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from accounts.models import ApiKey, User
-from billing.services import wallet_create
+from accounts.permissions import STAFF_GROUP, STAFF_GROUP_PERMISSIONS
+from billing.services import wallet_create, wallet_grant
 from core.exceptions import field_error
 
 KEY_PREFIX = "prl_"
@@ -35,6 +38,42 @@ def user_create(*, email: str, password: str | None = None, **extra) -> User:
         raise field_error("email", "A user with this email already exists.") from None
     wallet_create(user=user)
     return user
+
+
+@transaction.atomic
+def user_register(*, email: str, password: str, key_name: str) -> tuple[User, ApiKey, str]:
+    """Self-service sign-up (POST auth/register, when ALLOW_REGISTRATION): the user, its
+    wallet and a first API key, and SIGNUP_CREDITS granted through the ledger (a
+    `grant` row, reference signup:<user id>). Nothing else: what an account can spend
+    beyond what it was given is bounded by BILLING_OVERDRAFT_LIMIT (billing.services)."""
+    user = user_create(email=email, password=password)
+    if settings.SIGNUP_CREDITS > 0:
+        wallet_grant(user=user, amount=settings.SIGNUP_CREDITS, reason="Signup credits", reference=f"signup:{user.pk}")
+    api_key, raw_key = api_key_create(user=user, name=key_name)
+    return user, api_key, raw_key
+
+
+def staff_group() -> Group:
+    """The "Parley staff" group, holding every permission the staff API needs
+    (accounts.permissions). Migration accounts 0002 makes it; this makes it again
+    if someone deleted it, and adds a permission it lost."""
+    group, _ = Group.objects.get_or_create(name=STAFF_GROUP)
+    for name in STAFF_GROUP_PERMISSIONS:
+        app_label, codename = name.split(".")
+        group.permissions.add(Permission.objects.get(content_type__app_label=app_label, codename=codename))
+    return group
+
+
+@transaction.atomic
+def user_make_staff(*, user: User) -> Group:
+    """Makes `user` staff and a member of the "Parley staff" group (what the staff API
+    and the matching admin pages ask for); returns the group."""
+    if not user.is_staff:
+        user.is_staff = True
+        user.save(update_fields=["is_staff"])
+    group = staff_group()
+    user.groups.add(group)
+    return group
 
 
 def api_key_create(*, user: User, name: str) -> tuple[ApiKey, str]:

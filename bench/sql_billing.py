@@ -23,6 +23,7 @@ from bench.pg import recreate_database, server_url, with_database  # noqa: E402
 
 BENCH_DB = "parley_bench_sqlbill"
 AMOUNT = Decimal("0.00012345")
+UNBOUNDED = Decimal("1000000000")  # the setup's holds are never refused
 
 
 def setup_django(url: str) -> None:
@@ -93,7 +94,7 @@ def bench(calls: int, rounds: int) -> None:
             reference = f"r{next(counter)}"
             if settle:
                 with transaction.atomic():
-                    services._hold_place_orm(user_id=user_id, amount=AMOUNT, reference=reference, block=False)  # noqa: SLF001
+                    services._hold_place_orm(user_id=user_id, amount=AMOUNT, reference=reference, overdraft=UNBOUNDED)  # noqa: SLF001
             return {"reference": reference, "release_hold": reference if settle else None}
 
         def call(reference: str, release_hold: str | None) -> None:
@@ -111,7 +112,7 @@ def bench(calls: int, rounds: int) -> None:
 
         def call(reference: str) -> None:
             with transaction.atomic():  # wallet_hold_place's savepoint, around either path
-                place(user_id=user_id, amount=AMOUNT, reference=reference, block=True)
+                place(user_id=user_id, amount=AMOUNT, reference=reference, overdraft=Decimal("0"))
 
         return lambda: {"reference": f"h{next(counter)}"}, call
 

@@ -135,16 +135,18 @@ def ledger_post(
 # --- placing a hold ------------------------------------------------------------------
 #
 # One statement: the wallet UPDATE takes the row lock (the lock order of every hold
-# write: wallet, then hold) and, in `block` mode, moves only when the available
-# balance covers the amount, re-checked on the locked row; the INSERT writes the hold.
-# No row back: no wallet yet, or not covered; the ORM path then finds out which.
+# write: wallet, then hold) and moves only when the available balance, less the
+# amount, stays at or above -overdraft (0 in `block` mode, BILLING_OVERDRAFT_LIMIT in
+# `warn` mode), re-checked on the locked row, so concurrent holds can never go past
+# it; the INSERT writes the hold. No row back: no wallet yet, or not covered; the ORM
+# path then finds out which.
 # Measured, in block mode: raw 573 us CPU / 5595 us wall, ORM 1791 us CPU / 9258 us
 # wall: raw saves 68% CPU, 40% wall.
 _HOLD_PLACE = f"""
 WITH wallet AS (
     UPDATE {Wallet._meta.db_table}
        SET held = held + %(amount)s, updated_at = %(now)s
-     WHERE user_id = %(user_id)s AND (NOT %(block)s OR balance - held >= %(amount)s)
+     WHERE user_id = %(user_id)s AND balance - held + %(overdraft)s >= %(amount)s
  RETURNING id
 )
 INSERT INTO {CreditHold._meta.db_table} (wallet_id, reference, amount, status, created_at, closed_at)
@@ -153,15 +155,15 @@ RETURNING {", ".join(field.column for field in CreditHold._meta.concrete_fields)
 """  # noqa: S608
 
 
-def hold_place(*, user_id: int, amount: Decimal, reference: str, block: bool) -> CreditHold | None:
-    """The hold, placed; None when the wallet is missing or (with `block`) the available
-    balance does not cover `amount`. Run it in the caller's savepoint: a repeated
-    reference raises IntegrityError."""
+def hold_place(*, user_id: int, amount: Decimal, reference: str, overdraft: Decimal) -> CreditHold | None:
+    """The hold, placed; None when the wallet is missing or the available balance less
+    `amount` would fall below -`overdraft`. Run it in the caller's savepoint: a
+    repeated reference raises IntegrityError."""
     params = {
         "user_id": user_id,
         "amount": amount,
         "reference": reference,
-        "block": block,
+        "overdraft": overdraft,
         "active": str(CreditHold.Status.ACTIVE),
         "now": timezone.now(),
     }

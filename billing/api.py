@@ -2,13 +2,13 @@ from django.shortcuts import get_object_or_404
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import generics, status
-from rest_framework.permissions import IsAdminUser
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts.models import User
-from billing.models import GRANT_PERMISSION, CreditTransaction, ModelPrice
+from accounts.permissions import WALLET_GRANT, WALLET_VIEW, StaffPermissions
+from billing.models import CreditTransaction, ModelPrice
 from billing.selectors import (
     model_prices_active,
     transactions_for_user,
@@ -72,22 +72,17 @@ def _admin_wallet_body(user: User) -> dict:
 
 
 class AdminWalletView(APIView):
-    permission_classes = [IsAdminUser]
+    permission_classes = [StaffPermissions]
+    staff_permissions = WALLET_VIEW
 
     @extend_schema(responses={200: AdminWalletSerializer})
     def get(self, request: Request, user_id: int) -> Response:
         return Response(_admin_wallet_body(get_object_or_404(User, pk=user_id)))
 
 
-class CanGrantCredits(IsAdminUser):
-    """Staff holding billing.grant_credits: the same rule as the admin grant page."""
-
-    def has_permission(self, request: Request, view: APIView) -> bool:
-        return super().has_permission(request, view) and request.user.has_perm(GRANT_PERMISSION)
-
-
 class AdminGrantView(APIView):
-    permission_classes = [CanGrantCredits]
+    permission_classes = [StaffPermissions]
+    staff_permissions = WALLET_GRANT  # the admin grant page's rule
 
     @extend_schema(
         request=GrantSerializer,

@@ -27,7 +27,7 @@ from django.utils import timezone
 from accounts.models import User
 from billing import _sql
 from billing.models import CreditHold, CreditTransaction, ModelPrice, TransactionKind, Wallet
-from billing.money import ledger_amount, ledger_exact, to_decimal
+from billing.money import format_ledger, ledger_amount, ledger_exact, to_decimal
 from core.exceptions import InsufficientCredits, StateConflict, field_error
 
 ZERO = Decimal("0")
@@ -345,42 +345,61 @@ def _hold_close(*, user: User, reference: str, status: str) -> None:
             _wallet_save(wallet, balance=wallet.balance, held=wallet.held - released)
 
 
+def hold_overdraft() -> Decimal:
+    """How far below zero a hold may take the available balance: nothing in `block`
+    mode; BILLING_OVERDRAFT_LIMIT in `warn` mode, so warn-only never means unbounded
+    (an account given nothing can be owed at most this much)."""
+    return ZERO if settings.BILLING_ENFORCEMENT == "block" else settings.BILLING_OVERDRAFT_LIMIT
+
+
 def wallet_hold_place(*, user: User, amount: Decimal | int | str, reference: str) -> CreditHold:
     """Reserves the worst-case cost of a turn (reference: the turn id; rounded up at
-    the 8th place). In `block` mode refuses (402) when the available balance cannot
-    cover it; in `warn` mode the hold is placed anyway. Placing a reference again
-    returns the first hold, whatever its state."""
+    the 8th place). Refuses (402) when the available balance less `amount` would fall
+    below -hold_overdraft(): below 0 in `block` mode, below -BILLING_OVERDRAFT_LIMIT
+    in `warn` mode. The check runs on the locked wallet row, so concurrent holds of
+    one wallet cannot pass it together. Placing a reference again returns the first
+    hold, whatever its state."""
     amount = _charge_amount(amount, allow_zero=True)
     reference = _reference(reference, required=True)
+    overdraft = hold_overdraft()
     # A new reference (every turn) costs no lookup: the unique reference decides a
     # replay, whose INSERT fails and rolls back this block's savepoint only.
-    block = settings.BILLING_ENFORCEMENT == "block"
     try:
         with transaction.atomic():
             if connection.vendor == "postgresql" and (
-                hold := _sql.hold_place(user_id=user.pk, amount=amount, reference=reference, block=block)
+                hold := _sql.hold_place(user_id=user.pk, amount=amount, reference=reference, overdraft=overdraft)
             ):
                 return hold
-            return _hold_place_orm(user_id=user.pk, amount=amount, reference=reference, block=block)
+            return _hold_place_orm(user_id=user.pk, amount=amount, reference=reference, overdraft=overdraft)
     except IntegrityError:
         if (hold := _hold_replayed(reference=reference, user_id=user.pk)) is not None:
             return hold
         raise
 
 
-def _hold_place_orm(*, user_id: int, amount: Decimal, reference: str, block: bool) -> CreditHold:
+def _hold_place_orm(*, user_id: int, amount: Decimal, reference: str, overdraft: Decimal) -> CreditHold:
     """Any database (and PostgreSQL when billing._sql.hold_place placed nothing: no
     wallet yet, or not covered): lock the wallet, check, write the hold and `held`."""
     wallet = _locked_wallet(user_id)
     available = wallet.balance - wallet.held
-    if block and available < amount:
+    if available + overdraft < amount:
         # A replay must not be refused because its own first hold uses the credits.
         if (hold := _hold_replayed(reference=reference, user_id=user_id)) is not None:
             return hold
-        raise InsufficientCredits(f"Available balance {available} does not cover this turn's worst-case cost {amount}.")
+        raise InsufficientCredits(_not_covered(available=available, amount=amount, overdraft=overdraft))
     hold = CreditHold.objects.create(wallet=wallet, reference=reference, amount=amount)
     _wallet_save(wallet, balance=wallet.balance, held=wallet.held + amount)
     return hold
+
+
+def _not_covered(*, available: Decimal, amount: Decimal, overdraft: Decimal) -> str:
+    available, amount = format_ledger(available), format_ledger(amount)
+    if not overdraft:
+        return f"Available balance {available} does not cover this turn's worst-case cost {amount}."
+    return (
+        f"This turn could cost up to {amount} credits; your available balance is {available} and may go at most "
+        f"{format_ledger(overdraft)} credits below zero (the overdraft limit). Top up, or ask for a grant, to continue."
+    )
 
 
 def _hold_replayed(*, reference: str, user_id: int) -> CreditHold | None:
@@ -554,4 +573,5 @@ __all__ = [
     "wallet_reconcile",
     "wallet_reverse",
     "wallet_topup",
+    "hold_overdraft",
 ]

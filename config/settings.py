@@ -62,6 +62,8 @@ MIDDLEWARE = [
     # Outermost, so it sees every answer under /api/ (Django's own 404, 413 and 500
     # pages included, DEBUG on or off) and gives it the shared JSON error body.
     "core.middleware.ApiErrorBodyMiddleware",
+    # A chunked body (no Content-Length) under /api/: read within the size limit, given its length.
+    "core.middleware.ChunkedBodyMiddleware",
     "django.middleware.security.SecurityMiddleware",
     # Serves the admin and Swagger UI assets (bundled, never from a CDN) under gunicorn too.
     "whitenoise.middleware.WhiteNoiseMiddleware",
@@ -235,7 +237,10 @@ BENCH_ENDPOINTS = env.bool("BENCH_ENDPOINTS", default=False)
 if BENCH_ENDPOINTS:
     INSTALLED_APPS.append("bench")  # its no-op task, for the worker to find
 
-ALLOW_REGISTRATION = env.bool("ALLOW_REGISTRATION", default=True)
+# Open registration is for local use: a deployment opens it on purpose.
+ALLOW_REGISTRATION = env.bool("ALLOW_REGISTRATION", default=DEBUG)
+# Credits each registered account starts with (a `grant` ledger row, reference signup:<user id>).
+SIGNUP_CREDITS = Decimal(env.str("SIGNUP_CREDITS", default="0"))
 
 # --- Billing -----------------------------------------------------------------
 LOW_BALANCE_THRESHOLD = Decimal(env.str("LOW_BALANCE_THRESHOLD", default="5.0"))
@@ -243,6 +248,13 @@ BILLING_ENFORCEMENT = env.str("BILLING_ENFORCEMENT", default="warn")
 if BILLING_ENFORCEMENT not in ("warn", "block"):
     raise ImproperlyConfigured("BILLING_ENFORCEMENT must be 'warn' or 'block'.")
 ADMIN_GRANT_MAX = Decimal(env.str("ADMIN_GRANT_MAX", default="10000"))
+# In `warn` mode no hold may take the available balance below -BILLING_OVERDRAFT_LIMIT
+# credits: a turn that could go past it is refused (402). `block` mode allows no overdraft.
+BILLING_OVERDRAFT_LIMIT = Decimal(env.str("BILLING_OVERDRAFT_LIMIT", default="1"))
+if not BILLING_OVERDRAFT_LIMIT.is_finite() or BILLING_OVERDRAFT_LIMIT < 0:
+    raise ImproperlyConfigured("BILLING_OVERDRAFT_LIMIT must be a number of credits, 0 or more.")
+if not SIGNUP_CREDITS.is_finite() or SIGNUP_CREDITS < 0 or SIGNUP_CREDITS > ADMIN_GRANT_MAX:
+    raise ImproperlyConfigured("SIGNUP_CREDITS must be between 0 and ADMIN_GRANT_MAX.")
 CREDITS_PER_USD = Decimal(env.str("CREDITS_PER_USD", default="100"))
 TOP_UP_MIN_USD = Decimal(env.str("TOP_UP_MIN_USD", default="1.00"))
 TOP_UP_MAX_USD = Decimal(env.str("TOP_UP_MAX_USD", default="500.00"))
@@ -277,6 +289,13 @@ LLM_TIMEOUT_SECONDS = env.float("LLM_TIMEOUT_SECONDS", default=60.0)
 LLM_MAX_RETRIES = env.int("LLM_MAX_RETRIES", default=2)
 LOCAL_LLM_LATENCY_MS = env.int("LOCAL_LLM_LATENCY_MS", default=0)
 MAX_UPLOAD_BYTES = env.int("MAX_UPLOAD_BYTES", default=5 * 1024 * 1024)
+# An upload's text is extracted in a child process (chat/extraction.py) with these
+# bounds; an upload past one is refused with a 400 saying which.
+UPLOAD_EXTRACT_TIMEOUT_SECONDS = env.float("UPLOAD_EXTRACT_TIMEOUT_SECONDS", default=10.0)
+UPLOAD_EXTRACT_MEMORY_MB = env.int("UPLOAD_EXTRACT_MEMORY_MB", default=512)
+PDF_MAX_PAGES = env.int("PDF_MAX_PAGES", default=500)
+# The page content a PDF's text is read from, inflated, summed over its pages.
+PDF_MAX_DECODED_BYTES = env.int("PDF_MAX_DECODED_BYTES", default=32 * 1024 * 1024)
 WEB_SEARCH_URL = env.str("WEB_SEARCH_URL", default="")
 WEB_SEARCH_TIMEOUT_SECONDS = env.float("WEB_SEARCH_TIMEOUT_SECONDS", default=10.0)
 MAX_TOOL_ROUNDS = env.int("MAX_TOOL_ROUNDS", default=4)
@@ -306,7 +325,22 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
 }
 
+# --- HTTPS (README "Production"; `manage.py check --deploy` is clean with them) ------
 if not DEBUG:
-    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
     SESSION_COOKIE_SECURE = env.bool("SESSION_COOKIE_SECURE", default=True)
     CSRF_COOKIE_SECURE = env.bool("CSRF_COOKIE_SECURE", default=True)
+# The header by which the TLS-terminating proxy in front says a request came over
+# https; trust it only behind such a proxy (a client reaching the app directly could
+# send it). Empty: no such proxy. Default: X-Forwarded-Proto when DEBUG is off.
+_proxy_header = env.str("SECURE_PROXY_SSL_HEADER", default="" if DEBUG else "X-Forwarded-Proto").strip()
+if _proxy_header:
+    SECURE_PROXY_SSL_HEADER = ("HTTP_" + _proxy_header.upper().replace("-", "_"), "https")
+# Redirect plain http to https (off by default: behind a proxy that redirects itself,
+# or for local runs on PostgreSQL). The health probe stays reachable over http.
+SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=False)
+SECURE_REDIRECT_EXEMPT = [r"^api/v1/health$"]
+# HSTS: browsers keep to https for this many seconds once they have seen it. Start
+# small; a long value cannot be taken back from browsers that saw it.
+SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", default=False)
+SECURE_HSTS_PRELOAD = env.bool("SECURE_HSTS_PRELOAD", default=False)

@@ -62,3 +62,27 @@ class ApiErrorBodyMiddleware:
         if request.path.startswith(API_PREFIX) and isinstance(exception, RequestDataTooBig):
             return JsonResponse(request_too_large_body(), status=413)
         return None
+
+
+class ChunkedBodyMiddleware:
+    """A body sent without Content-Length (Transfer-Encoding: chunked; gunicorn's ASGI
+    worker hands it over whole) is read here, within DATA_UPLOAD_MAX_MEMORY_SIZE, and
+    given its length. Without this DRF, which reads a body only when Content-Length
+    says there is one, saw such a JSON body as empty ("field required"), however
+    large: now it is parsed, or answered 413 with the shared body when too large."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        if (
+            request.path.startswith(API_PREFIX)
+            and not request.META.get("CONTENT_LENGTH")
+            and "chunked" in request.META.get("HTTP_TRANSFER_ENCODING", "").lower()
+        ):
+            try:
+                body = request.body  # Django reads at most DATA_UPLOAD_MAX_MEMORY_SIZE + 1 bytes
+            except RequestDataTooBig:
+                return JsonResponse(request_too_large_body(), status=413)
+            request.META["CONTENT_LENGTH"] = str(len(body))
+        return self.get_response(request)

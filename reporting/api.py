@@ -6,11 +6,11 @@ from django.http import HttpResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework.negotiation import DefaultContentNegotiation
-from rest_framework.permissions import IsAdminUser
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from accounts.permissions import USAGE_VIEW, StaffPermissions
 from core.exceptions import field_error
 from reporting.export import usage_csv_response
 from reporting.selectors import usage_summary
@@ -46,7 +46,8 @@ class _UsageView(APIView):
 
 
 class AdminUsageSummaryView(_UsageView):
-    permission_classes = [IsAdminUser]
+    permission_classes = [StaffPermissions]
+    staff_permissions = USAGE_VIEW
     query_serializer_class = AdminUsageQuerySerializer
 
     @extend_schema(parameters=[AdminUsageQuerySerializer], responses=SUMMARY_RESPONSES)

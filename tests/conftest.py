@@ -14,7 +14,7 @@ from django.test import Client
 from rest_framework.test import APIClient
 from rest_framework.throttling import SimpleRateThrottle
 
-from accounts.services import api_key_create, user_create
+from accounts.services import api_key_create, user_create, user_make_staff
 from config.celery import app as celery_app
 from tests.services import require_browser, require_postgres, require_redis
 
@@ -68,9 +68,19 @@ def staff_user(db):  # noqa: ANN001, ANN201
 
 @pytest.fixture
 def grant_staff(db):  # noqa: ANN001, ANN201
-    """A staff member who may grant credits (billing.grant_credits); `staff_user` may not."""
+    """A staff member in the "Parley staff" group: every staff API endpoint, granting
+    included (billing.grant_credits). `staff_user` is staff with no permission at all."""
     user = make_user("granter@example.com", staff=True, password="granter-password-123")
-    user.user_permissions.add(Permission.objects.get(content_type__app_label="billing", codename="grant_credits"))
+    user_make_staff(user=user)
+    return user
+
+
+def staff_with(*permissions: str):  # noqa: ANN201
+    """A staff member holding exactly these permissions ("app_label.codename")."""
+    user = make_user(f"staff-{len(permissions)}-{'-'.join(p.split('.')[1] for p in permissions)}@example.com", staff=True)
+    for name in permissions:
+        app_label, codename = name.split(".")
+        user.user_permissions.add(Permission.objects.get(content_type__app_label=app_label, codename=codename))
     return user
 
 
@@ -100,8 +110,9 @@ def other_client(other_user) -> APIClient:  # noqa: ANN001
 
 
 @pytest.fixture
-def staff_client(staff_user) -> APIClient:  # noqa: ANN001
-    return client_for(staff_user)
+def staff_client(grant_staff) -> APIClient:  # noqa: ANN001
+    """The staff API as a member of the "Parley staff" group."""
+    return client_for(grant_staff)
 
 
 @pytest.fixture

@@ -1,4 +1,9 @@
-"""Uploads API (`files`): thin views over chat.services.files."""
+"""Uploads API (`files`): thin views over chat.services.files. Under the ASGI web
+process (core.asgi) an upload's text is read by its child process while the event
+loop waits: no thread of the pool is held for it."""
+
+import asyncio
+from functools import partial
 
 import django_filters
 from django.conf import settings
@@ -13,8 +18,19 @@ from rest_framework.views import APIView
 from chat import selectors
 from chat.api.serializers import FileUploadSerializer, UploadedFileSerializer
 from chat.models import ChatSession, UploadedFile
-from chat.services.files import file_create, file_delete
-from core.exceptions import field_error
+from chat.services.files import (
+    PROJECT_ROOT,
+    CheckedUpload,
+    file_check,
+    file_delete,
+    file_extract,
+    file_extraction_answer,
+    file_extraction_command,
+    file_extraction_timed_out,
+    file_store,
+)
+from core.db import db_read
+from core.exceptions import ApplicationError, error_body, field_error
 from core.pagination import BIGINT_MAX
 
 # Room for the multipart boundaries, part headers and the `session` field.
@@ -69,10 +85,52 @@ class FileListCreateView(generics.ListAPIView):
         upload = data["file"]
         # Read one byte past the limit: enough to tell "too large" without trusting `size`.
         raw = upload.read(settings.MAX_UPLOAD_BYTES + 1)
-        stored = file_create(
-            owner=request.user, name=upload.name, declared_type=upload.content_type, data=raw, session=session
+        checked = file_check(name=upload.name, declared_type=upload.content_type, data=raw)
+        response = Response(status=status.HTTP_201_CREATED)
+        if getattr(request, "waits_on_event_loop", False):
+            response.finish_on_event_loop = partial(
+                _store_after_extraction, response, owner=request.user, upload=checked, session=session
+            )
+        else:  # WSGI (runserver, the test client): this thread waits for the child
+            response.data = _store(owner=request.user, upload=checked, text=file_extract(upload=checked), session=session)
+        return response
+
+
+def _store(**kwargs) -> dict:  # noqa: ANN003  file_store's arguments
+    return UploadedFileSerializer(file_store(**kwargs)).data
+
+
+async def _extract_on_event_loop(upload: CheckedUpload) -> str:
+    """chat.services.files.file_extract, waited for on the event loop."""
+    child = await asyncio.create_subprocess_exec(
+        *file_extraction_command(upload=upload),
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        cwd=PROJECT_ROOT,
+    )
+    try:
+        stdout, stderr = await asyncio.wait_for(
+            child.communicate(upload.data), timeout=settings.UPLOAD_EXTRACT_TIMEOUT_SECONDS
         )
-        return Response(UploadedFileSerializer(stored).data, status=status.HTTP_201_CREATED)
+    except TimeoutError:
+        raise file_extraction_timed_out()
+    finally:
+        if child.returncode is None:  # timed out, or the client went away: the child goes too
+            child.kill()
+            await child.wait()
+    return file_extraction_answer(stdout=stdout, stderr=stderr, returncode=child.returncode)
+
+
+async def _store_after_extraction(response: Response, *, owner, upload: CheckedUpload, session) -> Response:  # noqa: ANN001
+    try:
+        text = await _extract_on_event_loop(upload)
+        response.data = await db_read(_store, owner=owner, upload=upload, text=text, session=session)
+    except ApplicationError as exc:  # what the view's exception handler would have answered
+        response.status_code = exc.status_code
+        response.data = error_body(exc.code, exc.message, exc.fields)
+    response.content = response.rendered_content  # rendered in the thread before the wait
+    return response
 
 
 class FileDetailView(APIView):

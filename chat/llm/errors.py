@@ -1,4 +1,12 @@
-"""Turns an SDK exception into the readable ProviderError a failed turn shows."""
+"""Turns an SDK exception into the readable ProviderError a failed turn shows.
+
+The user sees what failed and how (the provider, the HTTP status and what it means,
+the attempts), never the provider's own words: an error body can carry a masked
+key, an account or organisation id, a request id or an internal host. Those go to
+the log for the operator, with anything shaped like a key blanked."""
+
+import logging
+import re
 
 import anthropic
 import httpx2
@@ -14,16 +22,40 @@ CONNECTION_ERRORS = (openai.APIConnectionError, anthropic.APIConnectionError, ht
 SDK_ERRORS = (openai.APIError, anthropic.APIError, httpx2.HTTPError)
 
 
+logger = logging.getLogger(__name__)
+
+CREDENTIALS = "refused this service's credentials; an operator must check its API key"
+STATUS_MEANINGS = {
+    401: CREDENTIALS,
+    403: CREDENTIALS,
+    404: "does not know the model this alias points at; an operator must check the alias",
+    413: "found the request too large",
+    429: "is rate limiting this service or its quota is used up; try again later",
+    529: "is overloaded; try again later",  # Anthropic's
+}
+# sk-..., sk-ant-..., rk_live_..., key-..., also when partly masked with '*'.
+KEY_SHAPED = re.compile(r"\b(?:sk|rk|pk|key)[-_][A-Za-z0-9_*\-]{6,}")
+
+
+def _meaning(status: int) -> str:
+    if status in STATUS_MEANINGS:
+        return STATUS_MEANINGS[status]
+    return "had an internal error; try again later" if status >= 500 else "refused the request"
+
+
 def readable_error(exc: Exception, *, provider: str) -> ProviderError:
-    """What failed and how, for the turn's `error`: never the key or the request."""
+    """What failed and how, for the turn's `error` (and the LLM call's): never the
+    key, the request or what the provider said about them."""
     attempts = settings.LLM_MAX_RETRIES + 1
+    tries = f"up to {attempts} attempt{'s' if attempts != 1 else ''}"
     if isinstance(exc, TIMEOUTS):
-        text = f"The {provider} provider did not answer within {settings.LLM_TIMEOUT_SECONDS:g} s (up to {attempts} attempts)."
+        text = f"The {provider} provider did not answer within {settings.LLM_TIMEOUT_SECONDS:g} s ({tries})."
     elif isinstance(exc, STATUS_ERRORS):
-        text = f"The {provider} provider answered HTTP {exc.status_code} (up to {attempts} attempts): {exc.message}"
+        text = f"The {provider} provider answered HTTP {exc.status_code} ({tries}): it {_meaning(exc.status_code)}."
     elif isinstance(exc, CONNECTION_ERRORS):
-        text = f"Could not reach the {provider} provider (up to {attempts} attempts)."
+        text = f"Could not reach the {provider} provider ({tries})."
     else:
-        detail = getattr(exc, "message", None) or exc.__class__.__name__
-        text = f"The {provider} provider failed while answering: {detail}"
+        text = f"The {provider} provider failed while answering ({exc.__class__.__name__})."
+    said = getattr(exc, "message", None) or str(exc)
+    logger.warning("%s provider call failed: %s: %s", provider, exc.__class__.__name__, KEY_SHAPED.sub("[key]", said))
     return ProviderError(text[:500])

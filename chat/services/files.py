@@ -4,18 +4,21 @@ Invariants:
 - A file is stored only when every check passed: allowed type (declared content type,
   file name extension and the bytes themselves agree), size within MAX_UPLOAD_BYTES,
   text that decodes (or a PDF pypdf can read). A refused upload leaves no row.
+- Text is extracted in a child process bounded in time, memory, PDF pages and
+  inflated bytes (chat/extraction.py); an upload past a bound is refused (400 naming
+  `file`, saying which bound), never half-stored.
 - Only the extracted text is kept (in the row); the raw bytes are never written to
   disk, so deleting the row deletes everything.
 """
 
 import hashlib
-import io
 import json
 import logging
-import re
+import subprocess
+import sys
 import unicodedata
 from dataclasses import dataclass
-from pathlib import PurePath
+from pathlib import Path, PurePath
 
 from django.conf import settings
 
@@ -51,9 +54,8 @@ EXTENSION_TYPES: dict[str, str] = {
     ".pdf": PDF,
 }
 
-# Control characters (Unicode "Cc") other than tab, newline, form feed and carriage return.
-BINARY_CONTROLS = re.compile("[\x00-\x08\x0b\x0e-\x1f\x7f-\x9f]")
-
+# Where `python -m chat.extraction` is found.
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 # A PDF's text can be far larger than its compressed bytes; keep a bounded amount.
 EXTRACTED_TEXT_MAX_CHARS = 2_000_000
 NAME_MAX_CHARS = 255
@@ -61,11 +63,16 @@ NAME_MAX_CHARS = 255
 
 @dataclass(frozen=True)
 class CheckedUpload:
+    """An upload that passed every check but the reading of its text."""
+
     name: str
     content_type: str
-    size: int
+    data: bytes
     sha256: str
-    text: str
+
+    @property
+    def size(self) -> int:
+        return len(self.data)
 
 
 def _reject(message: str) -> Exception:
@@ -105,56 +112,62 @@ def _resolve_type(*, name: str, declared: str) -> str:
     raise _reject(f"The content type '{declared}' does not match a '{extension}' file.")
 
 
-def _decode_text(data: bytes, content_type: str) -> str:
+def file_extraction_command(*, upload: CheckedUpload) -> list[str]:
+    """The child process that reads an upload's text (its bytes go to its stdin):
+    `python -m chat.extraction` with the limits, run from the project root. Whoever
+    runs it kills it after UPLOAD_EXTRACT_TIMEOUT_SECONDS (file_extract here; the
+    upload view on the event loop) and passes what it printed to file_extraction_answer."""
+    limits = {
+        "content_type": upload.content_type,
+        "max_pages": settings.PDF_MAX_PAGES,
+        "max_decoded_bytes": settings.PDF_MAX_DECODED_BYTES,
+        "max_chars": EXTRACTED_TEXT_MAX_CHARS,
+        "memory_bytes": settings.UPLOAD_EXTRACT_MEMORY_MB * 1024 * 1024,
+    }
+    return [sys.executable, "-m", "chat.extraction", json.dumps(limits)]
+
+
+def file_extraction_timed_out() -> Exception:
+    timeout = settings.UPLOAD_EXTRACT_TIMEOUT_SECONDS
+    logger.info("refused an upload whose text took over %s s to extract", timeout)
+    return _reject(f"Reading the text of this file took longer than {timeout:g} s, the limit; it was not stored.")
+
+
+def file_extraction_answer(*, stdout: bytes, stderr: bytes, returncode: int | None) -> str:
+    """The text the child printed, or the 400 naming `file` it refused the upload with."""
     try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        raise _reject(f"The file is declared as {content_type} but is not UTF-8 text.")
-    # A NUL or a run of other control characters means binary data posing as text
-    # (tab, newline, carriage return and form feed are what real text files contain).
-    controls = sum(1 for _ in BINARY_CONTROLS.finditer(text))
-    if "\x00" in text or controls > max(8, len(text) // 1000):
-        raise _reject(f"The file is declared as {content_type} but contains binary data.")
-    if content_type == "application/json":
-        try:
-            json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise _reject(f"The file is not valid JSON ({exc.msg} at line {exc.lineno}).")
-        except RecursionError:
-            raise _reject("The file is not valid JSON (nested too deeply).")
-    return text
+        answer = json.loads(stdout)
+    except ValueError:
+        # Killed by its memory cap, or crashed: stderr goes to the log, not to the client.
+        logger.warning("upload extraction exited %s: %s", returncode, stderr[-2000:].decode(errors="replace"))
+        raise _reject("The file could not be read within the limits for uploads.")
+    if "refused" in answer:
+        raise _reject(answer["refused"])
+    return answer["text"][:EXTRACTED_TEXT_MAX_CHARS]
 
 
-def _extract_pdf_text(data: bytes) -> str:
-    # Imported here: pypdf is only needed for PDF uploads.
-    from pypdf import PdfReader
-
-    if not data.startswith(b"%PDF-"):
-        raise _reject("The file is declared as a PDF but does not start with a PDF header.")
-    parts: list[str] = []
+def file_extract(*, upload: CheckedUpload) -> str:
+    """The upload's text, read by the child process (chat/extraction.py: bounded in
+    time, memory, PDF pages and inflated bytes). This thread only waits, without the
+    GIL; under the ASGI web process the upload view waits on the event loop instead
+    and holds no thread at all."""
     try:
-        reader = PdfReader(io.BytesIO(data))
-        locked = reader.is_encrypted and not reader.decrypt("")
-        total = 0
-        for page in [] if locked else reader.pages:
-            text = page.extract_text() or ""
-            parts.append(text)
-            total += len(text)
-            if total >= EXTRACTED_TEXT_MAX_CHARS:
-                break
-    except Exception as exc:  # noqa: BLE001
-        # pypdf raises many exception types (its own, ValueError, KeyError, TypeError,
-        # RecursionError...) on malformed input; every one of them means "unreadable".
-        logger.info("rejected an unreadable PDF upload: %s", type(exc).__name__)
-        raise _reject("The PDF could not be read.")
-    if locked:
-        raise _reject("The PDF is password-protected; upload an unprotected copy.")
-    # PostgreSQL text cannot hold NUL; some PDFs' text layers contain it.
-    return "\n\n".join(parts).replace("\x00", "")[:EXTRACTED_TEXT_MAX_CHARS]
+        child = subprocess.run(  # noqa: S603  our own module, arguments we built
+            file_extraction_command(upload=upload),
+            input=upload.data,
+            capture_output=True,
+            timeout=settings.UPLOAD_EXTRACT_TIMEOUT_SECONDS,
+            cwd=PROJECT_ROOT,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:  # subprocess.run has killed the child
+        raise file_extraction_timed_out()
+    return file_extraction_answer(stdout=child.stdout, stderr=child.stderr, returncode=child.returncode)
 
 
 def file_check(*, name: str, declared_type: str | None, data: bytes) -> CheckedUpload:
-    """Validate an upload and extract its text; raises a 400 naming `file` when refused."""
+    """Validate an upload (name, size, type); raises a 400 naming `file` when refused.
+    Its text is read next (file_extract)."""
     clean_name = _clean_name(name or "")
     if not clean_name:
         raise _reject("The file has no name.")
@@ -163,13 +176,27 @@ def file_check(*, name: str, declared_type: str | None, data: bytes) -> CheckedU
     if not data:
         raise _reject("The file is empty.")
     content_type = _resolve_type(name=clean_name, declared=_declared(declared_type))
-    text = _extract_pdf_text(data) if content_type == PDF else _decode_text(data, content_type)
     return CheckedUpload(
-        name=clean_name,
-        content_type=content_type,
-        size=len(data),
-        sha256=hashlib.sha256(data).hexdigest(),
-        text=text[:EXTRACTED_TEXT_MAX_CHARS],
+        name=clean_name, content_type=content_type, data=data, sha256=hashlib.sha256(data).hexdigest()
+    )
+
+
+def file_session_check(*, owner: User, session: ChatSession | None) -> None:
+    if session is not None and session.user_id != owner.pk:
+        raise field_error("session", "No such session.")
+
+
+def file_store(*, owner: User, upload: CheckedUpload, text: str, session: ChatSession | None = None) -> UploadedFile:
+    """Stores a checked upload with its extracted text (the bytes themselves are not kept)."""
+    file_session_check(owner=owner, session=session)
+    return UploadedFile.objects.create(
+        owner=owner,
+        session=session,
+        name=upload.name,
+        content_type=upload.content_type,
+        size=upload.size,
+        sha256=upload.sha256,
+        extracted_text=text,
     )
 
 
@@ -177,18 +204,9 @@ def file_create(
     *, owner: User, name: str, declared_type: str | None, data: bytes, session: ChatSession | None = None
 ) -> UploadedFile:
     """Store an upload for `owner`. Every check runs before the row is written."""
-    if session is not None and session.user_id != owner.pk:
-        raise field_error("session", "No such session.")
-    checked = file_check(name=name, declared_type=declared_type, data=data)
-    return UploadedFile.objects.create(
-        owner=owner,
-        session=session,
-        name=checked.name,
-        content_type=checked.content_type,
-        size=checked.size,
-        sha256=checked.sha256,
-        extracted_text=checked.text,
-    )
+    file_session_check(owner=owner, session=session)
+    upload = file_check(name=name, declared_type=declared_type, data=data)
+    return file_store(owner=owner, upload=upload, text=file_extract(upload=upload), session=session)
 
 
 def file_delete(*, file: UploadedFile) -> None:

@@ -202,9 +202,8 @@ def test_staff_without_the_grant_permission_cannot_grant(owner, staff_user):
         f"/api/v1/admin/wallets/{owner.id}/grant", {"amount": "5", "reason": "r"}, format="json"
     )
     assert response.status_code == 403
+    assert "billing.grant_credits" in response.json()["error"]["message"]
     assert not CreditTransaction.objects.filter(wallet__user=owner).exists()
-    # Reading a wallet needs only staff.
-    assert client_for(staff_user).get(f"/api/v1/admin/wallets/{owner.id}").status_code == 200
 
 
 def test_an_idempotency_key_reused_with_another_amount_is_422_and_grants_nothing_more(owner, grant_staff_client):

@@ -58,7 +58,8 @@ def test_grant_credits_refuses_bad_input(owner, settings, args, message):
 # --- reconcile_wallets --------------------------------------------------------------
 
 
-def test_reconcile_finds_no_drift_after_normal_use(owner, other_user):
+def test_reconcile_finds_no_drift_after_normal_use(owner, other_user, settings):
+    settings.BILLING_OVERDRAFT_LIMIT = Decimal("5")  # other_user's warn-mode turn goes into overdraft
     wallet_grant(user=owner, amount=Decimal("10"), reason="r")
     wallet_hold_place(user=owner, amount=Decimal("2"), reference="turn-1")
     wallet_debit(user=owner, amount=Decimal("1.5"), reference="turn-1", release_hold="turn-1")
@@ -106,7 +107,8 @@ def test_reconcile_detects_a_ledger_row_written_around_the_service(owner):
     run("reconcile_wallets")
 
 
-def test_reconcile_recomputes_a_drifted_held(owner):
+def test_reconcile_recomputes_a_drifted_held(owner, settings):
+    settings.BILLING_OVERDRAFT_LIMIT = Decimal("2")  # warn mode: the hold goes into overdraft
     wallet_hold_place(user=owner, amount=Decimal("2"), reference="turn-1")
     Wallet.objects.filter(user=owner).update(held=Decimal("7"))
     out = StringIO()

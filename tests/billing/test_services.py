@@ -194,7 +194,8 @@ def test_a_released_hold_charges_nothing_and_releasing_twice_is_harmless(owner):
     assert balance_of(owner) == Decimal("10")
 
 
-def test_a_free_turn_settles_its_hold_without_a_ledger_row(owner):
+def test_a_free_turn_settles_its_hold_without_a_ledger_row(owner, settings):
+    settings.BILLING_OVERDRAFT_LIMIT = Decimal("3")  # warn mode: the hold goes into overdraft
     wallet_hold_place(user=owner, amount=Decimal("3"), reference="turn-free")
     assert wallet_debit(user=owner, amount=Decimal("0"), reference="turn-free", release_hold="turn-free") is None
     assert CreditHold.objects.get(reference="turn-free").status == CreditHold.Status.SETTLED
@@ -216,8 +217,9 @@ def test_block_mode_refuses_a_hold_the_available_balance_cannot_cover(owner, set
     assert wallet_status(user=owner)["available"] == Decimal("0")
 
 
-def test_warn_mode_places_the_hold_anyway(owner, settings):
+def test_warn_mode_places_the_hold_anyway_within_the_overdraft_limit(owner, settings):
     settings.BILLING_ENFORCEMENT = "warn"
+    settings.BILLING_OVERDRAFT_LIMIT = Decimal("7")
     hold = wallet_hold_place(user=owner, amount=Decimal("7"), reference="turn-w")
     assert hold.status == CreditHold.Status.ACTIVE
     assert wallet_status(user=owner)["available"] == Decimal("-7")

@@ -64,8 +64,15 @@ def test_raw_ledger_and_hold_statements_write_what_the_orm_paths_write(grant_sta
             path, uid, kind=TransactionKind.GRANT, amount=Decimal("10"), reference=None, reason="r", actor=grant_staff
         )
         _post(path, uid, kind=TransactionKind.DEBIT, amount=Decimal("-0.12345678"), reference=ref("turn-1"))
-        assert _hold(path, uid, amount=Decimal("2.5"), reference=ref("turn-2"), block=True) is not None
-        assert _hold(path, uid, amount=Decimal("1"), reference=ref("turn-3"), block=False) is not None
+        assert _hold(path, uid, amount=Decimal("2.5"), reference=ref("turn-2"), overdraft=Decimal("0")) is not None
+        assert _hold(path, uid, amount=Decimal("1"), reference=ref("turn-3"), overdraft=Decimal("1")) is not None
+        # Warn mode's overdraft: available 6.37654322 may go to -0.62345678 (within 1), not past -1.
+        assert _hold(path, uid, amount=Decimal("7"), reference=ref("turn-5"), overdraft=Decimal("1")) is not None
+        if path == "raw":
+            assert _hold(path, uid, amount=Decimal("0.5"), reference=ref("turn-6"), overdraft=Decimal("1")) is None
+        else:
+            with pytest.raises(InsufficientCredits):
+                _hold(path, uid, amount=Decimal("0.5"), reference=ref("turn-6"), overdraft=Decimal("1"))
         _post(
             path,
             uid,
@@ -89,13 +96,13 @@ def test_raw_ledger_and_hold_statements_write_what_the_orm_paths_write(grant_sta
 
     # Not covered in block mode: the raw statement places nothing, the ORM path refuses;
     # neither writes.
-    assert _hold("raw", users["raw"].pk, amount=Decimal("1"), reference="raw-turn-5", block=True) is None
+    assert _hold("raw", users["raw"].pk, amount=Decimal("1"), reference="raw-turn-7", overdraft=Decimal("0")) is None
     with pytest.raises(InsufficientCredits):
-        _hold("orm", users["orm"].pk, amount=Decimal("1"), reference="orm-turn-5", block=True)
+        _hold("orm", users["orm"].pk, amount=Decimal("1"), reference="orm-turn-7", overdraft=Decimal("0"))
 
     raw, orm = _state(users["raw"], "raw"), _state(users["orm"], "orm")
     assert raw == orm
-    assert raw[:2] == (Decimal("-11.62345679"), Decimal("1.00000000"))
+    assert raw[:2] == (Decimal("-11.62345679"), Decimal("8.00000000"))
 
 
 @pytest.mark.django_db

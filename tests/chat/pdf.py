@@ -40,3 +40,42 @@ def make_pdf(pages: list[list[str]]) -> bytes:
         out += f"{offset:010d} 00000 n \n".encode()
     out += f"trailer\n<< /Size {len(objects) + 1} /Root 1 0 R >>\nstartxref\n{xref_at}\n%%EOF\n".encode()
     return bytes(out)
+
+
+def make_pdf_bomb(*, pages: int = 600, decoded_bytes: int = 70 * 1024 * 1024) -> bytes:
+    """A decompression bomb: `pages` pages whose /Contents all point at ONE Flate
+    stream that inflates to `decoded_bytes` of whitespace (no text at all). With the
+    defaults, a file of about 165 KB that pypdf 7 takes about 0.25 s per page to
+    read (2.5 minutes for all) on the 2-core dev machine."""
+    import zlib
+
+    compressor = zlib.compressobj(9)
+    chunk = b" " * (1024 * 1024)
+    body = bytearray()
+    for _ in range(decoded_bytes // len(chunk)):
+        body += compressor.compress(chunk)
+    body += compressor.compress(b" " * (decoded_bytes % len(chunk))) + compressor.flush()
+
+    page_ids = [5 + i for i in range(pages)]
+    objects: list[bytes] = [
+        b"<< /Type /Catalog /Pages 2 0 R >>",
+        f"<< /Type /Pages /Kids [{' '.join(f'{pid} 0 R' for pid in page_ids)}] /Count {pages} >>".encode(),
+        b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
+        b"<< /Length %d /Filter /FlateDecode >>\nstream\n" % len(body) + bytes(body) + b"\nendstream",
+    ]
+    for _ in range(pages):
+        objects.append(
+            b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Resources << /Font << /F1 3 0 R >> >> "
+            b"/Contents 4 0 R >>"
+        )
+    out = bytearray(b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n")
+    offsets = []
+    for number, obj in enumerate(objects, start=1):
+        offsets.append(len(out))
+        out += f"{number} 0 obj\n".encode() + obj + b"\nendobj\n"
+    xref_at = len(out)
+    out += f"xref\n0 {len(objects) + 1}\n".encode() + b"0000000000 65535 f \n"
+    for offset in offsets:
+        out += f"{offset:010d} 00000 n \n".encode()
+    out += f"trailer\n<< /Size {len(objects) + 1} /Root 1 0 R >>\nstartxref\n{xref_at}\n%%EOF\n".encode()
+    return bytes(out)

@@ -1,15 +1,19 @@
+import asyncio
 import hashlib
 import io
+import json
+import time
 
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 from pypdf import PdfReader, PdfWriter
 
+from accounts.services import api_key_create
 from chat.engine.context import files_prompt_note
 from chat.models import UploadedFile
 from chat.services.files import file_create
 from core.exceptions import ApplicationError
-from tests.chat.pdf import make_pdf
+from tests.chat.pdf import make_pdf, make_pdf_bomb
 
 pytestmark = pytest.mark.django_db
 
@@ -115,6 +119,74 @@ def test_file_of_exactly_the_size_limit_is_accepted(owner_client, settings):
 def test_file_over_the_size_limit_is_refused(owner_client, settings):
     settings.MAX_UPLOAD_BYTES = 64
     assert_refused(upload(owner_client, "big.txt", b"x" * 65, "text/plain"), "larger than the limit of 64 bytes")
+
+
+# --- bounded extraction: pages, inflated bytes, time, memory ---------------------------
+
+
+@pytest.mark.parametrize("pages", [600, 40])
+def test_a_pdf_bomb_is_refused_in_under_two_seconds(owner_client, pages):
+    # ~165 KB (600 pages) / ~75 KB (40 pages): every page's content is ONE Flate stream
+    # inflating to 70 MB of blanks. Before the bounds this took pypdf ~0.25 s a page.
+    data = make_pdf_bomb(pages=pages)
+    assert len(data) < 200_000
+
+    started = time.monotonic()
+    response = upload(owner_client, "bomb.pdf", data, "application/pdf")
+    elapsed = time.monotonic() - started
+
+    assert elapsed < 2.0, elapsed
+    fragment = "600 pages; at most 500 are read" if pages == 600 else "inflates to more than 32 MiB"
+    assert_refused(response, fragment)
+
+
+def test_a_pdf_over_the_page_limit_is_refused(owner_client, settings):
+    settings.PDF_MAX_PAGES = 2
+    assert upload(owner_client, "two.pdf", make_pdf([["one"], ["two"]]), "application/pdf").status_code == 201
+    assert_refused_after_one = upload(owner_client, "three.pdf", make_pdf([["1"], ["2"], ["3"]]), "application/pdf")
+    assert assert_refused_after_one.status_code == 400
+    assert "has 3 pages; at most 2 are read" in assert_refused_after_one.json()["error"]["fields"]["file"][0]
+    assert UploadedFile.objects.count() == 1
+
+
+def test_pages_sharing_one_stream_count_it_once_each(owner_client, settings):
+    # 1 MiB of page content, shared by 5 pages: 5 MiB to parse, over a 4 MiB budget.
+    settings.PDF_MAX_DECODED_BYTES = 4 * 1024 * 1024
+    bomb = make_pdf_bomb(pages=5, decoded_bytes=1024 * 1024)
+    assert_refused(upload(owner_client, "shared.pdf", bomb, "application/pdf"), "inflates to more than 4 MiB")
+    fits = make_pdf_bomb(pages=3, decoded_bytes=1024 * 1024)
+    response = upload(owner_client, "fits.pdf", fits, "application/pdf")
+    assert response.status_code == 201, response.content
+    assert UploadedFile.objects.get().extracted_text.strip() == ""  # blank pages: no text, and stored
+
+
+def test_extraction_past_the_time_limit_is_refused_and_stores_nothing(owner_client, settings):
+    settings.UPLOAD_EXTRACT_TIMEOUT_SECONDS = 0.01  # less than the child process needs to start
+    started = time.monotonic()
+    response = upload(owner_client, "report.pdf", make_pdf([["Quarterly report"]]), "application/pdf")
+    assert time.monotonic() - started < 2.0
+    assert_refused(response, "took longer than 0.01 s, the limit")
+
+
+def test_extraction_past_the_memory_limit_is_refused(owner_client, settings):
+    settings.UPLOAD_EXTRACT_MEMORY_MB = 64
+    data = make_pdf_bomb(pages=1, decoded_bytes=30 * 1024 * 1024)  # inflating it needs more than 64 MiB
+    response = upload(owner_client, "big.pdf", data, "application/pdf")
+    assert response.status_code == 400
+    message = response.json()["error"]["fields"]["file"][0]
+    assert "memory" in message or "within the limits" in message, message
+    assert UploadedFile.objects.count() == 0
+
+
+def test_text_is_extracted_outside_the_web_process(owner_client, monkeypatch):
+    # The child's answer is what gets stored: with the child's module swapped for
+    # one that answers differently, the stored text follows it.
+    import chat.extraction
+
+    assert upload(owner_client, "a.txt", b"from the child", "text/plain").status_code == 201
+    monkeypatch.setattr(chat.extraction, "decode_text", lambda data, content_type: "from this process")
+    assert upload(owner_client, "b.txt", b"from the child", "text/plain").status_code == 201
+    assert set(UploadedFile.objects.values_list("extracted_text", flat=True)) == {"from the child"}
 
 
 def test_oversized_body_is_refused_before_it_is_parsed(owner_client, settings):
@@ -295,3 +367,59 @@ def test_prompt_note_lists_own_files_with_session_files_first(owner, other_user,
     assert lines[2] == f'- id {older.id}: "older.txt" (text/plain, 1 bytes)'
     assert "theirs" not in note
     assert files_prompt_note(user=other_user).count("- id") == 1
+
+
+# --- under the ASGI web process: the event loop waits for the child, no thread does ----
+
+
+def _asgi_upload(app, raw_key: str, name: str, data: bytes):  # noqa: ANN001, ANN201
+    from tests.asgi import asgi_call, multipart
+
+    body, content_type = multipart({"file": SimpleUploadedFile(name, data, content_type="application/pdf")})
+    return asgi_call(app, "POST", URL, body=body, headers=[content_type, (b"authorization", f"Bearer {raw_key}".encode())])
+
+
+@pytest.mark.django_db(transaction=True)
+def test_under_asgi_a_pdf_is_stored_and_a_bomb_refused_in_under_two_seconds(owner):
+    from core.asgi import ASGIHandler
+
+    app = ASGIHandler()
+    _, raw_key = api_key_create(user=owner, name="asgi")
+    status, _, content = asyncio.run(_asgi_upload(app, raw_key, "report.pdf", make_pdf([["Quarterly report"]])))
+    assert status == 201, content
+    assert json.loads(content)["name"] == "report.pdf"
+    assert "Quarterly report" in UploadedFile.objects.get().extracted_text
+
+    started = time.monotonic()
+    status, _, content = asyncio.run(_asgi_upload(app, raw_key, "bomb.pdf", make_pdf_bomb(pages=40)))
+    assert time.monotonic() - started < 2.0
+    assert status == 400
+    assert "inflates to more than 32 MiB" in json.loads(content)["error"]["fields"]["file"][0]
+    assert UploadedFile.objects.count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_under_asgi_a_slow_extraction_holds_no_thread_of_the_web_process(owner, settings):
+    from core.asgi import ASGIHandler
+    from tests.asgi import asgi_call
+
+    settings.WEB_THREADS = 1  # one thread for every request: a waiting upload would block the next one
+    settings.UPLOAD_EXTRACT_TIMEOUT_SECONDS = 3
+    settings.PDF_MAX_DECODED_BYTES = 10**12  # nothing stops the bomb but the time limit
+    app = ASGIHandler()
+    _, raw_key = api_key_create(user=owner, name="me")
+
+    async def scenario() -> tuple:
+        upload = asyncio.create_task(_asgi_upload(app, raw_key, "bomb.pdf", make_pdf_bomb(pages=40)))
+        await asyncio.sleep(1.0)  # the child is reading the bomb
+        started = time.monotonic()
+        me = await asgi_call(app, "GET", "/api/v1/users/me", headers=[(b"authorization", f"Bearer {raw_key}".encode())])
+        me_seconds, upload_still_running = time.monotonic() - started, not upload.done()
+        return me, me_seconds, upload_still_running, await upload
+
+    me, me_seconds, upload_still_running, (status, _, content) = asyncio.run(scenario())
+    assert me[0] == 200 and upload_still_running
+    assert me_seconds < 1.0, me_seconds
+    assert status == 400
+    assert "took longer than 3 s, the limit" in json.loads(content)["error"]["fields"]["file"][0]
+    assert not UploadedFile.objects.exists()

@@ -154,9 +154,10 @@ def test_openai_500_for_good_is_a_readable_error_after_bounded_retries(fake_open
             model="gpt-test", messages=CONVERSATION[:2], max_output_tokens=16, on_delta=collect()[1] if stream else None
         )
     assert len(fake_openai.requests) == 3  # the first try and LLM_MAX_RETRIES more
-    assert failure.value.message.startswith("The openai provider answered HTTP 500 (up to 3 attempts)")
-    assert "upstream exploded" in failure.value.message
-    assert "sk-test-openai" not in failure.value.message
+    assert failure.value.message == (
+        "The openai provider answered HTTP 500 (up to 3 attempts): it had an internal error; try again later."
+    )
+    assert "upstream exploded" not in failure.value.message  # the provider's own words go to the log only
 
 
 def test_openai_retries_are_backed_off(fake_openai, settings):
@@ -289,7 +290,7 @@ def test_anthropic_overloaded_for_good_is_a_readable_error(fake_anthropic, setti
         provider_for("anthropic").complete(model="claude-test", messages=CONVERSATION[:2], max_output_tokens=16)
     assert len(fake_anthropic.requests) == 2
     assert failure.value.message.startswith("The anthropic provider answered HTTP 529 (up to 2 attempts)")
-    assert "Overloaded" in failure.value.message
+    assert failure.value.message.endswith("it is overloaded; try again later.")
 
 
 def test_anthropic_a_stream_cut_after_output_is_billed_at_the_usage_so_far(fake_anthropic):
@@ -319,3 +320,53 @@ def test_anthropic_stop_requested_ends_the_stream_with_what_came(fake_anthropic)
 def test_unknown_provider_is_a_provider_error():
     with pytest.raises(ProviderError, match="Unknown provider 'nope'"):
         provider_for("nope")
+
+
+# What the provider says in an error body can carry a (masked) key, an account or
+# organisation id, a request id or an internal host: none of it reaches the user.
+LEAKY = (
+    "Incorrect API key provided: sk-test-****************************ABCD. You can find your API key at "
+    "https://platform.openai.com/account/api-keys. org-internal123 req_8f2a proxy at 10.0.3.7:8443"
+)
+
+
+@pytest.mark.parametrize(
+    ("status", "meaning"),
+    [
+        (401, "refused this service's credentials; an operator must check its API key"),
+        (403, "refused this service's credentials; an operator must check its API key"),
+        (404, "does not know the model this alias points at; an operator must check the alias"),
+        (400, "refused the request"),
+        (429, "is rate limiting this service or its quota is used up; try again later"),
+        (503, "had an internal error; try again later"),
+    ],
+)
+def test_a_provider_error_shown_to_users_carries_no_key_or_internal_detail(
+    fake_openai, fake_anthropic, settings, caplog, status, meaning
+):
+    from tests.fakes.llm_servers import Error
+
+    settings.LLM_MAX_RETRIES = 0
+    for name, server in (("openai", fake_openai), ("anthropic", fake_anthropic)):
+        server.script(Error(status, LEAKY, headers={}))
+        with pytest.raises(ProviderError) as failure:
+            provider_for(name).complete(model="m", messages=CONVERSATION[:2], max_output_tokens=16)
+        message = failure.value.message
+        assert message == f"The {name} provider answered HTTP {status} (up to 1 attempt): it {meaning}."
+        for secret in ("sk-", "ABCD", "org-", "req_", "10.0.3.7", "api-keys"):
+            assert secret not in message
+    # The operator still learns what the provider said, without the key.
+    logged = "\n".join(record.getMessage() for record in caplog.records)
+    assert "Incorrect API key provided" in logged and "10.0.3.7" in logged
+    assert "sk-test-" not in logged
+
+
+def test_an_unexpected_sdk_error_shows_only_its_kind(fake_openai, settings):
+    import openai
+
+    from chat.llm.errors import readable_error
+
+    error = openai.APIError("internal detail at 10.0.3.7 with sk-test-abcdefgh", request=None, body=None)
+    assert readable_error(error, provider="openai").message == (
+        "The openai provider failed while answering (APIError)."
+    )

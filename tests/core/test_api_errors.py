@@ -90,3 +90,32 @@ def test_the_root_page_says_what_this_is_and_links_docs_admin_and_health():
     assert "<h1>Parley</h1>" in html
     for link in ('href="/api/docs/"', 'href="/admin/"', 'href="/api/v1/health"', 'href="/api/schema/"'):
         assert link in html
+
+
+# --- a chunked body (no Content-Length) through the web process's ASGI handler -------
+
+
+def _asgi_post(path: str, body: bytes, headers: list[tuple[bytes, bytes]]) -> tuple[int, dict, bytes]:
+    import asyncio
+
+    from core.asgi import ASGIHandler
+    from tests.asgi import asgi_call
+
+    return asyncio.run(asgi_call(ASGIHandler(), "POST", path, body=body, headers=headers, chunked=True))
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_chunked_json_body_is_read_and_one_over_the_limit_is_a_json_413(owner):
+    from accounts.services import api_key_create
+
+    _, raw_key = api_key_create(user=owner, name="chunked")
+    headers = [(b"authorization", f"Bearer {raw_key}".encode()), (b"content-type", b"application/json")]
+
+    status, _, content = _asgi_post("/api/v1/auth/keys", json.dumps({"name": "sent in chunks"}).encode(), headers)
+    assert status == 201, content
+    assert json.loads(content)["name"] == "sent in chunks"
+
+    status, head, content = _asgi_post("/api/v1/auth/keys", json.dumps({"name": "x" * (3 * MIB)}).encode(), headers)
+    assert status == 413, content
+    assert head["content-type"].startswith("application/json")
+    assert json.loads(content)["error"]["code"] == "request_too_large"

@@ -2,7 +2,8 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 
 from accounts.models import User
-from accounts.services import api_key_create, user_create
+from accounts.permissions import STAFF_GROUP_PERMISSIONS
+from accounts.services import api_key_create, user_create, user_make_staff
 
 
 class Command(BaseCommand):
@@ -12,7 +13,11 @@ class Command(BaseCommand):
         parser.add_argument("email")
         parser.add_argument("--name", default="cli")
         parser.add_argument("--create-user", action="store_true", help="Create the user if it does not exist.")
-        parser.add_argument("--staff", action="store_true", help="Make the user staff.")
+        parser.add_argument(
+            "--staff",
+            action="store_true",
+            help="Make the user staff and a member of the 'Parley staff' group (the staff API's permissions).",
+        )
 
     @transaction.atomic
     def handle(self, *args, email: str, name: str, create_user: bool, staff: bool, **options) -> None:
@@ -21,8 +26,12 @@ class Command(BaseCommand):
             if not create_user:
                 raise CommandError(f"No user with email {email}; pass --create-user to create one.")
             user = user_create(email=email)
-        if staff and not user.is_staff:
-            user.is_staff = True
-            user.save(update_fields=["is_staff"])
+        if staff:
+            group = user_make_staff(user=user)
+            # On stderr: stdout is the key alone, for scripts that capture it.
+            self.stderr.write(
+                f"{user.email} is staff and in the group '{group.name}', which holds "
+                f"{', '.join(STAFF_GROUP_PERMISSIONS)}: what the staff API endpoints ask for."
+            )
         _, raw_key = api_key_create(user=user, name=name)
         self.stdout.write(raw_key)
