@@ -57,7 +57,7 @@ class LLMCallSerializer(serializers.ModelSerializer):
         model = LLMCall
         fields = [
             "id", "purpose", "model_alias", "provider", "provider_model", "input_tokens", "output_tokens",
-            "credits_burned", "latency_ms", "status", "error", "used_fallback", "created_at",
+            "credits_burned", "latency_ms", "status", "error", "used_fallback", "finish_reason", "created_at",
         ]  # fmt: skip
 
 

@@ -3,6 +3,7 @@ deterministic, the embedded default), `openai` (any OpenAI-compatible endpoint) 
 `anthropic`. All speak the neutral shapes of chat.llm.base; see its docstring."""
 
 from chat.llm.base import (
+    CallOptions,
     ChatMessage,
     DeltaCallback,
     LLMResult,
@@ -33,6 +34,7 @@ def provider_for(name: str) -> Provider:
 
 
 __all__ = [
+    "CallOptions",
     "ChatMessage",
     "DeltaCallback",
     "LLMResult",

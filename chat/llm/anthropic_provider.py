@@ -7,6 +7,10 @@ come back as ToolCallRequest; an assistant's tool calls are sent back as
 message (consecutive same-role messages are merged, as the API expects).
 Streaming reads usage from `message_start` (input) and `message_delta` (output,
 cumulative). Retries on 408/409/429/5xx are the SDK's own (LLM_MAX_RETRIES).
+CallOptions translate: temperature (capped at the API's 1.0), top_p, stop ->
+`stop_sequences` (a `stop_sequence` stop is a normal "stop"), tool_choice auto /
+none / required / function -> {"type": "auto" | "none" | "any" | "tool"}, user ->
+`metadata.user_id`.
 """
 
 import logging
@@ -17,7 +21,7 @@ from typing import Any
 import anthropic
 from django.conf import settings
 
-from chat.llm.base import ChatMessage, DeltaCallback, LLMResult, ProviderError, ToolCallRequest
+from chat.llm.base import CallOptions, ChatMessage, DeltaCallback, LLMResult, ProviderError, ToolCallRequest
 from chat.llm.errors import SDK_ERRORS, readable_error
 
 logger = logging.getLogger(__name__)
@@ -69,6 +73,29 @@ def to_wire_tools(tools: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     ]
 
 
+# The Messages API's temperature range is 0..1 (OpenAI's is 0..2).
+MAX_TEMPERATURE = 1.0
+TOOL_CHOICES = {"auto": "auto", "none": "none", "required": "any"}
+
+
+def to_wire_options(options: CallOptions, *, tools_offered: bool) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    if options.temperature is not None:
+        params["temperature"] = min(options.temperature, MAX_TEMPERATURE)
+    if options.top_p is not None:
+        params["top_p"] = options.top_p
+    if options.stop:
+        params["stop_sequences"] = list(options.stop)
+    # The API refuses a tool_choice without tools.
+    if tools_offered and options.tool_choice == "function":
+        params["tool_choice"] = {"type": "tool", "name": options.tool_name}
+    elif tools_offered and options.tool_choice in TOOL_CHOICES:
+        params["tool_choice"] = {"type": TOOL_CHOICES[options.tool_choice]}
+    if options.user:
+        params["metadata"] = {"user_id": options.user}
+    return params
+
+
 def _input_tokens(usage: Any) -> int:
     # Cache writes and reads are input the model processed; billed at the input price.
     return sum(
@@ -88,6 +115,7 @@ class AnthropicProvider:
         max_output_tokens: int,
         tools: Sequence[dict[str, Any]] | None = None,
         on_delta: DeltaCallback | None = None,
+        options: CallOptions | None = None,
     ) -> LLMResult:
         system, wire = to_wire(messages)
         params: dict[str, Any] = {"model": model, "max_tokens": max_output_tokens, "messages": wire}
@@ -95,6 +123,8 @@ class AnthropicProvider:
             params["system"] = system
         if tools:
             params["tools"] = to_wire_tools(tools)
+        if options is not None:
+            params.update(to_wire_options(options, tools_offered=bool(tools)))
         try:
             if on_delta is None:
                 return self._plain(params)
