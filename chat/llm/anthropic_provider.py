@@ -7,10 +7,11 @@ come back as ToolCallRequest; an assistant's tool calls are sent back as
 message (consecutive same-role messages are merged, as the API expects).
 Streaming reads usage from `message_start` (input) and `message_delta` (output,
 cumulative). Retries on 408/409/429/5xx are the SDK's own (LLM_MAX_RETRIES).
-CallOptions translate: temperature (capped at the API's 1.0), top_p, stop ->
-`stop_sequences` (a `stop_sequence` stop is a normal "stop"), tool_choice auto /
-none / required / function -> {"type": "auto" | "none" | "any" | "tool"}, user ->
-`metadata.user_id`.
+CallOptions translate: stop -> `stop_sequences` (a `stop_sequence` stop is a normal
+"stop"), tool_choice auto / none / required / function -> {"type": "auto" | "none" |
+"any" | "tool"}, user -> `metadata.user_id`. The Messages API of the pinned SDK takes
+no sampling parameters (`messages.create` has no temperature or top_p), so those
+two are not sent.
 """
 
 import logging
@@ -73,17 +74,11 @@ def to_wire_tools(tools: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     ]
 
 
-# The Messages API's temperature range is 0..1 (OpenAI's is 0..2).
-MAX_TEMPERATURE = 1.0
 TOOL_CHOICES = {"auto": "auto", "none": "none", "required": "any"}
 
 
 def to_wire_options(options: CallOptions, *, tools_offered: bool) -> dict[str, Any]:
     params: dict[str, Any] = {}
-    if options.temperature is not None:
-        params["temperature"] = min(options.temperature, MAX_TEMPERATURE)
-    if options.top_p is not None:
-        params["top_p"] = options.top_p
     if options.stop:
         params["stop_sequences"] = list(options.stop)
     # The API refuses a tool_choice without tools.

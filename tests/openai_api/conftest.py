@@ -48,3 +48,7 @@ def raw_post(base_url: str, key: str, body: dict) -> httpx2.Response:
     return httpx2.post(
         f"{base_url}/chat/completions", json=body, headers={"Authorization": f"Bearer {key}"}, timeout=30
     )
+
+
+# The fake model servers of tests/chat (their fixtures set the providers' base URLs).
+from tests.chat.conftest import fake_anthropic_server, fake_openai_server  # noqa: E402, F401
