@@ -6,6 +6,7 @@ OpenAI ignores unknown ones. Text content only: a content part other than text i
 
 from typing import Any
 
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from billing.selectors import model_price_for_alias
@@ -21,6 +22,14 @@ MAX_STOP = 4
 TOOL_CHOICES = ("none", "auto", "required")
 
 
+TEXT_PART = {
+    "type": "object",
+    "properties": {"type": {"type": "string", "enum": ["text"]}, "text": {"type": "string"}},
+    "required": ["type", "text"],
+}
+
+
+@extend_schema_field({"oneOf": [{"type": "string"}, {"type": "array", "items": TEXT_PART}], "nullable": True})
 class ContentField(serializers.Field):
     """A message's content: a string, a list of text parts, or null (an assistant that
     only called tools). Parts are joined with newlines."""
@@ -109,6 +118,10 @@ class StreamOptionsSerializer(serializers.Serializer):
     include_usage = serializers.BooleanField(required=False, default=False)
 
 
+@extend_schema_field(
+    {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}, "maxItems": MAX_STOP}],
+     "nullable": True}
+)  # fmt: skip
 class StopField(serializers.Field):
     default_error_messages = {"invalid": f"Must be a string or a list of at most {MAX_STOP} strings."}
 
@@ -125,6 +138,22 @@ class StopField(serializers.Field):
         return value
 
 
+@extend_schema_field(
+    {
+        "oneOf": [
+            {"type": "string", "enum": list(TOOL_CHOICES)},
+            {
+                "type": "object",
+                "properties": {
+                    "type": {"type": "string", "enum": ["function"]},
+                    "function": {"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]},
+                },
+                "required": ["type", "function"],
+            },
+        ],
+        "nullable": True,
+    }
+)
 class ToolChoiceField(serializers.Field):
     """ "none" | "auto" | "required" | {"type": "function", "function": {"name"}}: as
     (choice, function name)."""
