@@ -47,7 +47,7 @@ class ContentField(serializers.Field):
             texts = []
             for part in data:
                 kind = part.get("type") if isinstance(part, dict) else None
-                key = {"text": "text", "refusal": "refusal"}.get(kind or "")
+                key = kind if kind in ("text", "refusal") else None
                 if key is None or not isinstance(part.get(key), str):
                     self.fail("part")
                 texts.append(part[key])
@@ -159,13 +159,14 @@ class ToolChoiceField(serializers.Field):
     (choice, function name)."""
 
     default_error_messages = {
-        "invalid": 'Must be \'none\', \'auto\', \'required\' or {"type": "function", "function": {"name": ...}}.'
+        # (DRF formats these messages: literal braces are doubled.)
+        "invalid": "Must be 'none', 'auto', 'required' or {{\"type\": \"function\", \"function\": {{\"name\": ...}}}}."
     }
 
     def to_internal_value(self, data: Any) -> tuple[str, str] | None:
         if data is None:
             return None
-        if data in TOOL_CHOICES:
+        if isinstance(data, str) and data in TOOL_CHOICES:
             return data, ""
         if isinstance(data, dict) and data.get("type") == "function" and isinstance(data.get("function"), dict):
             name = data["function"].get("name")
