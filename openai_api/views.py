@@ -6,6 +6,7 @@ from django.conf import settings
 from django.http import HttpResponse, StreamingHttpResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiResponse, extend_schema
+from rest_framework.negotiation import DefaultContentNegotiation
 from rest_framework.parsers import JSONParser
 from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
@@ -22,9 +23,18 @@ from openai_api.serializers import ChatCompletionRequestSerializer, ChatCompleti
 TAGS = ["OpenAI-compatible (/v1)"]
 
 
+class AnyAccept(DefaultContentNegotiation):
+    """OpenAI's API answers JSON (or its event stream) whatever `Accept` says; clients
+    send `text/event-stream`, `*/*` or nothing. Never a 406 here."""
+
+    def select_renderer(self, request, renderers, format_suffix=None):  # noqa: ANN001, ANN201
+        return renderers[0], renderers[0].media_type
+
+
 class OpenAIView(APIView):
     renderer_classes = [JSONRenderer]
     parser_classes = [JSONParser]
+    content_negotiation_class = AnyAccept
 
     def get_exception_handler(self):  # noqa: ANN201
         return errors.exception_handler

@@ -44,10 +44,9 @@ def async_sdk(base_url: str, raw_key: str) -> openai.AsyncOpenAI:
     return openai.AsyncOpenAI(base_url=base_url, api_key=raw_key, max_retries=0, timeout=60)
 
 
-def raw_post(base_url: str, key: str, body: dict) -> httpx2.Response:
-    return httpx2.post(
-        f"{base_url}/chat/completions", json=body, headers={"Authorization": f"Bearer {key}"}, timeout=30
-    )
+def raw_post(base_url: str, key: str, body: dict, *, accept: str = "application/json") -> httpx2.Response:
+    headers = {"Authorization": f"Bearer {key}", "Accept": accept}
+    return httpx2.post(f"{base_url}/chat/completions", json=body, headers=headers, timeout=30)
 
 
 # The fake model servers of tests/chat (their fixtures set the providers' base URLs).

@@ -219,3 +219,12 @@ def test_the_async_client_plain_and_streaming(async_sdk, fast):
     assert chunks[-1].usage.total_tokens > 0
     assert Turn.objects.filter(status="completed").count() == 2
     assert CreditTransaction.objects.filter(kind="debit").count() == 2
+
+
+def test_any_accept_header_gets_the_answer(base_url, raw_key, fast):
+    from tests.openai_api.conftest import raw_post
+
+    for accept in ("text/event-stream", "text/html", "*/*"):
+        body = {"model": "fast", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+        answer = raw_post(base_url, raw_key, body, accept=accept)
+        assert answer.status_code == 200 and answer.text.rstrip().endswith("data: [DONE]"), accept
