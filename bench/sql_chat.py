@@ -15,7 +15,9 @@ import argparse
 import os
 import sys
 import time
+import uuid
 from collections.abc import Callable
+from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
 
@@ -88,7 +90,7 @@ def main() -> None:
 def run(args: argparse.Namespace) -> None:
     # Imported here: Django and the project's models load only after setup_django().
     from django.db import transaction
-    from django.db.models import Count, F, Sum, Value
+    from django.db.models import Count, F, Q, Sum, Value
     from django.db.models.functions import Coalesce, Length
     from django.utils import timezone
 
@@ -97,7 +99,7 @@ def run(args: argparse.Namespace) -> None:
     from billing.models import ModelPrice
     from chat import _sql
     from chat.models import ChatSession, Message, Turn, UploadedFile
-    from chat.selectors import HISTORY_SCAN, UNFINISHED, session_history
+    from chat.selectors import HISTORY_SCAN, session_history
 
     user = user_create(email="bench@example.com")
     price = ModelPrice.objects.create(
@@ -124,15 +126,21 @@ def run(args: argparse.Namespace) -> None:
 
         return inside
 
-    def orm_turn_status_lock() -> str | None:
-        return Turn.objects.select_for_update().filter(pk=turn.pk).values_list("status", flat=True).first()
+    def orm_turn_lock() -> tuple:
+        return Turn.objects.select_for_update().filter(pk=turn.pk).values_list("status", "lease_token").first()
+
+    # Lapsed leases, so that every claim succeeds and both paths write.
+    token, lapsed = uuid.uuid4(), timezone.now() - timedelta(seconds=1)
 
     def orm_turn_start() -> bool:
+        takeable = Q(status=Turn.Status.QUEUED) | Q(
+            Q(lease_expires_at__isnull=True) | Q(lease_expires_at__lt=timezone.now()), status=Turn.Status.RUNNING
+        )
         return bool(
-            Turn.objects.filter(pk=turn.pk, status__in=UNFINISHED).update(
+            Turn.objects.filter(takeable, pk=turn.pk).update(
                 status=Turn.Status.RUNNING,
                 started_at=Coalesce("started_at", Value(timezone.now())),
-                attempts=F("attempts") + 1,
+                attempts=F("attempts") + 1, lease_token=token, lease_expires_at=lapsed,
             )  # fmt: skip
         )
 
@@ -150,11 +158,14 @@ def run(args: argparse.Namespace) -> None:
     pairs = {
         "session_get (POST turns)": (lambda: _sql.session_get(user_id=user.pk, session_id=session.pk), orm_session_get),
         "turn_status (waiting check)": (lambda: _sql.turn_status(turn_id=turn.pk, lock=False), orm_turn_status),
-        "turn_status FOR UPDATE (completion)": (
-            locked(lambda: _sql.turn_status(turn_id=turn.pk, lock=True)),
-            locked(orm_turn_status_lock),
+        "turn_lock (completion)": (
+            locked(lambda: tuple(_sql.turn_lock(turn_id=turn.pk))),
+            locked(orm_turn_lock),
         ),
-        "turn_start (worker claim)": (lambda: _sql.turn_start(turn_id=turn.pk), orm_turn_start),
+        "turn_start (worker claim)": (
+            lambda: _sql.turn_start(turn_id=turn.pk, lease_token=token, lease_expires_at=lapsed),
+            orm_turn_start,
+        ),
         "session_history_size (hold)": (
             lambda: _sql.session_history_size(session=session, scan=HISTORY_SCAN),
             orm_history_size,

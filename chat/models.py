@@ -80,6 +80,7 @@ class Turn(models.Model):
         RUNNING = "running"
         COMPLETED = "completed"
         FAILED = "failed"
+        CANCELLED = "cancelled"
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     session = models.ForeignKey(ChatSession, on_delete=models.CASCADE, related_name="turns")
@@ -98,8 +99,17 @@ class Turn(models.Model):
     # provider (max_tokens, temperature, top_p, stop, tools, tool_choice, user); its
     # context is its own messages. None for chat turns.
     completion_options = models.JSONField(null=True, blank=True)
-    # How many times a worker started this turn (more than 1 after a redelivery).
+    # How many times a worker started this turn (more than 1 after a takeover).
     attempts = models.PositiveIntegerField(default=0)
+    # The outbox: when run_turn was last handed to the broker (null: not yet, the beat
+    # sweep hands it over). The database, not the broker, says what must run.
+    dispatched_at = models.DateTimeField(null=True, blank=True)
+    # The running worker's lease: renewed while it works; once expired, another
+    # worker may take the turn over (its worker died). The token names the run.
+    lease_token = models.UUIDField(null=True, blank=True)
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
+    # The owner asked to stop it (POST turns/{id}/cancel) while it ran.
+    cancel_requested_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
@@ -113,7 +123,8 @@ class Turn(models.Model):
                 name="chat_turn_user_idempotency_key_unique",
             ),
             models.CheckConstraint(
-                condition=Q(status__in=["queued", "running", "completed", "failed"]), name="chat_turn_status_valid"
+                condition=Q(status__in=["queued", "running", "completed", "failed", "cancelled"]),
+                name="chat_turn_status_valid",
             ),
             models.CheckConstraint(
                 condition=Q(credits_charged__isnull=True) | Q(credits_charged__gte=0),
@@ -125,6 +136,11 @@ class Turn(models.Model):
             # The fair-use count of a user's turns in flight, asked on every new turn.
             models.Index(
                 fields=["user"], condition=Q(status__in=["queued", "running"]), name="chat_turn_user_unfinished"
+            ),
+            # The beat sweep: unfinished turns not handed over, or whose lease ran out.
+            models.Index(
+                fields=["status", "lease_expires_at"], condition=Q(status__in=["queued", "running"]),
+                name="chat_turn_unfinished_sweep",
             ),
         ]
 
@@ -171,6 +187,9 @@ class LLMCall(models.Model):
 
     class Status(models.TextChoices):
         OK = "ok"
+        # The stream stopped after output (cut by the provider, or the user's Stop):
+        # billed for what was received, as the provider bills it.
+        PARTIAL = "partial"
         FAILED = "failed"
 
     turn = models.ForeignKey(Turn, on_delete=models.CASCADE, related_name="llm_calls")
@@ -205,6 +224,11 @@ class LLMCall(models.Model):
 
     def __str__(self) -> str:
         return f"LLM call {self.pk}: {self.purpose} on {self.model_alias}"
+
+    @property
+    def billed(self) -> bool:
+        """A call that returned output (all of it, or part: a stopped stream) is charged."""
+        return self.status != self.Status.FAILED
 
 
 class ToolCall(models.Model):

@@ -15,7 +15,7 @@ from billing.models import ModelPrice
 from chat import _sql
 from chat.models import ChatSession, LLMCall, Message, Participant, ToolCall, Turn, UploadedFile
 
-FINISHED = (Turn.Status.COMPLETED, Turn.Status.FAILED)
+FINISHED = (Turn.Status.COMPLETED, Turn.Status.FAILED, Turn.Status.CANCELLED)
 UNFINISHED = _sql.UNFINISHED
 
 # How many recent messages a prompt reads at most (bounds the history query).

@@ -1,6 +1,11 @@
 """Celery adapters for chat. `run_turn` receives a turn id and calls the service;
-everything that makes a second run harmless lives in chat.services.turns (compare-and-set
-state moves, one completion transaction, debit reference = turn id).
+everything that makes a second run harmless lives in chat.services.turns (a claim
+under a lease, one completion transaction, debit reference = turn id).
+
+`run_turn` is acknowledged when a worker takes it, not when it ends: a turn that
+streams for minutes is never redelivered while it runs, and a turn whose worker
+died is found by its lapsed lease (the beat sweep hands it over again), not by the
+broker's visibility timeout.
 
 The task names are strings in broker messages and in the beat schedule: never
 change them (chat.dispatch sends `chat.run_turn` by name)."""
@@ -9,15 +14,17 @@ import logging
 
 import redis
 from celery import Task, shared_task
+from django.conf import settings
 from django.db import InterfaceError, OperationalError
 
-from chat.services.turns import turn_fail, turn_run, turns_requeue_lost
+from chat.services.turns import turn_fail, turn_run, turns_sweep
 from config.celery import app
 
 logger = logging.getLogger(__name__)
 
-# Infrastructure hiccups worth another try; a provider failure is not one of them
-# (the SDK already retried it, and the turn fails with a readable error instead).
+# Infrastructure hiccups at the claim worth another try; a provider failure is not
+# one of them (the SDK already retried it, and the turn fails with a readable error
+# instead), and the completion retries by itself with the outcome in hand.
 RETRIED = (OperationalError, InterfaceError, redis.ConnectionError)
 
 
@@ -25,6 +32,11 @@ class TurnTask(Task):
     def on_failure(self, exc, task_id, args, kwargs, einfo) -> None:  # noqa: ANN001
         # Out of retries, or a bug: the turn must not stay "running" with its hold.
         turn_id = kwargs.get("turn_id") or (args[0] if args else None)
+        if isinstance(exc, RETRIED):
+            # The database or Redis is still away: the turn is safe in the outbox, and
+            # the sweep hands it over again once they are back.
+            logger.error("run_turn %s gave up for now: %s", turn_id, exc.__class__.__name__)
+            return
         if turn_id:
             logger.error("run_turn %s failed for good: %s", turn_id, exc.__class__.__name__)
             try:
@@ -42,8 +54,7 @@ class TurnTask(Task):
     retry_backoff_max=60,
     retry_jitter=True,
     max_retries=5,
-    acks_late=True,
-    reject_on_worker_lost=True,
+    acks_late=False,
     soft_time_limit=900,
     time_limit=960,
 )
@@ -51,10 +62,13 @@ def run_turn(self, turn_id: str) -> None:  # noqa: ANN001
     turn_run(turn_id=turn_id)
 
 
-@shared_task(ignore_result=True, name="chat.requeue_lost_turns")
-def requeue_lost_turns() -> int:
-    return turns_requeue_lost()
+@shared_task(ignore_result=True, name="chat.sweep_turns", acks_late=False)
+def sweep_turns() -> int:
+    return turns_sweep()
 
 
-# Beat runs the sweeper every five minutes (celery -A config beat, see Procfile).
-app.add_periodic_task(300.0, requeue_lost_turns.s(), name="chat: requeue turns whose task was lost", expires=290)
+# Beat runs the sweep every few seconds (celery -A config beat, see Procfile).
+app.add_periodic_task(
+    settings.TURN_SWEEP_SECONDS, sweep_turns.s(), name="chat: hand over turns that must run",
+    expires=settings.TURN_SWEEP_SECONDS,
+)  # fmt: skip

@@ -136,7 +136,15 @@ MEDIA_ROOT = env.path("MEDIA_ROOT", default=BASE_DIR / "media")
 # --- Redis, cache and Celery -------------------------------------------------
 REDIS_URL = env.str("REDIS_URL", default="")
 if REDIS_URL:
-    CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
+    # Fails open (core.cache): with Redis down, throttling lets requests through
+    # rather than answer 500, and the rest of the API keeps working.
+    CACHES = {
+        "default": {
+            "BACKEND": "core.cache.FailOpenRedisCache",
+            "LOCATION": REDIS_URL,
+            "OPTIONS": {"socket_connect_timeout": 0.5, "socket_timeout": 1},
+        }
+    }
 else:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
 
@@ -160,6 +168,8 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
     "visibility_timeout": env.int("CELERY_VISIBILITY_TIMEOUT", default=3600),
     "unacked_restore_interval": 10,
     "unacked_restore_throttle": 1,
+    # A send to a broker that is down fails fast (the turn stays in the outbox).
+    "socket_connect_timeout": 1,
 }
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 
@@ -274,6 +284,15 @@ WEB_THREADS = env.int("WEB_THREADS", default=6)
 # Fair use (429 with Retry-After beyond them): turns queued or running, open streams.
 MAX_CONCURRENT_TURNS_PER_USER = env.int("MAX_CONCURRENT_TURNS_PER_USER", default=16)
 MAX_STREAMS_PER_USER = env.int("MAX_STREAMS_PER_USER", default=32)
+# Turn reliability (chat.services.turns, chat.leases): a running turn's lease, renewed
+# every third of it; the beat sweep's period; when a handed-over turn that has not
+# started is handed over again; how often a turn may be taken over before it is
+# failed; how long a worker retries a completion the database refused.
+TURN_LEASE_SECONDS = env.int("TURN_LEASE_SECONDS", default=30)
+TURN_SWEEP_SECONDS = env.float("TURN_SWEEP_SECONDS", default=5.0)
+TURN_REDISPATCH_SECONDS = env.int("TURN_REDISPATCH_SECONDS", default=60)
+TURN_MAX_ATTEMPTS = env.int("TURN_MAX_ATTEMPTS", default=3)
+TURN_COMPLETE_RETRY_SECONDS = env.float("TURN_COMPLETE_RETRY_SECONDS", default=15.0)
 
 # --- Logging: never log request bodies or secrets ------------------------------
 LOGGING = {

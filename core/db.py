@@ -7,15 +7,23 @@ from collections.abc import Callable
 from typing import Any
 
 from asgiref.sync import sync_to_async
-from django.db import connections
+from django.db import InterfaceError, OperationalError, connections
+
+# What a lost or refused database connection raises through Django.
+DATABASE_DOWN = (OperationalError, InterfaceError)
 
 
 def db_release() -> None:
-    """Gives this thread's database connections back (to the pool) before a wait.
-    Inside a transaction (a test's, or a caller's) they stay: closing would end it."""
+    """Gives this thread's database connections back (to the pool) before a wait, or
+    after a failure that may have broken them (the next query then connects anew;
+    the pool drops a broken connection rather than lend it again). Inside a
+    transaction (a test's, or a caller's) they stay: closing would end it."""
     for connection in connections.all(initialized_only=True):
         if not connection.in_atomic_block:
-            connection.close()
+            try:
+                connection.close()
+            except DATABASE_DOWN:
+                connection.connection = None
 
 
 async def db_read(read: Callable[..., Any], /, **kwargs: Any) -> Any:  # noqa: ANN401  whatever `read` returns

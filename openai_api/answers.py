@@ -17,7 +17,9 @@ from chat import streaming
 from chat.api.stream import KEEP_ALIVE, turn_event_items
 from chat.api.turns import turn_detail
 from chat.models import Turn
+from chat.services.turns import turn_cancel
 from core.db import db_read
+from core.exceptions import StateConflict
 from openai_api import shapes
 from openai_api.errors import OpenAIError, error_body
 
@@ -89,10 +91,13 @@ async def completion_chunks(
     restarted the reply) cannot take back text already sent: the rest of the final
     reply is sent when it continues what was sent. Replayed deltas (a turn that
     finished before the stream opened, or no Redis) are skipped: the final turn
-    carries the whole reply, which `finish` sends."""
+    carries the whole reply, which `finish` sends. A client that goes away before the
+    end stops the turn, as closing an OpenAI stream stops the generation: the worker
+    keeps and charges what was said (chat.services.turns.turn_cancel)."""
     writer = shapes.ChunkWriter(
         turn_id=turn.pk, model=turn.model_alias, created=int(turn.created_at.timestamp()), include_usage=include_usage
     )
+    finished = False
     try:
         yield writer.start()
         final = lambda turn_id: turn_detail(user=user, turn_id=turn_id)  # noqa: E731
@@ -105,11 +110,19 @@ async def completion_chunks(
                     if line:
                         yield line
                 elif name == "done":
+                    finished = True
                     for line in writer.finish(data):
                         yield line
                     return
     finally:
+        if not finished:
+            await sync_to_async(_stop, thread_sensitive=False)(turn)
         await sync_to_async(on_close, thread_sensitive=False)()
+
+
+def _stop(turn: Turn) -> None:
+    with contextlib.suppress(StateConflict):  # it finished meanwhile
+        turn_cancel(turn=turn)
 
 
 def stream_refused(limit: int) -> OpenAIError:

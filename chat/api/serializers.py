@@ -77,7 +77,7 @@ class TurnSerializer(serializers.ModelSerializer):
         model = Turn
         fields = [
             "id", "session", "model_alias", "status", "error", "credits_charged", "balance_after", "low_balance",
-            "created_at", "started_at", "finished_at",
+            "created_at", "started_at", "finished_at", "cancel_requested_at",
         ]  # fmt: skip
         read_only_fields = fields
 

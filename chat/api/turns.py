@@ -19,7 +19,7 @@ from chat import selectors, streaming
 from chat.api.serializers import TurnCreateSerializer, TurnDetailSerializer, TurnSerializer, turn_detail_payload
 from chat.api.sessions import session_or_404
 from chat.models import Turn
-from chat.services.turns import turn_create
+from chat.services.turns import turn_cancel, turn_create
 from core.db import db_read
 from core.exceptions import field_error
 from core.pagination import NewestFirstCursorPagination
@@ -149,3 +149,24 @@ class TurnDetailView(APIView):
     @extend_schema(responses={200: TurnDetailSerializer})
     def get(self, request: Request, turn_id) -> Response:  # noqa: ANN001
         return Response(TurnDetailSerializer(turn_or_404(request, turn_id)).data)
+
+
+class TurnCancelView(APIView):
+    @extend_schema(
+        request=None,
+        responses={
+            200: OpenApiResponse(TurnDetailSerializer, description="Cancelled: the turn had not started."),
+            202: OpenApiResponse(
+                TurnDetailSerializer,
+                description="Running: it stops at its next streamed piece; what was said is kept and charged, the "
+                "rest of the hold released, and the stream ends with `done` (status `cancelled`).",
+            ),
+        },
+    )
+    def post(self, request: Request, turn_id) -> Response:  # noqa: ANN001
+        turn = turn_cancel(turn=turn_or_404(request, turn_id))
+        finished = turn.status in selectors.FINISHED
+        return Response(
+            turn_detail(user=request.user, turn_id=turn.pk),
+            status=status.HTTP_200_OK if finished else status.HTTP_202_ACCEPTED,
+        )

@@ -11,6 +11,7 @@ urlpatterns = [
     path("sessions/<int:session_id>/turns", turns.SessionTurnsView.as_view(), name="session-turns"),
     path("turns/<uuid:turn_id>", turns.TurnDetailView.as_view(), name="turn"),
     path("turns/<uuid:turn_id>/stream", stream.TurnStreamView.as_view(), name="turn-stream"),
+    path("turns/<uuid:turn_id>/cancel", turns.TurnCancelView.as_view(), name="turn-cancel"),
     path("files", files.FileListCreateView.as_view(), name="files"),
     path("files/<int:file_id>", files.FileDetailView.as_view(), name="file"),
     path(

@@ -11,7 +11,8 @@ from billing.models import ModelPrice
 from billing.money import call_cost, ledger_amount, usage_amount
 from chat import streaming
 from chat.engine.context import TurnContext, input_budget
-from chat.llm import CallOptions, ChatMessage, LLMResult, ProviderError, estimate_tokens, provider_for
+from chat.leases import stop_requested
+from chat.llm import CallOptions, ChatMessage, LLMResult, ProviderError, StopRequested, estimate_tokens, provider_for
 from chat.models import LLMCall, Message, Participant, ToolCall, Turn
 from core.db import db_release
 
@@ -19,12 +20,14 @@ from core.db import db_release
 @dataclass
 class TurnOutcome:
     """What running a turn produced, unsaved, for `turn_complete` to write at once.
-    `error` set means the turn failed (calls with usage are still charged)."""
+    `error` set means the turn failed (calls with usage are still charged);
+    `cancelled`, that its owner stopped it (what was said is kept and charged)."""
 
     messages: list[Message] = field(default_factory=list)
     llm_calls: list[LLMCall] = field(default_factory=list)
     tool_calls: list[ToolCall] = field(default_factory=list)
     error: str = ""
+    cancelled: bool = False
     # The turn's messages stored before it ran (its question), when already read;
     # they complete the turn published with `done`.
     prior_messages: list[Message] | None = None
@@ -42,7 +45,8 @@ def llm_call_build(
     used_fallback: bool = False,
 ) -> LLMCall:
     """An unsaved LLMCall metered at `price`. A failed call (no result) has no usage
-    and costs nothing."""
+    and costs nothing; a partial one (its stream stopped after output) costs what
+    came."""
     tokens_in = result.input_tokens if result else 0
     tokens_out = result.output_tokens if result else 0
     exact = call_cost(
@@ -53,9 +57,15 @@ def llm_call_build(
         price=price, purpose=purpose, model_alias=price.alias, provider=price.provider,
         provider_model=price.provider_model, input_tokens=tokens_in, output_tokens=tokens_out,
         cost=ledger_amount(exact), credits_burned=usage_amount(exact), latency_ms=latency_ms,
-        status=LLMCall.Status.OK if result else LLMCall.Status.FAILED, error=error[:500],
+        status=_call_status(result), error=(error or (result.partial if result else ""))[:500],
         used_fallback=used_fallback, finish_reason=result.finish_reason if result else "",
     )  # fmt: skip
+
+
+def _call_status(result: LLMResult | None) -> str:
+    if result is None:
+        return LLMCall.Status.FAILED
+    return LLMCall.Status.PARTIAL if result.partial else LLMCall.Status.OK
 
 
 def llm_call_run(
@@ -72,8 +82,9 @@ def llm_call_run(
 ) -> tuple[LLMResult | None, LLMCall]:
     """One metered provider call for `turn`: (result or None when it failed for good,
     the unsaved LLMCall). Streams the reply to the turn's channel when there is one,
-    with the participant's id and name in a round table. `max_output_tokens` (at most
-    the price's) and `options` are what an OpenAI-endpoint client asked for."""
+    with the participant's id and name in a round table, and stops it at the next
+    piece once the turn's owner cancelled it (chat.leases). `max_output_tokens` (at
+    most the price's) and `options` are what an OpenAI-endpoint client asked for."""
     messages = context.messages if isinstance(context, TurnContext) else context
     on_delta = None
     if stream and streaming.enabled():
@@ -81,6 +92,8 @@ def llm_call_run(
         who = {"participant": participant.pk, "participant_name": participant.name} if participant else {}
 
         def on_delta(text: str) -> None:
+            if stop_requested(turn_id):
+                raise StopRequested  # the provider ends the call with what came so far
             streaming.publish(turn_id, "delta", {"text": text, **who})
 
     db_release()  # nothing holds a database connection while the model answers

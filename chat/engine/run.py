@@ -7,10 +7,11 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 
 from billing.models import ModelPrice
+from chat import leases
 from chat.engine.context import ContextRows, TurnContext, context_build, context_rows
 from chat.engine.metering import TurnOutcome, call_bound, llm_call_run, tools_tokens
 from chat.engine.orchestrator_protocol import NEXT_SPEAKER
-from chat.llm import ChatMessage, LLMResult
+from chat.llm import STOPPED_BY_OWNER, ChatMessage, LLMResult
 from chat.models import LLMCall, Participant, Turn
 
 logger = logging.getLogger(__name__)
@@ -39,6 +40,10 @@ class TurnRun:
 
     def affordable(self, *, price: ModelPrice, context: TurnContext, tools: list[dict] | None,
                    reserve: Decimal = Decimal("0"), exempt_first: bool = True) -> bool:  # fmt: skip
+        if leases.stop_requested(self.turn.pk):
+            # Cancelled (or this run lost its lease): no further call starts.
+            self.outcome.cancelled = self.outcome.cancelled or not leases.lease_lost(self.turn.pk)
+            return False
         # The turn's first reply is what every hold covers (H2's single-turn rule).
         if (exempt_first and self.calls_made == 0) or self.ceiling is None:
             return True
@@ -57,10 +62,17 @@ class TurnRun:
         if self.used_fallback and purpose != LLMCall.Purpose.SUMMARY:
             llm_call.used_fallback = True
         self.calls_made += 1
-        self.spent += llm_call.cost if llm_call.status == LLMCall.Status.OK else Decimal("0")
+        self.spent += llm_call.cost if llm_call.billed else Decimal("0")
         self.outcome.llm_calls.append(llm_call)
         if result is None and not self.outcome.error:
             self.outcome.error = llm_call.error
+        elif result is not None and result.partial:
+            # What came is kept and charged; the turn ends here, cancelled by its owner
+            # or failed with the provider's cut.
+            if result.partial == STOPPED_BY_OWNER:
+                self.outcome.cancelled = True
+            elif not self.outcome.error:
+                self.outcome.error = result.partial
         return result
 
 

@@ -3,12 +3,14 @@ deterministic, the embedded default), `openai` (any OpenAI-compatible endpoint) 
 `anthropic`. All speak the neutral shapes of chat.llm.base; see its docstring."""
 
 from chat.llm.base import (
+    STOPPED_BY_OWNER,
     CallOptions,
     ChatMessage,
     DeltaCallback,
     LLMResult,
     Provider,
     ProviderError,
+    StopRequested,
     ToolCallRequest,
     estimate_message_tokens,
     estimate_prompt_tokens,
@@ -40,6 +42,8 @@ __all__ = [
     "LLMResult",
     "Provider",
     "ProviderError",
+    "STOPPED_BY_OWNER",
+    "StopRequested",
     "ToolCallRequest",
     "estimate_message_tokens",
     "estimate_prompt_tokens",

@@ -22,7 +22,17 @@ from typing import Any
 import anthropic
 from django.conf import settings
 
-from chat.llm.base import CallOptions, ChatMessage, DeltaCallback, LLMResult, ProviderError, ToolCallRequest
+from chat.llm.base import (
+    STOPPED_BY_OWNER,
+    CallOptions,
+    ChatMessage,
+    DeltaCallback,
+    LLMResult,
+    ProviderError,
+    StopRequested,
+    ToolCallRequest,
+    partial_result,
+)
 from chat.llm.errors import SDK_ERRORS, readable_error
 
 logger = logging.getLogger(__name__)
@@ -123,7 +133,7 @@ class AnthropicProvider:
         try:
             if on_delta is None:
                 return self._plain(params)
-            return self._stream(params, on_delta)
+            return self._stream(params, on_delta, messages)
         except SDK_ERRORS as exc:
             logger.warning("anthropic call to %s failed: %s", model, exc.__class__.__name__)
             raise readable_error(exc, provider=self.name) from exc
@@ -142,38 +152,56 @@ class AnthropicProvider:
             input_tokens=_input_tokens(response.usage), output_tokens=response.usage.output_tokens or 0,
         )  # fmt: skip
 
-    def _stream(self, params: dict[str, Any], on_delta: DeltaCallback) -> LLMResult:
+    def _stream(self, params: dict[str, Any], on_delta: DeltaCallback, messages: Sequence[ChatMessage]) -> LLMResult:
         text: list[str] = []
         blocks: dict[int, dict[str, Any]] = {}
         input_tokens = output_tokens = 0
         stop_reason = ""
         stopped = False
-        stream = client().messages.create(**params, stream=True)
-        with stream:
-            for event in stream:
-                if event.type == "message_start":
-                    input_tokens = _input_tokens(event.message.usage)
-                    output_tokens = event.message.usage.output_tokens or 0
-                elif event.type == "content_block_start":
-                    block = event.content_block
-                    if block.type == "tool_use":
-                        blocks[event.index] = {"id": block.id, "name": block.name, "json": []}
-                elif event.type == "content_block_delta":
-                    delta = event.delta
-                    if delta.type == "text_delta" and delta.text:
-                        text.append(delta.text)
-                        on_delta(delta.text)
-                    elif delta.type == "input_json_delta" and event.index in blocks:
-                        blocks[event.index]["json"].append(delta.partial_json)
-                elif event.type == "message_delta":
-                    stop_reason = event.delta.stop_reason or stop_reason
-                    # Cumulative counts: the last message_delta has the totals.
-                    output_tokens = event.usage.output_tokens or output_tokens
-                    input_tokens = max(input_tokens, _input_tokens(event.usage))
-                elif event.type == "message_stop":
-                    stopped = True
+
+        def cut(why: str) -> LLMResult:
+            return partial_result(
+                text="".join(text), messages=messages, why=why, input_tokens=input_tokens,
+                output_tokens=output_tokens, tool_text="".join("".join(b["json"]) for b in blocks.values()),
+            )  # fmt: skip
+
+        try:
+            stream = client().messages.create(**params, stream=True)
+            with stream:
+                for event in stream:
+                    if event.type == "message_start":
+                        input_tokens = _input_tokens(event.message.usage)
+                        output_tokens = event.message.usage.output_tokens or 0
+                    elif event.type == "content_block_start":
+                        block = event.content_block
+                        if block.type == "tool_use":
+                            blocks[event.index] = {"id": block.id, "name": block.name, "json": []}
+                    elif event.type == "content_block_delta":
+                        delta = event.delta
+                        if delta.type == "text_delta" and delta.text:
+                            text.append(delta.text)
+                            on_delta(delta.text)
+                        elif delta.type == "input_json_delta" and event.index in blocks:
+                            blocks[event.index]["json"].append(delta.partial_json)
+                    elif event.type == "message_delta":
+                        stop_reason = event.delta.stop_reason or stop_reason
+                        # Cumulative counts: the last message_delta has the totals.
+                        output_tokens = event.usage.output_tokens or output_tokens
+                        input_tokens = max(input_tokens, _input_tokens(event.usage))
+                    elif event.type == "message_stop":
+                        stopped = True
+        except StopRequested:
+            return cut(STOPPED_BY_OWNER)
+        except SDK_ERRORS as exc:
+            if not (text or blocks):
+                raise
+            # Cut off after output: the provider bills what it sent, and so do we.
+            return cut(readable_error(exc, provider=self.name).message)
         if not stopped:
-            raise ProviderError(f"The {self.name} provider's stream ended before the reply was complete.")
+            why = f"The {self.name} provider's stream ended before the reply was complete."
+            if text or blocks:
+                return cut(why)
+            raise ProviderError(why)
         calls = tuple(
             ToolCallRequest.from_raw(id=b["id"], name=b["name"], raw="".join(b["json"]))
             for _, b in sorted(blocks.items())

@@ -8,7 +8,9 @@ the provider reported. Each provider translates to and from its own wire format.
 
 A call that fails for good (after the SDK's bounded retries) raises
 `ProviderError` with a readable message; such a call reported no usage and is never
-billed.
+billed. A stream that stops after output (the owner's Stop through `StopRequested`,
+or the provider cutting it off) returns what came as a `partial` result, billed
+like the provider bills it: usage when reported, else counted from the text.
 """
 
 import json
@@ -73,6 +75,18 @@ class LLMResult:
     finish_reason: str = "stop"
     # False when the provider reported no usage and it was estimated from text length.
     usage_reported: bool = True
+    # Why the stream stopped before the reply was complete ("" when it completed):
+    # the owner's Stop, or the provider cutting it off. What came is still billed.
+    partial: str = ""
+
+
+class StopRequested(Exception):
+    """Raised by an `on_delta` callback to stop a stream (the owner cancelled the
+    turn): the provider ends the call and returns what it received so far as a
+    partial result."""
+
+
+STOPPED_BY_OWNER = "Stopped: the owner cancelled the turn."
 
 
 @dataclass(frozen=True)
@@ -141,3 +155,17 @@ def estimate_message_tokens(message: ChatMessage) -> int:
 
 def estimate_prompt_tokens(messages: Sequence[ChatMessage]) -> int:
     return sum(estimate_message_tokens(message) for message in messages)
+
+
+def partial_result(*, text: str, messages: Sequence[ChatMessage], why: str, input_tokens: int = 0,
+                   output_tokens: int = 0, tool_text: str = "") -> LLMResult:  # fmt: skip
+    """What a stream that stopped early produced: its text (a half-received tool call
+    cannot be run, so none is kept, but its `tool_text` was produced and is counted),
+    billed at the usage the provider reported so far, or counted from the text where
+    it reported less or none."""
+    return LLMResult(
+        text=text, finish_reason="stop", partial=why,
+        input_tokens=input_tokens or estimate_prompt_tokens(messages),
+        output_tokens=max(output_tokens, estimate_tokens(text + tool_text)),
+        usage_reported=bool(input_tokens),
+    )  # fmt: skip

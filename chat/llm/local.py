@@ -31,13 +31,16 @@ from django.conf import settings
 
 from chat.llm.base import (
     CHARS_PER_TOKEN,
+    STOPPED_BY_OWNER,
     CallOptions,
     ChatMessage,
     DeltaCallback,
     LLMResult,
+    StopRequested,
     ToolCallRequest,
     estimate_prompt_tokens,
     estimate_tokens,
+    partial_result,
 )
 
 TOOL_REQUEST = re.compile(r"\[\[tool\s+(?P<name>[A-Za-z0-9_\-]+)\s*(?P<args>\{.*?\})?\s*\]\]", re.DOTALL)
@@ -96,10 +99,14 @@ class LocalProvider:
 
         pieces = self._pieces(reply) if on_delta else [reply]
         pause_ms = settings.LOCAL_LLM_LATENCY_MS / max(len(pieces), 1)
-        for piece in pieces:
+        for number, piece in enumerate(pieces, start=1):
             self._sleep(pause_ms)
             if on_delta and piece:
-                on_delta(piece)
+                try:
+                    on_delta(piece)
+                except StopRequested:
+                    said = "".join(pieces[:number])
+                    return partial_result(text=said, messages=messages, why=STOPPED_BY_OWNER, input_tokens=input_tokens)
         return LLMResult(
             text=reply, input_tokens=input_tokens, output_tokens=estimate_tokens(reply), finish_reason=finish_reason
         )

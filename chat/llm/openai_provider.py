@@ -20,14 +20,17 @@ import openai
 from django.conf import settings
 
 from chat.llm.base import (
+    STOPPED_BY_OWNER,
     CallOptions,
     ChatMessage,
     DeltaCallback,
     LLMResult,
     ProviderError,
+    StopRequested,
     ToolCallRequest,
     estimate_prompt_tokens,
     estimate_tokens,
+    partial_result,
 )
 from chat.llm.errors import SDK_ERRORS, readable_error
 
@@ -152,33 +155,53 @@ class OpenAIProvider:
         pending: dict[int, dict[str, Any]] = {}
         usage = None
         finish = ""
-        stream = client().chat.completions.create(**params, stream=True, stream_options={"include_usage": True})
-        with stream:
-            for chunk in stream:
-                if chunk.usage is not None:
-                    usage = chunk.usage
-                for choice in chunk.choices or []:
-                    delta = choice.delta
-                    if delta is not None and delta.content:
-                        text.append(delta.content)
-                        on_delta(delta.content)
-                    for piece in (delta.tool_calls if delta is not None else None) or []:
-                        slot = pending.setdefault(piece.index, {"id": "", "name": "", "arguments": []})
-                        if piece.id:
-                            slot["id"] = piece.id
-                        if piece.function is not None:
-                            slot["name"] = piece.function.name or slot["name"]
-                            slot["arguments"].append(piece.function.arguments or "")
-                    if choice.finish_reason:
-                        finish = FINISH_REASONS.get(choice.finish_reason, "stop")
+        try:
+            stream = client().chat.completions.create(**params, stream=True, stream_options={"include_usage": True})
+            with stream:
+                for chunk in stream:
+                    if chunk.usage is not None:
+                        usage = chunk.usage
+                    for choice in chunk.choices or []:
+                        delta = choice.delta
+                        for piece in (delta.tool_calls if delta is not None else None) or []:
+                            slot = pending.setdefault(piece.index, {"id": "", "name": "", "arguments": []})
+                            if piece.id:
+                                slot["id"] = piece.id
+                            if piece.function is not None:
+                                slot["name"] = piece.function.name or slot["name"]
+                                slot["arguments"].append(piece.function.arguments or "")
+                        if choice.finish_reason:
+                            finish = FINISH_REASONS.get(choice.finish_reason, "stop")
+                        if delta is not None and delta.content:
+                            text.append(delta.content)
+                            on_delta(delta.content)
+        except StopRequested:
+            return self._partial(text, pending, usage, messages, STOPPED_BY_OWNER)
+        except SDK_ERRORS as exc:
+            if not (text or pending):
+                raise
+            # Cut off after output: the provider bills what it sent, and so do we.
+            return self._partial(text, pending, usage, messages, readable_error(exc, provider=self.name).message)
         if not finish and usage is None:
             # The body ended without a finish reason or usage: the reply was cut off.
-            raise ProviderError(f"The {self.name} provider's stream ended before the reply was complete.")
+            why = f"The {self.name} provider's stream ended before the reply was complete."
+            if text or pending:
+                return self._partial(text, pending, usage, messages, why)
+            raise ProviderError(why)
         calls = tuple(
             ToolCallRequest.from_raw(id=slot["id"], name=slot["name"], raw="".join(slot["arguments"]))
             for _, slot in sorted(pending.items())
         )
         return _with_usage("".join(text), calls, finish or "stop", usage, messages)
+
+    @staticmethod
+    def _partial(text: list[str], pending: dict, usage: Any, messages: Sequence[ChatMessage], why: str) -> LLMResult:
+        return partial_result(
+            text="".join(text), messages=messages, why=why,
+            input_tokens=(usage.prompt_tokens or 0) if usage is not None else 0,
+            output_tokens=(usage.completion_tokens or 0) if usage is not None else 0,
+            tool_text="".join("".join(slot["arguments"]) for slot in pending.values()),
+        )  # fmt: skip
 
 
 def _with_usage(text: str, calls: tuple, finish: str, usage: Any, messages: Sequence[ChatMessage]) -> LLMResult:

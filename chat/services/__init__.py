@@ -12,13 +12,14 @@ from chat.services.participants import (
 )
 from chat.services.sessions import session_create, session_delete, session_update
 from chat.services.turns import (
+    turn_cancel,
     turn_complete,
     turn_create,
     turn_fail,
     turn_run,
     turn_start,
     turn_worst_case_cost,
-    turns_requeue_lost,
+    turns_sweep,
 )
 
 __all__ = [
@@ -38,5 +39,6 @@ __all__ = [
     "turn_run",
     "turn_start",
     "turn_worst_case_cost",
-    "turns_requeue_lost",
+    "turn_cancel",
+    "turns_sweep",
 ]

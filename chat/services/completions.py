@@ -20,17 +20,17 @@ from functools import partial
 from typing import Any
 
 from django.db import IntegrityError, transaction
+from django.utils import timezone
 
 from accounts.models import ApiKey, User
 from billing.models import ModelPrice
 from billing.money import call_cost, ledger_amount
 from billing.services import wallet_hold_place
-from chat import dispatch
 from chat.engine.context import input_budget
 from chat.engine.metering import tools_tokens
 from chat.llm import ChatMessage, estimate_prompt_tokens
 from chat.models import ChatSession, Message, Turn
-from chat.services.turns import _check_turns_in_flight
+from chat.services.turns import SESSION_TOUCH_RESOLUTION, _check_turns_in_flight, turn_hand_over
 from core.exceptions import field_error
 
 
@@ -86,8 +86,9 @@ def completion_worst_case(*, request: CompletionRequest) -> tuple[int, Decimal]:
 
 def completion_turn_create(*, user: User, api_key: ApiKey, request: CompletionRequest) -> Turn:
     """Accepts the request as a queued turn holding its worst case (402 in `block` mode
-    when not covered, 429 past the user's turns in flight); `run_turn` is sent when it
-    commits."""
+    when not covered, 429 past the user's turns in flight); it is handed to the worker
+    when it commits (the outbox of chat.services.turns: the sweep sends it again when
+    the broker did not take it)."""
     limit, worst_case = completion_worst_case(request=request)
     session = completion_session(user=user, api_key=api_key)
     options = {
@@ -98,7 +99,7 @@ def completion_turn_create(*, user: User, api_key: ApiKey, request: CompletionRe
     with transaction.atomic():
         turn = Turn.objects.create(
             session=session, user=user, model_alias=request.price.alias, price=request.price,
-            completion_options=options,
+            completion_options=options, dispatched_at=timezone.now(),  # cleared if the send fails
         )  # fmt: skip
         Message.objects.bulk_create(
             Message(
@@ -114,5 +115,7 @@ def completion_turn_create(*, user: User, api_key: ApiKey, request: CompletionRe
         # Refuses (402) in block mode; the turn and its messages roll back with it.
         wallet_hold_place(user=user, amount=worst_case, reference=str(turn.pk))
         _check_turns_in_flight(user=user)  # under the wallet's row lock, as turn_create counts
-        transaction.on_commit(partial(dispatch.run_turn_send, turn_id=str(turn.pk)), robust=True)
+        if session.updated_at is None or timezone.now() - session.updated_at > SESSION_TOUCH_RESOLUTION:
+            ChatSession.objects.filter(pk=session.pk).update(updated_at=timezone.now())
+        transaction.on_commit(partial(turn_hand_over, turn_id=str(turn.pk)), robust=True)
     return turn

@@ -1,25 +1,35 @@
 """The life of a turn.
 
-A turn moves queued -> running -> completed | failed, each move a compare-and-set:
+A turn moves queued -> running -> completed | failed | cancelled, each move a
+compare-and-set:
 
 - `turn_create` (the request): validates, then in ONE transaction writes the Turn
-  (queued), the user Message and a hold of the turn's worst-case cost (reference =
-  turn id; 402 in `block` mode when it is not covered); `run_turn` is sent when
-  that commits.
-- `turn_run` (the worker): queued|running -> running (a redelivered task takes the
-  turn over), then chat.engine runs the session's mode (single with the tool loop,
-  round table, orchestrator; summaries) outside any transaction, then
+  (queued, marked handed over), the user Message and a hold of the turn's worst-case
+  cost (reference = turn id; 402 in `block` mode when it is not covered); `run_turn`
+  is sent when that commits. A send that fails (the broker is down) clears the mark,
+  and the beat sweep (`turns_sweep`, every TURN_SWEEP_SECONDS) hands the turn over
+  once the broker is back: the database, not the broker, is the record of what must
+  run.
+- `turn_run` (the worker): claims the turn with a lease (queued -> running, or a
+  running turn whose lease ran out because its worker died), which chat.leases
+  renews while it works, so no second worker runs a live turn whatever the broker
+  delivers; then chat.engine runs the session's mode outside any transaction, then
 - `turn_complete`: ONE transaction that locks the turn and does nothing unless it
-  is still unfinished: assistant messages, LLM calls, tool calls, a single debit of
-  the calls that reported usage (reference = turn id, settling the hold) or, with
-  nothing to charge, the hold's release; the usage rollup; a new session summary;
-  the turn's outcome.
+  is still unfinished and, for a worker's run, still leased to that run: assistant
+  messages, LLM calls, tool calls, a single debit of the calls that returned usage
+  (reference = turn id, settling the hold) or, with nothing to charge, the hold's
+  release; the usage rollup; a new session summary; the turn's outcome. When the
+  database fails there, the outcome is kept (chat.outcome_store) and the write is
+  retried with it: no provider call that returned is made again.
+- `turn_cancel` (the owner's Stop): a queued turn ends at once; a running one is
+  told to stop at its next streamed piece, and what was said is kept and charged.
 
 So a task run twice, or redelivered after its worker died mid-turn, completes the
 turn once and charges it once.
 """
 
 import logging
+import time
 from datetime import timedelta
 from decimal import Decimal
 from functools import partial
@@ -35,12 +45,14 @@ from billing.models import ModelPrice, Wallet
 from billing.money import is_low_balance
 from billing.selectors import model_price_for_alias
 from billing.services import wallet_debit, wallet_hold_place, wallet_hold_release
-from chat import _sql, dispatch, streaming
+from chat import _sql, dispatch, leases, streaming
 from chat.engine import turn_outcome
 from chat.engine.hold import turn_hold_amount
 from chat.engine.metering import TurnOutcome
 from chat.models import CONTENT_MAX_CHARS, ChatSession, LLMCall, Message, ToolCall, Turn
+from chat.outcome_store import outcome_drop, outcome_keep, outcome_kept
 from chat.selectors import FINISHED, UNFINISHED, turn_for_idempotency_key, turn_status
+from core.db import DATABASE_DOWN, db_release
 from core.exceptions import StateConflict, TooManyRequests, field_error
 from reporting.services import usage_rollup_add
 
@@ -96,7 +108,8 @@ def turn_create(
     try:
         with transaction.atomic():
             turn = Turn.objects.create(
-                session=session, user=user, model_alias=price.alias, price=price, idempotency_key=idempotency_key
+                session=session, user=user, model_alias=price.alias, price=price, idempotency_key=idempotency_key,
+                dispatched_at=timezone.now(),  # cleared below if the send fails
             )
             Message.objects.create(session=session, turn=turn, role=Message.Role.USER, content=content)
             # Refuses (402) in block mode; the turn and message roll back with it.
@@ -106,7 +119,7 @@ def turn_create(
             _check_turns_in_flight(user=user)
             if session.updated_at is None or timezone.now() - session.updated_at > SESSION_TOUCH_RESOLUTION:
                 ChatSession.objects.filter(pk=session.pk).update(updated_at=timezone.now())
-            transaction.on_commit(partial(dispatch.run_turn_send, turn_id=str(turn.pk)), robust=True)
+            transaction.on_commit(partial(turn_hand_over, turn_id=str(turn.pk)), robust=True)
     except IntegrityError:
         # A concurrent request with the same key committed first.
         if idempotency_key and (existing := turn_for_idempotency_key(user=user, key=idempotency_key)) is not None:
@@ -125,62 +138,151 @@ def _check_turns_in_flight(*, user: User) -> None:
         )
 
 
-def turns_requeue_lost(*, older_than: timedelta = timedelta(minutes=10), limit: int = 500) -> int:
-    """Sends `run_turn` again for turns never started long after they were accepted:
-    their task was lost (the broker was unreachable at commit, and the send on commit
-    only logged it). Without this they would keep their hold for ever.
+def turn_hand_over(*, turn_id: str) -> bool:
+    """Sends `run_turn` for a turn marked handed over; when the broker does not take
+    it, clears the mark so the sweep sends it again. Never raises: the turn is safe
+    in the database either way."""
+    if dispatch.run_turn_send(turn_id=turn_id):
+        return True
+    Turn.objects.filter(pk=turn_id, status=Turn.Status.QUEUED).update(dispatched_at=None)
+    return False
 
-    A turn merely waiting in a long queue gets a second message too, and that is not
-    harmless: turn_start takes over a RUNNING turn (so a redelivered task can finish
-    what a dead worker left), so the second message can start the turn again while
-    the first run is still live: readers get a `reset`, both runs call the providers
-    (the provider bills twice), and turn_complete's lock writes and charges only the
-    first outcome to finish.
-    Leases on the claim (a later issue) end this."""
-    cutoff = timezone.now() - older_than
-    turn_ids = list(
-        Turn.objects.filter(status=Turn.Status.QUEUED, attempts=0, created_at__lt=cutoff)
-        .order_by("created_at")
-        .values_list("pk", flat=True)[:limit]
+
+def turns_sweep(*, limit: int = 500) -> int:
+    """The beat's sweep (every TURN_SWEEP_SECONDS): hands the broker every turn that
+    must run and has no live message or worker. Returns how many were handed over.
+
+    - queued and never handed over (the send failed: the broker was down), once the
+      accepting request had its chance to send (a couple of seconds);
+    - queued and handed over TURN_REDISPATCH_SECONDS ago or more (the message was
+      lost with a Redis restart, or with a worker that died before claiming it);
+    - running with its lease run out (its worker died), not handed over since.
+    A duplicate message is harmless: the claim takes a turn only when it is queued
+    or its lease ran out. A turn taken over TURN_MAX_ATTEMPTS times is failed
+    instead (with what an earlier run kept, if any)."""
+    now = timezone.now()
+    stale = now - timedelta(seconds=settings.TURN_REDISPATCH_SECONDS)
+    queued = Q(status=Turn.Status.QUEUED) & (
+        Q(dispatched_at__isnull=True, created_at__lt=now - timedelta(seconds=2)) | Q(dispatched_at__lt=stale)
     )
-    for turn_id in turn_ids:
-        dispatch.run_turn_send(turn_id=str(turn_id))
-    if turn_ids:
-        logger.warning("re-sent run_turn for %d turns whose task was lost", len(turn_ids))
-    return len(turn_ids)
+    expired = Q(status=Turn.Status.RUNNING) & (Q(lease_expires_at__isnull=True) | Q(lease_expires_at__lt=now))
+    due = Turn.objects.filter(queued | expired).order_by("created_at")
+    sent = []
+    for turn_id, status, attempts, dispatched_at, lease_expires_at in due.values_list(
+        "pk", "status", "attempts", "dispatched_at", "lease_expires_at"
+    )[:limit]:
+        if status == Turn.Status.RUNNING:
+            if attempts >= settings.TURN_MAX_ATTEMPTS:
+                logger.error("turn %s was started %d times and never finished; failing it", turn_id, attempts)
+                turn_fail(turn_id=turn_id, error=f"The turn could not be run in {attempts} attempts.")
+                continue
+            if dispatched_at is not None and lease_expires_at is not None and stale < dispatched_at > lease_expires_at:
+                continue  # handed over since its lease ran out: a worker will take it
+        if dispatch.run_turn_send(turn_id=str(turn_id)):
+            sent.append(turn_id)
+    Turn.objects.filter(pk__in=sent).update(dispatched_at=timezone.now())
+    if sent:
+        logger.warning("handed %d turns to the broker again (lost message, broker outage or dead worker)", len(sent))
+    return len(sent)
 
 
 # --- running a turn ------------------------------------------------------------------
 
 
-def turn_start(*, turn_id: UUID | str) -> Turn | None:
-    """queued|running -> running. None when the turn is finished (or gone): a
-    duplicate delivery then does nothing. A running turn is taken over: its worker
-    died (redelivery), and whatever it had not committed is redone."""
-    if not _sql.turn_start(turn_id=turn_id):
+def turn_start(*, turn_id: UUID | str, lease: leases.Lease | None = None) -> Turn | None:
+    """queued -> running, or a running turn whose lease ran out taken over (its worker
+    died; whatever it had not committed is redone). None when the turn is finished,
+    gone, or running under a live lease: a duplicate delivery then does nothing."""
+    lease = lease or leases.Lease(turn_id=str(turn_id))
+    if not _sql.turn_start(turn_id=turn_id, lease_token=lease.token, lease_expires_at=leases.lease_expiry()):
         return None
     return Turn.objects.select_related("session", "user", "price").get(pk=turn_id)
 
 
 def turn_run(*, turn_id: UUID | str) -> Turn | None:
     """The worker's whole job for one turn; safe to run any number of times."""
-    turn = turn_start(turn_id=turn_id)
+    lease = leases.Lease(turn_id=str(turn_id))
+    turn = turn_start(turn_id=turn_id, lease=lease)
     if turn is None:
         return None
+    leases.lease_hold(lease)
+    try:
+        return _complete_durably(turn=turn, outcome=_turn_produce(turn), lease=lease)
+    finally:
+        leases.lease_drop(lease)
+
+
+def _turn_produce(turn: Turn) -> TurnOutcome:
+    """What this run writes: an earlier run's kept outcome (the database failed at
+    its completion), nothing for a turn cancelled before it ran, else a new run."""
     if turn.attempts > 1:
+        if (kept := outcome_kept(turn.pk)) is not None:
+            return kept
         streaming.publish(turn.pk, "reset", {"attempt": turn.attempts})
+    if turn.cancel_requested_at is not None:
+        return TurnOutcome(cancelled=True)
     price = turn.price or model_price_for_alias(alias=turn.model_alias)
     if price is None:
-        return turn_complete(turn=turn, outcome=TurnOutcome(error=f"Model alias '{turn.model_alias}' has no price."))
-    return turn_complete(turn=turn, outcome=turn_outcome(turn=turn, price=price))
+        return TurnOutcome(error=f"Model alias '{turn.model_alias}' has no price.")
+    return turn_outcome(turn=turn, price=price)
+
+
+def _complete_durably(*, turn: Turn, outcome: TurnOutcome, lease: leases.Lease) -> Turn | None:
+    """turn_complete, retried with the outcome in hand while the database is away
+    (about TURN_COMPLETE_RETRY_SECONDS, less than a lease). The outcome is kept in
+    Redis at the first failure: if the database stays down longer, this run gives
+    up, its lease runs out, and the run that takes the turn over writes it."""
+    kept = turn.attempts > 1  # a takeover may be writing a kept outcome: drop it after
+    delay, waited = 0.5, 0.0
+    while True:
+        try:
+            done = turn_complete(turn=turn, outcome=outcome, lease_token=lease.token)
+        except DATABASE_DOWN as exc:
+            kept = kept or outcome_keep(turn.pk, outcome)
+            db_release()
+            if waited >= settings.TURN_COMPLETE_RETRY_SECONDS:
+                logger.error("turn %s: the database is still failing (%s); the outcome waits in Redis for a takeover",
+                             turn.pk, exc.__class__.__name__)  # fmt: skip
+                return None
+            logger.warning("turn %s: completion failed (%s); retrying in %.1f s", turn.pk, exc.__class__.__name__, delay)
+            time.sleep(delay)
+            waited, delay = waited + delay, min(delay * 2, 8.0)
+            continue
+        if kept:
+            outcome_drop(turn.pk)
+        return done
 
 
 def turn_fail(*, turn_id: UUID | str, error: str) -> Turn | None:
-    """Fails an unfinished turn without charging it (releases its hold)."""
+    """Fails an unfinished turn: charges what an earlier run kept (calls that
+    returned usage), else nothing (releases its hold)."""
     turn = Turn.objects.select_related("user").filter(pk=turn_id).first()
     if turn is None:
         return None
-    return turn_complete(turn=turn, outcome=TurnOutcome(error=error))
+    outcome = outcome_kept(turn.pk) or TurnOutcome()
+    outcome.error = outcome.error or error
+    done = turn_complete(turn=turn, outcome=outcome)
+    outcome_drop(turn.pk)
+    return done
+
+
+# --- the owner's Stop -------------------------------------------------------------------
+
+
+def turn_cancel(*, turn: Turn) -> Turn:
+    """Stops a turn: a queued one is cancelled at once (its hold released); a running
+    one is asked to stop at its next streamed piece (its worker keeps and charges
+    what was said, and releases the rest of the hold). 422 naming the status for a
+    finished turn; asking twice is harmless."""
+    with transaction.atomic():
+        status = turn_status(turn_id=turn.pk, lock=True)
+        if status == Turn.Status.QUEUED:
+            return turn_complete(turn=turn, outcome=TurnOutcome(cancelled=True))
+        if status != Turn.Status.RUNNING:
+            raise StateConflict(f"This turn is already {status}: only a queued or running turn can be cancelled.")
+        Turn.objects.filter(pk=turn.pk, cancel_requested_at__isnull=True).update(cancel_requested_at=timezone.now())
+        transaction.on_commit(partial(leases.cancel_wake, turn.pk))
+    return Turn.objects.get(pk=turn.pk)
 
 
 def _aliases(llm_calls: list[LLMCall]) -> list[str]:
@@ -188,14 +290,16 @@ def _aliases(llm_calls: list[LLMCall]) -> list[str]:
     return list(dict.fromkeys(call.model_alias for call in llm_calls))
 
 
-def turn_complete(*, turn: Turn, outcome: TurnOutcome) -> Turn:
-    """Writes the outcome in ONE transaction, once: a turn that is already finished
-    is returned as it is and nothing is written or charged (a duplicate run)."""
+def turn_complete(*, turn: Turn, outcome: TurnOutcome, lease_token: UUID | None = None) -> Turn:
+    """Writes the outcome in ONE transaction, once: a turn that is already finished,
+    or (with `lease_token`, a worker's run) leased to another run since, is returned
+    as it is and nothing is written or charged (a duplicate or superseded run)."""
     reference = str(turn.pk)
     with transaction.atomic():
         # Lock order everywhere: turn, then wallet (billing.services), then rollups.
-        if turn_status(turn_id=turn.pk, lock=True) in (*FINISHED, None):
-            return Turn.objects.get(pk=turn.pk)  # finished: as it is (gone: DoesNotExist)
+        status, holder = _sql.turn_lock(turn_id=turn.pk)
+        if status in (*FINISHED, None) or (lease_token is not None and holder != lease_token):
+            return Turn.objects.get(pk=turn.pk)  # as it is (gone: DoesNotExist)
         locked = turn  # unfinished and locked: nothing else writes it until this commits
         for message in outcome.messages:
             message.turn, message.session_id = locked, locked.session_id
@@ -207,7 +311,7 @@ def turn_complete(*, turn: Turn, outcome: TurnOutcome) -> Turn:
             tool_call.turn = locked
         ToolCall.objects.bulk_create(outcome.tool_calls)
 
-        charge = sum((call.cost for call in outcome.llm_calls if call.status == LLMCall.Status.OK), Decimal("0"))
+        charge = sum((call.cost for call in outcome.llm_calls if call.billed), Decimal("0"))
         if charge > 0:
             row = wallet_debit(
                 user=turn.user, amount=charge, reference=reference, release_hold=reference,
@@ -225,8 +329,8 @@ def turn_complete(*, turn: Turn, outcome: TurnOutcome) -> Turn:
                 Q(summary_through_message_id__isnull=True) | Q(summary_through_message_id__lt=through)
             ).update(summary=text, summary_through_message_id=through)
 
-        locked.status = Turn.Status.FAILED if outcome.error else Turn.Status.COMPLETED
-        locked.error = outcome.error
+        locked.status = _final_status(outcome)
+        locked.error = "" if outcome.cancelled else outcome.error
         locked.credits_charged = charge
         locked.balance_after = balance
         locked.low_balance = is_low_balance(balance)
@@ -242,3 +346,9 @@ def turn_complete(*, turn: Turn, outcome: TurnOutcome) -> Turn:
             )  # fmt: skip
             transaction.on_commit(done)
     return locked
+
+
+def _final_status(outcome: TurnOutcome) -> str:
+    if outcome.cancelled:
+        return Turn.Status.CANCELLED
+    return Turn.Status.FAILED if outcome.error else Turn.Status.COMPLETED

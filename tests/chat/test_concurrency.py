@@ -111,14 +111,15 @@ def test_concurrent_requests_with_one_idempotency_key_make_one_turn(session, fun
     assert CreditTransaction.objects.filter(kind="debit").count() == 1
 
 
-def test_two_workers_running_the_same_turn_charge_it_once(session, funded_owner, settings, parked_turns):
-    settings.LOCAL_LLM_LATENCY_MS = 500  # both are inside the provider call at once
+def test_two_workers_given_the_same_turn_run_it_once(session, funded_owner, settings, parked_turns):
+    settings.LOCAL_LLM_LATENCY_MS = 500  # the second delivery arrives while the first runs
     from chat.services import turn_create
 
     turn, _ = turn_create(user=funded_owner, session=session, content="Run me twice")
     in_threads([turn.pk, turn.pk], lambda pk: turn_run(turn_id=pk))
     turn.refresh_from_db()
     cost = expected_cost(4 + local_tokens("Run me twice"), local_tokens("Echo: Run me twice"))
-    assert (turn.status, turn.attempts, turn.credits_charged) == ("completed", 2, cost)
+    # One claim wins the lease; the other does nothing (no second provider call).
+    assert (turn.status, turn.attempts, turn.credits_charged) == ("completed", 1, cost)
     assert LLMCall.objects.count() == 1 and CreditTransaction.objects.filter(kind="debit").count() == 1
     assert wallet_of(funded_owner).balance == START_BALANCE - cost

@@ -5,7 +5,15 @@ import json
 
 import pytest
 
-from chat.llm import ChatMessage, ProviderError, ToolCallRequest, provider_for
+from chat.llm import (
+    STOPPED_BY_OWNER,
+    ChatMessage,
+    ProviderError,
+    StopRequested,
+    ToolCallRequest,
+    estimate_prompt_tokens,
+    provider_for,
+)
 from tests.fakes.llm_servers import CutStream, Error, Reply, Stall, ToolUse
 
 TOOLS = [
@@ -173,14 +181,42 @@ def test_openai_a_stalled_server_times_out(fake_openai, settings):
     assert len(fake_openai.requests) == 2
 
 
-def test_openai_a_cut_stream_is_an_error_not_a_reply(fake_openai):
+def test_openai_a_stream_cut_after_output_is_a_partial_reply_billed_by_its_text(fake_openai):
     fake_openai.script(CutStream("half a rep"))
     pieces, on_delta = collect()
+    result = provider_for("openai").complete(
+        model="gpt-test", messages=CONVERSATION[:2], max_output_tokens=16, on_delta=on_delta
+    )
+    assert "".join(pieces) == result.text == "half a rep"
+    assert "stream ended before the reply was complete" in result.partial
+    # No usage came (OpenAI sends it last): counted as the hold counts.
+    assert (result.input_tokens, result.output_tokens) == (estimate_prompt_tokens(CONVERSATION[:2]), 3)
+    assert not result.tool_calls
+
+
+def test_openai_a_stream_cut_before_any_output_is_an_error(fake_openai):
+    fake_openai.script(CutStream(""))
     with pytest.raises(ProviderError, match="stream ended before the reply was complete"):
         provider_for("openai").complete(
-            model="gpt-test", messages=CONVERSATION[:2], max_output_tokens=16, on_delta=on_delta
+            model="gpt-test", messages=CONVERSATION[:2], max_output_tokens=16, on_delta=collect()[1]
         )
-    assert "".join(pieces) == "half a rep"
+
+
+def test_openai_stop_requested_ends_the_stream_with_what_came(fake_openai):
+    fake_openai.script(Reply(text="one two three four five six", chunk_chars=4))
+    pieces: list[str] = []
+
+    def on_delta(text: str) -> None:
+        if len(pieces) == 2:
+            raise StopRequested
+        pieces.append(text)
+
+    result = provider_for("openai").complete(
+        model="gpt-test", messages=CONVERSATION[:2], max_output_tokens=16, on_delta=on_delta
+    )
+    assert result.partial == STOPPED_BY_OWNER
+    assert result.text == "one two thre"  # the piece that arrived with the Stop is kept
+    assert result.output_tokens == 3
 
 
 def test_openai_server_without_usage_is_still_metered_by_estimate(fake_openai):
@@ -256,12 +292,28 @@ def test_anthropic_overloaded_for_good_is_a_readable_error(fake_anthropic, setti
     assert "Overloaded" in failure.value.message
 
 
-def test_anthropic_a_cut_stream_is_an_error(fake_anthropic):
-    fake_anthropic.script(CutStream("partial"))
-    with pytest.raises(ProviderError, match="stream ended before the reply was complete"):
-        provider_for("anthropic").complete(
-            model="claude-test", messages=CONVERSATION[:2], max_output_tokens=16, on_delta=collect()[1]
-        )
+def test_anthropic_a_stream_cut_after_output_is_billed_at_the_usage_so_far(fake_anthropic):
+    fake_anthropic.script(CutStream("partial reply here"))
+    result = provider_for("anthropic").complete(
+        model="claude-test", messages=CONVERSATION[:2], max_output_tokens=16, on_delta=collect()[1]
+    )
+    assert result.text == "partial reply here"
+    assert "stream ended before the reply was complete" in result.partial
+    # message_start reported the input (11) and 1 output token: the text counts more.
+    assert (result.input_tokens, result.output_tokens) == (11, 5)
+
+
+def test_anthropic_stop_requested_ends_the_stream_with_what_came(fake_anthropic):
+    fake_anthropic.script(Reply(text="abcdefghijkl", chunk_chars=4))
+
+    def on_delta(text: str) -> None:
+        if text == "efgh":
+            raise StopRequested
+
+    result = provider_for("anthropic").complete(
+        model="claude-test", messages=CONVERSATION[:2], max_output_tokens=16, on_delta=on_delta
+    )
+    assert (result.partial, result.text, result.input_tokens, result.output_tokens) == (STOPPED_BY_OWNER, "abcdefgh", 11, 2)
 
 
 def test_unknown_provider_is_a_provider_error():

@@ -1,17 +1,18 @@
 """Each raw statement in chat/_sql.py reads or writes the same rows as the ORM query
 it replaces (bench/sql_chat.py times the two)."""
 
+import uuid
 from datetime import timedelta
 
 import pytest
 from django.db import transaction
-from django.db.models import Count, F, Sum, Value
+from django.db.models import Count, F, Q, Sum, Value
 from django.db.models.functions import Coalesce, Length
 from django.utils import timezone
 
 from chat import _sql
 from chat.models import ChatSession, Message, Turn, UploadedFile
-from chat.selectors import HISTORY_SCAN, UNFINISHED, session_history
+from chat.selectors import HISTORY_SCAN, session_history
 
 pytestmark = pytest.mark.django_db
 
@@ -36,29 +37,46 @@ def test_turn_status_reads_the_orms_status_with_and_without_the_lock(session):
     assert _sql.turn_status(turn_id="00000000-0000-0000-0000-000000000000", lock=False) is None
 
 
+@pytest.mark.parametrize("lease", ["none", "live", "expired"])
 @pytest.mark.parametrize("status", [*Turn.Status.values])
-def test_turn_start_writes_what_the_orm_update_writes(session, status):
-    started = timezone.now() - timedelta(minutes=5)
-    raw, orm = (_turn(session, status=status, started_at=started, attempts=1) for _ in range(2))
-    assert _sql.turn_start(turn_id=raw.pk) == bool(
-        Turn.objects.filter(pk=orm.pk, status__in=UNFINISHED).update(
+def test_turn_start_writes_what_the_orm_update_writes(session, status, lease):
+    started, now = timezone.now() - timedelta(minutes=5), timezone.now()
+    expires = {"none": None, "live": now + timedelta(seconds=20), "expired": now - timedelta(seconds=1)}[lease]
+    raw, orm = (
+        _turn(session, status=status, started_at=started, attempts=1, lease_expires_at=expires) for _ in range(2)
+    )
+    token, until = uuid.uuid4(), now + timedelta(seconds=30)
+    takeable = Q(status=Turn.Status.QUEUED) | Q(
+        Q(lease_expires_at__isnull=True) | Q(lease_expires_at__lt=timezone.now()), status=Turn.Status.RUNNING
+    )
+    assert _sql.turn_start(turn_id=raw.pk, lease_token=token, lease_expires_at=until) == bool(
+        Turn.objects.filter(takeable, pk=orm.pk).update(
             status=Turn.Status.RUNNING,
             started_at=Coalesce("started_at", Value(timezone.now())),
-            attempts=F("attempts") + 1,
+            attempts=F("attempts") + 1, lease_token=token, lease_expires_at=until,
         )  # fmt: skip
     )
     raw.refresh_from_db()
     orm.refresh_from_db()
-    assert (raw.status, raw.started_at, raw.attempts) == (orm.status, orm.started_at, orm.attempts)
+    fields = ("status", "started_at", "attempts", "lease_token", "lease_expires_at")
+    assert [getattr(raw, f) for f in fields] == [getattr(orm, f) for f in fields]
 
 
 def test_turn_start_sets_started_at_once(session):
     turn = _turn(session)
-    assert _sql.turn_start(turn_id=turn.pk)
+    past = timezone.now() - timedelta(seconds=1)
+    assert _sql.turn_start(turn_id=turn.pk, lease_token=uuid.uuid4(), lease_expires_at=past)
     first = Turn.objects.get(pk=turn.pk).started_at
     assert first is not None
-    assert _sql.turn_start(turn_id=turn.pk)
+    assert _sql.turn_start(turn_id=turn.pk, lease_token=uuid.uuid4(), lease_expires_at=past)
     assert Turn.objects.get(pk=turn.pk).started_at == first
+
+
+def test_turn_lock_reads_the_status_and_the_lease_holder(session):
+    turn = _turn(session, status=Turn.Status.RUNNING, lease_token=uuid.uuid4())
+    with transaction.atomic():
+        assert _sql.turn_lock(turn_id=turn.pk) == (Turn.Status.RUNNING, turn.lease_token)
+    assert _sql.turn_lock(turn_id=uuid.uuid4()) == (None, None)
 
 
 def test_history_size_counts_the_rows_of_session_history(session):

@@ -2,19 +2,22 @@
 transaction, charged once however often the task runs. These tests do not commit
 (plain `db`), so `run_turn` is never sent on its own: each test runs it."""
 
+from datetime import timedelta
 from decimal import Decimal
 
 import pytest
 from django.db import InterfaceError, OperationalError
+from django.utils import timezone
 
 from billing.models import CreditHold, CreditTransaction
 from chat.engine.metering import TurnOutcome, llm_call_build
+from chat.leases import Lease
 from chat.llm import LLMResult
 from chat.models import LLMCall, Message, Turn
 from chat.services.turns import turn_complete, turn_create, turn_fail, turn_run, turn_start
 from chat.tasks import run_turn
 from reporting.models import UsageDaily
-from tests.chat.conftest import START_BALANCE, expected_cost, local_tokens, make_price, wallet_of
+from tests.chat.conftest import START_BALANCE, expected_cost, local_tokens, make_price, turn_status, wallet_of
 
 pytestmark = pytest.mark.django_db
 
@@ -70,7 +73,10 @@ def test_a_turn_left_running_by_a_dead_worker_is_taken_over_and_charged_once(tur
     # Worker A moved it to running, then died before its completion committed.
     assert turn_start(turn_id=turn.pk).status == "running"
     assert wallet_of(funded_owner).held > 0
-    # The broker redelivers the task to worker B.
+    run_turn.apply(args=[str(turn.pk)])  # a duplicate message while A's lease is live: nothing
+    assert turn_status(turn.pk) == "running"
+    # A's lease runs out; the sweep hands the turn to worker B.
+    Turn.objects.filter(pk=turn.pk).update(lease_expires_at=timezone.now() - timedelta(seconds=1))
     run_turn.apply(args=[str(turn.pk)])
     turn.refresh_from_db()
     assert (turn.status, turn.attempts) == ("completed", 2)
@@ -79,15 +85,17 @@ def test_a_turn_left_running_by_a_dead_worker_is_taken_over_and_charged_once(tur
     assert wallet_of(funded_owner).balance == START_BALANCE - REPLY_COST
 
 
-def test_a_slow_duplicate_that_finishes_second_writes_nothing(turn, funded_owner, price):
-    slow = turn_start(turn_id=turn.pk)  # a duplicate delivery starts first...
-    turn_run(turn_id=turn.pk)  # ...another one finishes first
+def test_a_slow_run_whose_lease_ran_out_writes_nothing(turn, funded_owner, price):
+    lease = Lease(turn_id=str(turn.pk))
+    slow = turn_start(turn_id=turn.pk, lease=lease)  # a run stalls past its lease...
+    Turn.objects.filter(pk=turn.pk).update(lease_expires_at=timezone.now() - timedelta(seconds=1))
+    turn_run(turn_id=turn.pk)  # ...another worker takes the turn over and finishes first
     late = TurnOutcome(
         messages=[Message(role="assistant", content="late")],
         llm_calls=[llm_call_build(price=price, purpose="reply", latency_ms=1,
                                   result=LLMResult(text="late", input_tokens=9, output_tokens=9))],
     )  # fmt: skip
-    assert turn_complete(turn=slow, outcome=late).credits_charged == REPLY_COST
+    assert turn_complete(turn=slow, outcome=late, lease_token=lease.token).credits_charged == REPLY_COST
     assert not Message.objects.filter(content="late").exists()
     assert LLMCall.objects.count() == 1 and len(debits()) == 1
     assert wallet_of(funded_owner).balance == START_BALANCE - REPLY_COST
@@ -165,10 +173,12 @@ def test_the_hold_estimate_counts_history_up_to_the_budget(session, funded_owner
     assert CreditHold.objects.get(reference=str(third.pk)).amount == 2 * expected_cost(100, 200)
 
 
-def test_run_turn_declares_its_retries_and_late_acks():
+def test_run_turn_declares_its_retries_and_early_acks():
     assert set(run_turn.autoretry_for) >= {OperationalError, InterfaceError}
     assert run_turn.max_retries == 5 and run_turn.retry_backoff and run_turn.retry_jitter
-    assert run_turn.acks_late and run_turn.reject_on_worker_lost
+    # Acknowledged on receipt: a long turn is never redelivered while it runs; a dead
+    # worker's turn is found by its lapsed lease (tests/chat/test_outbox.py).
+    assert not run_turn.acks_late
 
 
 def test_a_tool_loop_outcome_is_written_in_one_completion(turn, funded_owner, price, owner_client):

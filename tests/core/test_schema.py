@@ -23,7 +23,7 @@ def test_the_schema_builds_without_warnings_and_names_its_enums(schema):
     names = set(schema["components"]["schemas"])
     assert {"TurnStatus", "TopUpStatus", "TransactionKind", "SessionMode", "LLMCallStatus", "UsageBucket"} <= names
     assert not [name for name in names if re.search(r"[0-9A-F]{3}Enum$", name, re.IGNORECASE)]
-    assert schema["components"]["schemas"]["TurnStatus"]["enum"] == ["queued", "running", "completed", "failed"]
+    assert schema["components"]["schemas"]["TurnStatus"]["enum"] == ["queued", "running", "completed", "failed", "cancelled"]
 
 
 def test_every_enum_override_path_still_resolves():

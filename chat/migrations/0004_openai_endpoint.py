@@ -8,7 +8,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
     dependencies = [
         ("accounts", "0001_initial"),
-        ("chat", "0002_turn_user_unfinished"),
+        ("chat", "0003_turn_reliability"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
