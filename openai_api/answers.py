@@ -8,6 +8,7 @@ Under WSGI (runserver, the test client) the request's thread waits instead."""
 
 import contextlib
 from collections.abc import AsyncIterator, Callable
+from functools import partial
 from typing import Any
 
 from asgiref.sync import async_to_sync, sync_to_async
@@ -17,7 +18,7 @@ from chat import streaming
 from chat.api.stream import KEEP_ALIVE, turn_event_items
 from chat.api.turns import turn_detail
 from chat.models import Turn
-from chat.services.turns import turn_cancel
+from chat.services.turns import turn_cancel, turn_hand_over
 from core.db import db_read
 from core.exceptions import StateConflict
 from openai_api import shapes
@@ -86,7 +87,8 @@ async def completion_chunks(
     on_close: Callable[[], Any],  # noqa: ANN001
 ) -> AsyncIterator[str]:
     """The stream's body: `chat.completion.chunk` events as the turn's reply is
-    produced, then its tool calls, finish reason and (when asked) usage, and
+    produced (the turn is handed to the worker once this listens, so no piece is
+    missed), then its tool calls, finish reason and (when asked) usage, and
     `data: [DONE]`; an error event when the turn failed. A `reset` (a redelivered run
     restarted the reply) cannot take back text already sent: the rest of the final
     reply is sent when it continues what was sent. Replayed deltas (a turn that
@@ -101,7 +103,8 @@ async def completion_chunks(
     try:
         yield writer.start()
         final = lambda turn_id: turn_detail(user=user, turn_id=turn_id)  # noqa: E731
-        async with contextlib.aclosing(turn_event_items(turn=turn, final=final)) as items:
+        ready = partial(sync_to_async(turn_hand_over, thread_sensitive=False), turn_id=str(turn.pk))
+        async with contextlib.aclosing(turn_event_items(turn=turn, final=final, ready=ready)) as items:
             async for name, data in items:
                 if name == KEEP_ALIVE:
                     yield ": keep-alive\n\n"

@@ -90,7 +90,8 @@ class ChatCompletionsView(OpenAIView):
             streaming.stream_slot_free(user_id=user.pk, token=slot)
 
         try:
-            turn = completion_turn_create(user=user, api_key=request.auth, request=completion)
+            # Handed to the worker by the stream once it listens (answers.completion_chunks).
+            turn = completion_turn_create(user=user, api_key=request.auth, request=completion, hand_over=False)
         except BaseException:
             close()
             raise

@@ -5,7 +5,7 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from functools import partial
 from typing import Any
 from uuid import UUID
@@ -58,22 +58,29 @@ async def _replay(turn_id: UUID | str, final: Callable[..., dict]) -> AsyncItera
 KEEP_ALIVE = "keep-alive"
 
 
-async def turn_event_items(*, turn: Turn, final: Callable[..., dict]) -> AsyncIterator[tuple[str, dict]]:
+async def turn_event_items(
+    *, turn: Turn, final: Callable[..., dict], ready: Callable[[], Awaitable[Any]] | None = None
+) -> AsyncIterator[tuple[str, dict]]:
     """A turn's events as (name, data): `status`, then `delta` (and `reset`) while the
     reply is produced, then one `done` carrying the turn (`final(turn_id=...)`, with
     its status); KEEP_ALIVE after HEARTBEAT_SECONDS of silence. A finished turn, or any
     turn without Redis, is replayed from the database once finished. It runs on the
     event loop and holds no database connection between its reads; closing it
     unsubscribes at once. (GET turns/{id}/stream renders these as server-sent events;
-    the OpenAI-compatible endpoint, openai_api, as completion chunks.)"""
+    the OpenAI-compatible endpoint, openai_api, as completion chunks.) `ready` is
+    awaited once the reader listens: a turn handed to the worker then loses no event."""
     deadline = time.monotonic() + streaming.STREAM_MAX_SECONDS
     if turn.status in FINISHED or not streaming.enabled():
+        if ready is not None:
+            await ready()
         while not await streaming.finished(turn.pk) and time.monotonic() < deadline:
             await asyncio.sleep(streaming.POLL_SECONDS)
         async for item in _replay(turn.pk, final):
             yield item
         return
     async with streaming.hub.listen(turn.pk) as events:
+        if ready is not None:
+            await ready()
         status = await db_read(turn_status, turn_id=turn.pk)
         if status in FINISHED:
             async for item in _replay(turn.pk, final):

@@ -6,12 +6,15 @@ calls the model asks for go back to the client, which runs them and sends their
 results in its next request.
 
 Its hold (chat.services.completions) is this one call's worst case, so the call
-needs no ceiling check."""
+needs no ceiling check. A stream stopped by its owner (the client went away, or
+POST turns/{id}/cancel) or cut by the provider keeps and charges what was said, as
+chat.engine.run does."""
 
 from billing.models import ModelPrice
+from chat import leases
 from chat.engine.context import TurnContext, to_chat_messages
 from chat.engine.metering import TurnOutcome, llm_call_run
-from chat.llm import CallOptions, estimate_prompt_tokens
+from chat.llm import STOPPED_BY_OWNER, CallOptions, estimate_prompt_tokens
 from chat.models import Message, Turn
 
 
@@ -33,6 +36,9 @@ def completion_outcome(*, turn: Turn, price: ModelPrice) -> TurnOutcome:
     messages = to_chat_messages(rows)
     context = TurnContext(messages=messages, input_tokens=estimate_prompt_tokens(messages), own_rows=rows)
     outcome = TurnOutcome(prior_messages=rows)
+    if leases.stop_requested(turn.pk):  # cancelled before the call started (or the lease is gone)
+        outcome.cancelled = not leases.lease_lost(turn.pk)
+        return outcome
     result, llm_call = llm_call_run(
         turn=turn, price=price, context=context, tools=options.get("tools") or None,
         max_output_tokens=options.get("max_tokens"), options=call_options(options),
@@ -41,6 +47,10 @@ def completion_outcome(*, turn: Turn, price: ModelPrice) -> TurnOutcome:
     if result is None:
         outcome.error = llm_call.error
         return outcome
+    if result.partial == STOPPED_BY_OWNER:
+        outcome.cancelled = True
+    elif result.partial:
+        outcome.error = result.partial
     outcome.messages.append(
         Message(
             role=Message.Role.ASSISTANT, content=result.text,

@@ -84,11 +84,16 @@ def completion_worst_case(*, request: CompletionRequest) -> tuple[int, Decimal]:
     return limit, ledger_amount(worst)
 
 
-def completion_turn_create(*, user: User, api_key: ApiKey, request: CompletionRequest) -> Turn:
+def completion_turn_create(
+    *, user: User, api_key: ApiKey, request: CompletionRequest, hand_over: bool = True
+) -> Turn:
     """Accepts the request as a queued turn holding its worst case (402 in `block` mode
     when not covered, 429 past the user's turns in flight); it is handed to the worker
     when it commits (the outbox of chat.services.turns: the sweep sends it again when
-    the broker did not take it)."""
+    the broker did not take it). With `hand_over=False` the caller hands it over
+    (chat.services.turns.turn_hand_over) once it listens to the turn's events, so a
+    stream misses none of them; until then it is marked handed over, and the sweep
+    sends it after TURN_REDISPATCH_SECONDS should the caller never do it."""
     limit, worst_case = completion_worst_case(request=request)
     session = completion_session(user=user, api_key=api_key)
     options = {
@@ -117,5 +122,6 @@ def completion_turn_create(*, user: User, api_key: ApiKey, request: CompletionRe
         _check_turns_in_flight(user=user)  # under the wallet's row lock, as turn_create counts
         if session.updated_at is None or timezone.now() - session.updated_at > SESSION_TOUCH_RESOLUTION:
             ChatSession.objects.filter(pk=session.pk).update(updated_at=timezone.now())
-        transaction.on_commit(partial(turn_hand_over, turn_id=str(turn.pk)), robust=True)
+        if hand_over:
+            transaction.on_commit(partial(turn_hand_over, turn_id=str(turn.pk)), robust=True)
     return turn

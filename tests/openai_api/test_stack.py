@@ -1,8 +1,8 @@
 """/v1 on the Procfile's own `web` (gunicorn's ASGI worker) and `worker` processes,
 with PostgreSQL and Redis: the `openai` SDK (sync and async, plain and streaming, a
 tool round trip) and langchain-openai get their answers from the worker; 50 streams
-open at once are fed live while health keeps answering; every request is one turn,
-charged once, and the ledger adds up."""
+open at once are fed live while health keeps answering; a stream left early stops
+its turn; every request is one turn, charged once, and the ledger adds up."""
 
 import asyncio
 import json
@@ -17,7 +17,7 @@ from django.db.models import Sum
 from langchain_openai import ChatOpenAI
 
 from accounts.services import api_key_create, user_create
-from bench.stack import Stack, http_json
+from bench.stack import Stack, http_json, http_open, http_request, read_head, sse_events
 from billing.models import CreditHold, CreditTransaction, Wallet
 from billing.services import wallet_grant
 from chat.models import ChatSession, LLMCall, Turn
@@ -70,9 +70,32 @@ async def _scenario(port: int, keys: list[str]) -> dict:
     status, turn = await http_json(
         port, "GET", f"/api/v1/turns/{plain.headers['X-Parley-Turn']}", {"Authorization": f"Bearer {keys[0]}"}
     )
+    # A client that goes away mid-stream stops its turn (what was said is charged).
+    reader, writer = await http_open(port)
+    body = {"model": "fast", "stream": True, "messages": [{"role": "user", "content": "leave early " + "word " * 60}]}
+    writer.write(
+        http_request(
+            "POST", "/v1/chat/completions",
+            {"Authorization": f"Bearer {keys[2]}", "Content-Type": "application/json"}, json.dumps(body).encode(),
+        )
+    )  # fmt: skip
+    _, headers = await read_head(reader)
+    pieces = 0
+    async for _, data in sse_events(reader, headers):
+        chunk = json.loads(data)
+        pieces += bool(chunk["choices"] and chunk["choices"][0]["delta"].get("content"))
+        if pieces == 2:
+            break
+    writer.close()
+    left = headers["x-parley-turn"]
+    for _ in range(100):
+        status, body = await http_json(port, "GET", f"/api/v1/turns/{left}", {"Authorization": f"Bearer {keys[2]}"})
+        if body["status"] not in ("queued", "running"):
+            break
+        await asyncio.sleep(0.1)
     for client in clients:
         await client.close()
-    return {"health": health, "streams": results, "plain": plain.parse(), "turn": (status, turn)}
+    return {"health": health, "streams": results, "plain": plain.parse(), "turn": (status, turn), "left": body}
 
 
 def _sync_clients(port: int, key: str) -> dict:
@@ -138,19 +161,20 @@ def test_the_procfile_stack_serves_v1_with_50_concurrent_streams(tmp_path: Path)
         "answered": "Tool get_weather returned: foggy", "langchain": "Echo: via langchain",
     }  # fmt: skip
 
-    turns = Turn.objects.all()
-    assert turns.count() == USERS * STREAMS_EACH + 1 + 5 and set(turns.values_list("status", flat=True)) == {
-        "completed"
-    }
+    left = result["left"]
+    assert left["status"] == "cancelled"
+    assert len(left["messages"][-1]["content"]) < len("Echo: leave early " + "word " * 60)
+    turns = Turn.objects.exclude(pk=left["id"])
+    assert turns.count() == USERS * STREAMS_EACH + 1 + 5
+    assert set(turns.values_list("status", flat=True)) == {"completed"}
     assert ChatSession.objects.filter(source="openai").count() == USERS
-    debits = CreditTransaction.objects.filter(kind="debit")
-    assert sorted(debits.values_list("reference", flat=True)) == sorted(
-        str(pk) for pk in turns.values_list("pk", flat=True)
-    )
+    # One debit per turn, the turn's id its reference (the stopped one: what was said).
+    debits = CreditTransaction.objects.filter(kind="debit").exclude(reference=left["id"])
+    assert sorted(debits.values_list("reference", flat=True)) == sorted(str(pk) for pk in turns.values_list("pk", flat=True))
     assert not CreditHold.objects.filter(status=CreditHold.Status.ACTIVE).exists()
     for wallet in Wallet.objects.filter(user__email__startswith="v1-"):
         charged = Turn.objects.filter(user_id=wallet.user_id).aggregate(total=Sum("credits_charged"))["total"]
         assert wallet.balance == CREDITS - charged and wallet.held == 0
     summary = usage_summary(source="openai")
-    assert summary["totals"]["calls"] == LLMCall.objects.count() == turns.count()
+    assert summary["totals"]["calls"] == LLMCall.objects.count() == turns.count() + 1
     assert [row["source"] for row in usage_summary()["by_source"]] == ["openai"]
