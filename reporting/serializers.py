@@ -71,7 +71,7 @@ class UsageSummarySerializer(serializers.Serializer):
     from_date = serializers.DateField(allow_null=True)
     to_date = serializers.DateField(allow_null=True)
     bucket = serializers.ChoiceField(choices=BUCKETS)
-    source = serializers.ChoiceField(choices=SOURCES, allow_null=True)
+    source = serializers.CharField(allow_null=True, help_text="The `source` filter asked for, if any.")
     totals = UsageFiguresSerializer()
     by_model = UsageByModelSerializer(many=True)
     by_user = UsageByUserSerializer(many=True)

@@ -17,7 +17,8 @@ class SessionSerializer(serializers.ModelSerializer):
     class Meta:
         model = ChatSession
         fields = [
-            "id", "title", "mode", "model_alias", "orchestrator_alias", "system_prompt", "created_at", "updated_at",
+            "id", "title", "mode", "source", "model_alias", "orchestrator_alias", "system_prompt", "created_at",
+            "updated_at",
         ]  # fmt: skip
         read_only_fields = fields
 
