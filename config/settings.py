@@ -168,8 +168,11 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
     "visibility_timeout": env.int("CELERY_VISIBILITY_TIMEOUT", default=3600),
     "unacked_restore_interval": 10,
     "unacked_restore_throttle": 1,
-    # A send to a broker that is down fails fast (the turn stays in the outbox).
+    # A send to a broker that is down fails at once, rather than after kombu's
+    # reconnect loop (the turn stays in the outbox, the sweep hands it over later).
+    # The worker's consumer keeps its own reconnect loop (broker_connection_max_retries).
     "socket_connect_timeout": 1,
+    "max_retries": 0,
 }
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 

@@ -88,7 +88,7 @@ def _another_redis_db(url: str) -> str:
     """A Redis database the suite's own worker does not consume from."""
     parts = urlsplit(url)
     number = int(parts.path.lstrip("/") or 0)
-    return urlunsplit(parts._replace(path=f"/{(number + 2) % 16}"))
+    return urlunsplit(parts._replace(path=f"/{(number + 8) % 16}"))
 
 
 def _stack(tmp_path: Path, redis_url: str, fake: FakeOpenAIServer, **extra: str) -> Stack:
@@ -187,7 +187,7 @@ def test_a_turn_whose_worker_was_killed_is_taken_over_within_90_s_and_runs_once_
         wait_for(lambda: len(fake.requests) == 1, timeout=30)
         # The broker delivers the turn again while it runs (a duplicate message):
         # the live lease keeps the second delivery out.
-        Celery(broker=redis_url).send_task("chat.run_turn", args=[turn_id])
+        Celery(broker=redis_url, set_as_current=False).send_task("chat.run_turn", args=[turn_id])
         time.sleep(1.5)
         assert len(fake.requests) == 1 and _status(turn_id) == "running"
 
@@ -222,6 +222,8 @@ def database_refusing(seconds: float) -> Iterator[None]:
             yield
         finally:
             admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+            if getattr(connection, "pool", None) is not None:
+                connection.pool.check()  # this process's idle pooled connections were terminated too
 
 
 def _turn_in_completion(tmp_path: Path, fake: FakeOpenAIServer, email: str, **env: str) -> tuple[Stack, str]:
