@@ -1,5 +1,7 @@
 """Concurrency benchmark: N users at once each post a turn and read its SSE stream
-while the model takes LATENCY to answer, against the stack as the Procfile ships it.
+while the model takes LATENCY to answer, against the stack as the Procfile ships it;
+then the same users at once each ask the OpenAI-compatible endpoint for a streamed
+chat completion (POST /v1/chat/completions, `stream: true`, usage included).
 
     .venv/bin/python bench/concurrency.py [--users 200] [--latency-ms 3000]
         [--pg postgres://postgres@127.0.0.1:5432] [--redis redis://127.0.0.1:6379/3]
@@ -18,8 +20,9 @@ at 3 s, 2x for 1,000 at 20 s), time to the first streamed piece p50/p95/p99 (goa
 p95 < 1 s), health p99 (< 250 ms) and wallet p99 (< 500 ms) during the load, the peak
 number of PostgreSQL connections (<= 50), the memory of the web and worker process
 trees per open stream / turn in flight, and then checks every wallet to the last
-decimal against its ledger and its completed turns. Exits 1 when a turn did not
-complete or a wallet is wrong.
+decimal against its ledger and its completed turns. The /v1 phase prints the same
+figures with the same goals (its first piece: the first chunk with text). Exits 1
+when a turn or completion did not complete or a wallet is wrong.
 """
 
 import argparse
@@ -101,6 +104,49 @@ class TurnResult:
     finished: float | None = None
     final_status: str = ""
     error: str = ""
+
+
+async def user_completion(port: int, key: str, session: int, n: int, start: asyncio.Event) -> TurnResult:
+    """POST /v1/chat/completions with `stream: true` and read its chunks to [DONE]."""
+    result = TurnResult()
+    body = {
+        "model": "bench", "messages": [{"role": "user", "content": f"Question {n}: {QUESTION}"}], "stream": True,
+        "stream_options": {"include_usage": True},
+    }  # fmt: skip
+    payload = json.dumps(body).encode()
+    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json", "Accept": "text/event-stream"}
+    await start.wait()
+    began = time.perf_counter()
+    try:
+        reader, writer = await http_open(port)
+        try:
+            writer.write(http_request("POST", "/v1/chat/completions", headers, payload))
+            await writer.drain()
+            status, answer_headers = await read_head(reader)
+            result.accepted_status = status
+            if status != 200:
+                result.error = f"POST {status}"
+                return result
+            usage = None
+            async for _, data in sse_events(reader, answer_headers):
+                if data == "[DONE]":
+                    result.finished = time.perf_counter() - began
+                    result.final_status = "completed" if usage else "no usage chunk"
+                    return result
+                chunk = json.loads(data)
+                if "error" in chunk:
+                    result.error = chunk["error"]["message"]
+                    return result
+                usage = chunk.get("usage") or usage
+                text = chunk["choices"][0]["delta"].get("content") if chunk["choices"] else None
+                if text and result.first_piece is None:
+                    result.first_piece = time.perf_counter() - began
+            result.error = "stream ended without [DONE]"
+        finally:
+            writer.close()
+    except (OSError, ValueError, KeyError, asyncio.IncompleteReadError) as exc:
+        result.error = f"{exc.__class__.__name__}: {exc}"
+    return result
 
 
 async def user_turn(port: int, key: str, session: int, n: int, start: asyncio.Event) -> TurnResult:
@@ -191,7 +237,8 @@ async def warm_up(port: int, probe_user: dict) -> None:
         )
 
 
-async def load(port: int, seeds: list[dict]) -> tuple[list[TurnResult], Probe, Probe, float]:
+async def load(port: int, seeds: list[dict], ask=user_turn) -> tuple[list[TurnResult], Probe, Probe, float]:  # noqa: ANN001
+    """Every user at once runs `ask` (a turn and its stream, or a streamed completion)."""
     start, stop = asyncio.Event(), asyncio.Event()
     probe_user, users = seeds[0], seeds[1:]
     await warm_up(port, probe_user)
@@ -202,7 +249,7 @@ async def load(port: int, seeds: list[dict]) -> tuple[list[TurnResult], Probe, P
             probe(port, "/api/v1/users/me/wallet", {"Authorization": f"Bearer {probe_user['key']}"}, 0.15, stop, wallet)
         ),
     ]
-    turns = [asyncio.create_task(user_turn(port, s["key"], s["session"], n, start)) for n, s in enumerate(users)]
+    turns = [asyncio.create_task(ask(port, s["key"], s["session"], n, start)) for n, s in enumerate(users)]
     await asyncio.sleep(0.5)  # every task waits at the start line
     began = time.perf_counter()
     start.set()
@@ -213,10 +260,51 @@ async def load(port: int, seeds: list[dict]) -> tuple[list[TurnResult], Probe, P
     return results, health, wallet, wall
 
 
+def phase(title: str, ask, stack: Stack, args: argparse.Namespace, factor: float, seeds: list[dict]) -> bool:  # noqa: ANN001
+    """One load of every user at once running `ask`, with its figures printed. True
+    when something did not complete."""
+    latency = args.latency_ms / 1000
+    idle_rss = {name: rss_bytes(proc.pid) for name, proc in stack.procs.items()}
+    cpu_before = {name: cpu_seconds(proc.pid) for name, proc in stack.procs.items()}
+    sampler = Sampler(args.pg, stack)
+    sampler.start()
+    results, health, wallet, wall = asyncio.run(load(stack.port, seeds, ask))
+    sampler.running = False
+    sampler.join()
+    cpu = {name: cpu_seconds(proc.pid) - cpu_before[name] for name, proc in stack.procs.items()}
+    completed = [r for r in results if r.final_status == "completed"]
+    errors = [r.error or r.final_status for r in results if r.final_status != "completed"]
+    firsts = [r.first_piece for r in results if r.first_piece is not None]
+
+    def verdict(ok: bool) -> str:
+        return "met" if ok else "NOT met"
+
+    n = args.users
+    print(f"\n{title}: {n} users, model latency {latency:g} s")
+    print(f"completed   : {len(completed)}/{n}" + (f"; first errors: {errors[:3]}" if errors else ""))
+    print(f"batch       : {wall:6.2f} s = {wall / latency:4.2f}x the latency (goal <= {factor:g}x: "
+          f"{verdict(wall <= factor * latency and len(completed) == n)})")  # fmt: skip
+    print(f"first piece : p50 {percentile(firsts, .5) * 1000:7.0f} ms  p95 {percentile(firsts, .95) * 1000:7.0f} ms  "
+          f"p99 {percentile(firsts, .99) * 1000:7.0f} ms (goal p95 < 1000 ms: "
+          f"{verdict(len(firsts) == n and percentile(firsts, .95) < 1)})")  # fmt: skip
+    print(f"health      : p50 {percentile(health.latencies, .5):7.1f} ms  p99 {percentile(health.latencies, .99):7.1f} ms"
+          f"  ({len(health.latencies)} asked, {health.failures} failed; goal p99 < 250 ms: "
+          f"{verdict(percentile(health.latencies, .99) < 250 and not health.failures)})")  # fmt: skip
+    print(f"wallet      : p50 {percentile(wallet.latencies, .5):7.1f} ms  p99 {percentile(wallet.latencies, .99):7.1f} ms"
+          f"  ({len(wallet.latencies)} asked, {wallet.failures} failed; goal p99 < 500 ms: "
+          f"{verdict(percentile(wallet.latencies, .99) < 500 and not wallet.failures)})")  # fmt: skip
+    print(f"postgres    : peak {sampler.peak_connections} connections to {BENCH_DB} "
+          f"(goal <= 50: {verdict(sampler.peak_connections <= 50)})")  # fmt: skip
+    for name in stack.procs:
+        grown = sampler.peak_rss[name] - idle_rss[name]
+        print(f"memory      : {name:<6} idle {idle_rss[name] / 2**20:7.1f} MiB, peak {sampler.peak_rss[name] / 2**20:7.1f} MiB,"
+              f" {grown / n / 1024:7.1f} KiB per turn in flight; CPU {cpu[name]:6.2f} s")  # fmt: skip
+    return len(completed) != n
+
+
 def main() -> None:
     args = parse_args()
     factor = args.goal_factor or (2.5 if args.latency_ms < 10_000 else 2.0)
-    latency = args.latency_ms / 1000
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "CELERY_", "WEB_", "WORKER_"))},
         "DATABASE_URL": database_url(args.pg, BENCH_DB),
@@ -239,46 +327,15 @@ def main() -> None:
         stack.start()
         print(f"load average before the run: {' '.join(f'{x:.2f}' for x in os.getloadavg())} on {os.cpu_count()} CPUs")
         print("Procfile processes: " + ", ".join(stack.procs))
-        idle_rss = {name: rss_bytes(proc.pid) for name, proc in stack.procs.items()}
-        cpu_before = {name: cpu_seconds(proc.pid) for name, proc in stack.procs.items()}
-        sampler = Sampler(args.pg, stack)
-        sampler.start()
-        results, health, wallet, wall = asyncio.run(load(stack.port, seeds))
-        sampler.running = False
-        sampler.join()
-        cpu = {name: cpu_seconds(proc.pid) - cpu_before[name] for name, proc in stack.procs.items()}
-        completed = [r for r in results if r.final_status == "completed"]
-        errors = [r.error or r.final_status for r in results if r.final_status != "completed"]
-        firsts = [r.first_piece for r in results if r.first_piece is not None]
-
-        def verdict(ok: bool) -> str:
-            return "met" if ok else "NOT met"
-
-        n = args.users
-        print(f"\n{n} users, model latency {latency:g} s")
-        print(f"completed   : {len(completed)}/{n}" + (f"; first errors: {errors[:3]}" if errors else ""))
-        print(f"batch       : {wall:6.2f} s = {wall / latency:4.2f}x the latency (goal <= {factor:g}x: "
-              f"{verdict(wall <= factor * latency and len(completed) == n)})")  # fmt: skip
-        print(f"first piece : p50 {percentile(firsts, .5) * 1000:7.0f} ms  p95 {percentile(firsts, .95) * 1000:7.0f} ms  "
-              f"p99 {percentile(firsts, .99) * 1000:7.0f} ms (goal p95 < 1000 ms: "
-              f"{verdict(len(firsts) == n and percentile(firsts, .95) < 1)})")  # fmt: skip
-        print(f"health      : p50 {percentile(health.latencies, .5):7.1f} ms  p99 {percentile(health.latencies, .99):7.1f} ms"
-              f"  ({len(health.latencies)} asked, {health.failures} failed; goal p99 < 250 ms: "
-              f"{verdict(percentile(health.latencies, .99) < 250 and not health.failures)})")  # fmt: skip
-        print(f"wallet      : p50 {percentile(wallet.latencies, .5):7.1f} ms  p99 {percentile(wallet.latencies, .99):7.1f} ms"
-              f"  ({len(wallet.latencies)} asked, {wallet.failures} failed; goal p99 < 500 ms: "
-              f"{verdict(percentile(wallet.latencies, .99) < 500 and not wallet.failures)})")  # fmt: skip
-        print(f"postgres    : peak {sampler.peak_connections} connections to {BENCH_DB} "
-              f"(goal <= 50: {verdict(sampler.peak_connections <= 50)})")  # fmt: skip
-        for name in stack.procs:
-            grown = sampler.peak_rss[name] - idle_rss[name]
-            print(f"memory      : {name:<6} idle {idle_rss[name] / 2**20:7.1f} MiB, peak {sampler.peak_rss[name] / 2**20:7.1f} MiB,"
-                  f" {grown / n / 1024:7.1f} KiB per turn in flight; CPU {cpu[name]:6.2f} s")  # fmt: skip
+        failed = False
+        for title, ask in (("chat API: POST a turn, read its stream", user_turn),
+                           ("/v1/chat/completions, stream: true", user_completion)):  # fmt: skip
+            failed |= phase(title, ask, stack, args, factor, seeds)
         stack.stop()
         report = json.loads(stack.manage("shell", "-c", CHECK.format(credits=CREDITS)).splitlines()[-1])
         print(f"check       : {report['wallets']} wallets, turns {report['turns']}, active holds {report['active_holds']}, "
               f"{'all exact' if not report['wrong'] else 'WRONG: ' + json.dumps(report['wrong'][:5])}")  # fmt: skip
-        if report["wrong"] or len(completed) != n or report["active_holds"]:
+        if report["wrong"] or failed or report["active_holds"]:
             sys.exit(1)
     finally:
         stack.stop()

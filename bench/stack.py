@@ -287,7 +287,9 @@ async def http_json(port: int, method: str, path: str, headers: dict[str, str], 
 
 
 async def sse_events(reader: asyncio.StreamReader, headers: dict[str, str]):  # noqa: ANN201  an async iterator
-    """(event name, data text) of each server-sent event of a body as it arrives."""
+    """(event name, data text) of each server-sent event of a body as it arrives; an
+    event with data and no name (OpenAI's chunks) is named "message", as the SSE spec
+    names it."""
     buffer = b""
     async for chunk in read_body(reader, headers):
         buffer += chunk
@@ -299,5 +301,5 @@ async def sse_events(reader: asyncio.StreamReader, headers: dict[str, str]):  # 
                     name = line[6:].strip()
                 elif line.startswith("data:"):
                     data = line[5:].strip()
-            if name:
-                yield name, data
+            if name or data:
+                yield name or "message", data

@@ -138,9 +138,9 @@ class ParticipantInline(ReadOnlyInline):
 
 @admin.register(ChatSession)
 class ChatSessionAdmin(ReadOnlyAdmin):
-    list_display = ["id", "title", "user", "mode", "model_alias", "created_at", "updated_at", "turns_link"]
+    list_display = ["id", "title", "user", "mode", "source", "model_alias", "created_at", "updated_at", "turns_link"]
     list_select_related = ["user"]
-    list_filter = ["mode", ModelAliasFilter, "created_at"]
+    list_filter = ["mode", "source", ModelAliasFilter, "created_at"]
     search_fields = ["title", "user__email"]
     allowed_lookups = ("user__id__exact",)
     inlines = [ParticipantInline]

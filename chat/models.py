@@ -14,6 +14,13 @@ class ChatSession(models.Model):
         ROUNDTABLE = "roundtable"
         ORCHESTRATOR = "orchestrator"
 
+    class Source(models.TextChoices):
+        """Where the session's turns come from: the chat API, or the OpenAI-compatible
+        endpoint (openai_api), where each request carries its own context."""
+
+        CHAT = "chat", "Chat API"
+        OPENAI = "openai", "OpenAI endpoint"
+
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="chat_sessions")
     title = models.CharField(max_length=200, blank=True)
     mode = models.CharField(max_length=16, choices=Mode.choices, default=Mode.SINGLE)
@@ -28,10 +35,20 @@ class ChatSession(models.Model):
     # Soft delete: turns, LLM calls and their ledger debits stay, so usage reports and
     # rollups keep matching the raw calls after a user deletes a conversation.
     deleted_at = models.DateTimeField(null=True, blank=True)
+    source = models.CharField(max_length=16, choices=Source.choices, default=Source.CHAT)
+    # source == openai: the API key whose requests the session holds (one session per key).
+    api_key = models.ForeignKey(
+        "accounts.ApiKey", on_delete=models.SET_NULL, null=True, blank=True, related_name="openai_sessions"
+    )
 
     class Meta:
         ordering = ["-updated_at", "-id"]
         verbose_name = "chat session"
+        constraints = [
+            models.UniqueConstraint(
+                fields=["api_key"], condition=Q(source="openai"), name="chat_session_openai_api_key_unique"
+            ),
+        ]
         indexes = [
             # Serves "my sessions, most recently active first" (GET sessions).
             models.Index(
@@ -78,6 +95,10 @@ class Turn(models.Model):
     balance_after = models.DecimalField(max_digits=18, decimal_places=8, null=True, blank=True)
     low_balance = models.BooleanField(default=False)
     idempotency_key = models.CharField(max_length=255, null=True, blank=True)
+    # A turn of the OpenAI-compatible endpoint: the request's options that reach the
+    # provider (max_tokens, temperature, top_p, stop, tools, tool_choice, user); its
+    # context is its own messages. None for chat turns.
+    completion_options = models.JSONField(null=True, blank=True)
     # How many times a worker started this turn (more than 1 after a takeover).
     attempts = models.PositiveIntegerField(default=0)
     # The outbox: when run_turn was last handed to the broker (null: not yet, the beat
@@ -188,6 +209,8 @@ class LLMCall(models.Model):
     # Why a failed call failed, readable (never a secret or a request body).
     error = models.CharField(max_length=500, blank=True)
     used_fallback = models.BooleanField(default=False)
+    # Why the model stopped: stop, length or tool_calls (normalised across providers).
+    finish_reason = models.CharField(max_length=16, blank=True)
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
 
     class Meta:

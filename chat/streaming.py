@@ -123,6 +123,10 @@ class Hub:
         self.pubsub: aioredis.client.PubSub | None = None
         self.reader: asyncio.Task | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
+        # (Un)subscribes one at a time: redis-py's PubSub.connect() is not safe to
+        # await concurrently (two first subscribes each take a connection, and one
+        # is dropped with its subscription: its waiter saw no event until a recheck).
+        self.lock: asyncio.Lock | None = None
 
     def listen(self, turn_id: UUID | str) -> contextlib.AbstractAsyncContextManager[asyncio.Queue]:
         if threading.current_thread() is threading.main_thread():
@@ -133,7 +137,7 @@ class Hub:
     async def _listen_shared(self, name: str) -> AsyncIterator[asyncio.Queue]:
         loop = asyncio.get_running_loop()
         if self.loop is not loop:  # a new server loop (a test may run several in turn)
-            self.loop, self.waiters, self.reader = loop, {}, None
+            self.loop, self.waiters, self.reader, self.lock = loop, {}, None, asyncio.Lock()
             self.pubsub = _redis().pubsub(ignore_subscribe_messages=True)
         if self.reader is None or self.reader.done():
             self.reader = loop.create_task(self._read())
@@ -142,14 +146,16 @@ class Hub:
         waiters.add(queue)
         try:
             if len(waiters) == 1:
-                await self.pubsub.subscribe(name)
+                async with self.lock:
+                    await self.pubsub.subscribe(name)
             yield queue
         finally:
             waiters.discard(queue)
             if not waiters and self.waiters.get(name) is waiters:
                 del self.waiters[name]
                 with contextlib.suppress(redis.RedisError, OSError, RuntimeError):
-                    await self.pubsub.unsubscribe(name)
+                    async with self.lock:
+                        await self.pubsub.unsubscribe(name)
 
     async def _read(self) -> None:
         while True:

@@ -218,6 +218,7 @@ SPECTACULAR_SETTINGS = {
     "ENUM_NAME_OVERRIDES": {
         "TurnStatus": "chat.models.Turn.Status",
         "SessionMode": "chat.models.ChatSession.Mode",
+        "SessionSource": "chat.models.ChatSession.Source",
         "MessageRole": "chat.models.Message.Role",
         "LLMCallPurpose": "chat.models.LLMCall.Purpose",
         "LLMCallStatus": "chat.models.LLMCall.Status",

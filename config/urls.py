@@ -17,6 +17,8 @@ api_v1 = [
 urlpatterns = [
     path("", home, name="home"),
     path("api/v1/", include(api_v1)),
+    # The OpenAI-compatible endpoint: base URL /v1 for any OpenAI client.
+    path("v1/", include("openai_api.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),
     path("admin/", admin.site.urls),

@@ -8,6 +8,9 @@ DisallowedHost, a crash with DEBUG on (the HTML traceback page). This middleware
 the outermost one, so it sees those answers and rewrites any non-JSON error under
 /api/ into `{"error": {"code": ..., "message": ...}}` with the same status; the
 traceback still goes to the log (django.request), never to the client.
+
+Under /v1/ (the OpenAI-compatible endpoint) the body is OpenAI's instead,
+`{"error": {"message", "type", "param", "code"}}`, which the OpenAI SDKs parse.
 """
 
 from collections.abc import Callable
@@ -19,6 +22,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from core.exceptions import error_body, request_too_large_body
 
 API_PREFIX = "/api/"
+OPENAI_PREFIX = "/v1/"
 # Headers of the original answer that still mean something on the JSON one.
 KEPT_HEADERS = ("Allow", "Retry-After", "WWW-Authenticate", "Vary")
 CODES = {
@@ -46,12 +50,18 @@ class ApiErrorBodyMiddleware:
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
         response = self.get_response(request)
-        if not request.path.startswith(API_PREFIX) or response.status_code < 400 or _is_json(response):
+        openai = request.path.startswith(OPENAI_PREFIX)
+        if not (openai or request.path.startswith(API_PREFIX)) or response.status_code < 400 or _is_json(response):
             return response
         status = response.status_code
         code = CODES.get(status, "server_error" if status >= 500 else "error")
         message = "Not found." if status == 404 else f"{HTTPStatus(status).phrase}."
-        replacement = JsonResponse(error_body(code, message), status=status)
+        if openai:
+            kind = "server_error" if status >= 500 else "invalid_request_error"
+            body = {"error": {"message": message, "type": kind, "param": None, "code": code}}
+        else:
+            body = error_body(code, message)
+        replacement = JsonResponse(body, status=status)
         for header in KEPT_HEADERS:
             if header in response:
                 replacement[header] = response[header]

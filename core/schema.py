@@ -1,5 +1,6 @@
 """OpenAPI post-processing: every operation documents the shared error body for the
-4xx answers any endpoint can give, so clients (and the schema fuzz) know its shape."""
+4xx answers any endpoint can give, so clients (and the schema fuzz) know its shape.
+The OpenAI-compatible endpoint (/v1/) documents OpenAI's error body instead."""
 
 ERROR_SCHEMA = {
     "type": "object",
@@ -33,13 +34,45 @@ ERROR_STATUSES = {
 }
 
 
+OPENAI_ERROR_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "error": {
+            "type": "object",
+            "properties": {
+                "message": {"type": "string"},
+                "type": {"type": "string"},
+                "param": {"type": "string", "nullable": True},
+                "code": {"type": "string", "nullable": True},
+            },
+            "required": ["message", "type", "param", "code"],
+        }
+    },
+    "required": ["error"],
+}
+
+OPENAI_ERROR_STATUSES = {
+    "400": "`invalid_request_error`; `param` names the offending field.",
+    "401": "`invalid_api_key`: missing, unknown or revoked API key.",
+    "404": "`model_not_found`: `model` is not an active alias.",
+    "405": "Method not allowed.",
+    "413": "The request body is larger than the server accepts.",
+    "415": "Unsupported media type: the body must be JSON.",
+    "429": "`insufficient_quota` (not enough available credits) or `rate_limit_exceeded` (fair use; Retry-After).",
+    "502": "The model provider failed (`upstream_error`); only calls that reported usage are charged.",
+    "504": "The model did not finish in time (`timeout`); the turn goes on and is charged as any other.",
+}
+
+
 def add_error_responses(result: dict, generator, request, public) -> dict:  # noqa: ANN001
-    result.setdefault("components", {}).setdefault("schemas", {})["Error"] = ERROR_SCHEMA
-    ref = {"$ref": "#/components/schemas/Error"}
-    for path_item in result.get("paths", {}).values():
+    schemas = result.setdefault("components", {}).setdefault("schemas", {})
+    schemas["Error"], schemas["OpenAIError"] = ERROR_SCHEMA, OPENAI_ERROR_SCHEMA
+    for path, path_item in result.get("paths", {}).items():
+        openai = path.startswith("/v1/")
+        ref = {"$ref": "#/components/schemas/OpenAIError" if openai else "#/components/schemas/Error"}
         for operation in path_item.values():
             responses = operation.setdefault("responses", {})
-            for status, description in ERROR_STATUSES.items():
+            for status, description in (OPENAI_ERROR_STATUSES if openai else ERROR_STATUSES).items():
                 responses.setdefault(
                     status, {"description": description, "content": {"application/json": {"schema": ref}}}
                 )

@@ -71,6 +71,8 @@ class UsageAdmin(admin.ModelAdmin):
             row["filter_url"] = _query(params, model_alias=row["model_alias"])
         for row in summary["by_user"]:
             row["filter_url"] = _query(params, user=row["email"], user_id=None)
+        for row in summary["by_source"]:
+            row["filter_url"] = _query(params, source=row["source"])
         try:
             user_url = reverse("admin:accounts_user_change", args=[user.pk]) if user else None
         except NoReverseMatch:

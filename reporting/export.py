@@ -41,6 +41,7 @@ def usage_summary_rows(summary: dict) -> list[list[str]]:
     rows += [_row("model", row["model_alias"], "", row) for row in summary["by_model"]]
     rows += [_row("user", row["user_id"], row["email"], row) for row in summary["by_user"]]
     rows += [_row("bucket", row["bucket"].isoformat(), "", row) for row in summary["by_bucket"]]
+    rows += [_row("source", row["source"], "", row) for row in summary.get("by_source", ())]
     return rows
 
 

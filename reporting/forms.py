@@ -13,7 +13,7 @@ from django.core.validators import validate_email
 from accounts.models import User
 from billing.models import ModelPrice
 from core.pagination import BIGINT_MAX
-from reporting.selectors import BUCKETS
+from reporting.selectors import BUCKETS, SOURCES
 
 
 class UsageFilterForm(forms.Form):
@@ -27,6 +27,10 @@ class UsageFilterForm(forms.Form):
     from_date = forms.DateField(required=False, label="From", widget=forms.DateInput(attrs={"type": "date"}))
     to_date = forms.DateField(required=False, label="To", widget=forms.DateInput(attrs={"type": "date"}))
     bucket = forms.ChoiceField(required=False, choices=[(b, b.title()) for b in BUCKETS], label="Per")
+    source = forms.ChoiceField(
+        required=False, label="Source",
+        choices=[("", "Chat API and /v1"), *((s, {"chat": "Chat API", "openai": "OpenAI endpoint (/v1)"}[s]) for s in SOURCES)],
+    )  # fmt: skip
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -69,4 +73,5 @@ class UsageFilterForm(forms.Form):
             "from_date": data["from_date"],
             "to_date": data["to_date"],
             "bucket": data["bucket"] or "day",
+            "source": data["source"] or None,
         }

@@ -5,12 +5,15 @@ from django.db import models
 
 
 class UsageDaily(models.Model):
-    """Rollup of LLM calls per (day, user, model alias), kept exact in the same
-    transaction that records each call. Rebuild with `manage.py rebuild_usage_rollups`."""
+    """Rollup of LLM calls per (day, user, model alias, source), kept exact in the same
+    transaction that records each call. Rebuild with `manage.py rebuild_usage_rollups`.
+    `source` is the calls' session's (chat.ChatSession.Source): the chat API or the
+    OpenAI-compatible endpoint."""
 
     day = models.DateField()
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
     model_alias = models.CharField(max_length=64)
+    source = models.CharField(max_length=16, default="chat")
     calls = models.PositiveIntegerField(default=0)
     input_tokens = models.BigIntegerField(default=0)
     output_tokens = models.BigIntegerField(default=0)
@@ -20,7 +23,7 @@ class UsageDaily(models.Model):
         verbose_name = "daily usage rollup"
         constraints = [
             models.UniqueConstraint(
-                fields=["day", "user", "model_alias"], name="reporting_usagedaily_day_user_alias_unique"
+                fields=["day", "user", "model_alias", "source"], name="reporting_usagedaily_day_user_alias_source_unique"
             ),
         ]
         indexes = [

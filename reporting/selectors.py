@@ -26,6 +26,11 @@ BUCKETS: tuple[str, ...] = ("day", "week", "month")
 FIGURES = ("calls", "input_tokens", "output_tokens", "credits")
 
 
+# Where the calls came from: the chat API or the OpenAI-compatible endpoint
+# (chat.models.ChatSession.Source).
+SOURCES: tuple[str, ...] = ("chat", "openai")
+
+
 @dataclass(frozen=True)
 class UsageFilters:
     user_id: int | None = None
@@ -33,6 +38,7 @@ class UsageFilters:
     from_date: date | None = None
     to_date: date | None = None
     bucket: Bucket = "day"
+    source: str | None = None
 
 
 def zero_figures() -> dict[str, Any]:
@@ -49,8 +55,9 @@ def _figures(row: dict) -> dict[str, Any]:
 
 
 def _summarize(rows: QuerySet, *, aggregates: dict[str, Any], bucket_expr: Any, filters: UsageFilters) -> dict:
-    """Three grouped queries (by model, by user, by bucket); the totals are the sum of
-    the by-model rows, so they agree with the breakdowns by construction."""
+    """Four grouped queries (by model, by user, by bucket, by source: `rows` carries a
+    `source` field or annotation); the totals are the sum of the by-model rows, so they
+    agree with the breakdowns by construction."""
     by_model = [
         {"model_alias": row["model_alias"], **_figures(row)}
         for row in rows.values("model_alias").annotate(**aggregates).order_by("model_alias")
@@ -66,6 +73,10 @@ def _summarize(rows: QuerySet, *, aggregates: dict[str, Any], bucket_expr: Any, 
         .annotate(**aggregates)
         .order_by("bucket_start")
     ]
+    by_source = [
+        {"source": row["source"], **_figures(row)}
+        for row in rows.values("source").annotate(**aggregates).order_by("source")
+    ]
     totals = zero_figures()
     for row in by_model:
         for name in FIGURES:
@@ -76,10 +87,12 @@ def _summarize(rows: QuerySet, *, aggregates: dict[str, Any], bucket_expr: Any, 
         "from_date": filters.from_date,
         "to_date": filters.to_date,
         "bucket": filters.bucket,
+        "source": filters.source,
         "totals": totals,
         "by_model": by_model,
         "by_user": by_user,
         "by_bucket": by_bucket,
+        "by_source": by_source,
     }
 
 
@@ -90,10 +103,13 @@ def usage_summary(
     from_date: date | None = None,
     to_date: date | None = None,
     bucket: Bucket = "day",
+    source: str | None = None,
 ) -> dict:
     """The summary served to staff and users, from the daily rollups."""
-    filters = UsageFilters(user_id, model_alias, from_date, to_date, bucket)
+    filters = UsageFilters(user_id, model_alias, from_date, to_date, bucket, source)
     rows = UsageDaily.objects.all()
+    if source is not None:
+        rows = rows.filter(source=source)
     if user_id is not None:
         rows = rows.filter(user_id=user_id)
     if model_alias is not None:
@@ -123,11 +139,14 @@ def usage_summary_from_calls(
     from_date: date | None = None,
     to_date: date | None = None,
     bucket: Bucket = "day",
+    source: str | None = None,
 ) -> dict:
     """The same summary aggregated from the raw LLM calls: the reference the rollups
     must equal exactly."""
-    filters = UsageFilters(user_id, model_alias, from_date, to_date, bucket)
-    rows = LLMCall.objects.all()
+    filters = UsageFilters(user_id, model_alias, from_date, to_date, bucket, source)
+    rows = LLMCall.objects.annotate(source=F("turn__session__source"))
+    if source is not None:
+        rows = rows.filter(source=source)
     if user_id is not None:
         rows = rows.filter(user_id=user_id)
     if model_alias is not None:

@@ -6,7 +6,7 @@ from rest_framework import serializers
 from accounts.models import User
 from billing.fields import MoneyField
 from core.pagination import BIGINT_MAX
-from reporting.selectors import BUCKETS
+from reporting.selectors import BUCKETS, SOURCES
 
 
 class UsageQuerySerializer(serializers.Serializer):
@@ -16,6 +16,9 @@ class UsageQuerySerializer(serializers.Serializer):
     from_date = serializers.DateField(required=False, help_text="First UTC day included (YYYY-MM-DD).")
     to_date = serializers.DateField(required=False, help_text="Last UTC day included (YYYY-MM-DD).")
     bucket = serializers.ChoiceField(choices=BUCKETS, default="day", help_text="Size of the by_bucket rows.")
+    source = serializers.ChoiceField(
+        choices=SOURCES, required=False, help_text="Only calls of the chat API (chat) or the OpenAI-compatible /v1 (openai)."
+    )
     format = serializers.ChoiceField(choices=["json", "csv"], default="json", help_text="csv: a CSV attachment.")
 
     def validate(self, attrs: dict) -> dict:
@@ -58,13 +61,19 @@ class UsageByBucketSerializer(UsageFiguresSerializer):
     bucket = serializers.DateField(help_text="First day of the bucket (the day, the ISO week's Monday, the 1st).")
 
 
+class UsageBySourceSerializer(UsageFiguresSerializer):
+    source = serializers.ChoiceField(choices=SOURCES, help_text="chat: the chat API; openai: the /v1 endpoint.")
+
+
 class UsageSummarySerializer(serializers.Serializer):
     user_id = serializers.IntegerField(allow_null=True)
     model_alias = serializers.CharField(allow_null=True)
     from_date = serializers.DateField(allow_null=True)
     to_date = serializers.DateField(allow_null=True)
     bucket = serializers.ChoiceField(choices=BUCKETS)
+    source = serializers.CharField(allow_null=True, help_text="The `source` filter asked for, if any.")
     totals = UsageFiguresSerializer()
     by_model = UsageByModelSerializer(many=True)
     by_user = UsageByUserSerializer(many=True)
     by_bucket = UsageByBucketSerializer(many=True)
+    by_source = UsageBySourceSerializer(many=True)

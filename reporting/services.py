@@ -1,7 +1,8 @@
 """Writes of the usage rollups.
 
-Invariant: for every (UTC day, user, model alias), UsageDaily holds exactly the count
-and sums of the LLMCall rows of that key. `usage_rollup_add` keeps it so inside the
+Invariant: for every (UTC day, user, model alias, source), UsageDaily holds exactly
+the count and sums of the LLMCall rows of that key (the source is the call's
+session's: chat API or OpenAI-compatible endpoint). `usage_rollup_add` keeps it so inside the
 transaction that records the calls (chat's turn completion); `usage_rollups_rebuild`
 recomputes a date range from the raw calls.
 
@@ -16,19 +17,21 @@ from datetime import UTC, date, datetime, time, timedelta
 
 from django.db import connection, transaction
 
-from chat.models import LLMCall
+from chat.models import ChatSession, LLMCall, Turn
 from reporting.models import UsageDaily
 
 ROLLUP_TABLE = UsageDaily._meta.db_table
 CALL_TABLE = LLMCall._meta.db_table
+TURN_TABLE = Turn._meta.db_table
+SESSION_TABLE = ChatSession._meta.db_table
 
 
 def _utc_day_sql() -> str:
     """The UTC calendar day of chat_llmcall.created_at, in the database's dialect."""
     if connection.vendor == "postgresql":
-        return "(created_at AT TIME ZONE 'UTC')::date"
+        return "(c.created_at AT TIME ZONE 'UTC')::date"
     if connection.vendor == "sqlite":
-        return "date(created_at)"  # Django stores SQLite datetimes as UTC text
+        return "date(c.created_at)"  # Django stores SQLite datetimes as UTC text
     raise NotImplementedError(f"usage rollups support PostgreSQL and SQLite, not {connection.vendor}")
 
 
@@ -37,14 +40,16 @@ def _insert_aggregated(*, where: str, params: list, additive: bool) -> int:
     transactions touching the same rollup rows lock them in the same order (no deadlock).
     Only table names and our own fixed clauses are interpolated; values go in `params`."""
     sql = (
-        f"INSERT INTO {ROLLUP_TABLE} (day, user_id, model_alias, calls, input_tokens, output_tokens, credits) "  # noqa: S608
-        f"SELECT {_utc_day_sql()}, user_id, model_alias, COUNT(*), SUM(input_tokens), SUM(output_tokens), "
-        f"SUM(credits_burned) FROM {CALL_TABLE} WHERE {where} GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"
+        f"INSERT INTO {ROLLUP_TABLE} (day, user_id, model_alias, source, calls, input_tokens, output_tokens, credits) "  # noqa: S608
+        f"SELECT {_utc_day_sql()}, c.user_id, c.model_alias, s.source, COUNT(*), SUM(c.input_tokens), "
+        f"SUM(c.output_tokens), SUM(c.credits_burned) FROM {CALL_TABLE} c "
+        f"JOIN {TURN_TABLE} t ON t.id = c.turn_id JOIN {SESSION_TABLE} s ON s.id = t.session_id "
+        f"WHERE {where} GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4"
     )
     if additive:
         # Increments, not overwrites: concurrent turns for the same row never lose an update.
         sql += (
-            " ON CONFLICT (day, user_id, model_alias) DO UPDATE SET"
+            " ON CONFLICT (day, user_id, model_alias, source) DO UPDATE SET"
             f" calls = {ROLLUP_TABLE}.calls + excluded.calls,"
             f" input_tokens = {ROLLUP_TABLE}.input_tokens + excluded.input_tokens,"
             f" output_tokens = {ROLLUP_TABLE}.output_tokens + excluded.output_tokens,"
@@ -56,7 +61,7 @@ def _insert_aggregated(*, where: str, params: list, additive: bool) -> int:
 
 
 def usage_rollup_add(*, llm_calls: Iterable[LLMCall]) -> None:
-    """Adds saved LLM calls to their (UTC day, user, alias) rollup rows. Call it in the
+    """Adds saved LLM calls to their (UTC day, user, alias, source) rollup rows. Call it in the
     transaction that inserts the calls, once per call: a call added twice counts twice."""
     pks = {call.pk for call in llm_calls}
     if None in pks:
@@ -65,7 +70,7 @@ def usage_rollup_add(*, llm_calls: Iterable[LLMCall]) -> None:
         return
     ids = sorted(pks)
     placeholders = ", ".join(["%s"] * len(ids))
-    _insert_aggregated(where=f"id IN ({placeholders})", params=ids, additive=True)
+    _insert_aggregated(where=f"c.id IN ({placeholders})", params=ids, additive=True)
 
 
 def _day_start(day: date) -> str | datetime:
@@ -88,12 +93,12 @@ def usage_rollups_rebuild(*, from_date: date | None = None, to_date: date | None
     conditions, params = ["TRUE"], []
     if from_date is not None:
         rollups = rollups.filter(day__gte=from_date)
-        conditions.append("created_at >= %s")
+        conditions.append("c.created_at >= %s")
         params.append(_day_start(from_date))
     if to_date is not None:
         rollups = rollups.filter(day__lte=to_date)
         if to_date < date.max:  # the last representable day has no next day to stop before
-            conditions.append("created_at < %s")
+            conditions.append("c.created_at < %s")
             params.append(_day_start(to_date + timedelta(days=1)))
     rollups.delete()
     return _insert_aggregated(where=" AND ".join(conditions), params=params, additive=False)

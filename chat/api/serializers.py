@@ -17,7 +17,8 @@ class SessionSerializer(serializers.ModelSerializer):
     class Meta:
         model = ChatSession
         fields = [
-            "id", "title", "mode", "model_alias", "orchestrator_alias", "system_prompt", "created_at", "updated_at",
+            "id", "title", "mode", "source", "model_alias", "orchestrator_alias", "system_prompt", "created_at",
+            "updated_at",
         ]  # fmt: skip
         read_only_fields = fields
 
@@ -57,7 +58,7 @@ class LLMCallSerializer(serializers.ModelSerializer):
         model = LLMCall
         fields = [
             "id", "purpose", "model_alias", "provider", "provider_model", "input_tokens", "output_tokens",
-            "credits_burned", "latency_ms", "status", "error", "used_fallback", "created_at",
+            "credits_burned", "latency_ms", "status", "error", "used_fallback", "finish_reason", "created_at",
         ]  # fmt: skip
 
 

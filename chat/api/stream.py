@@ -2,9 +2,10 @@
 pub/sub channel (chat.streaming) or, without Redis, replayed from the database."""
 
 import asyncio
+import contextlib
 import json
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from functools import partial
 from typing import Any
 from uuid import UUID
@@ -33,76 +34,99 @@ def sse(event: str, data: dict[str, Any]) -> str:
     return f"event: {event}\ndata: {json.dumps(data)}\n\n"
 
 
-def _replay_events(*, turn_id: UUID | str) -> list[str]:
+def _replay_events(*, turn_id: UUID | str) -> list[tuple[str, dict]]:
     """A finished turn's events as the live stream sent them: its status, then its
     replies (with the speaker in a round table), before `done`."""
     messages = Message.objects.filter(turn_id=turn_id, role=Message.Role.ASSISTANT).select_related("participant")
-    events = [sse("status", {"status": turn_status(turn_id=turn_id)})]
+    events = [("status", {"status": turn_status(turn_id=turn_id)})]
     for message in messages.order_by("id"):
         if message.content:
             who = {"participant": message.participant_id}
             if message.participant is not None:
                 who["participant_name"] = message.participant.name
-            events.append(sse("delta", {"text": message.content, "message_id": message.id, **who}))
+            events.append(("delta", {"text": message.content, "message_id": message.id, **who}))
     return events
 
 
-async def _replay(turn_id: UUID | str, final: Callable[..., dict]) -> AsyncIterator[str]:
+async def _replay(turn_id: UUID | str, final: Callable[..., dict]) -> AsyncIterator[tuple[str, dict]]:
     for event in await db_read(_replay_events, turn_id=turn_id):
         yield event
-    yield sse("done", await db_read(final, turn_id=turn_id))
+    yield "done", await db_read(final, turn_id=turn_id)
+
+
+# What turn_event_items yields when HEARTBEAT_SECONDS passed without an event.
+KEEP_ALIVE = "keep-alive"
+
+
+async def turn_event_items(
+    *, turn: Turn, final: Callable[..., dict], ready: Callable[[], Awaitable[Any]] | None = None
+) -> AsyncIterator[tuple[str, dict]]:
+    """A turn's events as (name, data): `status`, then `delta` (and `reset`) while the
+    reply is produced, then one `done` carrying the turn (`final(turn_id=...)`, with
+    its status); KEEP_ALIVE after HEARTBEAT_SECONDS of silence. A finished turn, or any
+    turn without Redis, is replayed from the database once finished. It runs on the
+    event loop and holds no database connection between its reads; closing it
+    unsubscribes at once. (GET turns/{id}/stream renders these as server-sent events;
+    the OpenAI-compatible endpoint, openai_api, as completion chunks.) `ready` is
+    awaited once the reader listens: a turn handed to the worker then loses no event."""
+    deadline = time.monotonic() + streaming.STREAM_MAX_SECONDS
+    if turn.status in FINISHED or not streaming.enabled():
+        if ready is not None:
+            await ready()
+        while not await streaming.finished(turn.pk) and time.monotonic() < deadline:
+            await asyncio.sleep(streaming.POLL_SECONDS)
+        async for item in _replay(turn.pk, final):
+            yield item
+        return
+    async with streaming.hub.listen(turn.pk) as events:
+        if ready is not None:
+            await ready()
+        status = await db_read(turn_status, turn_id=turn.pk)
+        if status in FINISHED:
+            async for item in _replay(turn.pk, final):
+                yield item
+            return
+        yield "status", {"status": status}
+        last_sent = time.monotonic()
+        next_check = last_sent + streaming.RECHECK_SECONDS
+        while (now := time.monotonic()) < deadline:
+            if now >= next_check:
+                if await streaming.finished(turn.pk):
+                    break
+                next_check = time.monotonic() + streaming.RECHECK_SECONDS
+            wake = min(deadline, next_check, last_sent + HEARTBEAT_SECONDS)
+            event = await streaming.next_event(events, wake - time.monotonic())
+            if event is None:
+                if time.monotonic() - last_sent >= HEARTBEAT_SECONDS:
+                    last_sent = time.monotonic()
+                    yield KEEP_ALIVE, {}
+                continue
+            name, data = event
+            if event == streaming.RECHECK:
+                next_check = 0.0
+            elif name == "done":
+                if data.get("turn"):
+                    yield "done", data["turn"]
+                    return
+                break
+            elif name in ("delta", "reset", "status"):
+                last_sent = time.monotonic()
+                yield name, data
+    yield "done", await db_read(final, turn_id=turn.pk)
 
 
 async def turn_events(
     *, turn: Turn, final: Callable[..., dict], on_close: Callable[[], Any] | None = None
 ) -> AsyncIterator[str]:
-    """The SSE body of GET turns/{id}/stream: `status`, then `delta` (and `reset`)
-    events while the reply is produced, then one `done` carrying the turn
-    (`final(turn_id=...)`, with its status). A finished turn, or any turn without
-    Redis, is replayed from the database once finished. It runs on the event loop and
-    holds no database connection between its reads; when the client goes away the
-    body is closed, which unsubscribes at once, and `on_close` runs."""
-    deadline = time.monotonic() + streaming.STREAM_MAX_SECONDS
+    """The SSE body of GET turns/{id}/stream (turn_event_items as server-sent events).
+    When the client goes away the body is closed, which unsubscribes at once, and
+    `on_close` runs."""
     try:
-        if turn.status in FINISHED or not streaming.enabled():
-            while not await streaming.finished(turn.pk) and time.monotonic() < deadline:
-                await asyncio.sleep(streaming.POLL_SECONDS)
-            async for event in _replay(turn.pk, final):
-                yield event
-            return
-        async with streaming.hub.listen(turn.pk) as events:
-            status = await db_read(turn_status, turn_id=turn.pk)
-            if status in FINISHED:
-                async for event in _replay(turn.pk, final):
-                    yield event
-                return
-            yield sse("status", {"status": status})
-            last_sent = time.monotonic()
-            next_check = last_sent + streaming.RECHECK_SECONDS
-            while (now := time.monotonic()) < deadline:
-                if now >= next_check:
-                    if await streaming.finished(turn.pk):
-                        break
-                    next_check = time.monotonic() + streaming.RECHECK_SECONDS
-                wake = min(deadline, next_check, last_sent + HEARTBEAT_SECONDS)
-                event = await streaming.next_event(events, wake - time.monotonic())
-                if event is None:
-                    if time.monotonic() - last_sent >= HEARTBEAT_SECONDS:
-                        last_sent = time.monotonic()
-                        yield ": keep-alive\n\n"
-                    continue
-                name, data = event
-                if event == streaming.RECHECK:
-                    next_check = 0.0
-                elif name == "done":
-                    if data.get("turn"):
-                        yield sse("done", data["turn"])
-                        return
-                    break
-                elif name in ("delta", "reset", "status"):
-                    last_sent = time.monotonic()
-                    yield sse(name, data)
-        yield sse("done", await db_read(final, turn_id=turn.pk))
+        async with contextlib.aclosing(turn_event_items(turn=turn, final=final)) as items:
+            async for name, data in items:
+                yield ": keep-alive\n\n" if name == KEEP_ALIVE else sse(name, data)
+                if name == "done":
+                    return
     finally:
         if on_close is not None:
             await sync_to_async(on_close, thread_sensitive=False)()

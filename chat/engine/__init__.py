@@ -23,11 +23,15 @@ turn's first is checked before it starts: spent so far plus that call's worst ca
 (its prompt estimate plus max_output_tokens) must stay within the hold, else the
 turn ends with what was said. So in `block` mode a turn cannot overspend, even when
 participants, files or the mode changed after it was accepted.
+
+A session of the OpenAI-compatible endpoint (source `openai`) runs none of these:
+chat.engine.completion makes its one call on the request's own messages.
 """
 
 import logging
 
 from billing.models import CreditHold, ModelPrice
+from chat.engine.completion import completion_outcome
 from chat.engine.context import files_prompt_note
 from chat.engine.metering import TurnOutcome
 from chat.engine.orchestrator import run_orchestrator
@@ -48,7 +52,10 @@ MODES = {
 
 
 def turn_outcome(*, turn: Turn, price: ModelPrice) -> TurnOutcome:
-    """Runs `turn` in its session's mode; the outcome is for turn_complete to write."""
+    """Runs `turn` in its session's mode; the outcome is for turn_complete to write.
+    A turn of the OpenAI-compatible endpoint is one call on its own messages."""
+    if turn.session.source == ChatSession.Source.OPENAI:
+        return completion_outcome(turn=turn, price=price)
     note = files_prompt_note(user=turn.user, session=turn.session)
     tools = [tool for tool in tools_for_turn() if tool["name"] != "file_read" or note]
     hold = CreditHold.objects.filter(reference=str(turn.pk)).values_list("amount", flat=True).first()

@@ -12,7 +12,7 @@ from billing.money import call_cost, ledger_amount, usage_amount
 from chat import streaming
 from chat.engine.context import TurnContext, input_budget
 from chat.leases import stop_requested
-from chat.llm import ChatMessage, LLMResult, ProviderError, StopRequested, estimate_tokens, provider_for
+from chat.llm import CallOptions, ChatMessage, LLMResult, ProviderError, StopRequested, estimate_tokens, provider_for
 from chat.models import LLMCall, Message, Participant, ToolCall, Turn
 from core.db import db_release
 
@@ -58,7 +58,7 @@ def llm_call_build(
         provider_model=price.provider_model, input_tokens=tokens_in, output_tokens=tokens_out,
         cost=ledger_amount(exact), credits_burned=usage_amount(exact), latency_ms=latency_ms,
         status=_call_status(result), error=(error or (result.partial if result else ""))[:500],
-        used_fallback=used_fallback,
+        used_fallback=used_fallback, finish_reason=result.finish_reason if result else "",
     )  # fmt: skip
 
 
@@ -77,11 +77,14 @@ def llm_call_run(
     tools: list[dict] | None = None,
     stream: bool = True,
     participant: Participant | None = None,
+    max_output_tokens: int | None = None,
+    options: CallOptions | None = None,
 ) -> tuple[LLMResult | None, LLMCall]:
     """One metered provider call for `turn`: (result or None when it failed for good,
     the unsaved LLMCall). Streams the reply to the turn's channel when there is one,
     with the participant's id and name in a round table, and stops it at the next
-    piece once the turn's owner cancelled it (chat.leases)."""
+    piece once the turn's owner cancelled it (chat.leases). `max_output_tokens` (at
+    most the price's) and `options` are what an OpenAI-endpoint client asked for."""
     messages = context.messages if isinstance(context, TurnContext) else context
     on_delta = None
     if stream and streaming.enabled():
@@ -97,8 +100,8 @@ def llm_call_run(
     started = time.monotonic()
     try:
         result = provider_for(price.provider).complete(
-            model=price.provider_model, messages=messages, max_output_tokens=price.max_output_tokens,
-            tools=tools, on_delta=on_delta,
+            model=price.provider_model, messages=messages, max_output_tokens=max_output_tokens or price.max_output_tokens,
+            tools=tools, on_delta=on_delta, options=options,
         )  # fmt: skip
     except ProviderError as exc:
         latency = round((time.monotonic() - started) * 1000)

@@ -4,6 +4,7 @@ deterministic, the embedded default), `openai` (any OpenAI-compatible endpoint) 
 
 from chat.llm.base import (
     STOPPED_BY_OWNER,
+    CallOptions,
     ChatMessage,
     DeltaCallback,
     LLMResult,
@@ -35,6 +36,7 @@ def provider_for(name: str) -> Provider:
 
 
 __all__ = [
+    "CallOptions",
     "ChatMessage",
     "DeltaCallback",
     "LLMResult",

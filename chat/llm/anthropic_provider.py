@@ -7,6 +7,11 @@ come back as ToolCallRequest; an assistant's tool calls are sent back as
 message (consecutive same-role messages are merged, as the API expects).
 Streaming reads usage from `message_start` (input) and `message_delta` (output,
 cumulative). Retries on 408/409/429/5xx are the SDK's own (LLM_MAX_RETRIES).
+CallOptions translate: stop -> `stop_sequences` (a `stop_sequence` stop is a normal
+"stop"), tool_choice auto / none / required / function -> {"type": "auto" | "none" |
+"any" | "tool"}, user -> `metadata.user_id`. The Messages API of the pinned SDK takes
+no sampling parameters (`messages.create` has no temperature or top_p), so those
+two are not sent.
 """
 
 import logging
@@ -19,6 +24,7 @@ from django.conf import settings
 
 from chat.llm.base import (
     STOPPED_BY_OWNER,
+    CallOptions,
     ChatMessage,
     DeltaCallback,
     LLMResult,
@@ -78,6 +84,23 @@ def to_wire_tools(tools: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     ]
 
 
+TOOL_CHOICES = {"auto": "auto", "none": "none", "required": "any"}
+
+
+def to_wire_options(options: CallOptions, *, tools_offered: bool) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    if options.stop:
+        params["stop_sequences"] = list(options.stop)
+    # The API refuses a tool_choice without tools.
+    if tools_offered and options.tool_choice == "function":
+        params["tool_choice"] = {"type": "tool", "name": options.tool_name}
+    elif tools_offered and options.tool_choice in TOOL_CHOICES:
+        params["tool_choice"] = {"type": TOOL_CHOICES[options.tool_choice]}
+    if options.user:
+        params["metadata"] = {"user_id": options.user}
+    return params
+
+
 def _input_tokens(usage: Any) -> int:
     # Cache writes and reads are input the model processed; billed at the input price.
     return sum(
@@ -97,6 +120,7 @@ class AnthropicProvider:
         max_output_tokens: int,
         tools: Sequence[dict[str, Any]] | None = None,
         on_delta: DeltaCallback | None = None,
+        options: CallOptions | None = None,
     ) -> LLMResult:
         system, wire = to_wire(messages)
         params: dict[str, Any] = {"model": model, "max_tokens": max_output_tokens, "messages": wire}
@@ -104,6 +128,8 @@ class AnthropicProvider:
             params["system"] = system
         if tools:
             params["tools"] = to_wire_tools(tools)
+        if options is not None:
+            params.update(to_wire_options(options, tools_offered=bool(tools)))
         try:
             if on_delta is None:
                 return self._plain(params)

@@ -89,6 +89,22 @@ class StopRequested(Exception):
 STOPPED_BY_OWNER = "Stopped: the owner cancelled the turn."
 
 
+@dataclass(frozen=True)
+class CallOptions:
+    """What a caller may set on a call besides messages, tools and the output limit
+    (the OpenAI-compatible endpoint's clients do). None / empty: the provider's default.
+    Each provider translates what its API has (see its module docstring)."""
+
+    temperature: float | None = None
+    top_p: float | None = None
+    stop: tuple[str, ...] = ()
+    # "auto", "none", "required" (some tool), or "function": the tool named `tool_name`.
+    tool_choice: str | None = None
+    tool_name: str = ""
+    # The end user, as the caller names them (abuse monitoring on the provider's side).
+    user: str = ""
+
+
 class ProviderError(Exception):
     """A provider call that failed for good. `message` is readable and safe to show
     the user (no key, no request body)."""
@@ -109,9 +125,11 @@ class Provider(Protocol):
         max_output_tokens: int,
         tools: Sequence[dict[str, Any]] | None = None,
         on_delta: DeltaCallback | None = None,
+        options: CallOptions | None = None,
     ) -> LLMResult:
         """One model call. With `on_delta` the call streams and each text piece is
-        passed to it as it arrives; without, it is a plain request."""
+        passed to it as it arrives; without, it is a plain request. `options`: sampling,
+        stop sequences, tool choice (CallOptions)."""
         ...
 
 

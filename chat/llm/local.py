@@ -11,6 +11,10 @@ user message says so in a machine format, and only for a tool it was offered:
 
 After a tool result it answers "Tool <name> returned: <result>".
 
+Of CallOptions it honours `stop` (the reply ends before the first stop sequence,
+finish "stop") and tool_choice "none" (no tool is asked for); sampling options
+change nothing in a deterministic model.
+
 Offered the orchestrator's `next_speaker` function, it coordinates deterministically:
 it picks the participants in the order of the function's id list, one per reply
 given since the user's message, then ends (null). So round tables and orchestrated
@@ -28,6 +32,7 @@ from django.conf import settings
 from chat.llm.base import (
     CHARS_PER_TOKEN,
     STOPPED_BY_OWNER,
+    CallOptions,
     ChatMessage,
     DeltaCallback,
     LLMResult,
@@ -56,10 +61,12 @@ class LocalProvider:
         max_output_tokens: int,
         tools: Sequence[dict[str, Any]] | None = None,
         on_delta: DeltaCallback | None = None,
+        options: CallOptions | None = None,
     ) -> LLMResult:
         input_tokens = estimate_prompt_tokens(messages) + (estimate_tokens(json.dumps(list(tools))) if tools else 0)
         last = messages[-1] if messages else ChatMessage(role="user")
-        offered = {tool["name"] for tool in tools or ()}
+        options = options or CallOptions()
+        offered = {tool["name"] for tool in tools or ()} if options.tool_choice != "none" else set()
 
         if NEXT_SPEAKER in offered:
             choice = self._next_speaker(messages, next(t for t in tools or () if t["name"] == NEXT_SPEAKER))
@@ -83,6 +90,9 @@ class LocalProvider:
             asked = next((m for m in reversed(messages) if m.role == "user"), last)
             reply = f"Echo: {asked.content}"
         finish_reason = "stop"
+        for stop in options.stop:
+            if stop and stop in reply:
+                reply = reply[: reply.index(stop)]
         limit = max_output_tokens * CHARS_PER_TOKEN
         if len(reply) > limit:
             reply, finish_reason = reply[:limit], "length"

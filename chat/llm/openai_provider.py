@@ -6,6 +6,8 @@ chunk carries it). Tools go out as `tools=[{"type": "function", ...}]`; the mode
 `tool_calls` (streamed in pieces keyed by index) come back as ToolCallRequest.
 Retries on 408/409/429/5xx and connection errors, with exponential backoff and
 `Retry-After`, are the SDK's own (max_retries = LLM_MAX_RETRIES).
+CallOptions pass through as the API names them: temperature, top_p, stop,
+tool_choice ("auto" | "none" | "required" | {"type": "function", ...}), user.
 """
 
 import json
@@ -19,6 +21,7 @@ from django.conf import settings
 
 from chat.llm.base import (
     STOPPED_BY_OWNER,
+    CallOptions,
     ChatMessage,
     DeltaCallback,
     LLMResult,
@@ -79,6 +82,23 @@ def to_wire_messages(messages: Sequence[ChatMessage]) -> list[dict[str, Any]]:
     return wire
 
 
+def to_wire_options(options: CallOptions) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    if options.temperature is not None:
+        params["temperature"] = options.temperature
+    if options.top_p is not None:
+        params["top_p"] = options.top_p
+    if options.stop:
+        params["stop"] = list(options.stop)
+    if options.tool_choice == "function":
+        params["tool_choice"] = {"type": "function", "function": {"name": options.tool_name}}
+    elif options.tool_choice:
+        params["tool_choice"] = options.tool_choice
+    if options.user:
+        params["user"] = options.user
+    return params
+
+
 def to_wire_tools(tools: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return [
         {
@@ -100,6 +120,7 @@ class OpenAIProvider:
         max_output_tokens: int,
         tools: Sequence[dict[str, Any]] | None = None,
         on_delta: DeltaCallback | None = None,
+        options: CallOptions | None = None,
     ) -> LLMResult:
         params: dict[str, Any] = {"model": model, "messages": to_wire_messages(messages)}
         # OpenAI's own API wants max_completion_tokens (reasoning models refuse
@@ -107,6 +128,8 @@ class OpenAIProvider:
         params["max_tokens" if settings.OPENAI_BASE_URL else "max_completion_tokens"] = max_output_tokens
         if tools:
             params["tools"] = to_wire_tools(tools)
+        if options is not None:
+            params.update(to_wire_options(options))
         try:
             if on_delta is None:
                 return self._plain(params, messages)

@@ -7,7 +7,9 @@ from tests.chat.conftest import make_price
 
 pytestmark = pytest.mark.django_db
 
-FIELDS = {"id", "title", "mode", "model_alias", "orchestrator_alias", "system_prompt", "created_at", "updated_at"}
+FIELDS = {
+    "id", "title", "mode", "source", "model_alias", "orchestrator_alias", "system_prompt", "created_at", "updated_at",
+}  # fmt: skip
 
 
 def test_create_and_read_a_session(owner_client, owner, price):
@@ -17,6 +19,7 @@ def test_create_and_read_a_session(owner_client, owner, price):
     assert created.status_code == 201, created.content
     assert set(created.data) == FIELDS
     assert (created.data["title"], created.data["mode"], created.data["model_alias"]) == ("Plans", "single", "fast")
+    assert created.data["source"] == "chat"  # the OpenAI endpoint's sessions say "openai" (tests/openai_api)
     row = ChatSession.objects.get(pk=created.data["id"])
     assert (row.user, row.system_prompt) == (owner, "Be kind.")
 

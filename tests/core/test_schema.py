@@ -35,3 +35,18 @@ def test_every_enum_override_path_still_resolves():
 def test_json_is_the_only_default_parser():
     parsers = [import_string(path) for path in settings.REST_FRAMEWORK["DEFAULT_PARSER_CLASSES"]]
     assert [parser.media_type for parser in parsers] == ["application/json"]
+
+
+def test_the_schema_describes_the_openai_compatible_endpoint(schema):
+    paths = schema["paths"]
+    assert {"/v1/models", "/v1/chat/completions"} <= set(paths)
+    create = paths["/v1/chat/completions"]["post"]
+    request = create["requestBody"]["content"]["application/json"]["schema"]["$ref"].rsplit("/", 1)[-1]
+    fields = schema["components"]["schemas"][request]["properties"]
+    assert {"model", "messages", "stream", "stream_options", "max_tokens", "max_completion_tokens", "temperature",
+            "top_p", "stop", "tools", "tool_choice", "user", "n"} <= set(fields)  # fmt: skip
+    assert {"application/json", "text/event-stream"} <= set(create["responses"]["200"]["content"])
+    # Errors in OpenAI's body there, the shared body everywhere else.
+    assert create["responses"]["429"]["content"]["application/json"]["schema"]["$ref"].endswith("/OpenAIError")
+    turns = paths["/api/v1/sessions/{session_id}/turns"]["post"]
+    assert turns["responses"]["429"]["content"]["application/json"]["schema"]["$ref"].endswith("/Error")

@@ -11,7 +11,9 @@ answers `default` (a plain reply):
     server.script(CutStream(text="half a"))   # stream some text, then end without finishing
 
 Each response is rendered plain or as a stream (server-sent events) according to
-the request's `"stream"`. Every request is kept in `server.requests` (path, headers,
+the request's `"stream"`. A reply honours the request's stop sequences as the real
+APIs do (OpenAI `stop`, Anthropic `stop_sequences`): the text ends before the first
+one found, and the finish is a normal stop (Anthropic: `stop_sequence`). Every request is kept in `server.requests` (path, headers,
 JSON body) so a test can check what the SDK sent (tools, tool results, keys).
 """
 
@@ -19,7 +21,7 @@ import json
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -43,6 +45,8 @@ class Reply:
     include_usage: bool = True
     # None: "tool_calls"/"tool_use" when there are tool calls, else a normal stop.
     finish_reason: str | None = None
+    # The stop sequence that ended the text (set by the server from the request).
+    stop_sequence: str | None = None
     # Streaming: characters per text chunk and a pause between chunks.
     chunk_chars: int = 4
     chunk_delay: float = 0.0
@@ -163,6 +167,8 @@ class FakeLLMServer:
                 if self._stopping.wait(response.seconds) or response.then is None:
                     return
                 response = response.then
+            if isinstance(response, Reply):
+                response = self._stopped(response, body)
             if not self._route_ok(handler.path):
                 self._send_json(handler, 404, {"error": {"message": f"no route {handler.path}"}})
             elif isinstance(response, Error):
@@ -175,6 +181,13 @@ class FakeLLMServer:
                 raise TypeError(f"cannot answer {response!r} without streaming")
         except (BrokenPipeError, ConnectionResetError):
             pass  # the client gave up (timeout); nothing to answer
+
+    def _stopped(self, reply: Reply, request: dict) -> Reply:
+        found = sorted((reply.text.index(stop), stop) for stop in self._stops(request) if stop and stop in reply.text)
+        if not found:
+            return reply
+        at, stop = found[0]
+        return replace(reply, text=reply.text[:at], finish_reason=self._stop_finish(), stop_sequence=stop)
 
     @staticmethod
     def _send_json(handler: BaseHTTPRequestHandler, status: int, body: dict, headers: dict | None = None) -> None:
@@ -208,6 +221,12 @@ class FakeLLMServer:
     def _route_ok(self, path: str) -> bool:
         raise NotImplementedError
 
+    def _stops(self, request: dict) -> list[str]:
+        raise NotImplementedError
+
+    def _stop_finish(self) -> str:
+        raise NotImplementedError
+
     def _error_body(self, error: Error) -> dict:
         raise NotImplementedError
 
@@ -227,6 +246,13 @@ class FakeOpenAIServer(FakeLLMServer):
 
     def _route_ok(self, path: str) -> bool:
         return path.rstrip("/").endswith("/chat/completions")
+
+    def _stops(self, request: dict) -> list[str]:
+        stop = request.get("stop") or []
+        return [stop] if isinstance(stop, str) else list(stop)
+
+    def _stop_finish(self) -> str:
+        return "stop"
 
     def _error_body(self, error: Error) -> dict:
         kind = {429: "rate_limit_exceeded", 400: "invalid_request_error"}.get(error.status, "server_error")
@@ -321,6 +347,12 @@ class FakeAnthropicServer(FakeLLMServer):
     def _route_ok(self, path: str) -> bool:
         return path.split("?")[0].rstrip("/") == "/v1/messages"
 
+    def _stops(self, request: dict) -> list[str]:
+        return list(request.get("stop_sequences") or [])
+
+    def _stop_finish(self) -> str:
+        return "stop_sequence"
+
     def _error_body(self, error: Error) -> dict:
         kind = {429: "rate_limit_error", 529: "overloaded_error", 400: "invalid_request_error"}.get(
             error.status, "api_error"
@@ -348,7 +380,7 @@ class FakeAnthropicServer(FakeLLMServer):
             "model": request.get("model", "fake"),
             "content": self._blocks(reply),
             "stop_reason": self._stop(reply),
-            "stop_sequence": None,
+            "stop_sequence": reply.stop_sequence,
             "usage": {"input_tokens": reply.input_tokens if reply.include_usage else 0,
                       "output_tokens": reply.output_tokens if reply.include_usage else 0},
         }  # fmt: skip
@@ -382,6 +414,6 @@ class FakeAnthropicServer(FakeLLMServer):
             if isinstance(response, CutStream):
                 return
             yield ev("content_block_stop", {"index": index})
-        yield ev("message_delta", {"delta": {"stop_reason": self._stop(reply), "stop_sequence": None},
+        yield ev("message_delta", {"delta": {"stop_reason": self._stop(reply), "stop_sequence": reply.stop_sequence},
                                    "usage": {"output_tokens": reply.output_tokens}})  # fmt: skip
         yield ev("message_stop", {})

@@ -155,6 +155,7 @@ def test_csv_is_an_attachment_with_the_same_figures(staff_client, owner, other_u
         ["user", str(other_user.pk), other_user.email, "1", "1", "0", "0.0002"],
         ["bucket", "2025-01-01", "", "2", "1010", "230", "0.2895"],
         ["bucket", "2025-02-01", "", "2", "2001", "100", "7.5002"],
+        ["source", "chat", "", "4", "3011", "330", "7.7897"],
     ]
 
 

@@ -71,6 +71,9 @@ def expected_summary(recorded, *, user_id, model_alias, from_date, to_date, buck
         "by_model": [{"model_alias": k, **v} for k, v in grouped(lambda c: c.alias).items()],
         "by_user": [{"user_id": k, "email": emails[k], **v} for k, v in grouped(lambda c: c.user_id).items()],
         "by_bucket": [{"bucket": k, **v} for k, v in grouped(lambda c: _bucket_start(c.day, bucket)).items()],
+        # Every recorded call is of a chat session (the OpenAI endpoint's: tests/openai_api).
+        "source": None,
+        "by_source": [{"source": "chat", **totals}] if totals["calls"] else [],
     }
 
 

@@ -1,0 +1,127 @@
+"""Accepting a turn of the OpenAI-compatible endpoint (openai_api).
+
+It is a turn like any other (chat.services.turns): queued in ONE transaction with
+its messages and a hold of its worst case, run by `run_turn` on the worker, completed
+by `turn_complete` with one debit (reference = turn id). What differs:
+
+- its session is the caller's API key's own (source `openai`, one per key, made on
+  first use), so the turns show in GET turns/{id} and every usage report, marked;
+- its messages are the request's (system, user, assistant with tool calls, tool
+  results), stored as the turn's own; no session history is read (chat.engine.completion);
+- its options (max_tokens, sampling, stop, tools, tool_choice, user) are stored on
+  the turn for the worker;
+- its hold is one call: the messages' and tools' estimate plus the output limit,
+  the smaller of the client's max_tokens and the alias's max_output_tokens.
+"""
+
+from dataclasses import dataclass, field
+from decimal import Decimal
+from functools import partial
+from typing import Any
+
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from accounts.models import ApiKey, User
+from billing.models import ModelPrice
+from billing.money import call_cost, ledger_amount
+from billing.services import wallet_hold_place
+from chat.engine.context import input_budget
+from chat.engine.metering import tools_tokens
+from chat.llm import ChatMessage, estimate_prompt_tokens
+from chat.models import ChatSession, Message, Turn
+from chat.services.turns import SESSION_TOUCH_RESOLUTION, _check_turns_in_flight, turn_hand_over
+from core.exceptions import field_error
+
+
+@dataclass
+class CompletionRequest:
+    """A parsed chat-completion request in the neutral shapes (openai_api parses it)."""
+
+    price: ModelPrice
+    messages: list[ChatMessage]
+    # Tool definitions in the neutral shape {"name", "description", "parameters"}.
+    tools: list[dict[str, Any]] = field(default_factory=list)
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    stop: list[str] = field(default_factory=list)
+    tool_choice: str | None = None
+    tool_name: str = ""
+    user: str = ""
+
+
+def completion_session(*, user: User, api_key: ApiKey) -> ChatSession:
+    """The session that holds the key's requests, made on first use."""
+    found = ChatSession.objects.filter(api_key=api_key, source=ChatSession.Source.OPENAI).first()
+    if found is not None:
+        return found
+    try:
+        with transaction.atomic():
+            return ChatSession.objects.create(
+                user=user, api_key=api_key, source=ChatSession.Source.OPENAI,
+                title=f"OpenAI endpoint ({api_key.name or api_key.prefix})"[:200],
+            )  # fmt: skip
+    except IntegrityError:  # a concurrent first request made it
+        return ChatSession.objects.get(api_key=api_key, source=ChatSession.Source.OPENAI)
+
+
+def completion_worst_case(*, request: CompletionRequest) -> tuple[int, Decimal]:
+    """(output limit, the call's worst-case cost). Raises 400 naming `messages` when the
+    prompt does not fit the alias's input budget."""
+    price = request.price
+    prompt = estimate_prompt_tokens(request.messages) + tools_tokens(request.tools)
+    budget = input_budget(price)
+    if prompt > budget:
+        raise field_error(
+            "messages", f"About {prompt} tokens with the tools; the input limit of '{price.alias}' is {budget}."
+        )
+    limit = min(request.max_tokens or price.max_output_tokens, price.max_output_tokens)
+    worst = call_cost(
+        input_tokens=prompt, output_tokens=limit,
+        input_price=price.input_credits_per_mtok, output_price=price.output_credits_per_mtok,
+    )  # fmt: skip
+    return limit, ledger_amount(worst)
+
+
+def completion_turn_create(
+    *, user: User, api_key: ApiKey, request: CompletionRequest, hand_over: bool = True
+) -> Turn:
+    """Accepts the request as a queued turn holding its worst case (402 in `block` mode
+    when not covered, 429 past the user's turns in flight); it is handed to the worker
+    when it commits (the outbox of chat.services.turns: the sweep sends it again when
+    the broker did not take it). With `hand_over=False` the caller hands it over
+    (chat.services.turns.turn_hand_over) once it listens to the turn's events, so a
+    stream misses none of them; until then it is marked handed over, and the sweep
+    sends it after TURN_REDISPATCH_SECONDS should the caller never do it."""
+    limit, worst_case = completion_worst_case(request=request)
+    session = completion_session(user=user, api_key=api_key)
+    options = {
+        "max_tokens": limit, "temperature": request.temperature, "top_p": request.top_p, "stop": request.stop,
+        "tools": request.tools, "tool_choice": request.tool_choice, "tool_name": request.tool_name,
+        "user": request.user,
+    }  # fmt: skip
+    with transaction.atomic():
+        turn = Turn.objects.create(
+            session=session, user=user, model_alias=request.price.alias, price=request.price,
+            completion_options=options, dispatched_at=timezone.now(),  # cleared if the send fails
+        )  # fmt: skip
+        Message.objects.bulk_create(
+            Message(
+                session=session,
+                turn=turn,
+                role=message.role,
+                content=message.content,
+                tool_calls=[call.as_dict() for call in message.tool_calls] or None,
+                tool_call_id=message.tool_call_id,
+            )  # fmt: skip
+            for message in request.messages
+        )
+        # Refuses (402) in block mode; the turn and its messages roll back with it.
+        wallet_hold_place(user=user, amount=worst_case, reference=str(turn.pk))
+        _check_turns_in_flight(user=user)  # under the wallet's row lock, as turn_create counts
+        if session.updated_at is None or timezone.now() - session.updated_at > SESSION_TOUCH_RESOLUTION:
+            ChatSession.objects.filter(pk=session.pk).update(updated_at=timezone.now())
+        if hand_over:
+            transaction.on_commit(partial(turn_hand_over, turn_id=str(turn.pk)), robust=True)
+    return turn

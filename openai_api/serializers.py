@@ -1,0 +1,282 @@
+"""The chat-completion request, parsed with DRF serializers into the neutral shapes
+of chat.llm (CompletionRequest). Field names and limits are OpenAI's; fields it has
+that Parley does not use (logprobs, seed, response_format, ...) are ignored, as
+OpenAI ignores unknown ones. Text content only: a content part other than text is a
+400 naming it."""
+
+from typing import Any
+
+from drf_spectacular.utils import extend_schema_field
+from rest_framework import serializers
+
+from billing.selectors import model_price_for_alias
+from chat.llm import ChatMessage, ToolCallRequest
+from chat.models import CONTENT_MAX_CHARS
+from chat.services.completions import CompletionRequest
+from openai_api.errors import model_not_found
+
+FUNCTION_NAME = r"^[a-zA-Z0-9_-]{1,64}$"
+MAX_MESSAGES = 1024
+MAX_TOOLS = 128
+MAX_STOP = 4
+TOOL_CHOICES = ("none", "auto", "required")
+
+
+TEXT_PART = {
+    "type": "object",
+    "properties": {"type": {"type": "string", "enum": ["text"]}, "text": {"type": "string"}},
+    "required": ["type", "text"],
+}
+
+
+@extend_schema_field({"oneOf": [{"type": "string"}, {"type": "array", "items": TEXT_PART}], "nullable": True})
+class ContentField(serializers.Field):
+    """A message's content: a string, a list of text parts, or null (an assistant that
+    only called tools). Parts are joined with newlines."""
+
+    default_error_messages = {
+        "invalid": "Must be a string or a list of content parts.",
+        "part": "Only text content parts are supported (type 'text').",
+        "too_long": f"Ensure this content has no more than {CONTENT_MAX_CHARS} characters.",
+    }
+
+    def to_internal_value(self, data: Any) -> str | None:
+        if data is None or isinstance(data, str):
+            text = data
+        elif isinstance(data, list):
+            texts = []
+            for part in data:
+                kind = part.get("type") if isinstance(part, dict) else None
+                key = kind if kind in ("text", "refusal") else None
+                if key is None or not isinstance(part.get(key), str):
+                    self.fail("part")
+                texts.append(part[key])
+            text = "\n".join(texts)
+        else:
+            self.fail("invalid")
+        if text is not None and len(text) > CONTENT_MAX_CHARS:
+            self.fail("too_long")
+        return text
+
+    def to_representation(self, value: Any) -> Any:
+        return value
+
+
+class FunctionCallSerializer(serializers.Serializer):
+    name = serializers.RegexField(FUNCTION_NAME)
+    arguments = serializers.CharField(allow_blank=True, trim_whitespace=False)
+
+
+class ToolCallSerializer(serializers.Serializer):
+    id = serializers.CharField(max_length=128)
+    type = serializers.ChoiceField(choices=["function"], default="function")
+    function = FunctionCallSerializer()
+
+
+class MessageSerializer(serializers.Serializer):
+    role = serializers.ChoiceField(choices=["system", "developer", "user", "assistant", "tool"])
+    content = ContentField(required=False, allow_null=True)
+    name = serializers.CharField(required=False, allow_blank=True, max_length=64)
+    tool_calls = ToolCallSerializer(many=True, required=False, allow_null=True)
+    tool_call_id = serializers.CharField(required=False, max_length=128)
+
+    def validate(self, attrs: dict) -> dict:
+        role, content = attrs["role"], attrs.get("content")
+        if role == "tool" and not attrs.get("tool_call_id"):
+            raise serializers.ValidationError({"tool_call_id": ["Required for a tool message."]})
+        if role == "assistant":
+            if content is None and not attrs.get("tool_calls"):
+                raise serializers.ValidationError({"content": ["An assistant message needs content or tool_calls."]})
+        elif content is None:
+            raise serializers.ValidationError({"content": ["This field is required."]})
+        return attrs
+
+    def chat_message(self, attrs: dict) -> ChatMessage:
+        role = "system" if attrs["role"] == "developer" else attrs["role"]
+        calls = tuple(
+            ToolCallRequest.from_raw(id=call["id"], name=call["function"]["name"], raw=call["function"]["arguments"])
+            for call in attrs.get("tool_calls") or ()
+        )
+        return ChatMessage(
+            role=role, content=attrs.get("content") or "", tool_calls=calls,
+            tool_call_id=attrs.get("tool_call_id", "") if role == "tool" else "",
+        )  # fmt: skip
+
+
+class FunctionSerializer(serializers.Serializer):
+    name = serializers.RegexField(FUNCTION_NAME)
+    description = serializers.CharField(required=False, allow_blank=True, max_length=4096)
+    parameters = serializers.DictField(required=False)
+
+
+class ToolSerializer(serializers.Serializer):
+    type = serializers.ChoiceField(choices=["function"])
+    function = FunctionSerializer()
+
+
+class StreamOptionsSerializer(serializers.Serializer):
+    include_usage = serializers.BooleanField(required=False, default=False)
+
+
+@extend_schema_field(
+    {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}, "maxItems": MAX_STOP}],
+     "nullable": True}
+)  # fmt: skip
+class StopField(serializers.Field):
+    default_error_messages = {"invalid": f"Must be a string or a list of at most {MAX_STOP} strings."}
+
+    def to_internal_value(self, data: Any) -> list[str]:
+        if data is None:
+            return []
+        if isinstance(data, str):
+            return [data]
+        if isinstance(data, list) and len(data) <= MAX_STOP and all(isinstance(item, str) for item in data):
+            return [item for item in data if item]
+        self.fail("invalid")
+
+    def to_representation(self, value: Any) -> Any:
+        return value
+
+
+@extend_schema_field(
+    {
+        "oneOf": [
+            {"type": "string", "enum": list(TOOL_CHOICES)},
+            {
+                "type": "object",
+                "properties": {
+                    "type": {"type": "string", "enum": ["function"]},
+                    "function": {"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]},
+                },
+                "required": ["type", "function"],
+            },
+        ],
+        "nullable": True,
+    }
+)
+class ToolChoiceField(serializers.Field):
+    """ "none" | "auto" | "required" | {"type": "function", "function": {"name"}}: as
+    (choice, function name)."""
+
+    default_error_messages = {
+        # (DRF formats these messages: literal braces are doubled.)
+        "invalid": "Must be 'none', 'auto', 'required' or {{\"type\": \"function\", \"function\": {{\"name\": ...}}}}."
+    }
+
+    def to_internal_value(self, data: Any) -> tuple[str, str] | None:
+        if data is None:
+            return None
+        if isinstance(data, str) and data in TOOL_CHOICES:
+            return data, ""
+        if isinstance(data, dict) and data.get("type") == "function" and isinstance(data.get("function"), dict):
+            name = data["function"].get("name")
+            if isinstance(name, str) and name:
+                return "function", name
+        self.fail("invalid")
+
+    def to_representation(self, value: Any) -> Any:
+        return value
+
+
+class ChatCompletionRequestSerializer(serializers.Serializer):
+    model = serializers.CharField(max_length=64)
+    messages = MessageSerializer(many=True, allow_empty=False, max_length=MAX_MESSAGES)
+    stream = serializers.BooleanField(required=False, default=False, allow_null=True)
+    stream_options = StreamOptionsSerializer(required=False, allow_null=True)
+    max_tokens = serializers.IntegerField(required=False, allow_null=True, min_value=1)
+    max_completion_tokens = serializers.IntegerField(required=False, allow_null=True, min_value=1)
+    temperature = serializers.FloatField(required=False, allow_null=True, min_value=0, max_value=2)
+    top_p = serializers.FloatField(required=False, allow_null=True, min_value=0, max_value=1)
+    stop = StopField(required=False, allow_null=True)
+    tools = ToolSerializer(many=True, required=False, allow_null=True, max_length=MAX_TOOLS)
+    tool_choice = ToolChoiceField(required=False, allow_null=True)
+    user = serializers.CharField(required=False, allow_blank=True, max_length=256)
+    n = serializers.IntegerField(required=False, allow_null=True)
+
+    def validate_n(self, value: int | None) -> int | None:
+        if value not in (None, 1):
+            raise serializers.ValidationError("Only n=1 is supported.")
+        return value
+
+    def validate(self, attrs: dict) -> dict:
+        choice = attrs.get("tool_choice")
+        names = {tool["function"]["name"] for tool in attrs.get("tools") or ()}
+        if choice and choice[0] in ("required", "function") and not names:
+            raise serializers.ValidationError({"tool_choice": ["Requires `tools`."]})
+        if choice and choice[0] == "function" and choice[1] not in names:
+            raise serializers.ValidationError({"tool_choice": [f"No tool named '{choice[1]}' in `tools`."]})
+        return attrs
+
+    def completion_request(self) -> CompletionRequest:
+        """The validated request; 404 when `model` is not an active alias."""
+        data = self.validated_data
+        price = model_price_for_alias(alias=data["model"])
+        if price is None:
+            raise model_not_found(data["model"])
+        one = MessageSerializer()
+        choice, tool_name = data.get("tool_choice") or (None, "")
+        return CompletionRequest(
+            price=price,
+            messages=[one.chat_message(message) for message in data["messages"]],
+            tools=[
+                {
+                    "name": tool["function"]["name"],
+                    "description": tool["function"].get("description", ""),
+                    "parameters": tool["function"].get("parameters") or {"type": "object", "properties": {}},
+                }
+                for tool in data.get("tools") or ()
+            ],
+            max_tokens=data.get("max_completion_tokens") or data.get("max_tokens"),
+            temperature=data.get("temperature"), top_p=data.get("top_p"), stop=data.get("stop") or [],
+            tool_choice=choice, tool_name=tool_name, user=data.get("user", ""),
+        )  # fmt: skip
+
+
+# --- answers, for the OpenAPI document (openai_api.shapes builds them) ---------------
+
+
+class UsageSerializer(serializers.Serializer):
+    prompt_tokens = serializers.IntegerField()
+    completion_tokens = serializers.IntegerField()
+    total_tokens = serializers.IntegerField()
+
+
+class AnswerToolCallSerializer(serializers.Serializer):
+    id = serializers.CharField()
+    type = serializers.CharField()
+    function = FunctionCallSerializer()
+
+
+class AnswerMessageSerializer(serializers.Serializer):
+    role = serializers.CharField()
+    content = serializers.CharField(allow_null=True)
+    refusal = serializers.CharField(allow_null=True)
+    tool_calls = AnswerToolCallSerializer(many=True, required=False)
+
+
+class ChoiceSerializer(serializers.Serializer):
+    index = serializers.IntegerField()
+    message = AnswerMessageSerializer()
+    logprobs = serializers.JSONField(allow_null=True)
+    finish_reason = serializers.ChoiceField(choices=["stop", "length", "tool_calls"])
+
+
+class ChatCompletionSerializer(serializers.Serializer):
+    id = serializers.CharField()
+    object = serializers.CharField(default="chat.completion")
+    created = serializers.IntegerField()
+    model = serializers.CharField()
+    choices = ChoiceSerializer(many=True)
+    usage = UsageSerializer()
+
+
+class ModelSerializer(serializers.Serializer):
+    id = serializers.CharField()
+    object = serializers.CharField(default="model")
+    created = serializers.IntegerField()
+    owned_by = serializers.CharField(default="parley")
+
+
+class ModelListSerializer(serializers.Serializer):
+    object = serializers.CharField(default="list")
+    data = ModelSerializer(many=True)

@@ -1,0 +1,107 @@
+"""GET /v1/models and POST /v1/chat/completions: thin views. Parsing is
+openai_api.serializers, the turn chat.services.completions, the answer
+openai_api.answers; every error goes out in OpenAI's body (openai_api.errors)."""
+
+from django.conf import settings
+from django.http import HttpResponse, StreamingHttpResponse
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiResponse, extend_schema
+from rest_framework.negotiation import DefaultContentNegotiation
+from rest_framework.parsers import JSONParser
+from rest_framework.renderers import JSONRenderer
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from billing.selectors import model_prices_active
+from chat import streaming
+from chat.services.completions import completion_turn_create
+from core.db import db_release
+from openai_api import answers, errors
+from openai_api.serializers import ChatCompletionRequestSerializer, ChatCompletionSerializer, ModelListSerializer
+
+TAGS = ["OpenAI-compatible (/v1)"]
+
+
+class AnyAccept(DefaultContentNegotiation):
+    """OpenAI's API answers JSON (or its event stream) whatever `Accept` says; clients
+    send `text/event-stream`, `*/*` or nothing. Never a 406 here."""
+
+    def select_renderer(self, request, renderers, format_suffix=None):  # noqa: ANN001, ANN201
+        return renderers[0], renderers[0].media_type
+
+
+class OpenAIView(APIView):
+    renderer_classes = [JSONRenderer]
+    parser_classes = [JSONParser]
+    content_negotiation_class = AnyAccept
+
+    def get_exception_handler(self):  # noqa: ANN201
+        return errors.exception_handler
+
+
+class ModelListView(OpenAIView):
+    @extend_schema(
+        tags=TAGS, operation_id="openai_models_list", responses={200: ModelListSerializer},
+        description="The active model aliases, as OpenAI lists models.",
+    )  # fmt: skip
+    def get(self, request: Request) -> Response:
+        aliases = {}
+        for price in model_prices_active().order_by("alias", "created_at"):
+            aliases.setdefault(price.alias, price)  # one entry per alias
+        data = [
+            {"id": alias, "object": "model", "created": int(price.created_at.timestamp()), "owned_by": "parley"}
+            for alias, price in aliases.items()
+        ]
+        return Response({"object": "list", "data": data})
+
+
+class ChatCompletionsView(OpenAIView):
+    @extend_schema(
+        tags=TAGS, operation_id="openai_chat_completions_create", request=ChatCompletionRequestSerializer,
+        responses={
+            200: OpenApiResponse(
+                ChatCompletionSerializer,
+                description="`chat.completion`; with `stream: true`, `text/event-stream` of `chat.completion.chunk` "
+                "events ending with `data: [DONE]` (the usage chunk last with `stream_options.include_usage`). "
+                "Headers: X-Parley-Turn (the turn id), X-Parley-Credits-Charged (plain answers).",
+            ),
+            (200, "text/event-stream"): OpenApiResponse(OpenApiTypes.STR, description="The streamed answer."),
+        },
+        description="A chat completion in OpenAI's shapes: one Parley turn (held, run by the worker, charged once, "
+        "reference = turn id). `model` is an alias from GET /v1/models; the model's `tool_calls` go back to the "
+        "client. `n` must be 1.",
+    )  # fmt: skip
+    def post(self, request: Request) -> HttpResponse:
+        serializer = ChatCompletionRequestSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        completion = serializer.completion_request()
+        if not serializer.validated_data.get("stream"):
+            turn = completion_turn_create(user=request.user, api_key=request.auth, request=completion)
+            return answers.answer_now_or_later(request=request, turn=turn)
+
+        user = request.user
+        # The stream's slot first: a request refused for it must not leave a turn behind.
+        slot = streaming.stream_slot_take(user_id=user.pk)
+        if slot is None:
+            raise answers.stream_refused(settings.MAX_STREAMS_PER_USER)
+
+        def close() -> None:
+            streaming.stream_slot_free(user_id=user.pk, token=slot)
+
+        try:
+            # Handed to the worker by the stream once it listens (answers.completion_chunks).
+            turn = completion_turn_create(user=user, api_key=request.auth, request=completion, hand_over=False)
+        except BaseException:
+            close()
+            raise
+        options = serializer.validated_data.get("stream_options") or {}
+        body = answers.completion_chunks(
+            turn=turn, user=user, include_usage=bool(options.get("include_usage")), on_close=close
+        )
+        db_release()  # the stream holds no database connection while it waits
+        response = StreamingHttpResponse(body, content_type="text/event-stream; charset=utf-8")
+        response[answers.TURN_HEADER] = str(turn.pk)
+        response["Cache-Control"] = "no-cache"
+        response["X-Accel-Buffering"] = "no"
+        return response
