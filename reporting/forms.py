@@ -21,7 +21,7 @@ class UsageFilterForm(forms.Form):
         required=False,
         max_length=254,
         label="User (email or id)",
-        widget=forms.TextInput(attrs={"size": 24, "placeholder": "name@example.com"}),
+        widget=forms.TextInput(attrs={"size": 20, "placeholder": "name@example.com"}),
     )
     model_alias = forms.ChoiceField(required=False, label="Model")
     from_date = forms.DateField(required=False, label="From", widget=forms.DateInput(attrs={"type": "date"}))
@@ -29,7 +29,8 @@ class UsageFilterForm(forms.Form):
     bucket = forms.ChoiceField(required=False, choices=[(b, b.title()) for b in BUCKETS], label="Per")
     source = forms.ChoiceField(
         required=False, label="Source",
-        choices=[("", "Chat API and /v1"), *((s, {"chat": "Chat API", "openai": "OpenAI endpoint (/v1)"}[s]) for s in SOURCES)],
+        # Short labels: the filter row stays one line at 1280 px (the By source table says more).
+        choices=[("", "All"), *((s, {"chat": "Chat API", "openai": "/v1"}[s]) for s in SOURCES)],
     )  # fmt: skip
 
     def __init__(self, *args, **kwargs) -> None:

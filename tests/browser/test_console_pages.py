@@ -178,6 +178,7 @@ def test_the_usage_page_filters_by_email_and_keeps_its_filter_row_aligned_on_err
             "#id_from_date",
             "#id_to_date",
             "#id_bucket",
+            "#id_source",
             "[name=apply-filters]",
         )
     }
