@@ -150,3 +150,21 @@ def test_fifty_concurrent_turns_on_the_worker_leave_the_exact_balance(celery_wor
     assert wallet.balance == START_BALANCE - sum(costs) and wallet.held == 0
     assert CreditTransaction.objects.filter(kind="debit").count() == 50
     assert sum(t.amount for t in CreditTransaction.objects.filter(kind="debit")) == -sum(costs)
+
+
+def test_a_turn_longer_than_its_lease_keeps_it_and_is_never_handed_over_twice(
+    worker_with_env, owner_client, session, funded_owner
+):
+    # An 8 s reply on a 3 s lease: the worker renews it every second while it works.
+    worker_with_env(LOCAL_LLM_LATENCY_MS="8000", TURN_LEASE_SECONDS="3")
+    turn_id = post_turn(owner_client, session, "Take your time").data["id"]
+    wait_for(lambda: turn_status(turn_id) == "running", timeout=30)
+    handed_over = []
+    while turn_status(turn_id) == "running":
+        handed_over.append(turns_sweep())  # what beat does every few seconds
+        assert Turn.objects.get(pk=turn_id).lease_expires_at > timezone.now()
+        time.sleep(1.0)
+    assert len(handed_over) >= 5 and set(handed_over) == {0}
+    turn = Turn.objects.get(pk=turn_id)
+    assert (turn.status, turn.attempts) == ("completed", 1)
+    assert LLMCall.objects.filter(turn_id=turn_id).count() == 1
