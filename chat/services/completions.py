@@ -30,7 +30,7 @@ from chat.engine.context import input_budget
 from chat.engine.metering import tools_tokens
 from chat.llm import ChatMessage, estimate_prompt_tokens
 from chat.models import ChatSession, Message, Turn
-from chat.services.turns import SESSION_TOUCH_RESOLUTION, _check_turns_in_flight, turn_hand_over
+from chat.services.turns import SESSION_TOUCH_RESOLUTION, turn_hand_over, turns_in_flight_check
 from core.exceptions import field_error
 
 
@@ -119,7 +119,7 @@ def completion_turn_create(
         )
         # Refuses (402) in block mode; the turn and its messages roll back with it.
         wallet_hold_place(user=user, amount=worst_case, reference=str(turn.pk))
-        _check_turns_in_flight(user=user)  # under the wallet's row lock, as turn_create counts
+        turns_in_flight_check(user=user)  # under the wallet's row lock, as turn_create counts
         if session.updated_at is None or timezone.now() - session.updated_at > SESSION_TOUCH_RESOLUTION:
             ChatSession.objects.filter(pk=session.pk).update(updated_at=timezone.now())
         if hand_over:

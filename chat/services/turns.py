@@ -5,7 +5,8 @@ compare-and-set:
 
 - `turn_create` (the request): validates, then in ONE transaction writes the Turn
   (queued, marked handed over), the user Message and a hold of the turn's worst-case
-  cost (reference = turn id; 402 in `block` mode when it is not covered); `run_turn`
+  cost (reference = turn id; 402 when it is not covered: in `block` mode, or past
+  BILLING_OVERDRAFT_LIMIT in `warn` mode); `run_turn`
   is sent when that commits. A send that fails (the broker is down) clears the mark,
   and the beat sweep (`turns_sweep`, every TURN_SWEEP_SECONDS) hands the turn over
   once the broker is back: the database, not the broker, is the record of what must
@@ -93,6 +94,11 @@ def turn_create(
     user, returns that turn and creates nothing."""
     if idempotency_key and (existing := turn_for_idempotency_key(user=user, key=idempotency_key)) is not None:
         return _check_replay(existing, session=session, content=content), False
+    if session.source == ChatSession.Source.OPENAI:
+        raise StateConflict(
+            "This session holds an API key's requests to the OpenAI-compatible endpoint (/v1); "
+            "post chat turns to a chat session."
+        )
     if not content.strip():
         raise field_error("content", "This field may not be blank.")
     if len(content) > CONTENT_MAX_CHARS:
@@ -116,7 +122,7 @@ def turn_create(
             wallet_hold_place(user=user, amount=worst_case, reference=str(turn.pk))
             # Counted under the wallet's row lock, which the hold took: concurrent
             # requests of one user are counted one after the other.
-            _check_turns_in_flight(user=user)
+            turns_in_flight_check(user=user)
             if session.updated_at is None or timezone.now() - session.updated_at > SESSION_TOUCH_RESOLUTION:
                 ChatSession.objects.filter(pk=session.pk).update(updated_at=timezone.now())
             transaction.on_commit(partial(turn_hand_over, turn_id=str(turn.pk)), robust=True)
@@ -128,7 +134,7 @@ def turn_create(
     return turn, True
 
 
-def _check_turns_in_flight(*, user: User) -> None:
+def turns_in_flight_check(*, user: User) -> None:
     """Fair use: at most MAX_CONCURRENT_TURNS_PER_USER turns queued or running (this
     one included), so no user fills the workers alone."""
     limit = settings.MAX_CONCURRENT_TURNS_PER_USER

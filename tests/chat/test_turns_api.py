@@ -271,3 +271,18 @@ def test_turns_through_real_sdks_are_metered_from_reported_usage(
     assert (body["llm_calls"][0]["input_tokens"], body["llm_calls"][0]["output_tokens"]) == (1234, 567)
     assert body["credits_charged"] == f"{expected_cost(1234, 567):.8f}"
     assert LLMCall.objects.get().provider == provider
+
+
+def test_a_chat_turn_into_a_session_of_the_openai_endpoint_is_refused(funded_owner, price):
+    from accounts.services import api_key_create
+    from chat.models import ChatSession
+    from tests.conftest import client_for
+
+    key, _ = api_key_create(user=funded_owner, name="sdk")
+    endpoint_session = ChatSession.objects.create(
+        user=funded_owner, model_alias=price.alias, source=ChatSession.Source.OPENAI, api_key=key
+    )
+    answer = post_turn(client_for(funded_owner), endpoint_session, "Hello")
+    assert answer.status_code == 422
+    assert "OpenAI-compatible endpoint" in answer.json()["error"]["message"]
+    assert not Turn.objects.exists() and wallet_of(funded_owner).held == 0
