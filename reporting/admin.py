@@ -85,4 +85,5 @@ class UsageAdmin(admin.ModelAdmin):
             "filtered_user_url": user_url,
             "clear_user_url": _query(params, user=None, user_id=None),
             "clear_model_url": _query(params, model_alias=None),
+            "clear_source_url": _query(params, source=None),
         }

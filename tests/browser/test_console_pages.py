@@ -9,7 +9,7 @@ import pytest
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support import expected_conditions as EC
-from selenium.webdriver.support.ui import WebDriverWait
+from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from accounts.services import user_create
 from billing.models import CreditTransaction, Wallet
@@ -161,6 +161,13 @@ def test_the_usage_page_filters_by_email_and_keeps_its_filter_row_aligned_on_err
     wait(browser).until(EC.url_contains("user=Customer%40Example.com"))
     assert "User: customer@example.com" in browser.find_element(By.CLASS_NAME, "usage-scope").text
     assert_usable(browser, shots / "usage-by-email.png")
+
+    # A source picked from the filter row is said in the scope line, with a way back.
+    Select(browser.find_element(By.ID, "id_source")).select_by_visible_text("/v1")
+    browser.find_element(By.NAME, "apply-filters").click()
+    wait(browser).until(EC.url_contains("source=openai"))
+    assert "Source: OpenAI endpoint (/v1) (all sources)." in browser.find_element(By.CLASS_NAME, "usage-scope").text
+    assert_usable(browser, shots / "usage-by-source.png")
 
     # Bad values: the errors show under their fields, and the fields and buttons stay in one row.
     browser.get(

@@ -50,3 +50,5 @@ def test_v1_turns_show_everywhere_and_reports_tell_them_apart(owner_client, owne
     page = console.get("/admin/reporting/usage/", {"source": "openai"}).content.decode()
     by_source = page.split('id="usage-by-source"', 1)[1].split("</table>", 1)[0]
     assert "OpenAI endpoint (/v1)" in by_source and "Chat API</a>" not in by_source
+    scope = page.split('class="usage-scope"', 1)[1].split("</p>", 1)[0]  # the filter in force, said in words
+    assert 'Source: <span id="usage-source">OpenAI endpoint (/v1)</span>' in scope and "all sources" in scope
