@@ -76,10 +76,6 @@ def lease_drop(lease: Lease) -> None:
             del _held[lease.turn_id]
 
 
-def held(turn_id: UUID | str) -> Lease | None:
-    return _held.get(str(turn_id))
-
-
 def stop_requested(turn_id: UUID | str) -> bool:
     """Asked at every streamed piece: has the owner cancelled, or the lease gone?"""
     lease = _held.get(str(turn_id))
