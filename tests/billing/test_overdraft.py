@@ -170,7 +170,8 @@ def test_twenty_registered_accounts_spend_at_most_their_signup_credits_plus_the_
     with ThreadPoolExecutor(max_workers=20) as pool:
         codes = list(pool.map(send, clients))
 
-    assert sorted(set(codes)) == [202, 402]
+    # Accepted (202; 201 when the worker finished it before the answer was built) or refused.
+    assert {202, 402} <= set(codes) <= {201, 202, 402}
     wait_for(lambda: not Turn.objects.exclude(status__in=["completed", "failed"]).exists(), timeout=60)
     assert set(Turn.objects.values_list("status", flat=True)) == {"completed"}
     given = ONE + ONE  # signup credits + overdraft limit
