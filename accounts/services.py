@@ -44,11 +44,20 @@ def user_create(*, email: str, password: str | None = None, **extra) -> User:
 def user_register(*, email: str, password: str, key_name: str) -> tuple[User, ApiKey, str]:
     """Self-service sign-up (POST auth/register, when ALLOW_REGISTRATION): the user, its
     wallet and a first API key, and SIGNUP_CREDITS granted through the ledger (a
-    `grant` row, reference signup:<user id>). Nothing else: what an account can spend
+    promotional `grant` row, reference signup:<user id>, expiring after
+    SIGNUP_CREDITS_DAYS days unless 0). Nothing else: what an account can spend
     beyond what it was given is bounded by BILLING_OVERDRAFT_LIMIT (billing.services)."""
     user = user_create(email=email, password=password)
     if settings.SIGNUP_CREDITS > 0:
-        wallet_grant(user=user, amount=settings.SIGNUP_CREDITS, reason="Signup credits", reference=f"signup:{user.pk}")
+        days = settings.SIGNUP_CREDITS_DAYS
+        wallet_grant(
+            user=user,
+            amount=settings.SIGNUP_CREDITS,
+            reason="Signup credits",
+            reference=f"signup:{user.pk}",
+            promotional=True,
+            expires_at=timezone.now() + timedelta(days=days) if days else None,
+        )
     api_key, raw_key = api_key_create(user=user, name=key_name)
     return user, api_key, raw_key
 

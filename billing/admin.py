@@ -9,7 +9,7 @@ from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 
-from billing.models import GRANT_PERMISSION, CreditHold, CreditTransaction, ModelPrice, Wallet
+from billing.models import GRANT_PERMISSION, CreditGrant, CreditHold, CreditTransaction, ModelPrice, Wallet
 from billing.money import format_ledger
 from billing.selectors import model_price_for_alias
 from billing.services import (
@@ -29,6 +29,13 @@ LEDGER_FIELDS = ["created_at", "kind", "amount", "balance_after", "reference", "
 class GrantForm(forms.Form):
     amount = forms.DecimalField(max_digits=18, decimal_places=8, help_text="Credits to add (more than 0).")
     reason = forms.CharField(max_length=500, widget=forms.Textarea(attrs={"rows": 2, "cols": 60}))
+    promotional = forms.BooleanField(required=False, help_text="Promotional credits are used before any others.")
+    expires_at = forms.DateTimeField(
+        required=False,
+        label="Expires at",
+        help_text="Optional, UTC, e.g. 2027-01-31 00:00. What is left then expires (an `expiry` ledger row). "
+        "Empty: never.",
+    )
     # One token per rendered form: submitting the same form twice grants once.
     token = forms.UUIDField(widget=forms.HiddenInput)
 
@@ -38,6 +45,28 @@ class GrantForm(forms.Form):
         if amount <= 0:
             raise forms.ValidationError("Must be more than 0.")
         return amount
+
+
+class GrantsInline(admin.TabularInline):
+    """The wallet's promotional and expiring grants (lots), newest first."""
+
+    model = CreditGrant
+    fields = ["created_at", "amount", "remaining", "promotional", "expires_at", "expired_at", "transaction"]
+    readonly_fields = fields
+    ordering = ["-created_at", "-id"]
+    extra = 0
+    max_num = 0
+    can_delete = False
+    verbose_name_plural = "Promotional and expiring grants (used first: promotional, then the earliest expiring)"
+
+    def has_add_permission(self, request: HttpRequest, obj: Wallet | None = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Wallet | None = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Wallet | None = None) -> bool:
+        return False
 
 
 class RecentRowsFormSet(BaseInlineFormSet):
@@ -78,9 +107,9 @@ class WalletAdmin(admin.ModelAdmin):
     list_display = ["user", "balance", "held", "available_credits", "updated_at"]
     list_select_related = ["user"]
     search_fields = ["user__email"]
-    fields = ["user", "balance", "held", "available_credits", "created_at", "updated_at"]
+    fields = ["user", "balance", "held", "available_credits", "grants_remaining", "created_at", "updated_at"]
     readonly_fields = fields
-    inlines = [RecentTransactionsInline]
+    inlines = [GrantsInline, RecentTransactionsInline]
 
     @admin.display(description="available")
     def available_credits(self, obj: Wallet) -> str:
@@ -144,6 +173,8 @@ class WalletAdmin(admin.ModelAdmin):
                     reason=data["reason"],
                     actor=request.user,
                     reference=f"admin:{data['token']}",
+                    promotional=data["promotional"],
+                    expires_at=data["expires_at"],
                 )
             except ApplicationError as exc:
                 for field, errors in (exc.fields or {None: [exc.message]}).items():

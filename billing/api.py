@@ -112,6 +112,8 @@ class AdminGrantView(APIView):
             reason=serializer.validated_data["reason"],
             actor=request.user,
             reference=reference,
+            promotional=serializer.validated_data["promotional"],
+            expires_at=serializer.validated_data["expires_at"],
         )
         body = {"transaction": row, "wallet": wallet_status(user=user)}
         return Response(GrantedSerializer(body).data, status=status.HTTP_201_CREATED)

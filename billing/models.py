@@ -18,6 +18,10 @@ class Wallet(models.Model):
     balance = models.DecimalField(**LEDGER_DIGITS, default=Decimal("0"))
     # Cached sum of active holds (worst-case cost of turns in flight).
     held = models.DecimalField(**LEDGER_DIGITS, default=Decimal("0"))
+    # Cached sum of CreditGrant.remaining (promotional or expiring credits, used before
+    # the rest). Zero for most wallets: a debit then skips the grants entirely (the
+    # PostgreSQL debit statement tests it on the row it locks, billing/_sql.py).
+    grants_remaining = models.DecimalField(**LEDGER_DIGITS, default=Decimal("0"))
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -26,6 +30,9 @@ class Wallet(models.Model):
         # negative (a take-back is never skipped); what is held never can.
         constraints = [
             models.CheckConstraint(condition=Q(held__gte=0), name="billing_wallet_held_not_negative"),
+            models.CheckConstraint(
+                condition=Q(grants_remaining__gte=0), name="billing_wallet_grants_remaining_not_negative"
+            ),
         ]
         permissions = [("grant_credits", "Can grant credits to a wallet")]
 
@@ -44,13 +51,17 @@ class TransactionKind(models.TextChoices):
     REFUND = "refund"
     REVERSAL = "reversal"
     ADJUSTMENT = "adjustment"
+    # What was left of a CreditGrant when it expired (less the part turns in flight
+    # held); reference: the grant's id (see billing.services.grant_expire).
+    EXPIRY = "expiry"
 
 
 POSITIVE_KINDS = (TransactionKind.GRANT, TransactionKind.TOPUP, TransactionKind.REFUND)
-NEGATIVE_KINDS = (TransactionKind.DEBIT, TransactionKind.REVERSAL)
+NEGATIVE_KINDS = (TransactionKind.DEBIT, TransactionKind.REVERSAL, TransactionKind.EXPIRY)
 # These always answer an outside event (a turn, a PaymentIntent, a refund or
-# dispute), so they always carry the reference that makes a replay harmless.
-REFERENCED_KINDS = (TransactionKind.DEBIT, TransactionKind.TOPUP, TransactionKind.REVERSAL)
+# dispute, a grant's expiry), so they always carry the reference that makes a
+# replay harmless.
+REFERENCED_KINDS = (TransactionKind.DEBIT, TransactionKind.TOPUP, TransactionKind.REVERSAL, TransactionKind.EXPIRY)
 
 
 class CreditTransaction(models.Model):
@@ -109,6 +120,70 @@ class CreditTransaction(models.Model):
 
     def __str__(self) -> str:
         return f"{self.kind} {self.amount} ({self.reference or 'no ref'})"
+
+
+class CreditGrant(models.Model):
+    """A grant that is promotional, or expires, or both: a lot of credits that debits
+    use before the rest of the balance (billing.services.grants_in_order gives the
+    order). A plain grant, a top-up, a refund is just balance and has no CreditGrant.
+
+    `remaining` moves only under the wallet lock: down by debits (the share each one
+    took from this lot) and by `expiry` ledger rows; it never goes up. What the ledger
+    says (the grant row, the debits in order, the expiry rows) must explain it:
+    `reconcile_wallets` replays it (billing.selectors.grant_ledger_problems)."""
+
+    wallet = models.ForeignKey(Wallet, on_delete=models.PROTECT, related_name="grants")
+    # The `grant` ledger row that brought these credits.
+    transaction = models.OneToOneField(CreditTransaction, on_delete=models.PROTECT, related_name="lot")
+    amount = models.DecimalField(**LEDGER_DIGITS)
+    remaining = models.DecimalField(**LEDGER_DIGITS)
+    promotional = models.BooleanField(default=False)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    # When the expiry sweep first expired it (it may leave the part that turns in
+    # flight hold, and expire what they leave of it on a later pass).
+    expired_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(amount__gt=0, remaining__gte=0, remaining__lte=models.F("amount")),
+                name="billing_creditgrant_remaining_within_amount",
+            ),
+            # Anything else is plain balance and needs no lot.
+            models.CheckConstraint(
+                condition=Q(promotional=True) | Q(expires_at__isnull=False),
+                name="billing_creditgrant_promotional_or_expiring",
+            ),
+            models.CheckConstraint(
+                condition=Q(expired_at__isnull=True) | Q(expires_at__isnull=False),
+                name="billing_creditgrant_expired_only_if_expiring",
+            ),
+        ]
+        indexes = [
+            # Serves the debit's read of a wallet's open lots (only wallets whose
+            # grants_remaining > 0 ask) and GET users/me/wallet's `grants`.
+            models.Index(fields=["wallet"], condition=Q(remaining__gt=0), name="billing_grant_open"),
+            # Serves the expiry sweep: open lots whose time has come.
+            models.Index(fields=["expires_at"], condition=Q(remaining__gt=0), name="billing_grant_expiring"),
+        ]
+
+    def __str__(self) -> str:
+        return f"Grant {self.pk}: {self.remaining} of {self.amount} left"
+
+    @property
+    def consumption_key(self) -> tuple:
+        """THE order credits are used in (debits take from the lots in it, then from the
+        rest of the balance; the expiry sweep places the wallet's holds in it too):
+        promotional lots first, then the earliest expiring (a lot that never expires
+        after those that do), then the oldest. Fixed for the life of a lot."""
+        return (
+            not self.promotional,
+            self.expires_at is None,
+            self.expires_at.timestamp() if self.expires_at else 0,
+            self.pk,
+        )
 
 
 class CreditHold(models.Model):

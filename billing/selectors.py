@@ -11,7 +11,15 @@ from django.db.models.functions import Coalesce
 
 from accounts.models import User
 from billing import _sql
-from billing.models import LEDGER_DIGITS, CreditHold, CreditTransaction, ModelPrice, Wallet
+from billing.models import (
+    LEDGER_DIGITS,
+    CreditGrant,
+    CreditHold,
+    CreditTransaction,
+    ModelPrice,
+    TransactionKind,
+    Wallet,
+)
 from billing.money import is_low_balance
 
 RECENT_TRANSACTIONS = 20
@@ -23,6 +31,16 @@ def wallet_for_user(*, user: User) -> Wallet:
     return Wallet.objects.filter(user=user).first() or Wallet(user=user)
 
 
+def wallet_open_grants(*, wallet: Wallet) -> list[CreditGrant]:
+    """The wallet's promotional or expiring grants with credits left, in the order
+    they are used. No query for a wallet that has none (its cached grants_remaining
+    says so)."""
+    if wallet.pk is None or not wallet.grants_remaining:
+        return []
+    lots = CreditGrant.objects.filter(wallet=wallet, remaining__gt=0)
+    return sorted(lots, key=lambda lot: lot.consumption_key)
+
+
 def wallet_status_of(wallet: Wallet) -> dict[str, Any]:
     return {
         "balance": wallet.balance,
@@ -31,12 +49,14 @@ def wallet_status_of(wallet: Wallet) -> dict[str, Any]:
         "low_balance": is_low_balance(wallet.balance),
         "low_balance_threshold": settings.LOW_BALANCE_THRESHOLD,
         "enforcement": settings.BILLING_ENFORCEMENT,
+        "grants": wallet_open_grants(wallet=wallet),
     }
 
 
 def wallet_status(*, user: User) -> dict[str, Any]:
-    """balance, held, available (Decimals), low_balance, low_balance_threshold and
-    enforcement: what GET users/me/wallet shows, for any code that reports it."""
+    """balance, held, available (Decimals), low_balance, low_balance_threshold,
+    enforcement and grants (the open CreditGrant rows, in the order they are used):
+    what GET users/me/wallet shows, for any code that reports it."""
     return wallet_status_of(wallet_for_user(user=user))
 
 
@@ -72,6 +92,9 @@ class WalletDrift:
     ledger_sum: Decimal
     last_balance_after: Decimal | None
     holds_sum: Decimal
+    grants_sum: Decimal = Decimal("0")
+    # What replaying the ledger says of the wallet's grants that their rows do not.
+    grant_problems: tuple[str, ...] = ()
 
     @property
     def balance_drift(self) -> Decimal:
@@ -88,14 +111,76 @@ class WalletDrift:
         return self.wallet.held - self.holds_sum
 
     @property
+    def grants_drift(self) -> Decimal:
+        return self.wallet.grants_remaining - self.grants_sum
+
+    @property
     def drifted(self) -> bool:
-        return self.balance_drift != 0 or self.last_row_drift or self.held_drift != 0
+        return (
+            self.balance_drift != 0
+            or self.last_row_drift
+            or self.held_drift != 0
+            or self.grants_drift != 0
+            or bool(self.grant_problems)
+        )
+
+
+def grant_ledger_problems(*, wallet: Wallet) -> list[str]:
+    """Replays the wallet's ledger from its first lot's grant row, applying the rule
+    of billing.services (debits take from the open lots in consumption order, an
+    `expiry` row from its lot), and says where a lot's amount or remaining is not
+    what the ledger explains. Empty when all is well (and for a wallet with no lots)."""
+    lots = {lot.transaction_id: lot for lot in CreditGrant.objects.filter(wallet=wallet)}
+    if not lots:
+        return []
+    by_id = {lot.pk: lot for lot in lots.values()}
+    replayed: dict[int, Decimal] = {}  # lot id -> remaining as the ledger says
+    problems = []
+    rows = (
+        CreditTransaction.objects.filter(wallet=wallet, id__gte=min(lots))
+        .filter(kind__in=[TransactionKind.GRANT, TransactionKind.DEBIT, TransactionKind.EXPIRY])
+        .order_by("id")
+        .values_list("id", "kind", "amount", "reference")
+    )
+    for row_id, kind, amount, reference in rows.iterator(chunk_size=2000):
+        if kind == TransactionKind.GRANT and (lot := lots.get(row_id)) is not None:
+            if lot.amount != amount:
+                problems.append(f"grant {lot.pk}: amount {lot.amount} != its ledger row {row_id}'s {amount}")
+            replayed[lot.pk] = amount
+        elif kind == TransactionKind.DEBIT:
+            left = -amount
+            for lot in sorted(
+                (by_id[pk] for pk, rest in replayed.items() if rest > 0), key=lambda lot: lot.consumption_key
+            ):
+                share = min(replayed[lot.pk], left)
+                replayed[lot.pk] -= share
+                left -= share
+                if not left:
+                    break
+        elif kind == TransactionKind.EXPIRY:
+            lot_id = int(str(reference).split(":")[0]) if str(reference).split(":")[0].isdigit() else None
+            if lot_id not in replayed:
+                problems.append(f"expiry row {row_id} ({reference}) names no grant of this wallet")
+                continue
+            replayed[lot_id] += amount
+            if replayed[lot_id] < 0:
+                problems.append(f"expiry row {row_id} takes more than grant {lot_id} had left")
+    for lot in by_id.values():
+        expected = replayed.get(lot.pk)
+        if expected is None:
+            problems.append(f"grant {lot.pk}: its ledger row {lot.transaction_id} is not a grant of this wallet")
+        elif expected != lot.remaining:
+            problems.append(f"grant {lot.pk}: remaining {lot.remaining} != {expected} by the ledger")
+    return problems
 
 
 def wallet_drifts() -> Iterator[WalletDrift]:
     """Every wallet whose cached balance differs from the sum of its ledger or from its
-    last balance_after, or whose `held` differs from the sum of its active holds. One
-    query; the comparison is made on Decimals in Python (SQLite sums in floats)."""
+    last balance_after, whose `held` differs from the sum of its active holds, whose
+    `grants_remaining` differs from the sum of its grants' remaining, or whose grants
+    the ledger does not explain (grant_ledger_problems, for wallets with grants). One
+    query, and one per wallet with grants; the comparison is made on Decimals in
+    Python (SQLite sums in floats)."""
     ledger = DecimalField(**LEDGER_DIGITS)
     per_wallet = {"wallet": OuterRef("pk")}
     ledger_sum = (
@@ -108,12 +193,18 @@ def wallet_drifts() -> Iterator[WalletDrift]:
         .annotate(total=Sum("amount"))
         .values("total")
     )
+    grants_sum = (
+        CreditGrant.objects.filter(**per_wallet).values("wallet").annotate(total=Sum("remaining")).values("total")
+    )
+    # Only wallets that ever had a lot are replayed against their ledger.
+    with_lots = set(CreditGrant.objects.values_list("wallet_id", flat=True).distinct())
     wallets = (
         Wallet.objects.select_related("user")
         .annotate(
             ledger_sum=Coalesce(Subquery(ledger_sum, output_field=ledger), Decimal("0"), output_field=ledger),
             last_balance_after=Subquery(last_after, output_field=ledger),
             holds_sum=Coalesce(Subquery(holds_sum, output_field=ledger), Decimal("0"), output_field=ledger),
+            grants_sum=Coalesce(Subquery(grants_sum, output_field=ledger), Decimal("0"), output_field=ledger),
         )
         .order_by("pk")
     )
@@ -123,6 +214,8 @@ def wallet_drifts() -> Iterator[WalletDrift]:
             ledger_sum=wallet.ledger_sum,
             last_balance_after=wallet.last_balance_after,
             holds_sum=wallet.holds_sum,
+            grants_sum=wallet.grants_sum,
+            grant_problems=tuple(grant_ledger_problems(wallet=wallet)) if wallet.pk in with_lots else (),
         )
         if drift.drifted:
             yield drift

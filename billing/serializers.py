@@ -2,8 +2,24 @@ from django.conf import settings
 from rest_framework import serializers
 
 from billing.fields import MoneyField
-from billing.models import CreditTransaction, ModelPrice
+from billing.models import CreditGrant, CreditTransaction, ModelPrice
 from core.fields import StrictCharField
+
+
+class WalletGrantSerializer(serializers.ModelSerializer):
+    amount = MoneyField()
+    remaining = MoneyField(help_text="Credits of this grant not used (nor expired) yet.")
+    promotional = serializers.BooleanField(read_only=True, help_text="Promotional credits are used before any others.")
+    expires_at = serializers.DateTimeField(
+        read_only=True,
+        allow_null=True,
+        help_text="When what is left of it expires (an `expiry` ledger row); null: never.",
+    )
+
+    class Meta:
+        model = CreditGrant
+        fields = ["id", "amount", "remaining", "promotional", "expires_at", "created_at"]
+        read_only_fields = fields
 
 
 class WalletSerializer(serializers.Serializer):
@@ -15,6 +31,14 @@ class WalletSerializer(serializers.Serializer):
     low_balance = serializers.BooleanField(read_only=True)
     low_balance_threshold = MoneyField()
     enforcement = serializers.ChoiceField(choices=["warn", "block"], read_only=True)
+    grants = WalletGrantSerializer(
+        many=True,
+        read_only=True,
+        help_text=(
+            "Promotional or expiring grants with credits left, in the order credits are used: promotional first, "
+            "then the earliest expiring; then the rest of the balance (bought credits, which never expire)."
+        ),
+    )
 
 
 class TransactionSerializer(serializers.ModelSerializer):
@@ -44,6 +68,15 @@ class GrantSerializer(serializers.Serializer):
         help_text=f"Credits, > 0 and at most ADMIN_GRANT_MAX ({settings.ADMIN_GRANT_MAX}); up to 8 decimal places.",
     )
     reason = StrictCharField(max_length=500)
+    promotional = serializers.BooleanField(
+        default=False, help_text="Promotional credits are used before any others (bought credits last)."
+    )
+    expires_at = serializers.DateTimeField(
+        required=False,
+        allow_null=True,
+        default=None,
+        help_text="When what is left of the grant expires (must be in the future); null or absent: never.",
+    )
 
 
 class GrantedSerializer(serializers.Serializer):

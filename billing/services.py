@@ -14,19 +14,21 @@ case) costs no extra lookup, and two racing writers of one reference cannot both
 succeed; the loser's transaction rolls back and it returns the winner's row.
 """
 
+from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
-from django.db.models import Sum
+from django.db.models import F, Sum
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from accounts.models import User
 from billing import _sql
-from billing.models import CreditHold, CreditTransaction, ModelPrice, TransactionKind, Wallet
+from billing.models import CreditGrant, CreditHold, CreditTransaction, ModelPrice, TransactionKind, Wallet
 from billing.money import format_ledger, ledger_amount, ledger_exact, to_decimal
 from core.exceptions import InsufficientCredits, StateConflict, field_error
 
@@ -98,7 +100,7 @@ def _reason(reason: str, *, required: bool = False) -> str:
 
 def _locked_wallet(user_id: int) -> Wallet:
     """The user's wallet row, locked until the transaction ends."""
-    query = Wallet.objects.select_for_update().only("id", "balance", "held")
+    query = Wallet.objects.select_for_update().only("id", "balance", "held", "grants_remaining")
     try:
         return query.get(user_id=user_id)
     except Wallet.DoesNotExist:
@@ -133,10 +135,12 @@ def _post(
     release_hold: str | None = None,
 ) -> CreditTransaction:
     """Writes one ledger row of a validated, signed `amount` and moves the cached
-    balance with it; with `release_hold`, settles that hold in the same transaction."""
+    balance with it; with `release_hold`, settles that hold in the same transaction.
+    A debit also takes its share from the wallet's grants (promotional or expiring
+    credits, used first), in the same transaction."""
     try:
-        if connection.vendor == "postgresql":
-            return _sql.ledger_post(
+        if connection.vendor == "postgresql" and (
+            row := _sql.ledger_post(
                 user_id=user_id,
                 kind=kind,
                 amount=amount,
@@ -145,6 +149,10 @@ def _post(
                 actor_id=actor.pk if actor is not None else None,
                 release_hold=release_hold,
             )
+        ):
+            return row
+        # Any other database; and on PostgreSQL a wallet with no row yet, or a debit
+        # of a wallet that has grants left (the one-statement path leaves those here).
         return _post_orm(
             user_id=user_id,
             kind=kind,
@@ -181,6 +189,8 @@ def _post_orm(
         held = wallet.held
         if release_hold is not None:
             held -= _hold_close_locked(wallet=wallet, reference=release_hold, status=CreditHold.Status.SETTLED)
+        if kind == TransactionKind.DEBIT and wallet.grants_remaining > 0:
+            _grants_consume(wallet=wallet, amount=-amount)
         balance = wallet.balance + amount
         row = CreditTransaction.objects.create(
             wallet=wallet,
@@ -202,25 +212,73 @@ def wallet_grant(
     reason: str,
     actor: User | None = None,
     reference: str | None = None,
+    promotional: bool = False,
+    expires_at: datetime | None = None,
 ) -> CreditTransaction:
-    """Staff (admin page, API, `grant_credits`) or the system (seed data) gives credits.
-    At most ADMIN_GRANT_MAX at once; a reason is required and the actor recorded."""
+    """Staff (admin page, API, `grant_credits`) or the system (seed data, signup) gives
+    credits. At most ADMIN_GRANT_MAX at once; a reason is required and the actor
+    recorded. A `promotional` grant, or one with `expires_at` (in the future), is also
+    a lot that debits use first and the expiry sweep ends (see grants_in_order)."""
     reason = _reason(reason, required=True)
     amount = _positive_amount(amount)
     if amount > settings.ADMIN_GRANT_MAX:
         raise field_error("amount", f"Amount must be at most {settings.ADMIN_GRANT_MAX}.")
-    row = _post(
-        user_id=user.pk,
-        kind=TransactionKind.GRANT,
-        amount=amount,
-        reference=_reference(reference, required=False),
-        reason=reason,
-        actor=actor,
-    )
+    expires_at = _grant_expires_at(expires_at)
+    reference = _reference(reference, required=False)
+    if promotional or expires_at is not None:
+        row = _grant_lot_post(
+            user=user, amount=amount, reason=reason, actor=actor, reference=reference,
+            promotional=promotional, expires_at=expires_at,
+        )  # fmt: skip
+    else:
+        row = _post(
+            user_id=user.pk,
+            kind=TransactionKind.GRANT,
+            amount=amount,
+            reference=reference,
+            reason=reason,
+            actor=actor,
+        )
     # A replayed reference answers the first grant; a different amount under the same
     # key is a client mistake, not a retry, and must not look like success.
     if row.amount != amount:
         raise StateConflict(f"Reference {reference!r} was already used for a grant of {row.amount}.")
+    return row
+
+
+def _grant_lot_post(
+    *,
+    user: User,
+    amount: Decimal,
+    reason: str,
+    actor: User | None,
+    reference: str | None,
+    promotional: bool,
+    expires_at: datetime | None,
+) -> CreditTransaction:
+    """The `grant` row and its lot, in one transaction under the wallet lock (taken by
+    the ledger write)."""
+    if (found := _replayed(kind=TransactionKind.GRANT, reference=reference, user_id=user.pk)) is not None:
+        return found
+    with transaction.atomic():
+        row = _post(
+            user_id=user.pk, kind=TransactionKind.GRANT, amount=amount, reference=reference, reason=reason, actor=actor
+        )
+        try:
+            with transaction.atomic():
+                CreditGrant.objects.create(
+                    wallet_id=row.wallet_id,
+                    transaction=row,
+                    amount=amount,
+                    remaining=amount,
+                    promotional=promotional,
+                    expires_at=expires_at,
+                )
+        except IntegrityError:
+            # A racing call with the same reference wrote the row and its lot first;
+            # _post answered that row, which already has its lot.
+            return row
+        Wallet.objects.filter(pk=row.wallet_id).update(grants_remaining=F("grants_remaining") + amount)
     return row
 
 
@@ -312,6 +370,125 @@ def wallet_adjust(
         reason=_reason(reason, required=True),
         actor=actor,
     )
+
+
+# --- grants: promotional and expiring credits ------------------------------------------
+#
+# A grant that is promotional or expires is a lot (CreditGrant) besides its ledger
+# row. Debits take from the lots first, in CreditGrant.consumption_key order, then
+# from the rest of the balance. Nothing else touches a lot: a top-up, a refund, an
+# adjustment adds to (or takes from) the rest of the balance, and so does a Stripe
+# take-back (wallet_reverse): it takes back paid credits, never promotional ones.
+# Every lot write happens under the wallet lock (lock order: wallet, then lots).
+
+
+def grants_in_order(lots: Iterable[CreditGrant]) -> list[CreditGrant]:
+    return sorted(lots, key=lambda lot: lot.consumption_key)
+
+
+def _open_grants_locked(wallet: Wallet) -> list[CreditGrant]:
+    """The wallet's lots with credits left, in the order they are used (the caller
+    holds the wallet lock)."""
+    return grants_in_order(CreditGrant.objects.filter(wallet_id=wallet.pk, remaining__gt=0))
+
+
+def _grant_set_remaining(lot: CreditGrant, remaining: Decimal, **extra: Any) -> None:
+    CreditGrant.objects.filter(pk=lot.pk).update(remaining=remaining, **extra)
+    lot.remaining = remaining
+
+
+def _grants_consume(*, wallet: Wallet, amount: Decimal) -> Decimal:
+    """Takes up to `amount` from the wallet's lots in order (the caller holds the
+    wallet lock and writes the debit's ledger row in the same transaction); returns
+    what the lots gave. The rest of the debit falls on the rest of the balance."""
+    taken = ZERO
+    for lot in _open_grants_locked(wallet):
+        if taken == amount:
+            break
+        share = min(lot.remaining, amount - taken)
+        _grant_set_remaining(lot, lot.remaining - share)
+        taken += share
+    if taken:
+        Wallet.objects.filter(pk=wallet.pk).update(grants_remaining=F("grants_remaining") - taken)
+        wallet.grants_remaining -= taken
+    return taken
+
+
+def held_shares(*, lots: list[CreditGrant], held: Decimal) -> dict[int, Decimal]:
+    """How much of the wallet's `held` falls on each lot: holds are notionally drawn
+    in the order debits use credits, so the worst case of the turns in flight is
+    placed on the first lots first (what the lots cannot cover falls on the rest of
+    the balance). `lots` in order."""
+    shares, left = {}, max(held, ZERO)
+    for lot in lots:
+        shares[lot.pk] = min(lot.remaining, left)
+        left -= shares[lot.pk]
+    return shares
+
+
+def _expiry_reference(lot: CreditGrant) -> str:
+    # The first expiry of a lot is keyed by its id; a later pass (what turns in flight
+    # left of the held part) also by what was left before it, which only goes down:
+    # the same pass run twice has the same key, two passes never do.
+    return str(lot.pk) if lot.expired_at is None else f"{lot.pk}:{lot.remaining}"
+
+
+def grant_expire(*, grant_id: int, now: datetime | None = None) -> CreditTransaction | None:
+    """Expires what is left of a lot whose expires_at has passed, less the part the
+    turns in flight hold (held_shares): one `expiry` ledger row (negative), the lot's
+    remaining down to that held part, in one transaction under the wallet lock. A later
+    pass expires what the settled turns did not use of the held part. Returns the row,
+    or None when there was nothing (more) to expire. Safe to run twice or at once:
+    everything is re-read under the lock, and the reference is unique."""
+    now = now or timezone.now()
+    user_id = CreditGrant.objects.filter(pk=grant_id).values_list("wallet__user_id", flat=True).first()
+    if user_id is None:
+        return None
+    with transaction.atomic():
+        wallet = _locked_wallet(user_id)
+        lots = _open_grants_locked(wallet)
+        lot = next((lot for lot in lots if lot.pk == grant_id), None)
+        if lot is None or lot.expires_at is None or lot.expires_at > now:
+            return None  # used up, expired already, or not yet due
+        expiring = lot.remaining - held_shares(lots=lots, held=wallet.held)[lot.pk]
+        first_pass = {"expired_at": now} if lot.expired_at is None else {}
+        if expiring <= 0:
+            if first_pass:
+                CreditGrant.objects.filter(pk=lot.pk).update(**first_pass)
+            return None
+        reference = _expiry_reference(lot)
+        if CreditTransaction.objects.filter(kind=TransactionKind.EXPIRY, reference=reference).exists():
+            # The lot says this pass has not run, the ledger says it has: never twice.
+            raise StateConflict(f"Expiry {reference!r} is already on the ledger but grant {lot.pk} disagrees.")
+        row = _post(
+            user_id=user_id,
+            kind=TransactionKind.EXPIRY,
+            amount=-expiring,
+            reference=reference,
+            reason=f"Grant {lot.pk} expired ({format_ledger(expiring)} of {format_ledger(lot.amount)} unused)",
+        )
+        _grant_set_remaining(lot, lot.remaining - expiring, **first_pass)
+        Wallet.objects.filter(pk=wallet.pk).update(grants_remaining=F("grants_remaining") - expiring)
+        return row
+
+
+def grants_expire_due(*, now: datetime | None = None) -> int:
+    """The sweep (Celery beat: billing.expire_grants; `manage.py expire_grants`):
+    expires every lot whose time has come, one transaction per lot, earliest first.
+    Returns the number of `expiry` rows written."""
+    now = now or timezone.now()
+    due = CreditGrant.objects.filter(remaining__gt=0, expires_at__lte=now).order_by("expires_at", "pk")
+    return sum(grant_expire(grant_id=grant_id, now=now) is not None for grant_id in due.values_list("pk", flat=True))
+
+
+def _grant_expires_at(expires_at: datetime | None) -> datetime | None:
+    if expires_at is None:
+        return None
+    if timezone.is_naive(expires_at):
+        raise field_error("expires_at", "A time with a time zone is required (e.g. 2027-01-31T00:00:00Z).")
+    if expires_at <= timezone.now():
+        raise field_error("expires_at", "Must be in the future.")
+    return expires_at
 
 
 # --- holds ------------------------------------------------------------------------
@@ -456,6 +633,14 @@ def wallet_reconcile(*, wallet: Wallet) -> WalletFix:
             )
         if holds_sum != locked.held:
             _wallet_save(locked, balance=locked.balance, held=holds_sum)
+        # grants_remaining is a cache of the lots' remaining, recomputed like `held`. A
+        # lot the ledger does not explain is reported by reconcile_wallets, never
+        # rewritten here: which side is wrong needs a person.
+        grants_sum = CreditGrant.objects.filter(wallet=locked).aggregate(total=Coalesce(Sum("remaining"), ZERO))[
+            "total"
+        ]
+        if grants_sum != locked.grants_remaining:
+            Wallet.objects.filter(pk=locked.pk).update(grants_remaining=grants_sum)
         return WalletFix(adjustment=adjustment, held_before=held_before, held_after=holds_sum)
 
 
@@ -567,6 +752,10 @@ __all__ = [
     "wallet_create",
     "wallet_debit",
     "wallet_grant",
+    "grant_expire",
+    "grants_expire_due",
+    "grants_in_order",
+    "held_shares",
     "wallet_hold_place",
     "wallet_hold_release",
     "wallet_refund",

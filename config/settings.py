@@ -240,8 +240,13 @@ if BENCH_ENDPOINTS:
 
 # Open registration is for local use: a deployment opens it on purpose.
 ALLOW_REGISTRATION = env.bool("ALLOW_REGISTRATION", default=DEBUG)
-# Credits each registered account starts with (a `grant` ledger row, reference signup:<user id>).
+# Credits each registered account starts with (a promotional `grant` ledger row,
+# reference signup:<user id>: used before any credits bought), expiring after
+# SIGNUP_CREDITS_DAYS days (0: never).
 SIGNUP_CREDITS = Decimal(env.str("SIGNUP_CREDITS", default="0"))
+SIGNUP_CREDITS_DAYS = env.int("SIGNUP_CREDITS_DAYS", default=0)
+if SIGNUP_CREDITS_DAYS < 0:
+    raise ImproperlyConfigured("SIGNUP_CREDITS_DAYS must be 0 (never expire) or more.")
 
 # --- Billing -----------------------------------------------------------------
 LOW_BALANCE_THRESHOLD = Decimal(env.str("LOW_BALANCE_THRESHOLD", default="5.0"))
@@ -256,6 +261,8 @@ if not BILLING_OVERDRAFT_LIMIT.is_finite() or BILLING_OVERDRAFT_LIMIT < 0:
     raise ImproperlyConfigured("BILLING_OVERDRAFT_LIMIT must be a number of credits, 0 or more.")
 if not SIGNUP_CREDITS.is_finite() or SIGNUP_CREDITS < 0 or SIGNUP_CREDITS > ADMIN_GRANT_MAX:
     raise ImproperlyConfigured("SIGNUP_CREDITS must be between 0 and ADMIN_GRANT_MAX.")
+# How often beat's billing.expire_grants ends the grants whose expires_at has passed.
+GRANT_EXPIRY_SWEEP_SECONDS = env.float("GRANT_EXPIRY_SWEEP_SECONDS", default=60.0)
 CREDITS_PER_USD = Decimal(env.str("CREDITS_PER_USD", default="100"))
 TOP_UP_MIN_USD = Decimal(env.str("TOP_UP_MIN_USD", default="1.00"))
 TOP_UP_MAX_USD = Decimal(env.str("TOP_UP_MAX_USD", default="500.00"))

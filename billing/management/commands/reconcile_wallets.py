@@ -27,14 +27,22 @@ def describe(drift: WalletDrift) -> str:
             f"held {format_ledger(wallet.held)} != active holds {format_ledger(drift.holds_sum)} "
             f"(drift {signed(drift.held_drift)});"
         )
+    if drift.grants_drift:
+        parts.append(
+            f"grants_remaining {format_ledger(wallet.grants_remaining)} != its grants' remaining "
+            f"{format_ledger(drift.grants_sum)} (drift {signed(drift.grants_drift)});"
+        )
+    parts.extend(f"{problem};" for problem in drift.grant_problems)
     return " ".join(parts).rstrip(";")
 
 
 class Command(BaseCommand):
     help = (
-        "Check every wallet: cached balance = sum of its ledger = last balance_after, and held = sum of "
-        "active holds. Exits non-zero on drift. --fix records a balance drift as an `adjustment` ledger "
-        "row (through billing.services) and recomputes held."
+        "Check every wallet: cached balance = sum of its ledger = last balance_after, held = sum of "
+        "active holds, grants_remaining = sum of its grants' remaining, and each grant's remaining = what "
+        "the ledger (its grant row, the debits in order, its expiry rows) leaves of it. Exits non-zero on "
+        "drift. --fix records a balance drift as an `adjustment` ledger row (through billing.services) and "
+        "recomputes held and grants_remaining; a grant the ledger does not explain is left for a person."
     )
 
     def add_arguments(self, parser) -> None:  # noqa: ANN001
