@@ -25,6 +25,7 @@ def test_wallet_shows_balance_held_and_signals_as_strings(owner, owner_client, s
         "low_balance": True,
         "low_balance_threshold": "5.00000000",
         "enforcement": "warn",
+        "grants": [],
     }
 
 

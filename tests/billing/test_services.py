@@ -252,4 +252,5 @@ def test_wallet_status_reports_every_figure(owner, settings):
         "low_balance": False,
         "low_balance_threshold": Decimal("5.0"),
         "enforcement": "block",
+        "grants": [],
     }
