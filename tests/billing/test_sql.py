@@ -116,3 +116,33 @@ def test_the_price_of_an_alias_is_its_active_row_or_none():
     assert model_price_for_alias(alias="fast").input_credits_per_mtok == current.input_credits_per_mtok
     assert model_price_for_alias(alias="gone") is None
     assert model_price_for_alias(alias="") is None
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db
+def test_the_raw_debit_leaves_a_wallet_with_grants_to_the_orm_path(owner):
+    """A debit must use the wallet's grants first: the one statement declines (writes
+    nothing) when grants_remaining > 0, and billing.services then runs the ORM path."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from billing.models import CreditGrant
+
+    services.wallet_grant(user=owner, amount=Decimal("2"), reason="r", expires_at=timezone.now() + timedelta(days=1))
+    services.wallet_hold_place(user=owner, amount=Decimal("1"), reference="turn-h")
+    for release_hold in (None, "turn-h"):
+        kwargs = {"kind": TransactionKind.DEBIT, "amount": Decimal("-1"), "reason": "", "actor_id": None}
+        assert _sql.ledger_post(user_id=owner.pk, reference="turn-x", release_hold=release_hold, **kwargs) is None
+    assert CreditTransaction.objects.filter(kind="debit").count() == 0
+    assert CreditHold.objects.get(reference="turn-h").status == "active"
+
+    services.wallet_debit(user=owner, amount=Decimal("1.5"), reference="turn-h", release_hold="turn-h")
+    wallet = Wallet.objects.get(user=owner)
+    assert (wallet.balance, wallet.held, wallet.grants_remaining) == (Decimal("0.5"), Decimal("0"), Decimal("0.5"))
+    assert CreditGrant.objects.get().remaining == Decimal("0.5")
+    # Other kinds never touch grants: still one statement.
+    assert _sql.ledger_post(
+        user_id=owner.pk, kind=TransactionKind.TOPUP, amount=Decimal("3"), reference="pi_9", reason="", actor_id=None,
+        release_hold=None,
+    ) is not None  # fmt: skip
