@@ -59,6 +59,10 @@ class GrantsInline(admin.TabularInline):
     can_delete = False
     verbose_name_plural = "Promotional and expiring grants (used first: promotional, then the earliest expiring)"
 
+    def has_view_permission(self, request: HttpRequest, obj: Wallet | None = None) -> bool:
+        # Part of the wallet: whoever may view the wallet sees its grants.
+        return request.user.has_perm("billing.view_wallet")
+
     def has_add_permission(self, request: HttpRequest, obj: Wallet | None = None) -> bool:
         return False
 

@@ -5,6 +5,8 @@ from django.conf import settings
 from django.db import models
 from django.db.models import Q
 
+from billing.money import format_ledger
+
 LEDGER_DIGITS = {"max_digits": 18, "decimal_places": 8}
 
 
@@ -170,7 +172,7 @@ class CreditGrant(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"Grant {self.pk}: {self.remaining} of {self.amount} left"
+        return f"Grant {self.pk}: {format_ledger(self.remaining)} of {format_ledger(self.amount)} left"
 
     @property
     def consumption_key(self) -> tuple:

@@ -269,3 +269,33 @@ def test_the_wallet_page_lists_only_the_latest_rows_in_a_constant_number_of_quer
 def test_an_empty_wallet_shows_available_as_a_plain_amount(console, owner):
     page = console.get(f"/admin/billing/wallet/{owner.wallet.pk}/change/").content.decode()
     assert "0.00000000" in page and "0E-8" not in page
+
+
+def test_the_admin_grants_promotional_expiring_credits_and_the_wallet_page_lists_them(admin_client, owner):
+    from billing.models import CreditGrant
+
+    token = token_from(admin_client.get(wallet_url(owner.wallet)).content.decode())
+    form = {
+        "amount": "12",
+        "reason": "launch promo",
+        "promotional": "on",
+        "expires_at": "2031-01-31 00:00",
+        "token": token,
+    }
+    assert admin_client.post(wallet_url(owner.wallet, "grant"), form).status_code == 302
+    lot = CreditGrant.objects.get()
+    assert (lot.amount, lot.promotional, lot.expires_at.isoformat()) == (
+        Decimal("12"),
+        True,
+        "2031-01-31T00:00:00+00:00",
+    )
+    html = admin_client.get(wallet_url(owner.wallet)).content.decode()
+    assert "Promotional and expiring grants" in html and "Jan. 31, 2031" in html
+
+
+def test_an_admin_grant_expiring_in_the_past_shows_the_error_on_expires_at(admin_client, owner):
+    form = {"amount": "12", "reason": "late", "expires_at": "2020-01-31 00:00", "token": token_from_any()}
+    response = admin_client.post(wallet_url(owner.wallet, "grant"), form)
+    assert response.status_code == 200
+    assert response.context["form"].errors["expires_at"] == ["Must be in the future."]
+    assert not CreditTransaction.objects.exists()
