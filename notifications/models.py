@@ -7,7 +7,7 @@ from django.db import models
 
 class Notification(models.Model):
     class Kind(models.TextChoices):
-        LOW_BALANCE = "low_balance"
+        LOW_BALANCE = "low_balance", "Low balance"
 
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="notifications")
     kind = models.CharField(max_length=32, choices=Kind.choices)

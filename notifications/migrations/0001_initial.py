@@ -18,7 +18,7 @@ class Migration(migrations.Migration):
             name='Notification',
             fields=[
                 ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('kind', models.CharField(choices=[('low_balance', 'Low Balance')], max_length=32)),
+                ('kind', models.CharField(choices=[('low_balance', 'Low balance')], max_length=32)),
                 ('message', models.CharField(max_length=500)),
                 ('data', models.JSONField(blank=True, default=dict)),
                 ('created_at', models.DateTimeField(auto_now_add=True)),
