@@ -31,6 +31,7 @@ from billing import _sql
 from billing.models import CreditGrant, CreditHold, CreditTransaction, ModelPrice, TransactionKind, Wallet
 from billing.money import format_ledger, ledger_amount, ledger_exact, to_decimal
 from core.exceptions import InsufficientCredits, StateConflict, field_error
+from notifications.services import low_balance_notify
 
 ZERO = Decimal("0")
 REASON_MAX = CreditTransaction._meta.get_field("reason").max_length
@@ -139,8 +140,9 @@ def _post(
     A debit also takes its share from the wallet's grants (promotional or expiring
     credits, used first), in the same transaction."""
     try:
-        if connection.vendor == "postgresql" and (
-            row := _sql.ledger_post(
+        row = None
+        if connection.vendor == "postgresql":
+            row = _sql.ledger_post(
                 user_id=user_id,
                 kind=kind,
                 amount=amount,
@@ -149,24 +151,34 @@ def _post(
                 actor_id=actor.pk if actor is not None else None,
                 release_hold=release_hold,
             )
-        ):
-            return row
-        # Any other database; and on PostgreSQL a wallet with no row yet, or a debit
-        # of a wallet that has grants left (the one-statement path leaves those here).
-        return _post_orm(
-            user_id=user_id,
-            kind=kind,
-            amount=amount,
-            reference=reference,
-            reason=reason,
-            actor=actor,
-            release_hold=release_hold,
-        )
+        if row is None:
+            # Any other database; and on PostgreSQL a wallet with no row yet, or a debit
+            # of a wallet that has grants left (the one-statement path leaves those here).
+            row = _post_orm(
+                user_id=user_id,
+                kind=kind,
+                amount=amount,
+                reference=reference,
+                reason=reason,
+                actor=actor,
+                release_hold=release_hold,
+            )
     except IntegrityError:
         # Nothing was written. The usual cause: this reference was applied before.
         if (found := _replayed(kind=kind, reference=reference, user_id=user_id)) is not None:
             return found
         raise
+    if amount < 0:
+        _balance_fell(user_id=user_id, kind=kind, before=row.balance_after - amount, after=row.balance_after)
+    return row
+
+
+def _balance_fell(*, user_id: int, kind: str, before: Decimal, after: Decimal) -> None:
+    """Inside the transaction of a new ledger row that lowered a balance: the rules
+    that watch a balance fall. Each acts once per crossing (a replayed row never gets
+    here), and anything slow runs after commit, never under the wallet lock."""
+    if before >= settings.LOW_BALANCE_THRESHOLD > after:
+        low_balance_notify(user_id=user_id, balance=after)
 
 
 def _post_orm(
