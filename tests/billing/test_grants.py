@@ -317,3 +317,19 @@ def test_expire_grants_command_expires_what_is_due(owner):
     call_command("expire_grants", stdout=out)
     assert out.getvalue().splitlines() == ["1 grant expiries written.", "0 grant expiries written."]
     assert assert_books_balance(owner).balance == D("0")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_expiry_that_takes_the_balance_under_the_threshold_sends_the_low_balance_notice(owner, settings):
+    from django.core import mail
+
+    from notifications.models import Notification
+
+    settings.LOW_BALANCE_THRESHOLD = D("5")
+    settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
+    wallet_topup(user=owner, amount=D("2"), reference="pi_1")
+    wallet_grant(user=owner, amount=D("8"), reason="trial", expires_at=days(1))
+    assert grants_expire_due(now=days(2)) == 1
+    [notice] = Notification.objects.filter(user=owner, kind="low_balance")
+    assert notice.data["balance"] == "2.00000000"
+    assert len(mail.outbox) == 1
