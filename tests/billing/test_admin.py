@@ -8,7 +8,7 @@ from django.contrib.auth.models import Permission
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
-from billing.models import CreditTransaction, ModelPrice, Wallet
+from billing.models import CreditGrant, CreditTransaction, ModelPrice, Wallet
 from billing.services import model_price_create, wallet_debit, wallet_grant
 from tests.conftest import make_user
 
@@ -272,8 +272,6 @@ def test_an_empty_wallet_shows_available_as_a_plain_amount(console, owner):
 
 
 def test_the_admin_grants_promotional_expiring_credits_and_the_wallet_page_lists_them(admin_client, owner):
-    from billing.models import CreditGrant
-
     token = token_from(admin_client.get(wallet_url(owner.wallet)).content.decode())
     form = {
         "amount": "12",

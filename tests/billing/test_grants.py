@@ -6,6 +6,7 @@ from decimal import Decimal
 from io import StringIO
 
 import pytest
+from django.core import mail
 from django.core.management import CommandError, call_command
 from django.utils import timezone
 
@@ -25,6 +26,7 @@ from billing.services import (
 )
 from billing.tasks import expire_grants
 from core.exceptions import ApplicationError
+from notifications.models import Notification
 
 pytestmark = pytest.mark.django_db
 
@@ -321,10 +323,6 @@ def test_expire_grants_command_expires_what_is_due(owner):
 
 @pytest.mark.django_db(transaction=True)
 def test_an_expiry_that_takes_the_balance_under_the_threshold_sends_the_low_balance_notice(owner, settings):
-    from django.core import mail
-
-    from notifications.models import Notification
-
     settings.LOW_BALANCE_THRESHOLD = D("5")
     settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
     wallet_topup(user=owner, amount=D("2"), reference="pi_1")

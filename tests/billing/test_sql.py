@@ -2,13 +2,15 @@
 both run against the same inputs on twin wallets, and the ledger rows, holds and
 balances must come out identical."""
 
+from datetime import timedelta
 from decimal import Decimal
 
 import pytest
 from django.db import IntegrityError, transaction
+from django.utils import timezone
 
 from billing import _sql, services
-from billing.models import CreditHold, CreditTransaction, TransactionKind, Wallet
+from billing.models import CreditGrant, CreditHold, CreditTransaction, TransactionKind, Wallet
 from billing.selectors import model_price_for_alias
 from core.exceptions import InsufficientCredits
 from tests.billing.factories import ModelPriceFactory
@@ -123,12 +125,6 @@ def test_the_price_of_an_alias_is_its_active_row_or_none():
 def test_the_raw_debit_leaves_a_wallet_with_grants_to_the_orm_path(owner):
     """A debit must use the wallet's grants first: the one statement declines (writes
     nothing) when grants_remaining > 0, and billing.services then runs the ORM path."""
-    from datetime import timedelta
-
-    from django.utils import timezone
-
-    from billing.models import CreditGrant
-
     services.wallet_grant(user=owner, amount=Decimal("2"), reason="r", expires_at=timezone.now() + timedelta(days=1))
     services.wallet_hold_place(user=owner, amount=Decimal("1"), reference="turn-h")
     for release_hold in (None, "turn-h"):
