@@ -110,9 +110,14 @@ def _locked_wallet(user_id: int) -> Wallet:
         return query.get(user_id=user_id)
 
 
-def _wallet_save(wallet: Wallet, *, balance: Decimal, held: Decimal) -> None:
-    Wallet.objects.filter(pk=wallet.pk).update(balance=balance, held=held, updated_at=timezone.now())
+def _wallet_save(wallet: Wallet, *, balance: Decimal, held: Decimal, grants_remaining: Decimal | None = None) -> None:
+    values = {"balance": balance, "held": held, "updated_at": timezone.now()}
+    if grants_remaining is not None:
+        values["grants_remaining"] = grants_remaining
+    Wallet.objects.filter(pk=wallet.pk).update(**values)
     wallet.balance, wallet.held = balance, held
+    if grants_remaining is not None:
+        wallet.grants_remaining = grants_remaining
 
 
 def _replayed(*, kind: str, reference: str | None, user_id: int) -> CreditTransaction | None:
@@ -201,8 +206,9 @@ def _post_orm(
         held = wallet.held
         if release_hold is not None:
             held -= _hold_close_locked(wallet=wallet, reference=release_hold, status=CreditHold.Status.SETTLED)
+        grants_remaining = None
         if kind == TransactionKind.DEBIT and wallet.grants_remaining > 0:
-            _grants_consume(wallet=wallet, amount=-amount)
+            grants_remaining = wallet.grants_remaining - _grants_consume(wallet=wallet, amount=-amount)
         balance = wallet.balance + amount
         row = CreditTransaction.objects.create(
             wallet=wallet,
@@ -213,7 +219,7 @@ def _post_orm(
             reason=reason,
             actor=actor,
         )
-        _wallet_save(wallet, balance=balance, held=held)
+        _wallet_save(wallet, balance=balance, held=held, grants_remaining=grants_remaining)
         return row
 
 
@@ -411,8 +417,9 @@ def _grant_set_remaining(lot: CreditGrant, remaining: Decimal, **extra: Any) -> 
 
 def _grants_consume(*, wallet: Wallet, amount: Decimal) -> Decimal:
     """Takes up to `amount` from the wallet's lots in order (the caller holds the
-    wallet lock and writes the debit's ledger row in the same transaction); returns
-    what the lots gave. The rest of the debit falls on the rest of the balance."""
+    wallet lock, writes the debit's ledger row in the same transaction and lowers
+    grants_remaining by what this returns: what the lots gave). The rest of the debit
+    falls on the rest of the balance."""
     taken = ZERO
     for lot in _open_grants_locked(wallet):
         if taken == amount:
@@ -420,9 +427,6 @@ def _grants_consume(*, wallet: Wallet, amount: Decimal) -> Decimal:
         share = min(lot.remaining, amount - taken)
         _grant_set_remaining(lot, lot.remaining - share)
         taken += share
-    if taken:
-        Wallet.objects.filter(pk=wallet.pk).update(grants_remaining=F("grants_remaining") - taken)
-        wallet.grants_remaining -= taken
     return taken
 
 
