@@ -25,8 +25,10 @@ from billing.services import (
     wallet_topup,
 )
 from billing.tasks import expire_grants
+from chat.models import ChatSession, Turn
 from core.exceptions import ApplicationError
 from notifications.models import Notification
+from tests.chat.conftest import make_price, post_turn
 
 pytestmark = pytest.mark.django_db
 
@@ -331,3 +333,17 @@ def test_an_expiry_that_takes_the_balance_under_the_threshold_sends_the_low_bala
     [notice] = Notification.objects.filter(user=owner, kind="low_balance")
     assert notice.data["balance"] == "2.00000000"
     assert len(mail.outbox) == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_chat_turn_is_paid_from_the_promotional_grant_first(owner, owner_client):
+    price = make_price()
+    wallet_topup(user=owner, amount=D("10"), reference="pi_1")
+    promo = wallet_grant(user=owner, amount=D("5"), reason="promo", promotional=True, expires_at=days(3))
+    session = ChatSession.objects.create(user=owner, model_alias=price.alias)
+    assert post_turn(owner_client, session, "hello there").data["status"] == "completed"
+    turn = Turn.objects.get()
+    assert turn.credits_charged > 0
+    assert remaining(promo) == D("5") - turn.credits_charged
+    wallet = assert_books_balance(owner)
+    assert (wallet.balance, wallet.held) == (D("15") - turn.credits_charged, D("0"))
