@@ -26,6 +26,7 @@ from billing.services import (
 )
 from billing.tasks import expire_grants
 from chat.models import ChatSession, Turn
+from config.celery import app
 from core.exceptions import ApplicationError
 from notifications.models import Notification
 from tests.chat.conftest import make_price, post_turn
@@ -347,3 +348,10 @@ def test_a_chat_turn_is_paid_from_the_promotional_grant_first(owner, owner_clien
     assert remaining(promo) == D("5") - turn.credits_charged
     wallet = assert_books_balance(owner)
     assert (wallet.balance, wallet.held) == (D("15") - turn.credits_charged, D("0"))
+
+
+def test_beat_runs_the_expiry_sweep_every_grant_expiry_sweep_seconds():
+    app.loader.import_default_modules()  # every app's tasks module adds its entries
+    entry = app.conf.beat_schedule["billing: expire credit grants"]
+    assert (entry["task"], entry["schedule"]) == ("billing.expire_grants", 60.0)
+    assert app.tasks["billing.expire_grants"].run() == 0  # the task beat sends is the sweep
