@@ -141,8 +141,8 @@ class CreditGrant(models.Model):
     remaining = models.DecimalField(**LEDGER_DIGITS)
     promotional = models.BooleanField(default=False)
     expires_at = models.DateTimeField(null=True, blank=True)
-    # When the expiry sweep first expired it (it may leave the part that turns in
-    # flight hold, and expire what they leave of it on a later pass).
+    # When the expiry sweep wrote its first `expiry` row (it leaves the part turns in
+    # flight hold, and expires what they leave of it on a later pass).
     expired_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 

@@ -443,9 +443,10 @@ def held_shares(*, lots: list[CreditGrant], held: Decimal) -> dict[int, Decimal]
 
 
 def _expiry_reference(lot: CreditGrant) -> str:
-    # The first expiry of a lot is keyed by its id; a later pass (what turns in flight
-    # left of the held part) also by what was left before it, which only goes down:
-    # the same pass run twice has the same key, two passes never do.
+    # The first expiry row of a lot (expired_at is set with it) is keyed by its id; a
+    # later one (what turns in flight left of the held part) also by what was left
+    # before it, which only goes down: the same pass run twice has the same key, two
+    # passes never do.
     return str(lot.pk) if lot.expired_at is None else f"{lot.pk}:{lot.remaining}"
 
 
@@ -467,11 +468,8 @@ def grant_expire(*, grant_id: int, now: datetime | None = None) -> CreditTransac
         if lot is None or lot.expires_at is None or lot.expires_at > now:
             return None  # used up, expired already, or not yet due
         expiring = lot.remaining - held_shares(lots=lots, held=wallet.held)[lot.pk]
-        first_pass = {"expired_at": now} if lot.expired_at is None else {}
         if expiring <= 0:
-            if first_pass:
-                CreditGrant.objects.filter(pk=lot.pk).update(**first_pass)
-            return None
+            return None  # all of it is held: a later pass expires what the turns leave
         reference = _expiry_reference(lot)
         if CreditTransaction.objects.filter(kind=TransactionKind.EXPIRY, reference=reference).exists():
             # The lot says this pass has not run, the ledger says it has: never twice.
@@ -483,7 +481,8 @@ def grant_expire(*, grant_id: int, now: datetime | None = None) -> CreditTransac
             reference=reference,
             reason=f"Grant {lot.pk} expired ({format_ledger(expiring)} of {format_ledger(lot.amount)} unused)",
         )
-        _grant_set_remaining(lot, lot.remaining - expiring, **first_pass)
+        first_row = {"expired_at": now} if lot.expired_at is None else {}
+        _grant_set_remaining(lot, lot.remaining - expiring, **first_row)
         Wallet.objects.filter(pk=wallet.pk).update(grants_remaining=F("grants_remaining") - expiring)
         return row
 

@@ -355,3 +355,17 @@ def test_beat_runs_the_expiry_sweep_every_grant_expiry_sweep_seconds():
     entry = app.conf.beat_schedule["billing: expire credit grants"]
     assert (entry["task"], entry["schedule"]) == ("billing.expire_grants", 60.0)
     assert app.tasks["billing.expire_grants"].run() == 0  # the task beat sends is the sweep
+
+
+def test_a_grant_all_held_at_expiry_writes_nothing_until_the_turns_settle(owner):
+    grant = wallet_grant(user=owner, amount=D("2"), reason="trial", expires_at=days(1))
+    wallet_topup(user=owner, amount=D("10"), reference="pi_1")
+    wallet_hold_place(user=owner, amount=D("3"), reference="turn-1")
+    assert grants_expire_due(now=days(2)) == 0
+    lot = CreditGrant.objects.get(transaction=grant)
+    assert (lot.remaining, lot.expired_at) == (D("2"), None)
+    wallet_debit(user=owner, amount=D("0.5"), reference="turn-1", release_hold="turn-1")
+    assert grants_expire_due(now=days(2)) == 1
+    row = CreditTransaction.objects.get(kind="expiry")
+    assert (row.amount, row.reference) == (D("-1.5"), str(lot.pk))
+    assert assert_books_balance(owner).balance == D("10")
