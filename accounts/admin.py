@@ -94,7 +94,7 @@ class ApiKeyAdminForm(forms.ModelForm):
     scopes = forms.MultipleChoiceField(
         choices=ApiKeyScope.choices,
         widget=forms.CheckboxSelectMultiple,
-        help_text="chat: the /api/v1 API; openai: the OpenAI-compatible /v1 endpoint.",
+        help_text="What the key may call; a request elsewhere is refused (403).",
     )
 
     class Meta:
@@ -110,7 +110,7 @@ class ApiKeyAdminForm(forms.ModelForm):
 @admin.register(ApiKey)
 class ApiKeyAdmin(admin.ModelAdmin):
     form = ApiKeyAdminForm
-    list_display = ["name", "prefix", "user", "created_at", "last_used_at", "expires_at", "budget", "revoked_at"]
+    list_display = ["name", "prefix", "user", "created_at", "expires_at", "budget", "revoked_at"]
     list_filter = ["revoked_at"]
     search_fields = ["name", "prefix", "user__email"]
     list_select_related = ["user"]

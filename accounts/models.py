@@ -24,8 +24,8 @@ class SpendWindow(models.TextChoices):
 class ApiKeyScope(models.TextChoices):
     """What a key may call: `chat` is the /api/v1 API, `openai` the /v1 endpoint."""
 
-    CHAT = "chat"
-    OPENAI = "openai"
+    CHAT = "chat", "chat: the /api/v1 API"
+    OPENAI = "openai", "openai: the OpenAI-compatible /v1 endpoint"
 
 
 def all_scopes() -> list[str]:
@@ -93,11 +93,13 @@ class ApiKey(models.Model):
     )
     budget_window = models.CharField(max_length=8, choices=SpendWindow.choices, null=True, blank=True)
     rpm = models.PositiveIntegerField(
-        null=True, blank=True, validators=[MinValueValidator(1)], help_text="Turns accepted per minute."
-    )
+        "requests per minute (rpm)", null=True, blank=True, validators=[MinValueValidator(1)],
+        help_text="Turns or completions accepted per UTC minute.",
+    )  # fmt: skip
     tpm = models.PositiveIntegerField(
-        null=True, blank=True, validators=[MinValueValidator(1)], help_text="Tokens accepted per minute (estimated)."
-    )
+        "tokens per minute (tpm)", null=True, blank=True, validators=[MinValueValidator(1)],
+        help_text="Tokens accepted per UTC minute (each request's prompt estimate plus its most output).",
+    )  # fmt: skip
     expires_at = models.DateTimeField(null=True, blank=True)
     scopes = models.JSONField(default=all_scopes, help_text='Any of "chat" (/api/v1) and "openai" (/v1).')
 
