@@ -31,6 +31,7 @@ from billing import _sql, limits
 from billing.models import CreditHold, CreditTransaction, ModelPrice, TransactionKind, Wallet
 from billing.money import format_ledger, ledger_amount, ledger_exact, to_decimal
 from core.exceptions import InsufficientCredits, StateConflict, field_error
+from notifications.services import low_balance_notify
 
 ZERO = Decimal("0")
 REASON_MAX = CreditTransaction._meta.get_field("reason").max_length
@@ -138,7 +139,7 @@ def _post(
     balance with it; with `release_hold`, settles that hold in the same transaction."""
     try:
         if connection.vendor == "postgresql":
-            return _sql.ledger_post(
+            row = _sql.ledger_post(
                 user_id=user_id,
                 kind=kind,
                 amount=amount,
@@ -147,20 +148,32 @@ def _post(
                 actor_id=actor.pk if actor is not None else None,
                 release_hold=release_hold,
             )
-        return _post_orm(
-            user_id=user_id,
-            kind=kind,
-            amount=amount,
-            reference=reference,
-            reason=reason,
-            actor=actor,
-            release_hold=release_hold,
-        )
+        else:
+            row = _post_orm(
+                user_id=user_id,
+                kind=kind,
+                amount=amount,
+                reference=reference,
+                reason=reason,
+                actor=actor,
+                release_hold=release_hold,
+            )
     except IntegrityError:
         # Nothing was written. The usual cause: this reference was applied before.
         if (found := _replayed(kind=kind, reference=reference, user_id=user_id)) is not None:
             return found
         raise
+    if amount < 0:
+        _balance_fell(user_id=user_id, kind=kind, before=row.balance_after - amount, after=row.balance_after)
+    return row
+
+
+def _balance_fell(*, user_id: int, kind: str, before: Decimal, after: Decimal) -> None:
+    """Inside the transaction of a new ledger row that lowered a balance: the rules
+    that watch a balance fall. Each acts once per crossing (a replayed row never gets
+    here), and anything slow runs after commit, never under the wallet lock."""
+    if before >= settings.LOW_BALANCE_THRESHOLD > after:
+        low_balance_notify(user_id=user_id, balance=after)
 
 
 def _post_orm(
