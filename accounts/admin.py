@@ -1,9 +1,35 @@
+from django import forms
 from django.contrib import admin, messages
 from django.contrib.auth.admin import UserAdmin as BaseUserAdmin
 from django.contrib.auth.forms import UserChangeForm, UserCreationForm
 
-from accounts.models import ApiKey, User
-from accounts.services import api_key_revoke, user_create
+from accounts.models import ApiKey, ApiKeyScope, User
+from accounts.services import (
+    API_KEY_LIMIT_FIELDS,
+    SPEND_CAP_FIELDS,
+    api_key_revoke,
+    limit_values_clean,
+    user_create,
+)
+from billing.limits import WindowSpend, account_spend, api_keys_spend
+from billing.money import format_ledger
+from core.exceptions import ApplicationError
+
+
+def _clean_limits(form: forms.ModelForm, fields: tuple[str, ...]) -> None:
+    """The limit fields the admin changed, checked by the same rules as the API
+    (accounts.services.limit_values_clean); a refusal is an error on its field."""
+    changed = {name: form.cleaned_data.get(name) for name in fields if name in form.changed_data}
+    try:
+        form.cleaned_data.update(limit_values_clean(changed, allowed=fields))
+    except ApplicationError as exc:
+        for name, errors in (exc.fields or {"__all__": [exc.message]}).items():
+            form.add_error(name if name in form.fields else None, errors)
+
+
+def _spend_text(spend: WindowSpend) -> str:
+    resets = f"resets at {spend.resets_at:%Y-%m-%d %H:%M} UTC" if spend.resets_at else "lifetime, never resets"
+    return f"{format_ledger(spend.spent)} spent, {format_ledger(spend.held)} held ({resets})"
 
 
 class EmailUserCreationForm(UserCreationForm):
@@ -17,6 +43,11 @@ class EmailUserChangeForm(UserChangeForm):
         model = User
         fields = "__all__"
 
+    def clean(self) -> dict:
+        cleaned = super().clean()
+        _clean_limits(self, SPEND_CAP_FIELDS)
+        return cleaned
+
 
 @admin.register(User)
 class UserAdmin(BaseUserAdmin):
@@ -29,8 +60,23 @@ class UserAdmin(BaseUserAdmin):
     fieldsets = [
         (None, {"fields": ["email", "password"]}),
         ("Permissions", {"fields": ["is_active", "is_staff", "is_superuser", "groups", "user_permissions"]}),
+        (
+            "Spending cap",
+            {
+                "fields": ["spend_cap_credits", "spend_cap_window", "spend_this_window"],
+                "description": "At most this many credits spent or held per window (UTC; weeks start on Monday; "
+                "empty window: lifetime) over all the account's API keys. Empty cap: no cap.",
+            },
+        ),
         ("Dates", {"fields": ["last_login", "date_joined"]}),
     ]
+    readonly_fields = ["spend_this_window"]
+
+    @admin.display(description="Spent this window")
+    def spend_this_window(self, obj: User) -> str:
+        if obj.pk is None or obj.spend_cap_credits is None:
+            return "No cap"
+        return _spend_text(account_spend(user=obj))
     add_fieldsets = [(None, {"classes": ["wide"], "fields": ["email", "password1", "password2"]})]
 
     def save_model(self, request, obj, form, change):  # noqa: ANN001, ANN201
@@ -44,17 +90,59 @@ class UserAdmin(BaseUserAdmin):
         obj.refresh_from_db()
 
 
+class ApiKeyAdminForm(forms.ModelForm):
+    scopes = forms.MultipleChoiceField(
+        choices=ApiKeyScope.choices,
+        widget=forms.CheckboxSelectMultiple,
+        help_text="What the key may call; a request elsewhere is refused (403).",
+    )
+
+    class Meta:
+        model = ApiKey
+        fields = ["name", *API_KEY_LIMIT_FIELDS]
+
+    def clean(self) -> dict:
+        cleaned = super().clean()
+        _clean_limits(self, API_KEY_LIMIT_FIELDS)
+        return cleaned
+
+
 @admin.register(ApiKey)
 class ApiKeyAdmin(admin.ModelAdmin):
-    list_display = ["name", "prefix", "user", "created_at", "last_used_at", "revoked_at"]
+    form = ApiKeyAdminForm
+    list_display = ["name", "prefix", "user", "created_at", "expires_at", "budget", "revoked_at"]
     list_filter = ["revoked_at"]
     search_fields = ["name", "prefix", "user__email"]
     list_select_related = ["user"]
     # revoked_at is read-only: a revoked key stays revoked (a leaked key cannot be
     # revived by clearing the date); keys are revoked with the list's action.
-    readonly_fields = ["user", "prefix", "created_at", "last_used_at", "revoked_at"]
-    fields = ["user", "name", "prefix", "created_at", "last_used_at", "revoked_at"]
+    readonly_fields = ["user", "prefix", "created_at", "last_used_at", "revoked_at", "spend_this_window"]
+    fieldsets = [
+        (None, {"fields": ["user", "name", "prefix", "created_at", "last_used_at", "revoked_at"]}),
+        (
+            "Limits",
+            {
+                "fields": [
+                    "budget_credits", "budget_window", "spend_this_window", "rpm", "tpm", "expires_at", "scopes",
+                ],  # fmt: skip
+                "description": "All optional. Budget: credits spent or held per window (UTC; weeks start on "
+                "Monday; empty window: lifetime). rpm/tpm: requests and estimated tokens per minute.",
+            },
+        ),
+    ]
     actions = ["revoke_keys"]
+
+    @admin.display(description="Budget")
+    def budget(self, obj: ApiKey) -> str:
+        if obj.budget_credits is None:
+            return "-"
+        return f"{format_ledger(obj.budget_credits)} / {obj.budget_window or 'lifetime'}"
+
+    @admin.display(description="Spent this window")
+    def spend_this_window(self, obj: ApiKey) -> str:
+        if obj.pk is None:
+            return "-"
+        return _spend_text(api_keys_spend(api_keys=[obj])[obj.pk])
 
     @admin.action(description="Revoke the selected API keys", permissions=["change"])
     def revoke_keys(self, request, queryset) -> None:  # noqa: ANN001

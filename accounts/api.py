@@ -8,17 +8,21 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from accounts.models import ApiKey
+from accounts.models import ApiKey, User
 from accounts.selectors import api_keys_for_user
 from accounts.serializers import (
+    AccountLimitsSerializer,
     ApiKeyCreatedSerializer,
     ApiKeyCreateSerializer,
+    ApiKeyLimitsSerializer,
     ApiKeySerializer,
     RegisteredSerializer,
     RegisterSerializer,
+    SpendCapSerializer,
     UserSerializer,
 )
-from accounts.services import api_key_create, api_key_revoke, user_register
+from accounts.services import api_key_create, api_key_limits_set, api_key_revoke, user_register, user_spend_cap_set
+from billing.limits import account_spend, api_keys_spend
 
 
 def _created_key_body(api_key, raw_key: str) -> dict:  # noqa: ANN001
@@ -46,7 +50,7 @@ class ApiKeyCreateView(APIView):
     def post(self, request: Request) -> Response:
         serializer = ApiKeyCreateSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        api_key, raw_key = api_key_create(user=request.user, name=serializer.validated_data["name"])
+        api_key, raw_key = api_key_create(user=request.user, **serializer.validated_data)
         return Response(_created_key_body(api_key, raw_key), status=status.HTTP_201_CREATED)
 
 
@@ -57,12 +61,63 @@ class ApiKeyListView(generics.ListAPIView):
     def get_queryset(self):  # noqa: ANN201
         return api_keys_for_user(user=self.request.user)
 
+    def get_serializer(self, *args, **kwargs):  # noqa: ANN002, ANN003, ANN201
+        # Every key's spend of the page in one query.
+        if args:
+            kwargs.setdefault("context", self.get_serializer_context())["spend"] = api_keys_spend(api_keys=list(args[0]))
+        return super().get_serializer(*args, **kwargs)
 
-class ApiKeyRevokeView(APIView):
-    @extend_schema(request=None, responses={200: ApiKeySerializer})
+
+class ApiKeyDetailView(APIView):
+    def _key(self, request: Request, key_id: int) -> ApiKey:
+        return get_object_or_404(api_keys_for_user(user=request.user), pk=key_id)
+
+    @extend_schema(responses={200: ApiKeySerializer})
+    def get(self, request: Request, key_id: int) -> Response:
+        return Response(ApiKeySerializer(self._key(request, key_id)).data)
+
+    @extend_schema(
+        request=ApiKeyLimitsSerializer,
+        responses={200: ApiKeySerializer},
+        description="Changes the key's limits: only the fields sent; null clears a limit. 422 for a revoked key.",
+    )
+    def patch(self, request: Request, key_id: int) -> Response:
+        api_key = self._key(request, key_id)
+        serializer = ApiKeyLimitsSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        return Response(ApiKeySerializer(api_key_limits_set(api_key=api_key, **serializer.validated_data)).data)
+
+    @extend_schema(request=None, responses={200: ApiKeySerializer}, description="Revokes the key.")
     def delete(self, request: Request, key_id: int) -> Response:
-        api_key = get_object_or_404(api_keys_for_user(user=request.user), pk=key_id)
-        return Response(ApiKeySerializer(api_key_revoke(api_key=api_key)).data)
+        return Response(ApiKeySerializer(api_key_revoke(api_key=self._key(request, key_id))).data)
+
+
+class AccountLimitsView(APIView):
+    @extend_schema(responses={200: AccountLimitsSerializer})
+    def get(self, request: Request) -> Response:
+        return Response(AccountLimitsSerializer(_limits_body(request.user)).data)
+
+    @extend_schema(
+        request=SpendCapSerializer,
+        responses={200: AccountLimitsSerializer},
+        description="Sets the account's spending cap: only the fields sent; null clears it.",
+    )
+    def patch(self, request: Request) -> Response:
+        serializer = SpendCapSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        user = user_spend_cap_set(user=request.user, **serializer.validated_data)
+        return Response(AccountLimitsSerializer(_limits_body(user)).data)
+
+
+def _limits_body(user: User) -> dict:
+    spend = account_spend(user=user)
+    return {
+        "spend_cap_credits": user.spend_cap_credits,
+        "spend_cap_window": user.spend_cap_window,
+        "spent": spend.spent,
+        "held": spend.held,
+        "resets_at": spend.resets_at,
+    }
 
 
 class MeView(APIView):

@@ -4,9 +4,32 @@ indexed lookup). The raw key is shown once, at creation."""
 
 from django.contrib.auth.base_user import AbstractBaseUser, BaseUserManager
 from django.contrib.auth.models import PermissionsMixin
+from django.core.validators import MinValueValidator
 from django.db import models
+from django.db.models import Q
 from django.utils import timezone
 from django.utils.module_loading import import_string
+
+
+class SpendWindow(models.TextChoices):
+    """The period a credit budget or spending cap counts over (UTC; weeks start on
+    Monday). No window (null) is a lifetime budget. billing.limits keys its counters
+    by the window's start, so a new window starts at zero without any job."""
+
+    DAY = "day"
+    WEEK = "week"
+    MONTH = "month"
+
+
+class ApiKeyScope(models.TextChoices):
+    """What a key may call: `chat` is the /api/v1 API, `openai` the /v1 endpoint."""
+
+    CHAT = "chat", "chat: the /api/v1 API"
+    OPENAI = "openai", "openai: the OpenAI-compatible /v1 endpoint"
+
+
+def all_scopes() -> list[str]:
+    return list(ApiKeyScope.values)
 
 
 class UserManager(BaseUserManager["User"]):
@@ -30,12 +53,26 @@ class User(AbstractBaseUser, PermissionsMixin):
     is_staff = models.BooleanField(default=False)
     is_active = models.BooleanField(default=True)
     date_joined = models.DateTimeField(default=timezone.now)
+    # The account-wide spending cap (billing.limits): at most this many credits spent
+    # or held per window, over all the account's keys. Null: no cap.
+    spend_cap_credits = models.DecimalField(
+        max_digits=18, decimal_places=8, null=True, blank=True, validators=[MinValueValidator(0)]
+    )
+    spend_cap_window = models.CharField(max_length=8, choices=SpendWindow.choices, null=True, blank=True)
 
     objects = UserManager()
 
     USERNAME_FIELD = "email"
     EMAIL_FIELD = "email"
     REQUIRED_FIELDS: list[str] = []
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(spend_cap_credits__isnull=True) | Q(spend_cap_credits__gte=0),
+                name="accounts_user_spend_cap_not_negative",
+            ),
+        ]
 
     def __str__(self) -> str:
         return self.email
@@ -49,11 +86,34 @@ class ApiKey(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     last_used_at = models.DateTimeField(null=True, blank=True)
     revoked_at = models.DateTimeField(null=True, blank=True)
+    # Optional limits (billing.limits enforces them; null: none). The budget counts
+    # credits spent or held per window (null window: lifetime).
+    budget_credits = models.DecimalField(
+        max_digits=18, decimal_places=8, null=True, blank=True, validators=[MinValueValidator(0)]
+    )
+    budget_window = models.CharField(max_length=8, choices=SpendWindow.choices, null=True, blank=True)
+    rpm = models.PositiveIntegerField(
+        "requests per minute (rpm)", null=True, blank=True, validators=[MinValueValidator(1)],
+        help_text="Turns or completions accepted per UTC minute.",
+    )  # fmt: skip
+    tpm = models.PositiveIntegerField(
+        "tokens per minute (tpm)", null=True, blank=True, validators=[MinValueValidator(1)],
+        help_text="Tokens accepted per UTC minute (each request's prompt estimate plus its most output).",
+    )  # fmt: skip
+    expires_at = models.DateTimeField(null=True, blank=True)
+    scopes = models.JSONField(default=all_scopes, help_text='Any of "chat" (/api/v1) and "openai" (/v1).')
 
     class Meta:
         verbose_name = "API key"
         ordering = ["-created_at", "-id"]
         indexes = [models.Index(fields=["user", "-created_at"], name="accounts_apikey_user_created")]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(budget_credits__isnull=True) | Q(budget_credits__gte=0),
+                name="accounts_apikey_budget_not_negative",
+            ),
+            models.CheckConstraint(condition=~Q(rpm=0) & ~Q(tpm=0), name="accounts_apikey_rates_positive"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.name} ({self.prefix}…)"
@@ -61,3 +121,10 @@ class ApiKey(models.Model):
     @property
     def is_active(self) -> bool:
         return self.revoked_at is None
+
+    def is_expired(self, now=None) -> bool:  # noqa: ANN001
+        return self.expires_at is not None and self.expires_at <= (now or timezone.now())
+
+    @property
+    def has_rate_limits(self) -> bool:
+        return self.rpm is not None or self.tpm is not None

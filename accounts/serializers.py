@@ -1,8 +1,18 @@
+from decimal import Decimal
+
 from django.contrib.auth.password_validation import validate_password
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from accounts.models import ApiKey, User
+from accounts.models import ApiKey, ApiKeyScope, SpendWindow, User
+from billing.fields import MoneyField
+from billing.limits import WindowSpend, api_keys_spend
+from billing.money import format_ledger
 from core.fields import StrictCharField
+
+RATE_MAX = 2**31 - 1  # what the PositiveIntegerField holds
+MONEY_SCHEMA = {"type": "string", "format": "decimal", "example": "1.25000000"}
 
 
 class UserSerializer(serializers.ModelSerializer):
@@ -22,14 +32,77 @@ class RegisterSerializer(serializers.Serializer):
         return value
 
 
+def _spend_of(serializer: serializers.Serializer, api_key: ApiKey) -> WindowSpend:
+    """The key's spend this window: from the view's one query for a list
+    (context["spend"]), else read for this key."""
+    spend = serializer.context.get("spend")
+    if spend is None or api_key.pk not in spend:
+        spend = api_keys_spend(api_keys=[api_key])
+    return spend[api_key.pk]
+
+
 class ApiKeySerializer(serializers.ModelSerializer):
+    budget_credits = MoneyField(help_text="Credits the key may spend per budget_window; null: no budget.")
+    spent = serializers.SerializerMethodField(help_text="Credits charged in the current window (turns settled).")
+    held = serializers.SerializerMethodField(help_text="Credits held in the current window (turns in flight).")
+    resets_at = serializers.SerializerMethodField(
+        help_text="When the budget window ends and spent starts again from 0 (UTC); null for a lifetime budget."
+    )
+
     class Meta:
         model = ApiKey
-        fields = ["id", "name", "prefix", "created_at", "last_used_at", "revoked_at"]
+        fields = [
+            "id", "name", "prefix", "created_at", "last_used_at", "revoked_at",
+            "budget_credits", "budget_window", "rpm", "tpm", "expires_at", "scopes", "spent", "held", "resets_at",
+        ]  # fmt: skip
         read_only_fields = fields
 
+    @extend_schema_field(MONEY_SCHEMA)
+    def get_spent(self, api_key: ApiKey) -> str:
+        return format_ledger(_spend_of(self, api_key).spent)
 
-class ApiKeyCreateSerializer(serializers.Serializer):
+    @extend_schema_field(MONEY_SCHEMA)
+    def get_held(self, api_key: ApiKey) -> str:
+        return format_ledger(_spend_of(self, api_key).held)
+
+    @extend_schema_field(OpenApiTypes.DATETIME)
+    def get_resets_at(self, api_key: ApiKey) -> str | None:
+        resets_at = _spend_of(self, api_key).resets_at
+        return None if resets_at is None else serializers.DateTimeField().to_representation(resets_at)
+
+
+class ApiKeyLimitsSerializer(serializers.Serializer):
+    """A key's limits, each optional (a PATCH changes only the fields it sends; null
+    clears a limit). Types and ranges here; the rules in accounts.services."""
+
+    budget_credits = serializers.DecimalField(
+        max_digits=18, decimal_places=8, min_value=Decimal("0"), allow_null=True, required=False,
+        help_text="Credits the key may spend (or hold for turns in flight) per budget_window; null: no budget. "
+        "Over it a turn is refused: 402 (chat API) or 429 insufficient_quota (/v1).",
+    )  # fmt: skip
+    budget_window = serializers.ChoiceField(
+        choices=SpendWindow.choices, allow_null=True, required=False,
+        help_text="day, week (from Monday) or month, UTC, reset at the window's start; null: a lifetime budget.",
+    )  # fmt: skip
+    rpm = serializers.IntegerField(
+        min_value=1, max_value=RATE_MAX, allow_null=True, required=False,
+        help_text="Turns or completions accepted per minute (UTC calendar minute); over it 429 with Retry-After.",
+    )  # fmt: skip
+    tpm = serializers.IntegerField(
+        min_value=1, max_value=RATE_MAX, allow_null=True, required=False,
+        help_text="Tokens per minute, each request counted at acceptance as its prompt estimate plus the most "
+        "output it may get; over it 429 with Retry-After.",
+    )  # fmt: skip
+    expires_at = serializers.DateTimeField(
+        allow_null=True, required=False, help_text="After this time the key is refused (401); null: never."
+    )
+    scopes = serializers.ListField(
+        child=serializers.ChoiceField(choices=ApiKeyScope.choices), min_length=1, required=False,
+        help_text="chat (the /api/v1 API), openai (the /v1 endpoint); default both. Else 403 naming the scope.",
+    )  # fmt: skip
+
+
+class ApiKeyCreateSerializer(ApiKeyLimitsSerializer):
     name = StrictCharField(max_length=100)
 
 
@@ -39,6 +112,32 @@ class ApiKeyCreatedSerializer(ApiKeySerializer):
     class Meta(ApiKeySerializer.Meta):
         fields = [*ApiKeySerializer.Meta.fields, "key"]
         read_only_fields = fields
+
+
+class SpendCapSerializer(serializers.Serializer):
+    """PATCH users/me/limits."""
+
+    spend_cap_credits = serializers.DecimalField(
+        max_digits=18, decimal_places=8, min_value=Decimal("0"), allow_null=True, required=False,
+        help_text="Credits the whole account may spend (or hold) per spend_cap_window, over all its keys; null: "
+        "no cap. Over it a turn is refused: 402 (chat API) or 429 insufficient_quota (/v1).",
+    )  # fmt: skip
+    spend_cap_window = serializers.ChoiceField(
+        choices=SpendWindow.choices, allow_null=True, required=False,
+        help_text="day, week (from Monday) or month, UTC, reset at the window's start; null: lifetime.",
+    )  # fmt: skip
+
+
+class AccountLimitsSerializer(serializers.Serializer):
+    """GET users/me/limits: the cap and its current window (billing.limits.account_spend)."""
+
+    spend_cap_credits = MoneyField()
+    spend_cap_window = serializers.ChoiceField(choices=SpendWindow.choices, allow_null=True, read_only=True)
+    spent = MoneyField(help_text="Credits charged in the current window (turns settled since the cap was set).")
+    held = MoneyField(help_text="Credits held in the current window (turns in flight).")
+    resets_at = serializers.DateTimeField(
+        allow_null=True, read_only=True, help_text="When the window ends (UTC); null for a lifetime cap."
+    )
 
 
 class RegisteredSerializer(serializers.Serializer):

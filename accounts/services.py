@@ -1,16 +1,17 @@
 import hashlib
 import secrets
 from datetime import timedelta
+from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.models import Group, Permission
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from accounts.models import ApiKey, User
+from accounts.models import ApiKey, ApiKeyScope, SpendWindow, User
 from accounts.permissions import STAFF_GROUP, STAFF_GROUP_PERMISSIONS
 from billing.services import wallet_create, wallet_grant
-from core.exceptions import field_error
+from core.exceptions import StateConflict, field_error
 
 KEY_PREFIX = "prl_"
 # last_used_at is written at most this often per key, to keep auth off the write path.
@@ -85,11 +86,71 @@ def user_make_staff(*, user: User) -> Group:
     return group
 
 
-def api_key_create(*, user: User, name: str) -> tuple[ApiKey, str]:
-    """Returns the key row and the raw key; the raw key is not stored anywhere."""
+# The limits a key can carry (billing.limits, accounts.rate_limits), all optional.
+API_KEY_LIMIT_FIELDS = ("budget_credits", "budget_window", "rpm", "tpm", "expires_at", "scopes")
+SPEND_CAP_FIELDS = ("spend_cap_credits", "spend_cap_window")
+
+
+def limit_values_clean(values: dict[str, Any], *, allowed: tuple[str, ...]) -> dict[str, Any]:
+    """The limit fields of a create or update, checked against the rules the API,
+    the admin and scripts share (the serializers check types and ranges first)."""
+    unknown = set(values) - set(allowed)
+    if unknown:
+        raise field_error(sorted(unknown)[0], "Not a limit field.")
+    cleaned = dict(values)
+    for name in ("budget_credits", "spend_cap_credits"):
+        if cleaned.get(name) is not None and cleaned[name] < 0:
+            raise field_error(name, "A budget must not be negative.")
+    for name in ("budget_window", "spend_cap_window"):
+        if cleaned.get(name) is not None and cleaned[name] not in SpendWindow.values:
+            raise field_error(name, f"One of: {', '.join(SpendWindow.values)}, or null for a lifetime budget.")
+    for name in ("rpm", "tpm"):
+        if cleaned.get(name) is not None and cleaned[name] < 1:
+            raise field_error(name, "Must be at least 1, or null for no limit.")
+    if cleaned.get("expires_at") is not None and cleaned["expires_at"] <= timezone.now():
+        raise field_error("expires_at", "Must be in the future.")
+    if "scopes" in cleaned:
+        scopes = cleaned["scopes"]
+        if not scopes or any(scope not in ApiKeyScope.values for scope in scopes):
+            raise field_error("scopes", f"A non-empty list of: {', '.join(ApiKeyScope.values)}.")
+        cleaned["scopes"] = [scope for scope in ApiKeyScope.values if scope in scopes]  # ordered, no repeats
+    return cleaned
+
+
+def api_key_create(*, user: User, name: str, **limits: Any) -> tuple[ApiKey, str]:  # noqa: ANN401
+    """Returns the key row and the raw key; the raw key is not stored anywhere.
+    `limits`: any of API_KEY_LIMIT_FIELDS."""
+    values = limit_values_clean(limits, allowed=API_KEY_LIMIT_FIELDS)
     raw_key = KEY_PREFIX + secrets.token_urlsafe(32)
-    api_key = ApiKey.objects.create(user=user, name=name, prefix=raw_key[:12], key_hash=hash_api_key(raw_key))
+    api_key = ApiKey.objects.create(
+        user=user, name=name, prefix=raw_key[:12], key_hash=hash_api_key(raw_key), **values
+    )
     return api_key, raw_key
+
+
+def api_key_limits_set(*, api_key: ApiKey, **changes: Any) -> ApiKey:  # noqa: ANN401
+    """Changes a key's limits (PATCH users/me/keys/{id}); fields left out stay as they
+    are, null clears one. A new budget applies from the next request; what the
+    current window spent and holds still counts. A revoked key cannot change."""
+    values = limit_values_clean(changes, allowed=API_KEY_LIMIT_FIELDS)
+    if api_key.revoked_at is not None:
+        raise StateConflict("This API key is revoked; its limits can no longer change.")
+    if values:
+        ApiKey.objects.filter(pk=api_key.pk).update(**values)
+        for name, value in values.items():
+            setattr(api_key, name, value)
+    return api_key
+
+
+def user_spend_cap_set(*, user: User, **changes: Any) -> User:  # noqa: ANN401
+    """Sets the account's spending cap (PATCH users/me/limits): `spend_cap_credits`
+    (null: no cap) per `spend_cap_window` (null: lifetime)."""
+    values = limit_values_clean(changes, allowed=SPEND_CAP_FIELDS)
+    if values:
+        User.objects.filter(pk=user.pk).update(**values)
+        for name, value in values.items():
+            setattr(user, name, value)
+    return user
 
 
 def api_key_revoke(*, api_key: ApiKey) -> ApiKey:

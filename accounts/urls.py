@@ -7,5 +7,6 @@ urlpatterns = [
     path("auth/keys", api.ApiKeyCreateView.as_view(), name="auth-keys"),
     path("users/me", api.MeView.as_view(), name="users-me"),
     path("users/me/keys", api.ApiKeyListView.as_view(), name="users-me-keys"),
-    path("users/me/keys/<int:key_id>", api.ApiKeyRevokeView.as_view(), name="users-me-key"),
+    path("users/me/keys/<int:key_id>", api.ApiKeyDetailView.as_view(), name="users-me-key"),
+    path("users/me/limits", api.AccountLimitsView.as_view(), name="users-me-limits"),
 ]

@@ -188,6 +188,44 @@ class CreditGrant(models.Model):
         )
 
 
+class SpendCounter(models.Model):
+    """What one limit (an API key's budget, or an account's spending cap) has spent
+    and holds in one window (billing.limits). Keyed by the window's start, so a new
+    window is a new row starting at zero: nothing has to reset it. A key's counter
+    has `api_key` set; an account's has only `user`. Written only under the user's
+    wallet lock (lock order: wallet, key counter, account counter)."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+", db_index=False)
+    api_key = models.ForeignKey(
+        "accounts.ApiKey", on_delete=models.CASCADE, null=True, blank=True, related_name="+", db_index=False
+    )
+    # "" for a lifetime counter (its window_start is the epoch), else day/week/month.
+    window = models.CharField(max_length=8, blank=True)
+    window_start = models.DateTimeField()
+    spent = models.DecimalField(**LEDGER_DIGITS, default=Decimal("0"))
+    held = models.DecimalField(**LEDGER_DIGITS, default=Decimal("0"))
+
+    class Meta:
+        constraints = [
+            # Also the indexes of the counter look-ups (a key's, an account's).
+            models.UniqueConstraint(
+                fields=["api_key", "window", "window_start"],
+                condition=Q(api_key__isnull=False),
+                name="billing_spendcounter_key_window_unique",
+            ),
+            models.UniqueConstraint(
+                fields=["user", "window", "window_start"],
+                condition=Q(api_key__isnull=True),
+                name="billing_spendcounter_account_window_unique",
+            ),
+            models.CheckConstraint(condition=Q(spent__gte=0, held__gte=0), name="billing_spendcounter_not_negative"),
+        ]
+
+    def __str__(self) -> str:
+        owner = f"key {self.api_key_id}" if self.api_key_id else f"account {self.user_id}"
+        return f"{owner} {self.window or 'lifetime'} from {self.window_start:%Y-%m-%d}: {self.spent} + {self.held}"
+
+
 class CreditHold(models.Model):
     """Worst-case cost of an accepted turn, reserved until the turn settles."""
 
@@ -202,6 +240,14 @@ class CreditHold(models.Model):
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.ACTIVE)
     created_at = models.DateTimeField(auto_now_add=True)
     closed_at = models.DateTimeField(null=True, blank=True)
+    # The limits this hold also counts against (billing.limits), in the window it was
+    # placed in: its settlement moves the same counters, even after the window ended.
+    key_counter = models.ForeignKey(
+        SpendCounter, on_delete=models.PROTECT, null=True, blank=True, related_name="+", db_index=False
+    )
+    cap_counter = models.ForeignKey(
+        SpendCounter, on_delete=models.PROTECT, null=True, blank=True, related_name="+", db_index=False
+    )
 
     class Meta:
         constraints = [

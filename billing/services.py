@@ -14,7 +14,7 @@ case) costs no extra lookup, and two racing writers of one reference cannot both
 succeed; the loser's transaction rolls back and it returns the winner's row.
 """
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -27,7 +27,7 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from accounts.models import User
-from billing import _sql
+from billing import _sql, limits
 from billing.models import CreditGrant, CreditHold, CreditTransaction, ModelPrice, TransactionKind, Wallet
 from billing.money import format_ledger, ledger_amount, ledger_exact, to_decimal
 from core.exceptions import InsufficientCredits, StateConflict, field_error
@@ -205,7 +205,9 @@ def _post_orm(
         wallet = _locked_wallet(user_id)
         held = wallet.held
         if release_hold is not None:
-            held -= _hold_close_locked(wallet=wallet, reference=release_hold, status=CreditHold.Status.SETTLED)
+            held -= _hold_close_locked(
+                wallet=wallet, reference=release_hold, status=CreditHold.Status.SETTLED, charge=-amount
+            )
         grants_remaining = None
         if kind == TransactionKind.DEBIT and wallet.grants_remaining > 0:
             grants_remaining = wallet.grants_remaining - _grants_consume(wallet=wallet, amount=-amount)
@@ -509,17 +511,22 @@ def _grant_expires_at(expires_at: datetime | None) -> datetime | None:
 # --- holds ------------------------------------------------------------------------
 
 
-def _hold_close_locked(*, wallet: Wallet, reference: str, status: str) -> Decimal:
+def _hold_close_locked(*, wallet: Wallet, reference: str, status: str, charge: Decimal = ZERO) -> Decimal:
     """Closes the wallet's active hold of `reference` (the caller holds the wallet
-    lock, which every hold write takes first) and returns the amount it held."""
+    lock, which every hold write takes first) and returns the amount it held. The
+    spend limits it counted against (billing.limits) lose the hold and gain `charge`."""
     hold = (
         CreditHold.objects.filter(wallet=wallet, reference=reference, status=CreditHold.Status.ACTIVE)
-        .only("id", "amount")
+        .only("id", "amount", "key_counter_id", "cap_counter_id")
         .first()
     )
     if hold is None:
         return ZERO
     CreditHold.objects.filter(pk=hold.pk).update(status=status, closed_at=timezone.now())
+    if hold.key_counter_id or hold.cap_counter_id:
+        limits.spend_counters_settle(
+            counter_ids=(hold.key_counter_id, hold.cap_counter_id), held=hold.amount, charge=charge
+        )
     return hold.amount
 
 
@@ -544,13 +551,22 @@ def hold_overdraft() -> Decimal:
     return ZERO if settings.BILLING_ENFORCEMENT == "block" else settings.BILLING_OVERDRAFT_LIMIT
 
 
-def wallet_hold_place(*, user: User, amount: Decimal | int | str, reference: str) -> CreditHold:
+def wallet_hold_place(
+    *,
+    user: User,
+    amount: Decimal | int | str,
+    reference: str,
+    spend_limits: Sequence[limits.SpendLimit] = (),
+    now: datetime | None = None,
+) -> CreditHold:
     """Reserves the worst-case cost of a turn (reference: the turn id; rounded up at
     the 8th place). Refuses (402) when the available balance less `amount` would fall
     below -hold_overdraft(): below 0 in `block` mode, below -BILLING_OVERDRAFT_LIMIT
     in `warn` mode. The check runs on the locked wallet row, so concurrent holds of
-    one wallet cannot pass it together. Placing a reference again returns the first
-    hold, whatever its state."""
+    one wallet cannot pass it together. With `spend_limits` (billing.limits: a key's
+    budget, the account's cap), the same amount is held against each of them under
+    the same lock and in the same transaction, or refused (402, naming the limit).
+    Placing a reference again returns the first hold, whatever its state."""
     amount = _charge_amount(amount, allow_zero=True)
     reference = _reference(reference, required=True)
     overdraft = hold_overdraft()
@@ -558,11 +574,17 @@ def wallet_hold_place(*, user: User, amount: Decimal | int | str, reference: str
     # replay, whose INSERT fails and rolls back this block's savepoint only.
     try:
         with transaction.atomic():
-            if connection.vendor == "postgresql" and (
-                hold := _sql.hold_place(user_id=user.pk, amount=amount, reference=reference, overdraft=overdraft)
-            ):
-                return hold
-            return _hold_place_orm(user_id=user.pk, amount=amount, reference=reference, overdraft=overdraft)
+            hold, placed = None, True
+            if connection.vendor == "postgresql":
+                hold = _sql.hold_place(user_id=user.pk, amount=amount, reference=reference, overdraft=overdraft)
+            if hold is None:
+                hold, placed = _hold_place_checked(
+                    user_id=user.pk, amount=amount, reference=reference, overdraft=overdraft
+                )
+            if placed and spend_limits:
+                # The wallet row is locked (placing the hold took it): counters next.
+                limits.spend_limits_hold(hold=hold, limits=spend_limits, now=now)
+            return hold
     except IntegrityError:
         if (hold := _hold_replayed(reference=reference, user_id=user.pk)) is not None:
             return hold
@@ -570,18 +592,25 @@ def wallet_hold_place(*, user: User, amount: Decimal | int | str, reference: str
 
 
 def _hold_place_orm(*, user_id: int, amount: Decimal, reference: str, overdraft: Decimal) -> CreditHold:
+    return _hold_place_checked(user_id=user_id, amount=amount, reference=reference, overdraft=overdraft)[0]
+
+
+def _hold_place_checked(
+    *, user_id: int, amount: Decimal, reference: str, overdraft: Decimal
+) -> tuple[CreditHold, bool]:
     """Any database (and PostgreSQL when billing._sql.hold_place placed nothing: no
-    wallet yet, or not covered): lock the wallet, check, write the hold and `held`."""
+    wallet yet, or not covered): lock the wallet, check, write the hold and `held`.
+    (hold, True) when placed now; (the earlier hold, False) for a replay."""
     wallet = _locked_wallet(user_id)
     available = wallet.balance - wallet.held
     if available + overdraft < amount:
         # A replay must not be refused because its own first hold uses the credits.
         if (hold := _hold_replayed(reference=reference, user_id=user_id)) is not None:
-            return hold
+            return hold, False
         raise InsufficientCredits(_not_covered(available=available, amount=amount, overdraft=overdraft))
     hold = CreditHold.objects.create(wallet=wallet, reference=reference, amount=amount)
     _wallet_save(wallet, balance=wallet.balance, held=wallet.held + amount)
-    return hold
+    return hold, True
 
 
 def _not_covered(*, available: Decimal, amount: Decimal, overdraft: Decimal) -> str:

@@ -230,6 +230,8 @@ SPECTACULAR_SETTINGS = {
         "HoldStatus": "billing.models.CreditHold.Status",
         "ModelProvider": "billing.models.ModelPrice.Provider",
         "BillingEnforcement": ["warn", "block"],
+        "SpendWindow": "accounts.models.SpendWindow",
+        "ApiKeyScope": "accounts.models.ApiKeyScope",
         "UsageBucket": "reporting.selectors.BUCKETS",
     },
 }

@@ -1,6 +1,7 @@
 """The cache while Redis is away.
 
-Only DRF's throttles use Django's cache. Django's Redis backend raises when Redis
+Only DRF's throttles and the API keys' rpm/tpm limits (accounts.rate_limits) use
+Django's cache. Django's Redis backend raises when Redis
 does not answer, which made every throttled request a 500 during a broker outage;
 this one answers "nothing cached" instead and drops writes, so throttling fails open
 for the outage (and says so in the log, once a minute) while the API keeps working.
@@ -54,3 +55,11 @@ class FailOpenRedisCache(RedisCache):
         except RedisError as exc:
             self._unavailable(exc)
             return False
+
+    def incr(self, key: Any, delta: int = 1, version: int | None = None) -> int | None:  # noqa: ANN401
+        """None when Redis does not answer: the caller lets the request through."""
+        try:
+            return super().incr(key, delta, version)
+        except RedisError as exc:
+            self._unavailable(exc)
+            return None

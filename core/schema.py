@@ -20,16 +20,19 @@ ERROR_SCHEMA = {
 
 ERROR_STATUSES = {
     "400": "Invalid input; `fields` names the offending fields.",
-    "401": "Missing, unknown or revoked API key.",
-    "402": "Not enough available credits (enforcement `block`).",
-    "403": "Not allowed (staff only).",
+    "401": "Missing, unknown, revoked or expired API key (the message names the expiry).",
+    "402": "Not enough available credits (enforcement `block`, or past the overdraft limit), or over an API key's "
+    "budget or the account's spending cap (`spend_limit_exceeded`; the message names the limit, what is spent or "
+    "held and when it resets).",
+    "403": "Not allowed (staff only), or the API key lacks the scope of this API (`chat`; the message names it).",
     "404": "Not found, or not yours.",
     "405": "Method not allowed.",
     "406": "The Accept header asks only for formats the endpoint cannot produce.",
     "413": "The request body is larger than the server accepts.",
     "415": "Unsupported media type: the body must be JSON (uploads: multipart).",
     "422": "Well-formed but impossible in the current state.",
-    "429": "Rate limited.",
+    "429": "Rate limited: the throttle, turns in flight, or an API key's `rpm` / `tpm` (named); Retry-After "
+    "says in how many seconds to try again.",
     "503": "A dependency is not configured or not reachable.",
 }
 
@@ -53,12 +56,14 @@ OPENAI_ERROR_SCHEMA = {
 
 OPENAI_ERROR_STATUSES = {
     "400": "`invalid_request_error`; `param` names the offending field.",
-    "401": "`invalid_api_key`: missing, unknown or revoked API key.",
+    "401": "`invalid_api_key`: missing, unknown, revoked or expired API key.",
+    "403": "`permission_denied`: the API key lacks the `openai` scope.",
     "404": "`model_not_found`: `model` is not an active alias.",
     "405": "Method not allowed.",
     "413": "The request body is larger than the server accepts.",
     "415": "Unsupported media type: the body must be JSON.",
-    "429": "`insufficient_quota` (not enough available credits) or `rate_limit_exceeded` (fair use; Retry-After).",
+    "429": "`insufficient_quota`: not enough available credits, or over an API key's budget or the account's spending "
+    "cap (named, with its reset time); `rate_limit_exceeded`: fair use or the key's `rpm` / `tpm` (Retry-After).",
     "502": "The model provider failed (`upstream_error`); only calls that reported usage are charged.",
     "504": "The model did not finish in time (`timeout`); the turn goes on and is charged as any other.",
 }

@@ -32,6 +32,7 @@ class AnyAccept(DefaultContentNegotiation):
 
 
 class OpenAIView(APIView):
+    api_key_scope = "openai"  # accounts.authentication: keys need the `openai` scope here
     renderer_classes = [JSONRenderer]
     parser_classes = [JSONParser]
     content_negotiation_class = AnyAccept

@@ -117,7 +117,7 @@ class SessionTurnsView(generics.ListAPIView):
         serializer = TurnCreateSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         turn, created = turn_create(
-            user=request.user, session=session, idempotency_key=key, **serializer.validated_data
+            user=request.user, session=session, idempotency_key=key, api_key=request.auth, **serializer.validated_data
         )
         wait = _prefer_wait(request)
         response = Response(status=status.HTTP_202_ACCEPTED)

@@ -75,3 +75,16 @@ def turn_hold_amount(*, session: ChatSession, price: ModelPrice, content: str) -
         raise StateConflict(f"The orchestrator alias '{session.orchestrator_alias}' is not an active model alias.")
     steps = settings.MAX_ORCHESTRATOR_STEPS
     return (steps + 1) * window_bound(orchestrator) + steps * max(per_participant, default=Decimal("0")) + summary
+
+
+def turn_token_estimate(*, session: ChatSession, price: ModelPrice, content: str) -> int:
+    """The tokens a turn is counted for against an API key's `tpm`
+    (accounts.rate_limits), at acceptance: its first call's worst case, the prompt
+    (system prompt, history within the input budget, the new message) plus the
+    alias's max_output_tokens. Further calls of the turn (tools, a round table) are
+    not estimated: tpm paces requests, the budget bounds what they cost."""
+    budget = input_budget(price)
+    needed = estimate_prompt_tokens(head_messages(session=session)) + MESSAGE_OVERHEAD_TOKENS + estimate_tokens(content)
+    count, chars = session_history_size(session=session)
+    history = count * (MESSAGE_OVERHEAD_TOKENS + 1) + -(-chars // CHARS_PER_TOKEN)
+    return min(budget, needed + history) + price.max_output_tokens

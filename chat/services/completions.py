@@ -23,6 +23,8 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from accounts.models import ApiKey, User
+from accounts.rate_limits import api_key_rate_reserve
+from billing.limits import SpendLimit, spend_limits_for
 from billing.models import ModelPrice
 from billing.money import call_cost, ledger_amount
 from billing.services import wallet_hold_place
@@ -66,9 +68,10 @@ def completion_session(*, user: User, api_key: ApiKey) -> ChatSession:
         return ChatSession.objects.get(api_key=api_key, source=ChatSession.Source.OPENAI)
 
 
-def completion_worst_case(*, request: CompletionRequest) -> tuple[int, Decimal]:
-    """(output limit, the call's worst-case cost). Raises 400 naming `messages` when the
-    prompt does not fit the alias's input budget."""
+def completion_worst_case(*, request: CompletionRequest) -> tuple[int, Decimal, int]:
+    """(output limit, the call's worst-case cost, its worst-case tokens: the prompt
+    estimate plus the output limit, what a key's tpm counts). Raises 400 naming
+    `messages` when the prompt does not fit the alias's input budget."""
     price = request.price
     prompt = estimate_prompt_tokens(request.messages) + tools_tokens(request.tools)
     budget = input_budget(price)
@@ -81,7 +84,7 @@ def completion_worst_case(*, request: CompletionRequest) -> tuple[int, Decimal]:
         input_tokens=prompt, output_tokens=limit,
         input_price=price.input_credits_per_mtok, output_price=price.output_credits_per_mtok,
     )  # fmt: skip
-    return limit, ledger_amount(worst)
+    return limit, ledger_amount(worst), prompt + limit
 
 
 def completion_turn_create(
@@ -94,13 +97,30 @@ def completion_turn_create(
     (chat.services.turns.turn_hand_over) once it listens to the turn's events, so a
     stream misses none of them; until then it is marked handed over, and the sweep
     sends it after TURN_REDISPATCH_SECONDS should the caller never do it."""
-    limit, worst_case = completion_worst_case(request=request)
-    session = completion_session(user=user, api_key=api_key)
+    limit, worst_case, tokens = completion_worst_case(request=request)
     options = {
         "max_tokens": limit, "temperature": request.temperature, "top_p": request.top_p, "stop": request.stop,
         "tools": request.tools, "tool_choice": request.tool_choice, "tool_name": request.tool_name,
         "user": request.user,
     }  # fmt: skip
+    spend_limits = spend_limits_for(user=user, api_key=api_key)
+    # Taken outside the transaction (a cache, never a lock), given back on refusal.
+    reservation = api_key_rate_reserve(api_key=api_key, tokens=tokens)
+    try:
+        session = completion_session(user=user, api_key=api_key)
+        return _completion_turn_write(
+            user=user, session=session, request=request, options=options, worst_case=worst_case,
+            spend_limits=spend_limits, hand_over=hand_over,
+        )  # fmt: skip
+    except BaseException:
+        reservation.release()
+        raise
+
+
+def _completion_turn_write(
+    *, user: User, session: ChatSession, request: CompletionRequest, options: dict, worst_case: Decimal,
+    spend_limits: list[SpendLimit], hand_over: bool,
+) -> Turn:  # fmt: skip
     with transaction.atomic():
         turn = Turn.objects.create(
             session=session, user=user, model_alias=request.price.alias, price=request.price,
@@ -117,8 +137,9 @@ def completion_turn_create(
             )  # fmt: skip
             for message in request.messages
         )
-        # Refuses (402) in block mode; the turn and its messages roll back with it.
-        wallet_hold_place(user=user, amount=worst_case, reference=str(turn.pk))
+        # Refuses (402) in block mode, or past a key budget or the account cap; the
+        # turn and its messages roll back with it.
+        wallet_hold_place(user=user, amount=worst_case, reference=str(turn.pk), spend_limits=spend_limits)
         turns_in_flight_check(user=user)  # under the wallet's row lock, as turn_create counts
         if session.updated_at is None or timezone.now() - session.updated_at > SESSION_TOUCH_RESOLUTION:
             ChatSession.objects.filter(pk=session.pk).update(updated_at=timezone.now())

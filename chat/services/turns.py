@@ -41,14 +41,16 @@ from django.db import IntegrityError, transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from accounts.models import User
+from accounts.models import ApiKey, User
+from accounts.rate_limits import api_key_rate_reserve
+from billing.limits import spend_limits_for
 from billing.models import ModelPrice, Wallet
 from billing.money import is_low_balance
 from billing.selectors import model_price_for_alias
 from billing.services import wallet_debit, wallet_hold_place, wallet_hold_release
 from chat import _sql, dispatch, leases, streaming
 from chat.engine import turn_outcome
-from chat.engine.hold import turn_hold_amount
+from chat.engine.hold import turn_hold_amount, turn_token_estimate
 from chat.engine.metering import TurnOutcome
 from chat.models import CONTENT_MAX_CHARS, ChatSession, LLMCall, Message, ToolCall, Turn
 from chat.outcome_store import outcome_drop, outcome_keep, outcome_kept
@@ -89,9 +91,12 @@ def turn_create(
     content: str,
     model_alias: str | None = None,
     idempotency_key: str | None = None,
+    api_key: ApiKey | None = None,
 ) -> tuple[Turn, bool]:
     """Accepts a turn: (turn, created). With an Idempotency-Key already used by this
-    user, returns that turn and creates nothing."""
+    user, returns that turn and creates nothing. `api_key` (the request's) brings its
+    limits: rpm/tpm (429) before the transaction, its budget and the account's cap
+    (402) held with the wallet's hold inside it."""
     if idempotency_key and (existing := turn_for_idempotency_key(user=user, key=idempotency_key)) is not None:
         return _check_replay(existing, session=session, content=content), False
     if session.source == ChatSession.Source.OPENAI:
@@ -110,16 +115,21 @@ def turn_create(
     if price is None:
         raise field_error("model_alias", f"'{alias}' is not an active model alias.")
     worst_case = turn_worst_case_cost(session=session, price=price, content=content)
+    tokens = turn_token_estimate(session=session, price=price, content=content) if api_key and api_key.tpm else 0
+    spend_limits = spend_limits_for(user=user, api_key=api_key)
 
+    # Taken outside the transaction (a cache, never a lock), given back on refusal.
+    reservation = api_key_rate_reserve(api_key=api_key, tokens=tokens)
     try:
         with transaction.atomic():
             turn = Turn.objects.create(
                 session=session, user=user, model_alias=price.alias, price=price, idempotency_key=idempotency_key,
                 dispatched_at=timezone.now(),  # cleared below if the send fails
-            )
+            )  # fmt: skip
             Message.objects.create(session=session, turn=turn, role=Message.Role.USER, content=content)
-            # Refuses (402) in block mode; the turn and message roll back with it.
-            wallet_hold_place(user=user, amount=worst_case, reference=str(turn.pk))
+            # Refuses (402) in block mode, or past a key budget or the account cap;
+            # the turn and message roll back with it.
+            wallet_hold_place(user=user, amount=worst_case, reference=str(turn.pk), spend_limits=spend_limits)
             # Counted under the wallet's row lock, which the hold took: concurrent
             # requests of one user are counted one after the other.
             turns_in_flight_check(user=user)
@@ -127,9 +137,13 @@ def turn_create(
                 ChatSession.objects.filter(pk=session.pk).update(updated_at=timezone.now())
             transaction.on_commit(partial(turn_hand_over, turn_id=str(turn.pk)), robust=True)
     except IntegrityError:
+        reservation.release()
         # A concurrent request with the same key committed first.
         if idempotency_key and (existing := turn_for_idempotency_key(user=user, key=idempotency_key)) is not None:
             return _check_replay(existing, session=session, content=content), False
+        raise
+    except BaseException:
+        reservation.release()
         raise
     return turn, True
 

@@ -49,7 +49,8 @@ def test_a_revoked_key_cannot_be_revived_in_the_admin(admin_browser, owner):
     assert b'name="revoked_at' not in page.content  # shown, not editable
     response = admin_browser.post(
         f"/admin/accounts/apikey/{api_key.pk}/change/",
-        {"name": "stolen-laptop", "revoked_at_0": "", "revoked_at_1": "", "revoked_at": ""},
+        # (the form as a browser sends it: the scope checkboxes come with it)
+        {"name": "stolen-laptop", "revoked_at_0": "", "revoked_at_1": "", "revoked_at": "", "scopes": ["chat", "openai"]},
     )
 
     assert response.status_code == 302

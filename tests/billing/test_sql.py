@@ -142,3 +142,32 @@ def test_the_raw_debit_leaves_a_wallet_with_grants_to_the_orm_path(owner):
         user_id=owner.pk, kind=TransactionKind.TOPUP, amount=Decimal("3"), reference="pi_9", reason="", actor_id=None,
         release_hold=None,
     ) is not None  # fmt: skip
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db
+def test_the_raw_settling_debit_moves_spend_counters_as_the_orm_path_does():
+    from billing.limits import SpendLimit, spend_limits_hold
+    from billing.models import SpendCounter
+
+    users = {path: make_user(f"{path}@example.com") for path in ("raw", "orm")}
+    for path, user in users.items():
+        uid = user.pk
+        _post(path, uid, kind=TransactionKind.GRANT, amount=Decimal("10"), reference=None, reason="r")
+        cap = [SpendLimit(uid, None, "Account spending cap", Decimal("5"), "day")]
+        for number, charge in ((1, Decimal("-0.75")), (2, Decimal("-1.00000001"))):
+            with transaction.atomic():
+                placed = _hold(path, uid, amount=Decimal("2"), reference=f"{path}-turn-{number}", overdraft=Decimal("0"))
+                spend_limits_hold(hold=placed, limits=cap)
+            _post(path, uid, kind=TransactionKind.DEBIT, amount=charge, reference=f"{path}-turn-{number}",
+                  release_hold=f"{path}-turn-{number}")  # fmt: skip
+        with transaction.atomic():
+            placed = _hold(path, uid, amount=Decimal("2"), reference=f"{path}-turn-3", overdraft=Decimal("0"))
+            spend_limits_hold(hold=placed, limits=cap)
+
+    counters = {
+        path: list(SpendCounter.objects.filter(user=user).values_list("window", "spent", "held"))
+        for path, user in users.items()
+    }
+    assert counters["raw"] == counters["orm"] == [("day", Decimal("1.75000001"), Decimal("2"))]
+    assert _state(users["raw"], "raw") == _state(users["orm"], "orm")
