@@ -16,6 +16,7 @@ succeed; the loser's transaction rolls back and it returns the winner's row.
 
 from dataclasses import dataclass
 from decimal import Decimal
+from functools import partial
 from typing import Any
 
 from django.conf import settings
@@ -26,6 +27,7 @@ from django.utils import timezone
 
 from accounts.models import User
 from billing import _sql
+from billing.dispatch import auto_top_up_send
 from billing.models import CreditHold, CreditTransaction, ModelPrice, TransactionKind, Wallet
 from billing.money import format_ledger, ledger_amount, ledger_exact, to_decimal
 from core.exceptions import InsufficientCredits, StateConflict, field_error
@@ -136,7 +138,7 @@ def _post(
     balance with it; with `release_hold`, settles that hold in the same transaction."""
     try:
         if connection.vendor == "postgresql":
-            return _sql.ledger_post(
+            row = _sql.ledger_post(
                 user_id=user_id,
                 kind=kind,
                 amount=amount,
@@ -145,20 +147,32 @@ def _post(
                 actor_id=actor.pk if actor is not None else None,
                 release_hold=release_hold,
             )
-        return _post_orm(
-            user_id=user_id,
-            kind=kind,
-            amount=amount,
-            reference=reference,
-            reason=reason,
-            actor=actor,
-            release_hold=release_hold,
-        )
+        else:
+            row = _post_orm(
+                user_id=user_id,
+                kind=kind,
+                amount=amount,
+                reference=reference,
+                reason=reason,
+                actor=actor,
+                release_hold=release_hold,
+            )
     except IntegrityError:
         # Nothing was written. The usual cause: this reference was applied before.
         if (found := _replayed(kind=kind, reference=reference, user_id=user_id)) is not None:
             return found
         raise
+    if amount < 0:
+        _balance_fell(user_id=user_id, kind=kind, before=row.balance_after - amount, after=row.balance_after)
+    return row
+
+
+def _balance_fell(*, user_id: int, kind: str, before: Decimal, after: Decimal) -> None:
+    """Inside the transaction of a new ledger row that lowered a balance: the rules
+    that watch a balance fall. Each acts once per crossing (a replayed row never gets
+    here), and anything slow runs after commit, never under the wallet lock."""
+    if kind == TransactionKind.DEBIT:  # auto top-up: the task decides, after commit (billing.dispatch)
+        transaction.on_commit(partial(auto_top_up_send, user_id=user_id, after=after), robust=True)
 
 
 def _post_orm(
