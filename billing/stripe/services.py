@@ -172,11 +172,16 @@ def _topup_start(topup: TopUp, *, replay: bool, success_url: str, cancel_url: st
     return _payment_intent_start(topup, replay=replay)
 
 
+def _credits_text(topup: TopUp) -> str:
+    # Credits are rounded to 2 places (topup_credits): the same text fresh or read back.
+    return f"{topup.credits:.2f}"
+
+
 def _topup_metadata(topup: TopUp) -> dict[str, str]:
     return {
         "parley_topup_id": str(topup.pk),
         "parley_user_id": str(topup.user_id),
-        "credits": str(topup.credits),
+        "credits": _credits_text(topup),
     }
 
 
@@ -209,12 +214,15 @@ def _checkout_session_start(topup: TopUp, *, replay: bool, success_url: str, can
                     "price_data": {
                         "currency": "usd",
                         "unit_amount": topup.amount_cents,
-                        "product_data": {"name": f"Parley credits: {topup.credits}"},
+                        "product_data": {"name": f"Parley credits: {_credits_text(topup)}"},
                     },
                 }
             ],
             metadata=_topup_metadata(topup),
-            payment_intent_data={"metadata": _topup_metadata(topup), "description": f"Parley credits: {topup.credits}"},
+            payment_intent_data={
+                "metadata": _topup_metadata(topup),
+                "description": f"Parley credits: {_credits_text(topup)}",
+            },
             idempotency_key=f"parley-topup-{topup.idempotency_key}",
         )
     except stripe.StripeError as exc:
@@ -238,7 +246,7 @@ def _payment_intent_start(topup: TopUp, *, replay: bool) -> str:
             amount_cents=topup.amount_cents,
             metadata=_topup_metadata(topup),
             idempotency_key=f"parley-topup-{topup.idempotency_key}",
-            description=f"Parley credits: {topup.credits}",
+            description=f"Parley credits: {_credits_text(topup)}",
         )
     except stripe.StripeError as exc:
         raise _stripe_refused(topup, exc, replay=replay) from exc
@@ -900,7 +908,7 @@ def auto_top_up_charge(*, topup_id: int) -> str:
             amount_cents=topup.amount_cents,
             metadata={**_topup_metadata(topup), "parley_mode": "auto"},
             idempotency_key=f"parley-topup-{topup.idempotency_key}",
-            description=f"Parley auto top-up: {topup.credits} credits",
+            description=f"Parley auto top-up: {_credits_text(topup)} credits",
         )
     except stripe.CardError as exc:
         return _auto_top_up_declined(topup, exc)
