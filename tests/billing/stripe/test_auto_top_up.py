@@ -8,7 +8,7 @@ from decimal import Decimal
 
 import pytest
 from django.db import close_old_connections
-from django.test import TestCase
+from django.test import Client, TestCase
 
 from billing.models import AutoTopUp, CreditTransaction, TopUp
 from billing.services import wallet_debit, wallet_grant
@@ -285,3 +285,27 @@ def test_concurrent_debits_under_the_threshold_make_one_payment_intent(stripe_on
     assert AutoTopUp.objects.get(user=funded).in_flight_id == topup.pk
     deliver(webhooks, stripe_on.intent_event(topup.payment_intent_id, "payment_intent.succeeded"))
     assert balance_of(funded) == Decimal("940")
+
+
+# --- the staff console ---------------------------------------------------------------------
+
+
+def test_staff_see_auto_top_up_settings_and_each_top_ups_mode(stripe_on, webhooks, funded, buyer_client, grant_staff):
+    save_card(buyer_client, stripe_on, webhooks)
+    turn_on(buyer_client, threshold="500", amount_usd="20.00")
+    debit(funded, "200", "turn-1")
+    grant_staff.is_superuser = True
+    grant_staff.save(update_fields=["is_superuser"])
+    console = Client()
+    console.force_login(grant_staff)
+
+    settings_page = console.get("/admin/billing/autotopup/").content.decode()
+    topups_page = console.get("/admin/billing/topup/", {"mode__exact": "auto"}).content.decode()
+    row = AutoTopUp.objects.get(user=funded)
+    detail = console.get(f"/admin/billing/autotopup/{row.pk}/change/")
+
+    assert "visa ····1881" in settings_page
+    assert "owner@example.com" in settings_page
+    assert "auto top-up" in topups_page and "20.00" in topups_page
+    assert detail.status_code == 200
+    assert console.post(f"/admin/billing/autotopup/{row.pk}/change/", {"enabled": ""}).status_code == 403
