@@ -199,9 +199,9 @@ class TopUp(models.Model):
     class Mode(models.TextChoices):
         # How the customer pays: Stripe.js confirms the PaymentIntent (the default), a
         # Stripe-hosted Checkout page, or an off-session charge of the saved card.
-        PAYMENT_INTENT = "payment_intent", "payment intent"
-        CHECKOUT = "checkout"
-        AUTO = "auto", "auto top-up"
+        PAYMENT_INTENT = "payment_intent", "Payment intent"
+        CHECKOUT = "checkout", "Checkout"
+        AUTO = "auto", "Auto top-up"
 
     class DisputeStatus(models.TextChoices):
         NONE = "", "none"
@@ -331,8 +331,8 @@ class AutoTopUp(models.Model):
 
     user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="auto_top_up")
     enabled = models.BooleanField(default=False)
-    threshold = models.DecimalField(**LEDGER_DIGITS, default=Decimal("0"))
-    amount_usd = models.DecimalField(max_digits=10, decimal_places=2, default=Decimal("0"))
+    threshold = models.DecimalField("threshold (credits)", **LEDGER_DIGITS, default=Decimal("0"))
+    amount_usd = models.DecimalField("amount (USD)", max_digits=10, decimal_places=2, default=Decimal("0"))
     # The saved card (from the SetupIntent of a completed setup-mode Checkout Session).
     customer_id = models.CharField(max_length=255, blank=True)
     payment_method_id = models.CharField(max_length=255, blank=True)
@@ -351,6 +351,7 @@ class AutoTopUp(models.Model):
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
+        verbose_name = "auto top-up"
         constraints = [
             models.CheckConstraint(
                 condition=Q(enabled=False) | (Q(amount_usd__gt=0, threshold__gt=0) & ~Q(payment_method_id="")),

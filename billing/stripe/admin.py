@@ -57,9 +57,8 @@ class AutoTopUpAdmin(admin.ModelAdmin):
         "threshold",
         "amount_usd",
         "card",
-        "in_flight",
+        "in_flight_top_up",
         "disabled_reason",
-        "updated_at",
     ]
     list_filter = ["enabled"]
     search_fields = ["user__email", "payment_method_id", "customer_id"]
@@ -68,6 +67,10 @@ class AutoTopUpAdmin(admin.ModelAdmin):
     @admin.display(description="saved card")
     def card(self, obj: AutoTopUp) -> str:
         return f"{obj.card_brand} ····{obj.card_last4}" if obj.payment_method_id else "none"
+
+    @admin.display(description="in flight")
+    def in_flight_top_up(self, obj: AutoTopUp) -> str:
+        return f"#{obj.in_flight.pk} {obj.in_flight.status}" if obj.in_flight else "-"
 
     def get_readonly_fields(self, request: HttpRequest, obj: AutoTopUp | None = None) -> list[str]:
         return [field.name for field in AutoTopUp._meta.fields]

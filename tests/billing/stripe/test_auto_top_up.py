@@ -306,6 +306,6 @@ def test_staff_see_auto_top_up_settings_and_each_top_ups_mode(stripe_on, webhook
 
     assert "visa ····1881" in settings_page
     assert "owner@example.com" in settings_page
-    assert "auto top-up" in topups_page and "20.00" in topups_page
+    assert "Auto top-up" in topups_page and "20.00" in topups_page
     assert detail.status_code == 200
     assert console.post(f"/admin/billing/autotopup/{row.pk}/change/", {"enabled": ""}).status_code == 403
