@@ -31,6 +31,7 @@ from billing.dispatch import auto_top_up_send
 from billing.models import CreditHold, CreditTransaction, ModelPrice, TransactionKind, Wallet
 from billing.money import format_ledger, ledger_amount, ledger_exact, to_decimal
 from core.exceptions import InsufficientCredits, StateConflict, field_error
+from notifications.services import low_balance_notify
 
 ZERO = Decimal("0")
 REASON_MAX = CreditTransaction._meta.get_field("reason").max_length
@@ -171,6 +172,8 @@ def _balance_fell(*, user_id: int, kind: str, before: Decimal, after: Decimal) -
     """Inside the transaction of a new ledger row that lowered a balance: the rules
     that watch a balance fall. Each acts once per crossing (a replayed row never gets
     here), and anything slow runs after commit, never under the wallet lock."""
+    if before >= settings.LOW_BALANCE_THRESHOLD > after:
+        low_balance_notify(user_id=user_id, balance=after)
     if kind == TransactionKind.DEBIT:  # auto top-up: the task decides, after commit (billing.dispatch)
         transaction.on_commit(partial(auto_top_up_send, user_id=user_id, after=after), robust=True)
 

@@ -56,6 +56,7 @@ INSTALLED_APPS = [
     "billing",
     "chat",
     "reporting",
+    "notifications",
 ]
 
 MIDDLEWARE = [
@@ -261,6 +262,16 @@ if not SIGNUP_CREDITS.is_finite() or SIGNUP_CREDITS < 0 or SIGNUP_CREDITS > ADMI
 CREDITS_PER_USD = Decimal(env.str("CREDITS_PER_USD", default="100"))
 TOP_UP_MIN_USD = Decimal(env.str("TOP_UP_MIN_USD", default="1.00"))
 TOP_UP_MAX_USD = Decimal(env.str("TOP_UP_MAX_USD", default="500.00"))
+
+# --- Email (notices such as low_balance; the console by default) ---------------
+EMAIL_BACKEND = env.str("EMAIL_BACKEND", default="django.core.mail.backends.console.EmailBackend")
+EMAIL_HOST = env.str("EMAIL_HOST", default="localhost")
+EMAIL_PORT = env.int("EMAIL_PORT", default=25)
+EMAIL_HOST_USER = env.str("EMAIL_HOST_USER", default="")
+EMAIL_HOST_PASSWORD = env.str("EMAIL_HOST_PASSWORD", default="")  # a secret: from the environment only
+EMAIL_USE_TLS = env.bool("EMAIL_USE_TLS", default=False)
+EMAIL_TIMEOUT = env.int("EMAIL_TIMEOUT", default=10)
+DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="Parley <noreply@localhost>")
 
 # --- Stripe (off when no secret key) -------------------------------------------
 # Without STRIPE_SECRET_KEY top-ups answer 503 and nothing else changes. One API

@@ -12,6 +12,7 @@ api_v1 = [
     path("", include("billing.stripe.urls")),
     path("", include("chat.api.urls")),
     path("", include("reporting.urls")),
+    path("", include("notifications.urls")),
 ]
 
 urlpatterns = [

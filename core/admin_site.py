@@ -21,7 +21,7 @@ SECTIONS: list[tuple[str, str, list[str], str, dict]] = [
     (
         "parley-users",
         "Users and API keys",
-        ["accounts.User", "accounts.ApiKey", "auth.Group"],
+        ["accounts.User", "accounts.ApiKey", "auth.Group", "notifications.Notification"],
         "admin:app_list",
         {"app_label": "accounts"},
     ),
@@ -46,6 +46,7 @@ SECTIONS: list[tuple[str, str, list[str], str, dict]] = [
 APP_SECTIONS = {
     "accounts": "parley-users",
     "auth": "parley-users",
+    "notifications": "parley-users",
     "billing": "parley-wallets",
     "chat": "parley-chat",
     "reporting": "parley-usage",
