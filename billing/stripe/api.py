@@ -95,6 +95,12 @@ class TopUpSerializer(serializers.ModelSerializer):
 
 
 class TopUpCreateView(APIView):
+    """Starts a Stripe top-up. Mode `payment_intent` (the default) answers a PaymentIntent's
+    `client_secret` for Stripe.js; mode `checkout` answers the `url` of a Stripe-hosted
+    Checkout page (needs `success_url` and `cancel_url`). Credits arrive with Stripe's
+    webhook (payment_intent.succeeded or checkout.session.completed), once. 503 when
+    Stripe is not configured."""
+
     @extend_schema(
         request=TopUpRequestSerializer,
         responses={201: TopUpCreatedSerializer},
@@ -170,6 +176,12 @@ class AutoTopUpRequestSerializer(serializers.Serializer):
 
 
 class AutoTopUpView(APIView):
+    """Auto top-up: when a settled debit leaves the balance under `threshold` credits,
+    the saved card is charged `amount_usd` off-session (one charge in flight at most),
+    credited by Stripe's webhook. PUT turns it on (400 naming `card` without a saved
+    card), DELETE turns it off. A declined card turns it off and `disabled_reason`
+    says why."""
+
     @extend_schema(responses={200: AutoTopUpSerializer})
     def get(self, request: Request) -> Response:
         return Response(AutoTopUpSerializer(auto_top_up_status(user=request.user)).data)
@@ -188,6 +200,10 @@ class AutoTopUpView(APIView):
 
 
 class CardSetupView(APIView):
+    """Saves a card for auto top-up: answers the `url` of a Stripe-hosted Checkout page
+    in setup mode (nothing is charged); the card is kept when Stripe reports the
+    session completed. Only the latest session started saves its card."""
+
     @extend_schema(request=CardSetupRequestSerializer, responses={201: CardSetupSerializer})
     def post(self, request: Request) -> Response:
         stripe_require()

@@ -4,16 +4,21 @@ the balance under the threshold (also for concurrent debits, on PostgreSQL), the
 webhook crediting it, and a declined card turning auto top-up off."""
 
 import threading
+import time
+from datetime import timedelta
 from decimal import Decimal
 
 import pytest
 from django.db import close_old_connections
 from django.test import Client, TestCase
+from django.utils import timezone
 
 from billing.models import AutoTopUp, CreditTransaction, TopUp
 from billing.services import wallet_debit, wallet_grant
+from billing.stripe.tasks import sweep_auto_top_ups
 from tests.billing.stripe.conftest import balance_of
 from tests.billing.stripe.test_webhooks import deliver
+from tests.billing.stripe.test_worker import stripe_worker, wait_for  # noqa: F401  (stripe_worker: a fixture)
 
 CARD = "/api/v1/users/me/auto-top-up/card"
 AUTO = "/api/v1/users/me/auto-top-up"
@@ -309,3 +314,73 @@ def test_staff_see_auto_top_up_settings_and_each_top_ups_mode(stripe_on, webhook
     assert "Auto top-up" in topups_page and "20.00" in topups_page
     assert detail.status_code == 200
     assert console.post(f"/admin/billing/autotopup/{row.pk}/change/", {"enabled": ""}).status_code == 403
+
+
+# --- the sweep ---------------------------------------------------------------------------
+
+
+def test_the_sweep_resends_a_lost_trigger_and_a_lost_charge(stripe_on, webhooks, funded, buyer_client):
+    save_card(buyer_client, stripe_on, webhooks)
+    turn_on(buyer_client, threshold="500")
+    # The debit's message was lost (broker down): no after-commit hook ran.
+    wallet_debit(user=funded, amount=Decimal("200"), reference="turn-1")
+    assert off_session_intents(stripe_on) == []
+
+    assert sweep_auto_top_ups() == 1
+    assert len(off_session_intents(stripe_on)) == 1
+    assert sweep_auto_top_ups() == 0  # one in flight: nothing more
+
+    # A claim whose charge message was lost is charged again, under its own key.
+    topup = TopUp.objects.get(mode="auto")
+    TopUp.objects.filter(pk=topup.pk).update(
+        status=TopUp.Status.CREATED, payment_intent_id=None, created_at=timezone.now() - timedelta(minutes=6)
+    )
+    assert sweep_auto_top_ups() == 1
+    calls = off_session_intents(stripe_on)
+    assert len(calls) == 2
+    assert calls[0].idempotency_key == calls[1].idempotency_key == f"parley-topup-{topup.idempotency_key}"
+    assert len(stripe_on.objects["payment_intents"]) == 1  # Stripe answered the same PaymentIntent
+    topup.refresh_from_db()
+    assert topup.status == TopUp.Status.PENDING
+
+
+# --- a real worker --------------------------------------------------------------------------
+
+
+@pytest.mark.postgres
+@pytest.mark.redis
+@pytest.mark.worker
+def test_a_real_worker_makes_one_payment_intent_for_concurrent_debits_and_credits_it(
+    stripe_worker,  # noqa: F811  (the fixture imported above)
+    stripe_on,
+    webhooks,
+    funded,
+    buyer_client,
+):
+    session_id = buyer_client.post(CARD, URLS, format="json").json()["url"].rsplit("/", 1)[1]
+    completed, _ = stripe_on.complete_checkout(session_id)
+    assert webhooks.post(completed, process=False).status_code == 200  # the worker processes it
+    wait_for(lambda: AutoTopUp.objects.exclude(payment_method_id="").filter(user=funded).exists(), 60, "the card")
+    assert turn_on(buyer_client, threshold="590", amount_usd="5.00").status_code == 200
+    barrier = threading.Barrier(6)
+
+    def spend(n: int) -> None:
+        try:
+            barrier.wait(timeout=10)
+            wallet_debit(user=funded, amount=Decimal("20"), reference=f"turn-{n}")  # sends the task on commit
+        finally:
+            close_old_connections()
+
+    threads = [threading.Thread(target=spend, args=(n,)) for n in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+
+    wait_for(lambda: TopUp.objects.filter(mode="auto", status="pending").exists(), 60, "the auto top-up's charge")
+    time.sleep(2)  # every task the debits sent has had time to run
+    assert len(off_session_intents(stripe_on)) == 1
+    topup = TopUp.objects.get(mode="auto")
+    assert webhooks.post(stripe_on.intent_event(topup.payment_intent_id, "payment_intent.succeeded"), process=False)
+    wait_for(lambda: balance_of(funded) == Decimal("980"), 60, "the credits")  # 600 - 6 * 20 + 500
+    assert AutoTopUp.objects.get(user=funded).in_flight is None
