@@ -63,6 +63,7 @@ from djstripe.models import Event, WebhookEndpoint, WebhookEventTrigger
 from djstripe.settings import djstripe_settings
 
 from accounts.models import User
+from billing.dispatch import auto_top_up_settings_changed
 from billing.models import AutoTopUp, TopUp, TopUpEvent, Wallet
 from billing.money import LEDGER_PLACES, USD_PLACES
 from billing.services import wallet_adjust, wallet_reverse, wallet_topup
@@ -841,6 +842,7 @@ def auto_top_up_set(*, user: User, threshold: Decimal, amount_usd: Decimal) -> A
         row.enabled, row.threshold, row.amount_usd = True, threshold, amount_usd
         row.disabled_reason, row.disabled_at, row.last_error = "", None, ""
         row.save()
+    auto_top_up_settings_changed()
     return row
 
 

@@ -9,8 +9,9 @@ from datetime import timedelta
 from decimal import Decimal
 
 import pytest
-from django.db import close_old_connections
+from django.db import close_old_connections, connection
 from django.test import Client, TestCase
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from billing.models import AutoTopUp, CreditTransaction, TopUp
@@ -384,3 +385,18 @@ def test_a_real_worker_makes_one_payment_intent_for_concurrent_debits_and_credit
     assert webhooks.post(stripe_on.intent_event(topup.payment_intent_id, "payment_intent.succeeded"), process=False)
     wait_for(lambda: balance_of(funded) == Decimal("980"), 60, "the credits")  # 600 - 6 * 20 + 500
     assert AutoTopUp.objects.get(user=funded).in_flight is None
+
+
+def test_a_debit_above_every_threshold_reads_nothing_of_auto_top_up(stripe_on, webhooks, funded, buyer_client):
+    save_card(buyer_client, stripe_on, webhooks)
+    turn_on(buyer_client, threshold="500")
+    debit(funded, "10", "turn-warm")  # 590: reads the highest threshold once (kept for a few seconds)
+
+    with CaptureQueriesContext(connection) as captured:
+        debit(funded, "10", "turn-1")  # 580: above every threshold
+    assert [query for query in captured.captured_queries if "billing_autotopup" in query["sql"]] == []
+
+    with CaptureQueriesContext(connection) as captured:
+        debit(funded, "100", "turn-2")  # 480: under this user's threshold, so it asks
+    assert [query for query in captured.captured_queries if "billing_autotopup" in query["sql"]]
+    assert len(off_session_intents(stripe_on)) == 1
