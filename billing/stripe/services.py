@@ -872,7 +872,7 @@ def auto_top_up_claim(*, user_id: int) -> TopUp | None:
     claim at it, in one transaction. None when there is nothing to do or another
     claim holds it; two concurrent callers never both get a TopUp."""
     row = AutoTopUp.objects.filter(user_id=user_id, enabled=True, in_flight__isnull=True).first()
-    if row is None:
+    if row is None or not client.stripe_enabled():
         return None
     balance_now = Wallet.objects.filter(user_id=user_id).values("balance")[:1]
     with transaction.atomic():
@@ -892,6 +892,11 @@ def auto_top_up_claim(*, user_id: int) -> TopUp | None:
             transaction.set_rollback(True)  # the TopUp row goes with it
             return None
     return topup
+
+
+# Stripe unreachable, rate limited or failing on its side, or the same key still in
+# use: worth retrying under the same idempotency key (the task does).
+AUTO_TOP_UP_TRANSIENT = (stripe.APIConnectionError, stripe.RateLimitError, stripe.APIError, stripe.IdempotencyError)
 
 
 def auto_top_up_charge(*, topup_id: int) -> str:
@@ -914,6 +919,14 @@ def auto_top_up_charge(*, topup_id: int) -> str:
         )
     except stripe.CardError as exc:
         return _auto_top_up_declined(topup, exc)
+    except AUTO_TOP_UP_TRANSIENT:
+        raise  # the task retries under the same key
+    except stripe.StripeError as exc:
+        # Refused for good (the saved card detached, the key revoked): retrying cannot
+        # help, so auto top-up is turned off, saying why.
+        reason = f"Stripe refused the charge ({exc.__class__.__name__}); save a card again."
+        _auto_top_up_failed(topup, reason=reason, disable=True)
+        return f"auto top-up {topup.pk} refused: auto top-up turned off"
     _payment_intent_record(topup, intent.id)
     return f"auto top-up {topup.pk}: PaymentIntent {intent.id} {intent.status}"
 
@@ -924,29 +937,33 @@ def _auto_top_up_declined(topup: TopUp, exc: stripe.CardError) -> str:
     message = getattr(error, "message", None) or "The card was declined."
     intent = getattr(error, "payment_intent", None)
     reason = f"The saved card was declined ({decline}): {message}"
+    payment_intent_id = _id(intent.get("id")) if intent is not None else None
+    _auto_top_up_failed(topup, reason=reason, disable=True, payment_intent_id=payment_intent_id)
+    logger.info("Auto top-up %s declined (%s); auto top-up turned off for user %s", topup.pk, decline, topup.user_id)
+    return f"auto top-up {topup.pk} declined: auto top-up turned off"
+
+
+def _auto_top_up_failed(topup: TopUp, *, reason: str, disable: bool, payment_intent_id: str | None = None) -> None:
+    """Fails a claimed auto top-up and frees the claim, in one transaction; with
+    `disable`, auto top-up is turned off with `reason`, else `reason` is its last_error."""
     with transaction.atomic():
         locked = TopUp.objects.select_for_update().get(pk=topup.pk)
-        if locked.payment_intent_id is None and intent is not None and _id(intent.get("id")):
-            locked.payment_intent_id = _id(intent.get("id"))
+        if locked.payment_intent_id is None and payment_intent_id:
+            locked.payment_intent_id = payment_intent_id
         if locked.status in (Status.CREATED, Status.PENDING):
             locked.status, locked.error = Status.FAILED, reason[:255]
         locked.save()
-        _auto_top_up_settled(locked, disabled_reason=reason)
-    logger.info("Auto top-up %s declined (%s); auto top-up turned off for user %s", topup.pk, decline, topup.user_id)
-    return f"auto top-up {topup.pk} declined: auto top-up turned off"
+        _auto_top_up_settled(locked, disabled_reason=reason if disable else "")
+        if not disable:
+            AutoTopUp.objects.filter(user_id=locked.user_id).update(last_error=reason[:255], updated_at=timezone.now())
 
 
 def auto_top_up_give_up(*, topup_id: int, error: str) -> None:
     """An auto top-up Stripe never answered (the task's retries ran out): failed, and
     the claim freed, so a later debit can try again. Auto top-up stays on."""
-    with transaction.atomic():
-        locked = TopUp.objects.select_for_update().filter(pk=topup_id, mode=Mode.AUTO, status=Status.CREATED).first()
-        if locked is None:
-            return
-        locked.status, locked.error = Status.FAILED, error[:255]
-        locked.save(update_fields=["status", "error", "updated_at"])
-        _auto_top_up_settled(locked)
-        AutoTopUp.objects.filter(user_id=locked.user_id).update(last_error=error[:255], updated_at=timezone.now())
+    topup = TopUp.objects.filter(pk=topup_id, mode=Mode.AUTO, status=Status.CREATED).first()
+    if topup is not None:
+        _auto_top_up_failed(topup, reason=error, disable=False)
 
 
 # --- webhooks ------------------------------------------------------------------

@@ -18,6 +18,7 @@ from kombu.exceptions import OperationalError as BrokerError
 from billing.dispatch import AUTO_TOP_UP
 from billing.stripe.selectors import auto_top_ups_stalled, auto_top_ups_under_threshold, webhook_triggers_to_retry
 from billing.stripe.services import (
+    AUTO_TOP_UP_TRANSIENT,
     auto_top_up_charge,
     auto_top_up_claim,
     auto_top_up_give_up,
@@ -104,9 +105,6 @@ def auto_top_up_charge_send(*, topup_id: int) -> None:
         charge_auto_top_up.apply_async(args=[topup_id], retry=False)
 
 
-# Stripe unreachable or failing: retried under the same idempotency key. A card
-# decline is not an error here (the service turns auto top-up off).
-AUTO_TOP_UP_RETRIED = (stripe.APIConnectionError, stripe.RateLimitError, stripe.APIError, stripe.IdempotencyError)
 AUTO_TOP_UP_MAX_RETRIES = 6
 
 
@@ -121,7 +119,7 @@ AUTO_TOP_UP_MAX_RETRIES = 6
 def charge_auto_top_up(self, topup_id: int) -> str:  # noqa: ANN001
     try:
         return auto_top_up_charge(topup_id=topup_id)
-    except AUTO_TOP_UP_RETRIED as exc:
+    except AUTO_TOP_UP_TRANSIENT as exc:  # a decline or a refusal is no error here: the service handles it
         if self.request.retries >= AUTO_TOP_UP_MAX_RETRIES or self.request.is_eager:
             # Given up: the claim is freed so that a later debit (or the sweep) tries again.
             auto_top_up_give_up(topup_id=topup_id, error=f"Stripe unreachable: {exc.__class__.__name__}")

@@ -400,3 +400,18 @@ def test_a_debit_above_every_threshold_reads_nothing_of_auto_top_up(stripe_on, w
         debit(funded, "100", "turn-2")  # 480: under this user's threshold, so it asks
     assert [query for query in captured.captured_queries if "billing_autotopup" in query["sql"]]
     assert len(off_session_intents(stripe_on)) == 1
+
+
+def test_a_charge_stripe_refuses_for_good_turns_auto_top_up_off(stripe_on, webhooks, funded, buyer_client):
+    method_id = save_card(buyer_client, stripe_on, webhooks)
+    turn_on(buyer_client)
+    with stripe_on.lock:
+        del stripe_on.objects["payment_methods"][method_id]  # detached at Stripe since
+
+    debit(funded, "200", "turn-1")
+
+    assert TopUp.objects.get(mode="auto").status == TopUp.Status.FAILED
+    state = buyer_client.get(WALLET).json()["auto_top_up"]
+    assert (state["enabled"], state["in_flight_top_up"]) == (False, None)
+    assert state["disabled_reason"] == "Stripe refused the charge (InvalidRequestError); save a card again."
+    assert len(off_session_intents(stripe_on)) == 1  # not retried
