@@ -13,6 +13,7 @@ from django.db import close_old_connections, connection
 from django.test import Client, TestCase
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
+from djstripe.models import WebhookEventTrigger
 
 from billing.models import AutoTopUp, CreditTransaction, TopUp
 from billing.services import wallet_debit, wallet_grant
@@ -385,6 +386,9 @@ def test_a_real_worker_makes_one_payment_intent_for_concurrent_debits_and_credit
     assert webhooks.post(stripe_on.intent_event(topup.payment_intent_id, "payment_intent.succeeded"), process=False)
     wait_for(lambda: balance_of(funded) == Decimal("980"), 60, "the credits")  # 600 - 6 * 20 + 500
     assert AutoTopUp.objects.get(user=funded).in_flight is None
+    # The worker is done with both webhooks (dj-stripe's sync too) before the test's
+    # tables are flushed.
+    wait_for(lambda: WebhookEventTrigger.objects.filter(processed=True).count() == 2, 60, "both webhooks processed")
 
 
 def test_a_debit_above_every_threshold_reads_nothing_of_auto_top_up(stripe_on, webhooks, funded, buyer_client):
