@@ -23,9 +23,10 @@ from billing.serializers import (
     GrantSerializer,
     ModelPriceSerializer,
     TransactionSerializer,
-    WalletSerializer,
+    UserWalletSerializer,
 )
 from billing.services import wallet_grant
+from billing.stripe.selectors import auto_top_up_status
 from core.exceptions import field_error
 from core.pagination import NewestFirstCursorPagination
 
@@ -33,9 +34,10 @@ IDEMPOTENCY_KEY_MAX = 200
 
 
 class WalletView(APIView):
-    @extend_schema(responses={200: WalletSerializer})
+    @extend_schema(responses={200: UserWalletSerializer})
     def get(self, request: Request) -> Response:
-        return Response(WalletSerializer(wallet_status(user=request.user)).data)
+        body = {**wallet_status(user=request.user), "auto_top_up": auto_top_up_status(user=request.user)}
+        return Response(UserWalletSerializer(body).data)
 
 
 class TransactionListView(generics.ListAPIView):

@@ -319,6 +319,13 @@ class TopUp(models.Model):
         REFUNDED = "refunded"
         DISPUTED = "disputed"
 
+    class Mode(models.TextChoices):
+        # How the customer pays: Stripe.js confirms the PaymentIntent (the default), a
+        # Stripe-hosted Checkout page, or an off-session charge of the saved card.
+        PAYMENT_INTENT = "payment_intent", "Payment intent"
+        CHECKOUT = "checkout", "Checkout"
+        AUTO = "auto", "Auto top-up"
+
     class DisputeStatus(models.TextChoices):
         NONE = "", "none"
         OPEN = "open"
@@ -335,7 +342,11 @@ class TopUp(models.Model):
     amount_usd = models.DecimalField(max_digits=10, decimal_places=2)
     credits = models.DecimalField(**LEDGER_DIGITS)
     status = models.CharField(max_length=24, choices=Status.choices, default=Status.CREATED)
+    mode = models.CharField(max_length=16, choices=Mode.choices, default=Mode.PAYMENT_INTENT)
     payment_intent_id = models.CharField(max_length=255, unique=True, null=True, blank=True)
+    # Checkout mode: the session the customer pays in (its PaymentIntent is learned
+    # from checkout.session.completed, or from payment_intent.succeeded's metadata).
+    checkout_session_id = models.CharField(max_length=255, unique=True, null=True, blank=True)
     charge_id = models.CharField(max_length=255, blank=True)
     granted_at = models.DateTimeField(null=True, blank=True)
     # What Stripe last said of the charge's refunds: its amount_refunded (cents), as of
@@ -368,6 +379,13 @@ class TopUp(models.Model):
                 fields=["user", "request_key"],
                 condition=~Q(request_key=""),
                 name="billing_topup_user_request_key_unique",
+            ),
+            # At most one auto top-up in flight per wallet, whatever the concurrency (the
+            # claim on AutoTopUp decides first; this is the database's own guarantee).
+            models.UniqueConstraint(
+                fields=["user"],
+                condition=Q(mode="auto", status__in=["created", "pending"]),
+                name="billing_topup_one_auto_in_flight",
             ),
         ]
         indexes = [
@@ -422,3 +440,52 @@ class TopUpEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.type} {self.event_id} ({self.state})"
+
+
+class AutoTopUp(models.Model):
+    """A user's auto top-up: the card saved through a Checkout Session in setup mode,
+    and, when on, the threshold under which a settled debit charges that card
+    `amount_usd` off-session (billing/stripe/services.py).
+
+    `in_flight` is the claim: set by one conditional UPDATE (only while it is null),
+    cleared in the transaction that settles that top-up, so one wallet never has two
+    auto top-ups in flight. A declined card turns `enabled` off and says why in
+    `disabled_reason`."""
+
+    user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="auto_top_up")
+    enabled = models.BooleanField(default=False)
+    threshold = models.DecimalField("threshold (credits)", **LEDGER_DIGITS, default=Decimal("0"))
+    amount_usd = models.DecimalField("amount (USD)", max_digits=10, decimal_places=2, default=Decimal("0"))
+    # The saved card (from the SetupIntent of a completed setup-mode Checkout Session).
+    customer_id = models.CharField(max_length=255, blank=True)
+    payment_method_id = models.CharField(max_length=255, blank=True)
+    card_brand = models.CharField(max_length=32, blank=True)
+    card_last4 = models.CharField(max_length=4, blank=True)
+    card_saved_at = models.DateTimeField(null=True, blank=True)
+    # The latest setup-mode Checkout Session started for this user.
+    setup_session_id = models.CharField(max_length=255, blank=True)
+    in_flight = models.OneToOneField(
+        TopUp, on_delete=models.PROTECT, null=True, blank=True, related_name="+", db_index=False
+    )
+    claimed_at = models.DateTimeField(null=True, blank=True)
+    disabled_reason = models.CharField(max_length=255, blank=True)
+    disabled_at = models.DateTimeField(null=True, blank=True)
+    last_error = models.CharField(max_length=255, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name = "auto top-up"
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(enabled=False) | (Q(amount_usd__gt=0, threshold__gt=0) & ~Q(payment_method_id="")),
+                name="billing_autotopup_enabled_is_complete",
+            ),
+            models.CheckConstraint(
+                condition=Q(in_flight__isnull=True, claimed_at__isnull=True)
+                | Q(in_flight__isnull=False, claimed_at__isnull=False),
+                name="billing_autotopup_claimed_at_matches_in_flight",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"Auto top-up of {self.user} ({'on' if self.enabled else 'off'})"

@@ -41,6 +41,35 @@ class WalletSerializer(serializers.Serializer):
     )
 
 
+class SavedCardSerializer(serializers.Serializer):
+    brand = serializers.CharField(read_only=True)
+    last4 = serializers.CharField(read_only=True)
+    saved_at = serializers.DateTimeField(read_only=True)
+
+
+class AutoTopUpSerializer(serializers.Serializer):
+    """Reads billing.stripe.selectors.auto_top_up_status()."""
+
+    enabled = serializers.BooleanField(read_only=True)
+    threshold = MoneyField(allow_null=True, help_text="Credits; null while off.")
+    amount_usd = serializers.DecimalField(
+        max_digits=12, decimal_places=2, read_only=True, allow_null=True, help_text="Charged each time; null while off."
+    )
+    card = SavedCardSerializer(read_only=True, allow_null=True, help_text="The saved card, or null.")
+    in_flight_top_up = serializers.IntegerField(
+        read_only=True, allow_null=True, help_text="The auto top-up being charged now (one at most), or null."
+    )
+    disabled_reason = serializers.CharField(
+        read_only=True, help_text="Why it was turned off, e.g. the saved card was declined; empty when on."
+    )
+    disabled_at = serializers.DateTimeField(read_only=True, allow_null=True)
+    last_error = serializers.CharField(read_only=True, help_text="The last charge Stripe never answered, if any.")
+
+
+class UserWalletSerializer(WalletSerializer):
+    auto_top_up = AutoTopUpSerializer(read_only=True)
+
+
 class TransactionSerializer(serializers.ModelSerializer):
     amount = MoneyField()
     balance_after = MoneyField()

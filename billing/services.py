@@ -28,6 +28,7 @@ from django.utils import timezone
 
 from accounts.models import User
 from billing import _sql, limits
+from billing.dispatch import auto_top_up_send
 from billing.models import CreditGrant, CreditHold, CreditTransaction, ModelPrice, TransactionKind, Wallet
 from billing.money import format_ledger, ledger_amount, ledger_exact, to_decimal
 from core.exceptions import InsufficientCredits, StateConflict, field_error
@@ -184,6 +185,10 @@ def _balance_fell(*, user_id: int, kind: str, before: Decimal, after: Decimal) -
     here), and anything slow runs after commit, never under the wallet lock."""
     if before >= settings.LOW_BALANCE_THRESHOLD > after:
         low_balance_notify(user_id=user_id, balance=after)
+    if kind == TransactionKind.DEBIT:  # auto top-up: the task decides, after commit (billing.dispatch)
+        # A lambda, not a partial: a robust on_commit that raises logs the callback's
+        # __qualname__, which a partial lacks (the log line itself would raise).
+        transaction.on_commit(lambda: auto_top_up_send(user_id=user_id, after=after), robust=True)
 
 
 def _post_orm(

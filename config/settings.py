@@ -226,6 +226,8 @@ SPECTACULAR_SETTINGS = {
         "ToolCallStatus": "chat.models.ToolCall.Status",
         "TopUpStatus": "billing.models.TopUp.Status",
         "TopUpDisputeStatus": "billing.models.TopUp.DisputeStatus",
+        "TopUpMode": "billing.models.TopUp.Mode",
+        "TopUpRequestMode": ["payment_intent", "checkout"],
         "TransactionKind": "billing.models.TransactionKind",
         "HoldStatus": "billing.models.CreditHold.Status",
         "ModelProvider": "billing.models.ModelPrice.Provider",

@@ -11,7 +11,7 @@ from django.http import HttpRequest
 from djstripe.admin.admin import WebhookEventTriggerAdmin
 from djstripe.models import APIKey, WebhookEventTrigger
 
-from billing.models import TopUp, TopUpEvent
+from billing.models import AutoTopUp, TopUp, TopUpEvent
 from billing.stripe.tasks import webhook_trigger_enqueue
 
 
@@ -22,13 +22,14 @@ class TopUpAdmin(admin.ModelAdmin):
         "user",
         "amount_usd",
         "credits",
+        "mode",
         "status",
         "dispute_status",
         "payment_intent_id",
         "created_at",
     ]
-    list_filter = ["status", "dispute_status", "created_at"]
-    search_fields = ["payment_intent_id", "charge_id", "user__email"]
+    list_filter = ["mode", "status", "dispute_status", "created_at"]
+    search_fields = ["payment_intent_id", "checkout_session_id", "charge_id", "user__email"]
     list_select_related = ["user"]
     date_hierarchy = "created_at"
 
@@ -42,6 +43,45 @@ class TopUpAdmin(admin.ModelAdmin):
         return False  # read-only: top-ups move only through Stripe's events
 
     def has_delete_permission(self, request: HttpRequest, obj: TopUp | None = None) -> bool:
+        return False
+
+
+@admin.register(AutoTopUp)
+class AutoTopUpAdmin(admin.ModelAdmin):
+    """Users' auto top-up settings and saved cards, read-only: only the user changes
+    them (the API), and Stripe's answers (a declined card turns it off)."""
+
+    list_display = [
+        "user",
+        "enabled",
+        "threshold",
+        "amount_usd",
+        "card",
+        "in_flight_top_up",
+        "disabled_reason",
+    ]
+    list_filter = ["enabled"]
+    search_fields = ["user__email", "payment_method_id", "customer_id"]
+    list_select_related = ["user", "in_flight"]
+
+    @admin.display(description="saved card")
+    def card(self, obj: AutoTopUp) -> str:
+        return f"{obj.card_brand} ····{obj.card_last4}" if obj.payment_method_id else "none"
+
+    @admin.display(description="in flight")
+    def in_flight_top_up(self, obj: AutoTopUp) -> str:
+        return f"#{obj.in_flight.pk} {obj.in_flight.status}" if obj.in_flight else "-"
+
+    def get_readonly_fields(self, request: HttpRequest, obj: AutoTopUp | None = None) -> list[str]:
+        return [field.name for field in AutoTopUp._meta.fields]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: AutoTopUp | None = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: AutoTopUp | None = None) -> bool:
         return False
 
 

@@ -139,6 +139,48 @@ def payment_intent_create(
     )
 
 
+def payment_intent_create_off_session(
+    *,
+    customer_id: str,
+    payment_method_id: str,
+    amount_cents: int,
+    metadata: dict[str, str],
+    idempotency_key: str,
+    description: str,
+) -> stripe.PaymentIntent:
+    """Charges a saved card with the customer not present (auto top-up): confirmed in
+    this call. A declined card raises stripe.CardError (HTTP 402)."""
+    _outside_transaction("Creating a PaymentIntent")
+    return stripe.PaymentIntent.create(
+        amount=amount_cents,
+        currency="usd",
+        customer=customer_id,
+        payment_method=payment_method_id,
+        off_session=True,
+        confirm=True,
+        metadata=metadata,
+        description=description,
+        idempotency_key=idempotency_key,
+        **_api_options(),
+    )
+
+
+def checkout_session_create(*, idempotency_key: str, **params: Any) -> stripe.checkout.Session:
+    """A Stripe-hosted Checkout Session (payment or setup mode, from `params`)."""
+    _outside_transaction("Creating a Checkout Session")
+    return stripe.checkout.Session.create(idempotency_key=idempotency_key, **params, **_api_options())
+
+
+def checkout_session_retrieve(*, session_id: str) -> stripe.checkout.Session:
+    """A read (its url for a replayed top-up); safe anywhere."""
+    return stripe.checkout.Session.retrieve(session_id, **_api_options())
+
+
+def setup_intent_retrieve(*, setup_intent_id: str) -> stripe.SetupIntent:
+    """A read, with its payment method expanded (the card saved in setup mode)."""
+    return stripe.SetupIntent.retrieve(setup_intent_id, expand=["payment_method"], **_api_options())
+
+
 def payment_intent_retrieve(*, payment_intent_id: str) -> stripe.PaymentIntent:
     """A read (its client secret for a replayed top-up); safe anywhere."""
     return stripe.PaymentIntent.retrieve(payment_intent_id, **_api_options())

@@ -50,20 +50,21 @@ import logging
 from decimal import ROUND_HALF_UP, Decimal
 from traceback import format_exc
 from typing import Any
-from urllib.parse import urljoin
+from urllib.parse import urljoin, urlsplit
 from uuid import uuid4
 
 import stripe
 from django.conf import settings
-from django.db import transaction
-from django.db.models import Q
+from django.db import IntegrityError, transaction
+from django.db.models import Q, Subquery
 from django.urls import reverse
 from django.utils import timezone
 from djstripe.models import Event, WebhookEndpoint, WebhookEventTrigger
 from djstripe.settings import djstripe_settings
 
 from accounts.models import User
-from billing.models import TopUp, TopUpEvent
+from billing.dispatch import auto_top_up_settings_changed
+from billing.models import AutoTopUp, TopUp, TopUpEvent, Wallet
 from billing.money import LEDGER_PLACES, USD_PLACES
 from billing.services import wallet_adjust, wallet_reverse, wallet_topup
 from billing.stripe import client
@@ -72,6 +73,7 @@ from core.exceptions import ApplicationError, ServiceUnavailable, StateConflict,
 logger = logging.getLogger(__name__)
 
 Status = TopUp.Status
+Mode = TopUp.Mode
 DisputeStatus = TopUp.DisputeStatus
 EventState = TopUpEvent.State
 
@@ -99,39 +101,140 @@ def topup_validate_amount(amount_usd: Decimal) -> Decimal:
 REQUEST_KEY_MAX = TopUp._meta.get_field("request_key").max_length
 
 
-def topup_create(*, user: User, amount_usd: Decimal, request_key: str | None = None) -> tuple[TopUp, str]:
-    """Starts a top-up: returns the pending TopUp and the PaymentIntent's client secret
-    (handed to the client, never stored). With `request_key` (the client's
-    Idempotency-Key), the same key from the same user answers the same top-up and
-    PaymentIntent; the same key for another amount is refused."""
+def topup_create(
+    *,
+    user: User,
+    amount_usd: Decimal,
+    request_key: str | None = None,
+    mode: str = Mode.PAYMENT_INTENT,
+    success_url: str = "",
+    cancel_url: str = "",
+) -> tuple[TopUp, str]:
+    """Starts a top-up: returns the pending TopUp and what the client pays with, never
+    stored: the PaymentIntent's client secret (mode `payment_intent`, for Stripe.js) or
+    the Checkout Session's `url` (mode `checkout`, opened in a browser). With
+    `request_key` (the client's Idempotency-Key), the same key from the same user
+    answers the same top-up and PaymentIntent or session; the same key for another
+    amount or mode is refused."""
     client.stripe_require()
     topup_validate_amount(amount_usd)
+    if mode not in (Mode.PAYMENT_INTENT, Mode.CHECKOUT):
+        raise field_error("mode", "One of: payment_intent, checkout.")
+    if mode == Mode.CHECKOUT:
+        success_url = checkout_url_validate(success_url, "success_url")
+        cancel_url = checkout_url_validate(cancel_url, "cancel_url")
+    urls = {"success_url": success_url, "cancel_url": cancel_url}
+    values = {"amount_usd": amount_usd, "credits": topup_credits(amount_usd), "mode": mode}
     if request_key is None:
         # Autocommit: the row (and its idempotency key) is durable before Stripe sees it.
-        topup = TopUp.objects.create(user=user, amount_usd=amount_usd, credits=topup_credits(amount_usd))
-        return topup, _payment_intent_start(topup, replay=False)
+        topup = TopUp.objects.create(user=user, **values)
+        return topup, _topup_start(topup, replay=False, **urls)
     if not request_key.strip() or len(request_key) > REQUEST_KEY_MAX:
         raise ApplicationError(f"The Idempotency-Key header must be 1 to {REQUEST_KEY_MAX} characters.")
     # The unique (user, request_key) decides a race between two requests with one key.
-    topup, created = TopUp.objects.get_or_create(
-        user=user,
-        request_key=request_key,
-        defaults={"amount_usd": amount_usd, "credits": topup_credits(amount_usd)},
-    )
+    topup, created = TopUp.objects.get_or_create(user=user, request_key=request_key, defaults=values)
     if created:
-        return topup, _payment_intent_start(topup, replay=False)
-    if topup.amount_usd != amount_usd:
-        raise StateConflict(f"This Idempotency-Key was already used for a top-up of {topup.amount_usd:.2f} USD.")
-    if topup.payment_intent_id:
+        return topup, _topup_start(topup, replay=False, **urls)
+    if topup.amount_usd != amount_usd or topup.mode != mode:
+        raise StateConflict(
+            f"This Idempotency-Key was already used for a top-up of {topup.amount_usd:.2f} USD ({topup.mode})."
+        )
+    if topup.payment_intent_id and topup.mode == Mode.PAYMENT_INTENT:
         try:
             intent = client.payment_intent_retrieve(payment_intent_id=topup.payment_intent_id)
         except stripe.StripeError as exc:
             logger.warning("Stripe refused reading top-up %s: %s", topup.pk, exc.__class__.__name__)
             raise ServiceUnavailable("The payment provider could not be reached; please try again.") from exc
         return topup, intent.client_secret
-    # The first request got no PaymentIntent (Stripe failed, or it is still under way):
-    # ask again under the row's key, which Stripe answers with the same PaymentIntent.
-    return topup, _payment_intent_start(topup, replay=True)
+    # The first request got no PaymentIntent or session (Stripe failed, or it is still
+    # under way), or a session whose url must be read again: ask again under the row's
+    # key, which Stripe answers with the same object.
+    return topup, _topup_start(topup, replay=True, **urls)
+
+
+def checkout_url_validate(value: str, field: str) -> str:
+    """Where Checkout sends the customer back: an absolute http(s) URL (Stripe's
+    `{CHECKOUT_SESSION_ID}` placeholder allowed), at most 2048 characters."""
+    value = (value or "").strip()
+    if not value:
+        raise field_error(field, "This field is required in checkout mode.")
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc or len(value) > CHECKOUT_URL_MAX:
+        raise field_error(field, f"An absolute http or https URL of at most {CHECKOUT_URL_MAX} characters.")
+    return value
+
+
+CHECKOUT_URL_MAX = 2048
+
+
+def _topup_start(topup: TopUp, *, replay: bool, success_url: str, cancel_url: str) -> str:
+    if topup.mode == Mode.CHECKOUT:
+        return _checkout_session_start(topup, replay=replay, success_url=success_url, cancel_url=cancel_url)
+    return _payment_intent_start(topup, replay=replay)
+
+
+def _credits_text(topup: TopUp) -> str:
+    # Credits are rounded to 2 places (topup_credits): the same text fresh or read back.
+    return f"{topup.credits:.2f}"
+
+
+def _topup_metadata(topup: TopUp) -> dict[str, str]:
+    return {
+        "parley_topup_id": str(topup.pk),
+        "parley_user_id": str(topup.user_id),
+        "credits": _credits_text(topup),
+    }
+
+
+def _stripe_refused(topup: TopUp, exc: stripe.StripeError, *, replay: bool) -> ServiceUnavailable:
+    # Logged by class only: Stripe's messages may echo request details.
+    logger.warning("Stripe refused top-up %s: %s", topup.pk, exc.__class__.__name__)
+    if not replay:  # a replay may race the first request, which decides
+        TopUp.objects.filter(pk=topup.pk, status=Status.CREATED).update(
+            status=Status.FAILED, error=f"Stripe error: {exc.__class__.__name__}", updated_at=timezone.now()
+        )
+    return ServiceUnavailable("The payment provider could not be reached; please try again.")
+
+
+def _checkout_session_start(topup: TopUp, *, replay: bool, success_url: str, cancel_url: str) -> str:
+    """Creates (or, under the row's idempotency key, gets again) the top-up's Checkout
+    Session in payment mode, records its id and answers its url. Its PaymentIntent is
+    made when the customer pays, with our metadata (payment_intent_data), so
+    payment_intent.succeeded finds this top-up even before checkout.session.completed."""
+    try:
+        customer = client.customer_for_user(user=topup.user)
+        session = client.checkout_session_create(
+            mode="payment",
+            customer=customer.id,
+            success_url=success_url,
+            cancel_url=cancel_url,
+            client_reference_id=str(topup.pk),
+            line_items=[
+                {
+                    "quantity": 1,
+                    "price_data": {
+                        "currency": "usd",
+                        "unit_amount": topup.amount_cents,
+                        "product_data": {"name": f"Parley credits: {_credits_text(topup)}"},
+                    },
+                }
+            ],
+            metadata=_topup_metadata(topup),
+            payment_intent_data={
+                "metadata": _topup_metadata(topup),
+                "description": f"Parley credits: {_credits_text(topup)}",
+            },
+            idempotency_key=f"parley-topup-{topup.idempotency_key}",
+        )
+    except stripe.StripeError as exc:
+        raise _stripe_refused(topup, exc, replay=replay) from exc
+    TopUp.objects.filter(
+        pk=topup.pk, status__in=[Status.CREATED, Status.FAILED], checkout_session_id__isnull=True
+    ).update(checkout_session_id=session.id, status=Status.PENDING, error="", updated_at=timezone.now())
+    topup.refresh_from_db()
+    if session.url is None:  # a replay of a session already paid or expired: nothing left to open
+        raise StateConflict(f"This top-up's Checkout Session is {session.status}; start a new top-up.")
+    return session.url
 
 
 def _payment_intent_start(topup: TopUp, *, replay: bool) -> str:
@@ -142,34 +245,30 @@ def _payment_intent_start(topup: TopUp, *, replay: bool) -> str:
         intent = client.payment_intent_create(
             customer_id=customer.id,
             amount_cents=topup.amount_cents,
-            metadata={
-                "parley_topup_id": str(topup.pk),
-                "parley_user_id": str(topup.user_id),
-                "credits": str(topup.credits),
-            },
+            metadata=_topup_metadata(topup),
             idempotency_key=f"parley-topup-{topup.idempotency_key}",
-            description=f"Parley credits: {topup.credits}",
+            description=f"Parley credits: {_credits_text(topup)}",
         )
     except stripe.StripeError as exc:
-        # Logged by class only: Stripe's messages may echo request details.
-        logger.warning("Stripe refused top-up %s: %s", topup.pk, exc.__class__.__name__)
-        if not replay:  # a replay may race the first request, which decides
-            TopUp.objects.filter(pk=topup.pk, status=Status.CREATED).update(
-                status=Status.FAILED, error=f"Stripe error: {exc.__class__.__name__}", updated_at=timezone.now()
-            )
-        raise ServiceUnavailable("The payment provider could not be reached; please try again.") from exc
+        raise _stripe_refused(topup, exc, replay=replay) from exc
+    _payment_intent_record(topup, intent.id)
+    return intent.client_secret
+
+
+def _payment_intent_record(topup: TopUp, payment_intent_id: str) -> None:
+    """Stores the PaymentIntent id Stripe answered and applies the events that were
+    waiting for it."""
     # Compare-and-set: only a top-up that has no PaymentIntent yet becomes pending (an
     # early webhook may already have adopted it and moved it further).
     TopUp.objects.filter(
         pk=topup.pk, status__in=[Status.CREATED, Status.FAILED], payment_intent_id__isnull=True
-    ).update(payment_intent_id=intent.id, status=Status.PENDING, error="", updated_at=timezone.now())
-    TopUp.objects.filter(pk=topup.pk, payment_intent_id__isnull=True).update(payment_intent_id=intent.id)
-    if TopUpEvent.objects.filter(state=EventState.PENDING, payment_intent_id=intent.id).exists():
+    ).update(payment_intent_id=payment_intent_id, status=Status.PENDING, error="", updated_at=timezone.now())
+    TopUp.objects.filter(pk=topup.pk, payment_intent_id__isnull=True).update(payment_intent_id=payment_intent_id)
+    if TopUpEvent.objects.filter(state=EventState.PENDING, payment_intent_id=payment_intent_id).exists():
         with transaction.atomic():
             locked = TopUp.objects.select_for_update().select_related("user").get(pk=topup.pk)
             _pending_apply(locked)
     topup.refresh_from_db()
-    return intent.client_secret
 
 
 # --- applying Stripe events -------------------------------------------------------
@@ -259,6 +358,7 @@ def _on_payment_intent_succeeded(topup: TopUp, intent: dict, event: TopUpEvent) 
     topup.error = ""
     _refresh_status(topup)
     topup.save()
+    _auto_top_up_settled(topup)
     return f"granted {topup.credits} to top-up {topup.pk}"
 
 
@@ -290,13 +390,117 @@ def _metadata_ids(intent: dict) -> tuple[int | None, int | None]:
 
 
 def _on_payment_intent_failed(topup: TopUp, intent: dict, event: TopUpEvent) -> str:
+    if topup.mode == Mode.CHECKOUT:
+        # The hosted page lets the customer try another card; the session's
+        # completion or expiry settles the top-up.
+        return "ignored: Checkout lets the customer try again"
     if topup.status not in (Status.CREATED, Status.PENDING):
         return "ignored: top-up already settled"
     error = (intent.get("last_payment_error") or {}).get("message") or intent.get("cancellation_reason") or "failed"
     topup.status = Status.FAILED
     topup.error = str(error)[:255]
     topup.save(update_fields=["status", "error", "updated_at"])
+    if topup.mode == Mode.AUTO:
+        _auto_top_up_settled(topup, disabled_reason=f"The saved card was declined: {error}")
     return f"top-up {topup.pk} failed"
+
+
+# --- Checkout Sessions -------------------------------------------------------------
+
+
+def _checkout_grant(topup: TopUp, session: dict) -> str:
+    """A paid session grants the top-up's credits with its PaymentIntent as reference,
+    the reference payment_intent.succeeded grants with: whichever comes first grants,
+    the other changes nothing. Refunds and disputes then find the top-up by that
+    PaymentIntent (and the charge payment_intent.succeeded names) as in the other mode."""
+    _check_usd(topup, session, "amount_total")
+    payment_intent_id = _id(session.get("payment_intent"))
+    if payment_intent_id is None:
+        raise TopUpMismatch(f"{session.get('id')}: paid, but names no PaymentIntent.")
+    if topup.payment_intent_id not in (None, payment_intent_id):
+        raise TopUpMismatch(f"{session.get('id')}: PaymentIntent {payment_intent_id}, top-up {topup.pk} has another.")
+    topup.payment_intent_id = payment_intent_id
+    wallet_topup(
+        user=topup.user,
+        amount=topup.credits,
+        reference=payment_intent_id,
+        reason=f"Stripe top-up of {topup.amount_usd} USD (Checkout)",
+    )
+    if topup.granted_at is None:
+        topup.granted_at = timezone.now()
+    topup.error = ""
+    _refresh_status(topup)
+    topup.save()
+    return f"granted {topup.credits} to top-up {topup.pk}"
+
+
+def _on_checkout_completed(topup: TopUp, session: dict, event: TopUpEvent) -> str:
+    if session.get("payment_status") == "paid":
+        return _checkout_grant(topup, session)
+    # A delayed payment method (a bank debit): the money comes with
+    # checkout.session.async_payment_succeeded, or never (async_payment_failed).
+    payment_intent_id = _id(session.get("payment_intent"))
+    if payment_intent_id and topup.payment_intent_id is None:
+        topup.payment_intent_id = payment_intent_id
+        topup.save(update_fields=["payment_intent_id", "updated_at"])
+    return f"top-up {topup.pk}: session completed, payment {session.get('payment_status')}"
+
+
+def _on_checkout_async_succeeded(topup: TopUp, session: dict, event: TopUpEvent) -> str:
+    return _checkout_grant(topup, session)
+
+
+def _checkout_failed(topup: TopUp, error: str) -> str:
+    if topup.granted_at is not None or topup.status not in (Status.CREATED, Status.PENDING):
+        return "ignored: top-up already settled"
+    topup.status = Status.FAILED
+    topup.error = error
+    topup.save(update_fields=["status", "error", "updated_at"])
+    return f"top-up {topup.pk} failed: {error}"
+
+
+def _on_checkout_expired(topup: TopUp, session: dict, event: TopUpEvent) -> str:
+    return _checkout_failed(topup, "The Checkout Session expired unpaid.")
+
+
+def _on_checkout_async_failed(topup: TopUp, session: dict, event: TopUpEvent) -> str:
+    return _checkout_failed(topup, "The delayed payment of the Checkout Session failed.")
+
+
+def _locked_checkout_topup(session: dict) -> TopUp | None:
+    """The top-up of a payment-mode session: by the session id we stored, else (Stripe
+    answered, but the process stopped before the id was stored) by the metadata we
+    put on the session, accepted only when user, amount and mode agree with our row."""
+    session_id = _id(session.get("id"))
+    locked = TopUp.objects.select_for_update().select_related("user")
+    if session_id and (topup := locked.filter(checkout_session_id=session_id).first()):
+        return topup
+    topup_id, user_id = _metadata_ids(session)
+    if topup_id is None:
+        return None
+    topup = locked.filter(pk=topup_id, user_id=user_id, mode=Mode.CHECKOUT, checkout_session_id__isnull=True).first()
+    if topup is None or session.get("amount_total") != topup.amount_cents:
+        return None
+    topup.checkout_session_id = session_id
+    return topup
+
+
+def _checkout_event_apply(record: TopUpEvent) -> str:
+    session = record.data
+    if session.get("mode") == "setup":
+        # A card saved for auto top-up: card_setup_finish reads its SetupIntent after
+        # this transaction (a Stripe call never runs under our locks).
+        return _event_close(
+            record, EventState.APPLIED, "setup mode: no top-up (card_setup_finish saves a completed one's card)"
+        )
+    if session.get("mode") != "payment":
+        return _event_close(record, EventState.IGNORED, f"ignored: {session.get('mode')} mode")
+    topup = _locked_checkout_topup(session)
+    if topup is None:
+        return _event_close(record, EventState.IGNORED, "not a top-up's Checkout Session")
+    outcome = _event_close(record, EventState.APPLIED, EVENT_HANDLERS[record.type](topup, session, record), topup)
+    _pending_apply(topup)  # refunds or disputes may have waited for its PaymentIntent
+    return outcome
 
 
 def _on_charge_refunded(topup: TopUp, charge: dict, event: TopUpEvent) -> str:
@@ -419,6 +623,10 @@ EVENT_HANDLERS = {
     "charge.dispute.funds_withdrawn": _on_dispute,
     "charge.dispute.funds_reinstated": _on_dispute,
     "charge.dispute.closed": _on_dispute,
+    "checkout.session.completed": _on_checkout_completed,
+    "checkout.session.async_payment_succeeded": _on_checkout_async_succeeded,
+    "checkout.session.async_payment_failed": _on_checkout_async_failed,
+    "checkout.session.expired": _on_checkout_expired,
 }
 
 
@@ -427,6 +635,8 @@ def _event_ids(event_type: str, obj: dict) -> tuple[str, str]:
     dispute's payment_intent is null when the charge was not made by one)."""
     if event_type.startswith("payment_intent."):
         return _id(obj.get("id")) or "", _id(obj.get("latest_charge")) or ""
+    if event_type.startswith("checkout.session."):
+        return _id(obj.get("payment_intent")) or "", ""
     if obj.get("object") == "charge":
         return _id(obj.get("payment_intent")) or "", _id(obj.get("id")) or ""
     return _id(obj.get("payment_intent")) or "", _id(obj.get("charge")) or ""
@@ -459,6 +669,8 @@ def topup_event_receive(*, event: dict) -> str:
 
 def _event_apply(record: TopUpEvent) -> str:
     """Applies a pending event (locked by the caller) if its top-up is known."""
+    if record.type.startswith("checkout.session."):
+        return _checkout_event_apply(record)
     topup = _locked_topup(payment_intent_id=record.payment_intent_id, charge_id=record.charge_id)
     if topup is None and record.type == "payment_intent.succeeded":
         topup = _adopt_by_metadata(record.data)
@@ -535,6 +747,223 @@ def topup_events_pending_apply(*, limit: int = 500) -> int:
             _event_apply(record)
             applied += record.state == EventState.APPLIED
     return applied
+
+
+# --- auto top-up ---------------------------------------------------------------
+#
+# A user saves a card through a Checkout Session in setup mode (card_setup_session_start;
+# checkout.session.completed then card_setup_finish), and turns auto top-up on
+# (auto_top_up_set). Every debit's commit asks billing.dispatch.auto_top_up_send,
+# which sends the auto top-up task only when the balance it left is under the
+# threshold; the task claims (auto_top_up_claim) and charges (auto_top_up_charge)
+# after commit, outside any transaction, with the claimed TopUp's idempotency key.
+# The claim is one conditional UPDATE of the user's AutoTopUp row (`in_flight` set
+# only while null, with the balance re-read in the same statement), backed by the
+# unique index of one auto top-up in flight per user: concurrent debits make one
+# PaymentIntent. The webhook credits it like any top-up and clears the claim in the
+# same transaction; a decline (402 at creation, or payment_intent.payment_failed)
+# turns auto top-up off and says why. Lock order: TopUp, then AutoTopUp (the claim
+# inserts a new TopUp, locking none, before it updates AutoTopUp).
+
+
+def card_setup_session_start(*, user: User, success_url: str, cancel_url: str) -> str:
+    """A Checkout Session in setup mode that saves a card for off-session charges;
+    answers its url. Only the latest one started can save the card."""
+    client.stripe_require()
+    success_url = checkout_url_validate(success_url, "success_url")
+    cancel_url = checkout_url_validate(cancel_url, "cancel_url")
+    try:
+        customer = client.customer_for_user(user=user)
+        metadata = {"parley_user_id": str(user.pk), "parley_purpose": "auto_top_up_card"}
+        session = client.checkout_session_create(
+            mode="setup",
+            currency="usd",
+            customer=customer.id,
+            success_url=success_url,
+            cancel_url=cancel_url,
+            client_reference_id=f"auto-top-up-{user.pk}",
+            metadata=metadata,
+            setup_intent_data={"metadata": metadata, "description": "Parley auto top-up"},
+            # Nothing is charged here, so a retried request may make another session:
+            # each has its own key, and only the latest one saves the card.
+            idempotency_key=f"parley-card-setup-{uuid4()}",
+        )
+    except stripe.StripeError as exc:
+        logger.warning("Stripe refused a card setup for user %s: %s", user.pk, exc.__class__.__name__)
+        raise ServiceUnavailable("The payment provider could not be reached; please try again.") from exc
+    AutoTopUp.objects.get_or_create(user=user)
+    AutoTopUp.objects.filter(user=user).update(
+        setup_session_id=session.id, customer_id=customer.id, updated_at=timezone.now()
+    )
+    return session.url
+
+
+def card_setup_finish(*, session: dict) -> str:
+    """After checkout.session.completed in setup mode (outside any transaction): reads
+    the session's SetupIntent from Stripe and saves its card as the user's auto
+    top-up card. Safe to run again; a session other than the user's latest card setup,
+    or another customer's, changes nothing."""
+    session_id, setup_intent_id = _id(session.get("id")), _id(session.get("setup_intent"))
+    row = AutoTopUp.objects.filter(setup_session_id=session_id).first() if session_id else None
+    if row is None or setup_intent_id is None:
+        return "ignored: not the latest card setup of a user"
+    intent = client.setup_intent_retrieve(setup_intent_id=setup_intent_id)
+    method = intent.payment_method
+    if intent.status != "succeeded" or intent.customer != row.customer_id or method is None:
+        return f"ignored: SetupIntent {setup_intent_id} is {intent.status}, or not this user's"
+    card = getattr(method, "card", None)
+    saved = AutoTopUp.objects.filter(pk=row.pk, setup_session_id=session_id).update(
+        payment_method_id=method.id,
+        card_brand=str(getattr(card, "brand", "") or "")[:32],
+        card_last4=str(getattr(card, "last4", "") or "")[:4],
+        card_saved_at=timezone.now(),
+        updated_at=timezone.now(),
+    )
+    return f"saved card {method.id} for auto top-up of user {row.user_id}" if saved else "ignored: superseded"
+
+
+def auto_top_up_validate(*, threshold: Decimal, amount_usd: Decimal) -> None:
+    topup_validate_amount(amount_usd)
+    if threshold <= 0:
+        raise field_error("threshold", "Must be more than 0 credits.")
+
+
+def auto_top_up_set(*, user: User, threshold: Decimal, amount_usd: Decimal) -> AutoTopUp:
+    """Turns auto top-up on (or changes it): under `threshold` credits, a settled debit
+    charges the saved card `amount_usd`. Needs a saved card."""
+    auto_top_up_validate(threshold=threshold, amount_usd=amount_usd)
+    with transaction.atomic():
+        AutoTopUp.objects.get_or_create(user=user)
+        row = AutoTopUp.objects.select_for_update().get(user=user)
+        if not row.payment_method_id:
+            raise field_error(
+                "card", "No saved card: save one first (POST /api/v1/users/me/auto-top-up/card, then pay nothing)."
+            )
+        row.enabled, row.threshold, row.amount_usd = True, threshold, amount_usd
+        row.disabled_reason, row.disabled_at, row.last_error = "", None, ""
+        row.save()
+    auto_top_up_settings_changed()
+    return row
+
+
+def auto_top_up_disable(*, user: User, reason: str = "") -> None:
+    """Turns auto top-up off (the card stays saved); a top-up in flight still completes."""
+    AutoTopUp.objects.filter(user=user).update(
+        enabled=False, disabled_reason=reason[:255], disabled_at=timezone.now(), updated_at=timezone.now()
+    )
+
+
+def _auto_top_up_settled(topup: TopUp, *, disabled_reason: str = "") -> None:
+    """In the transaction that settles an auto top-up (its TopUp row locked): frees the
+    claim, and for a declined card turns auto top-up off, saying why."""
+    if topup.mode != Mode.AUTO:
+        return
+    now = timezone.now()
+    AutoTopUp.objects.filter(in_flight=topup).update(in_flight=None, claimed_at=None, updated_at=now)
+    if disabled_reason:
+        AutoTopUp.objects.filter(user_id=topup.user_id).update(
+            enabled=False, disabled_reason=disabled_reason[:255], disabled_at=now, updated_at=now
+        )
+
+
+def auto_top_up_claim(*, user_id: int) -> TopUp | None:
+    """Claims the wallet's one auto top-up in flight when auto top-up is on and the
+    balance is under its threshold: commits a new TopUp (mode auto) and points the
+    claim at it, in one transaction. None when there is nothing to do or another
+    claim holds it; two concurrent callers never both get a TopUp."""
+    row = AutoTopUp.objects.filter(user_id=user_id, enabled=True, in_flight__isnull=True).first()
+    if row is None or not client.stripe_enabled():
+        return None
+    balance_now = Wallet.objects.filter(user_id=user_id).values("balance")[:1]
+    with transaction.atomic():
+        try:
+            with transaction.atomic():
+                topup = TopUp.objects.create(
+                    user_id=user_id, amount_usd=row.amount_usd, credits=topup_credits(row.amount_usd), mode=Mode.AUTO
+                )
+        except IntegrityError:
+            return None  # billing_topup_one_auto_in_flight: another claim's top-up is in flight
+        # The claim: one row, re-checked by the database after any concurrent claim or
+        # settlement commits (PostgreSQL re-evaluates the WHERE on the row it waited for).
+        claimed = AutoTopUp.objects.filter(
+            pk=row.pk, enabled=True, in_flight__isnull=True, threshold__gt=Subquery(balance_now)
+        ).update(in_flight=topup, claimed_at=timezone.now(), updated_at=timezone.now())
+        if not claimed:
+            transaction.set_rollback(True)  # the TopUp row goes with it
+            return None
+    return topup
+
+
+# Stripe unreachable, rate limited or failing on its side, or the same key still in
+# use: worth retrying under the same idempotency key (the task does).
+AUTO_TOP_UP_TRANSIENT = (stripe.APIConnectionError, stripe.RateLimitError, stripe.APIError, stripe.IdempotencyError)
+
+
+def auto_top_up_charge(*, topup_id: int) -> str:
+    """Charges the saved card off-session for a claimed auto top-up (status created),
+    under the TopUp's idempotency key: a retried task makes no second PaymentIntent.
+    Must run outside any transaction. A decline fails the top-up and turns auto
+    top-up off; other Stripe errors propagate for the task to retry."""
+    topup = TopUp.objects.select_related("user").filter(pk=topup_id, mode=Mode.AUTO).first()
+    if topup is None or topup.status != Status.CREATED:
+        return "skipped: not a claimed auto top-up waiting for its charge"
+    row = AutoTopUp.objects.get(user_id=topup.user_id)
+    try:
+        intent = client.payment_intent_create_off_session(
+            customer_id=row.customer_id,
+            payment_method_id=row.payment_method_id,
+            amount_cents=topup.amount_cents,
+            metadata={**_topup_metadata(topup), "parley_mode": "auto"},
+            idempotency_key=f"parley-topup-{topup.idempotency_key}",
+            description=f"Parley auto top-up: {_credits_text(topup)} credits",
+        )
+    except stripe.CardError as exc:
+        return _auto_top_up_declined(topup, exc)
+    except AUTO_TOP_UP_TRANSIENT:
+        raise  # the task retries under the same key
+    except stripe.StripeError as exc:
+        # Refused for good (the saved card detached, the key revoked): retrying cannot
+        # help, so auto top-up is turned off, saying why.
+        reason = f"Stripe refused the charge ({exc.__class__.__name__}); save a card again."
+        _auto_top_up_failed(topup, reason=reason, disable=True)
+        return f"auto top-up {topup.pk} refused: auto top-up turned off"
+    _payment_intent_record(topup, intent.id)
+    return f"auto top-up {topup.pk}: PaymentIntent {intent.id} {intent.status}"
+
+
+def _auto_top_up_declined(topup: TopUp, exc: stripe.CardError) -> str:
+    error = exc.error
+    decline = getattr(error, "decline_code", None) or getattr(error, "code", None) or "declined"
+    message = getattr(error, "message", None) or "The card was declined."
+    intent = getattr(error, "payment_intent", None)
+    reason = f"The saved card was declined ({decline}): {message}"
+    payment_intent_id = _id(intent.get("id")) if intent is not None else None
+    _auto_top_up_failed(topup, reason=reason, disable=True, payment_intent_id=payment_intent_id)
+    logger.info("Auto top-up %s declined (%s); auto top-up turned off for user %s", topup.pk, decline, topup.user_id)
+    return f"auto top-up {topup.pk} declined: auto top-up turned off"
+
+
+def _auto_top_up_failed(topup: TopUp, *, reason: str, disable: bool, payment_intent_id: str | None = None) -> None:
+    """Fails a claimed auto top-up and frees the claim, in one transaction; with
+    `disable`, auto top-up is turned off with `reason`, else `reason` is its last_error."""
+    with transaction.atomic():
+        locked = TopUp.objects.select_for_update().get(pk=topup.pk)
+        if locked.payment_intent_id is None and payment_intent_id:
+            locked.payment_intent_id = payment_intent_id
+        if locked.status in (Status.CREATED, Status.PENDING):
+            locked.status, locked.error = Status.FAILED, reason[:255]
+        locked.save()
+        _auto_top_up_settled(locked, disabled_reason=reason if disable else "")
+        if not disable:
+            AutoTopUp.objects.filter(user_id=locked.user_id).update(last_error=reason[:255], updated_at=timezone.now())
+
+
+def auto_top_up_give_up(*, topup_id: int, error: str) -> None:
+    """An auto top-up Stripe never answered (the task's retries ran out): failed, and
+    the claim freed, so a later debit can try again. Auto top-up stays on."""
+    topup = TopUp.objects.filter(pk=topup_id, mode=Mode.AUTO, status=Status.CREATED).first()
+    if topup is not None:
+        _auto_top_up_failed(topup, reason=error, disable=False)
 
 
 # --- webhooks ------------------------------------------------------------------
@@ -628,6 +1057,8 @@ def webhook_trigger_process(*, trigger_id: int) -> str:
         # Parley's part first, from the signed body alone, in its own transaction: the
         # credits never wait on dj-stripe or on Stripe.
         outcome = topup_event_receive(event=body)
+        if body["type"] == "checkout.session.completed" and body["data"]["object"].get("mode") == "setup":
+            outcome = card_setup_finish(session=body["data"]["object"])
         # dj-stripe's part: it creates the Event once per Stripe event id and syncs
         # what the event names, calling Stripe (in its own transaction; for a repeated
         # event it returns the stored Event). A slow Stripe never holds our locks.

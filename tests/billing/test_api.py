@@ -26,6 +26,16 @@ def test_wallet_shows_balance_held_and_signals_as_strings(owner, owner_client, s
         "low_balance_threshold": "5.00000000",
         "enforcement": "warn",
         "grants": [],
+        "auto_top_up": {
+            "enabled": False,
+            "threshold": None,
+            "amount_usd": None,
+            "card": None,
+            "in_flight_top_up": None,
+            "disabled_reason": "",
+            "disabled_at": None,
+            "last_error": "",
+        },
     }
 
 

@@ -13,6 +13,10 @@ JSON errors (`resource_missing` 404, a 401 for a wrong key), and an
     GET  /v1/account
     POST /v1/customers                GET /v1/customers/{id}
     POST /v1/payment_intents          GET /v1/payment_intents/{id}
+         (with confirm=true, off_session=true and a saved payment_method: charged at
+         once, or a 402 card_error for a card made to decline)
+    POST /v1/checkout/sessions        GET /v1/checkout/sessions/{id}   (payment and setup mode)
+    GET  /v1/setup_intents/{id}
     GET  /v1/charges/{id}  /v1/refunds/{id}  /v1/disputes/{id}
     GET  /v1/payment_methods/{id}  /v1/balance_transactions/{id}  /v1/events/{id}
     POST /v1/webhook_endpoints        GET /v1/webhook_endpoints/{id}
@@ -21,6 +25,11 @@ What happens off the API (a customer paying, a refund from the dashboard, a
 dispute) is driven from Python and returns the event payload Stripe would send:
 
     event = server.pay(pi_id)                  # payment_intent.succeeded
+    completed, paid = server.complete_checkout(cs_id)  # checkout.session.completed (+ payment_intent.succeeded)
+    completed, _ = server.complete_checkout(cs_id)     # setup mode: a card saved (SetupIntent succeeded)
+    event = server.expire_checkout(cs_id)      # checkout.session.expired
+    server.decline(pm_id)                      # off-session charges of this card answer a 402 card_error
+    event = server.intent_event(pi_id, "payment_intent.succeeded")  # the event of an intent as it is
     event = server.refund(pi_id, amount=300)   # charge.refunded (cumulative amount_refunded)
     event = server.fail_refund(re_id)          # charge.refund.updated (status failed)
     event = server.dispute(pi_id)              # charge.dispute.created (a chargeback: funds withdrawn)
@@ -124,6 +133,8 @@ class FakeStripe:
     endpoint_secrets: dict[str, str] = field(default_factory=dict)
     # Called as hook(method, path, params) in the server thread before each answer.
     hooks: list[Any] = field(default_factory=list)
+    # Payment methods whose off-session charges are declined: {pm id: (decline_code, message)}.
+    declining: dict[str, tuple[str, str]] = field(default_factory=dict)
     _server: ThreadingHTTPServer | None = None
 
     # --- lifecycle -------------------------------------------------------------
@@ -189,6 +200,7 @@ class FakeStripe:
             self.faults.clear()
             self.idempotent.clear()
             self.hooks.clear()
+            self.declining.clear()
             self.endpoint_secrets.clear()
 
     def fail_next(self, count: int, *, status: int = 500, path_prefix: str = "/v1/") -> None:
@@ -233,12 +245,18 @@ class FakeStripe:
         if parts[:1] != ["v1"] or len(parts) < 2:
             return 404, _error("invalid_request_error", f"Unrecognized request URL ({method}: {path}).")
         resource = parts[1]
+        if resource == "checkout" and parts[2:3] == ["sessions"]:
+            # Checkout's objects live under /v1/checkout/sessions; kept as "checkout_sessions".
+            parts, resource = ["v1", "checkout_sessions", *parts[3:]], "checkout_sessions"
+        if resource == "payment_intents" and len(parts) == 2 and method == "POST" and params.get("confirm") == "true":
+            return self._create_confirmed_payment_intent(params)
         if resource == "account" and method == "GET":
             return 200, self.account()
         if len(parts) == 2 and method == "POST":
             create = {
                 "customers": self._create_customer,
                 "payment_intents": self._create_payment_intent,
+                "checkout_sessions": self._create_checkout_session,
                 "webhook_endpoints": self._create_webhook_endpoint,
             }.get(resource)
             if create is None:
@@ -247,9 +265,10 @@ class FakeStripe:
         if len(parts) == 3 and method == "GET":
             obj = self.objects.get(resource, {}).get(parts[2])
             if obj is None:
+                name = "checkout.session" if resource == "checkout_sessions" else resource[:-1]
                 return 404, _error(
                     "invalid_request_error",
-                    f"No such {resource[:-1]}: '{parts[2]}'",
+                    f"No such {name}: '{parts[2]}'",
                     code="resource_missing",
                     param="id",
                 )
@@ -263,6 +282,10 @@ class FakeStripe:
             refunds = [r for r in self.objects.get("refunds", {}).values() if r["charge"] == obj["id"]]
             result["refunds"] = {"object": "list", "data": copy.deepcopy(refunds), "has_more": False,
                                  "url": f"/v1/charges/{obj['id']}/refunds"}  # fmt: skip
+        if "line_items" in expand and obj.get("object") == "checkout.session":
+            result["line_items"] = {"object": "list", "data": copy.deepcopy(obj.get("_line_items", [])),
+                                    "has_more": False, "url": f"/v1/checkout/sessions/{obj['id']}/line_items"}  # fmt: skip
+        result.pop("_line_items", None)
         for name in expand:
             value = result.get(name)
             if isinstance(value, str):
@@ -459,83 +482,271 @@ class FakeStripe:
             }
             return copy.deepcopy(self._store("events", event))
 
+    def _card(self, customer: str | None, last4: str = "4242") -> dict:
+        return self._store(
+            "payment_methods",
+            {
+                "id": _new_id("pm"),
+                "object": "payment_method",
+                "allow_redisplay": "unspecified",
+                "billing_details": {"address": None, "email": None, "name": None, "phone": None, "tax_id": None},
+                "card": {"brand": "visa", "checks": {"address_line1_check": None, "address_postal_code_check": None,
+                                                     "cvc_check": "pass"},
+                         "country": "US", "display_brand": "visa", "exp_month": 12, "exp_year": 2034,
+                         "fingerprint": secrets.token_hex(8), "funding": "credit", "generated_from": None,
+                         "last4": last4, "networks": {"available": ["visa"], "preferred": None},
+                         "regulated_status": "unregulated", "three_d_secure_usage": {"supported": True},
+                         "wallet": None},
+                "created": int(time.time()),
+                "customer": customer,
+                "customer_account": None,
+                "livemode": False,
+                "metadata": {},
+                "type": "card",
+            },
+        )  # fmt: skip
+
     def pay(self, pi_id: str) -> dict:
         """The customer confirms with a card: the PaymentIntent succeeds with one charge."""
         with self.lock:
             intent = self.objects["payment_intents"][pi_id]
-            method = self._store(
-                "payment_methods",
-                {
-                    "id": _new_id("pm"),
-                    "object": "payment_method",
-                    "billing_details": {"address": None, "email": None, "name": None, "phone": None},
-                    "card": {"brand": "visa", "country": "US", "exp_month": 12, "exp_year": 2034,
-                             "fingerprint": secrets.token_hex(8), "funding": "credit", "last4": "4242"},
-                    "created": int(time.time()),
-                    "customer": intent["customer"],
-                    "livemode": False,
-                    "metadata": {},
-                    "type": "card",
-                },
-            )  # fmt: skip
-            charge_id = _new_id("ch")
-            self._store(
-                "charges",
-                {
-                    "id": charge_id,
-                    "object": "charge",
-                    "amount": intent["amount"],
-                    "amount_captured": intent["amount"],
-                    "amount_refunded": 0,
-                    "application": None,
-                    "application_fee": None,
-                    "application_fee_amount": None,
-                    "balance_transaction": self._balance_transaction(
-                        amount=intent["amount"], source=charge_id, kind="charge"
-                    ),
-                    "billing_details": method["billing_details"],
-                    "calculated_statement_descriptor": "PARLEY",
-                    "captured": True,
-                    "created": int(time.time()),
-                    "currency": intent["currency"],
-                    "customer": intent["customer"],
-                    "description": intent["description"],
-                    "disputed": False,
-                    "failure_balance_transaction": None,
-                    "failure_code": None,
-                    "failure_message": None,
-                    "fraud_details": {},
-                    "livemode": False,
-                    "metadata": {},
-                    "on_behalf_of": None,
-                    "outcome": {"network_status": "approved_by_network", "reason": None, "risk_level": "normal",
-                                "seller_message": "Payment complete.", "type": "authorized"},
-                    "paid": True,
-                    "payment_intent": pi_id,
-                    "payment_method": method["id"],
-                    "payment_method_details": {"card": method["card"], "type": "card"},
-                    "receipt_email": None,
-                    "receipt_number": None,
-                    "receipt_url": None,
-                    "refunded": False,
-                    "review": None,
-                    "shipping": None,
-                    "source": None,
-                    "source_transfer": None,
-                    "statement_descriptor": None,
-                    "statement_descriptor_suffix": None,
-                    "status": "succeeded",
-                    "transfer_data": None,
-                    "transfer_group": None,
-                },
-            )  # fmt: skip
-            intent.update(
-                status="succeeded",
-                amount_received=intent["amount"],
-                latest_charge=charge_id,
-                payment_method=method["id"],
-            )
+            self._charge(intent, self._card(intent["customer"]))
             return self.event("payment_intent.succeeded", intent)
+
+    def _charge(self, intent: dict, method: dict) -> None:
+        """The intent's payment goes through: one succeeded charge, the intent succeeded."""
+        pi_id = intent["id"]
+        charge_id = _new_id("ch")
+        self._store(
+            "charges",
+            {
+                "id": charge_id,
+                "object": "charge",
+                "amount": intent["amount"],
+                "amount_captured": intent["amount"],
+                "amount_refunded": 0,
+                "application": None,
+                "application_fee": None,
+                "application_fee_amount": None,
+                "balance_transaction": self._balance_transaction(
+                    amount=intent["amount"], source=charge_id, kind="charge"
+                ),
+                "billing_details": method["billing_details"],
+                "calculated_statement_descriptor": "PARLEY",
+                "captured": True,
+                "created": int(time.time()),
+                "currency": intent["currency"],
+                "customer": intent["customer"],
+                "description": intent["description"],
+                "disputed": False,
+                "failure_balance_transaction": None,
+                "failure_code": None,
+                "failure_message": None,
+                "fraud_details": {},
+                "livemode": False,
+                "metadata": {},
+                "on_behalf_of": None,
+                "outcome": {"network_status": "approved_by_network", "reason": None, "risk_level": "normal",
+                            "seller_message": "Payment complete.", "type": "authorized"},
+                "paid": True,
+                "payment_intent": pi_id,
+                "payment_method": method["id"],
+                "payment_method_details": {"card": method["card"], "type": "card"},
+                "receipt_email": None,
+                "receipt_number": None,
+                "receipt_url": None,
+                "refunded": False,
+                "review": None,
+                "shipping": None,
+                "source": None,
+                "source_transfer": None,
+                "statement_descriptor": None,
+                "statement_descriptor_suffix": None,
+                "status": "succeeded",
+                "transfer_data": None,
+                "transfer_group": None,
+            },
+        )  # fmt: skip
+        intent.update(
+            status="succeeded",
+            amount_received=intent["amount"],
+            latest_charge=charge_id,
+            payment_method=method["id"],
+        )
+
+    def intent_event(self, pi_id: str, event_type: str) -> dict:
+        """The event Stripe sends about a PaymentIntent as it is now (e.g. an off-session
+        charge that succeeded at creation: payment_intent.succeeded)."""
+        with self.lock:
+            return self.event(event_type, self.objects["payment_intents"][pi_id])
+
+    def decline(self, pm_id: str, decline_code: str = "insufficient_funds",
+                message: str = "Your card has insufficient funds.") -> None:  # fmt: skip
+        """Off-session charges of this card are declined from now on."""
+        with self.lock:
+            self.declining[pm_id] = (decline_code, message)
+
+    def _create_confirmed_payment_intent(self, params: dict) -> tuple[int, dict]:
+        """confirm=true with a saved card (off_session=true for a customer not present):
+        Stripe charges it in the create call. A declined card answers 402 with a
+        card_error naming the PaymentIntent, left requires_payment_method, and Stripe
+        sends payment_intent.payment_failed."""
+        method = self.objects.get("payment_methods", {}).get(params.get("payment_method") or "")
+        if method is None:
+            return 400, _error("invalid_request_error", f"No such PaymentMethod: '{params.get('payment_method')}'",
+                               code="resource_missing", param="payment_method")  # fmt: skip
+        if method.get("customer") != params.get("customer"):
+            return 400, _error("invalid_request_error", "The provided PaymentMethod belongs to another customer.",
+                               param="payment_method")  # fmt: skip
+        intent = self._create_payment_intent(params)
+        intent.update(payment_method=method["id"], confirmation_method="automatic")
+        if method["id"] in self.declining:
+            decline_code, message = self.declining[method["id"]]
+            last_error = {"code": "card_declined", "decline_code": decline_code,
+                          "doc_url": "https://stripe.com/docs/error-codes/card-declined", "message": message,
+                          "payment_method": copy.deepcopy(method), "type": "card_error"}  # fmt: skip
+            intent.update(status="requires_payment_method", payment_method=None, last_payment_error=last_error)
+            error = {**{k: v for k, v in last_error.items() if k != "payment_method"},
+                     "payment_intent": copy.deepcopy(intent), "payment_method": copy.deepcopy(method)}  # fmt: skip
+            return 402, {"error": error}
+        self._charge(intent, method)
+        return 200, intent
+
+    # --- Checkout -------------------------------------------------------------------
+
+    def _create_checkout_session(self, params: dict) -> dict:
+        cs_id = f"cs_test_{secrets.token_hex(16)}"
+        mode = params["mode"]
+        items = []
+        for item in params.get("line_items") or []:
+            price_data = item["price_data"]
+            amount = int(price_data["unit_amount"]) * int(item.get("quantity") or 1)
+            items.append({"id": _new_id("li"), "object": "item", "amount_discount": 0, "amount_subtotal": amount,
+                          "amount_tax": 0, "amount_total": amount, "currency": price_data["currency"],
+                          "description": price_data["product_data"]["name"], "metadata": None,
+                          "price": None, "quantity": int(item.get("quantity") or 1)})  # fmt: skip
+        total = sum(item["amount_total"] for item in items) if mode == "payment" else None
+        session = {
+            "id": cs_id,
+            "object": "checkout.session",
+            "adaptive_pricing": {"enabled": False},
+            "after_expiration": None,
+            "allow_promotion_codes": None,
+            "amount_subtotal": total,
+            "amount_total": total,
+            "automatic_tax": {"enabled": False, "liability": None, "provider": None, "status": None},
+            "billing_address_collection": None,
+            "cancel_url": params.get("cancel_url"),
+            "client_reference_id": params.get("client_reference_id"),
+            "client_secret": None,
+            "collected_information": None,
+            "consent": None,
+            "consent_collection": None,
+            "created": int(time.time()),
+            "currency": params.get("currency") or (items[0]["currency"] if items else None),
+            "custom_fields": [],
+            "custom_text": {
+                "after_submit": None,
+                "shipping_address": None,
+                "submit": None,
+                "terms_of_service_acceptance": None,
+            },  # fmt: skip
+            "customer": params.get("customer"),
+            "customer_account": None,
+            "customer_creation": None,
+            "customer_details": None,
+            "customer_email": None,
+            "discounts": [],
+            "expires_at": int(time.time()) + 86400,
+            "invoice": None,
+            "invoice_creation": None,
+            "livemode": False,
+            "locale": None,
+            "metadata": params.get("metadata") or {},
+            "mode": mode,
+            "origin_context": None,
+            "payment_intent": None,  # made when the customer pays (API versions since 2022-08-01)
+            "payment_link": None,
+            "payment_method_collection": "always",
+            "payment_method_configuration_details": None,
+            "payment_method_options": {},
+            "payment_method_types": ["card"],
+            "payment_status": "unpaid" if mode == "payment" else "no_payment_required",
+            "permissions": None,
+            "phone_number_collection": {"enabled": False},
+            "recovered_from": None,
+            "saved_payment_method_options": None,
+            "setup_intent": None,
+            "shipping_address_collection": None,
+            "shipping_cost": None,
+            "shipping_options": [],
+            "status": "open",
+            "submit_type": None,
+            "subscription": None,
+            "success_url": params.get("success_url"),
+            "total_details": {"amount_discount": 0, "amount_shipping": 0, "amount_tax": 0}
+            if total is not None
+            else None,
+            "ui_mode": "hosted",
+            "url": f"https://checkout.stripe.com/c/pay/{cs_id}",
+            "wallet_options": None,
+            # Not part of the object: what the session was asked to put on the intents it makes.
+            "_payment_intent_data": params.get("payment_intent_data") or {},
+            "_setup_intent_data": params.get("setup_intent_data") or {},
+            "_line_items": items,
+        }
+        self._store("checkout_sessions", session)
+        return self._public(session)
+
+    @staticmethod
+    def _public(session: dict) -> dict:
+        return {k: copy.deepcopy(v) for k, v in session.items() if not k.startswith("_")}
+
+    def complete_checkout(self, cs_id: str, last4: str = "4242") -> tuple[dict, dict | None]:
+        """The customer finishes the hosted page. Payment mode: a PaymentIntent (with
+        payment_intent_data's metadata) is made and paid; returns the
+        checkout.session.completed and payment_intent.succeeded events. Setup mode: a
+        card is saved through a SetupIntent (usage off_session, attached to the
+        session's customer); returns checkout.session.completed and None."""
+        with self.lock:
+            session = self.objects["checkout_sessions"][cs_id]
+            method = self._card(session["customer"], last4)
+            paid = None
+            if session["mode"] == "payment":
+                data = session["_payment_intent_data"]
+                intent = self._create_payment_intent({
+                    "amount": session["amount_total"], "currency": session["currency"],
+                    "customer": session["customer"], "metadata": data.get("metadata") or {},
+                    "description": data.get("description"),
+                })  # fmt: skip
+                self._charge(intent, method)
+                session.update(payment_intent=intent["id"], payment_status="paid", status="complete", url=None)
+                paid = self.event("payment_intent.succeeded", intent)
+            else:
+                seti_id = _new_id("seti")
+                self._store("setup_intents", {
+                    "id": seti_id, "object": "setup_intent", "application": None,
+                    "automatic_payment_methods": None, "cancellation_reason": None,
+                    "client_secret": f"{seti_id}_secret_{secrets.token_hex(12)}", "created": int(time.time()),
+                    "customer": session["customer"], "customer_account": None, "description": None,
+                    "excluded_payment_method_types": None, "flow_directions": None, "last_setup_error": None,
+                    "latest_attempt": None, "livemode": False, "mandate": None,
+                    "metadata": session["_setup_intent_data"].get("metadata") or {}, "next_action": None,
+                    "on_behalf_of": None, "payment_method": method["id"],
+                    "payment_method_configuration_details": None, "payment_method_options": {},
+                    "payment_method_types": ["card"], "single_use_mandate": None, "status": "succeeded",
+                    "usage": "off_session",
+                })  # fmt: skip
+                session.update(setup_intent=seti_id, status="complete", url=None)
+            completed = self.event("checkout.session.completed", self._public(session))
+            return completed, paid
+
+    def expire_checkout(self, cs_id: str) -> dict:
+        """The session expired unpaid (24 hours, or expired through the API)."""
+        with self.lock:
+            session = self.objects["checkout_sessions"][cs_id]
+            session.update(status="expired", url=None)
+            return self.event("checkout.session.expired", self._public(session))
 
     def fail_payment(self, pi_id: str, message: str = "Your card was declined.") -> dict:
         with self.lock:

@@ -90,8 +90,11 @@ def test_top_up_creates_one_customer_and_a_payment_intent_per_top_up(stripe_on, 
     topup = TopUp.objects.get(pk=body["id"])
     assert body == {
         "id": topup.pk,
+        "mode": "payment_intent",
         "payment_intent_id": topup.payment_intent_id,
         "client_secret": stripe_on.get("payment_intents", topup.payment_intent_id)["client_secret"],
+        "checkout_session_id": None,
+        "url": None,
         "amount_usd": "10.50",
         "credits": "1050.00000000",
         "status": "pending",
