@@ -64,7 +64,7 @@ class ApiKeySerializer(serializers.ModelSerializer):
     def get_held(self, api_key: ApiKey) -> str:
         return format_ledger(_spend_of(self, api_key).held)
 
-    @extend_schema_field(serializers.DateTimeField(allow_null=True))
+    @extend_schema_field({"type": "string", "format": "date-time", "nullable": True})
     def get_resets_at(self, api_key: ApiKey) -> str | None:
         resets_at = _spend_of(self, api_key).resets_at
         return None if resets_at is None else serializers.DateTimeField().to_representation(resets_at)

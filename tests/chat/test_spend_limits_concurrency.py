@@ -16,7 +16,7 @@ from chat.models import ChatSession, Message, Turn
 from chat.services.turns import turn_run, turn_worst_case_cost
 from config.celery import app as celery_app
 from tests.billing.test_concurrency import run_together
-from tests.chat.conftest import make_price
+from tests.chat.conftest import make_price, wait_for
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 
@@ -47,30 +47,44 @@ def test_fifty_concurrent_first_requests_spend_at_most_the_key_budget(owner, set
         response = client.post(f"/api/v1/sessions/{session.pk}/turns", {"content": CONTENT}, format="json")
         return response.status_code, response.json()
 
-    results = run_together([lambda s=session: post(s) for session in sessions])
+    try:
+        results = run_together([lambda s=session: post(s) for session in sessions])
+    finally:
+        # The accepted turns' run_turn messages: this test runs them itself, so
+        # they must not wait on the broker for a later test's worker.
+        celery_app.control.purge()
 
     assert [r for r in results if isinstance(r, Exception)] == []
     accepted = [body for status, body in results if status == 202]
     refused = [body for status, body in results if status == 402]
-    assert (len(accepted), len(refused)) == (BUDGET_TURNS, THREADS - BUDGET_TURNS), [s for s, _ in results]
+    assert len(accepted) + len(refused) == THREADS, [s for s, _ in results]
     assert all(body["error"]["code"] == "spend_limit_exceeded" for body in refused)
     assert all("API key 'ci' budget of" in body["error"]["message"] for body in refused)
-    # The refused requests wrote nothing: no turn, no message, no hold, no counter share.
-    assert Turn.objects.count() == BUDGET_TURNS
-    assert Message.objects.count() == BUDGET_TURNS
-    assert CreditHold.objects.filter(status="active").count() == BUDGET_TURNS
-    counter = SpendCounter.objects.get(api_key=api_key)
-    assert (counter.held, counter.spent) == (budget, Decimal("0"))
-    assert Wallet.objects.get(user=owner).held == budget
+    # The refused requests wrote nothing: no turn, no question, no hold.
+    assert Turn.objects.count() == len(accepted)
+    assert Message.objects.filter(role=Message.Role.USER).count() == len(accepted)
+    assert CreditHold.objects.count() == len(accepted)
+    if not Turn.objects.exclude(status=Turn.Status.QUEUED).exists():
+        # No worker took any (a worker of an earlier test may be running on this
+        # broker: a settled turn frees its hold, and more then fit): every accepted
+        # turn still holds its whole worst case, so exactly BUDGET_TURNS fit.
+        assert len(accepted) == BUDGET_TURNS
+        counter = SpendCounter.objects.get(api_key=api_key)
+        assert (counter.held, counter.spent) == (budget, Decimal("0"))
+        assert Wallet.objects.get(user=owner).held == budget
+    assert len(accepted) >= BUDGET_TURNS
 
-    # The worker runs them: what the key spent is its turns' debits, within the budget.
+    # The worker's job, for whatever is still queued: what the key spent is its
+    # turns' debits, within the budget.
     for body in accepted:
-        assert turn_run(turn_id=body["id"]).status == Turn.Status.COMPLETED
+        turn_run(turn_id=body["id"])
+    wait_for(lambda: not Turn.objects.filter(status__in=["queued", "running"]).exists())
+    assert set(Turn.objects.values_list("status", flat=True)) == {Turn.Status.COMPLETED}
     debits = CreditTransaction.objects.filter(kind="debit", reference__in=[body["id"] for body in accepted])
     spent = debits.aggregate(total=Sum("amount"))["total"]
-    assert debits.count() == BUDGET_TURNS
+    assert debits.count() == len(accepted)
     assert 0 < -spent <= budget
-    counter.refresh_from_db()
+    counter = SpendCounter.objects.get(api_key=api_key)
     assert (counter.held, counter.spent) == (Decimal("0"), -spent)
     wallet = Wallet.objects.get(user=owner)
     assert (wallet.balance, wallet.held) == (Decimal("1000") + spent, Decimal("0"))
