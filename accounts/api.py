@@ -110,6 +110,9 @@ class AccountLimitsView(APIView):
 
 
 def _limits_body(user: User) -> dict:
+    if user.spend_cap_credits is None:  # no cap: nothing is counted
+        return {"spend_cap_credits": None, "spend_cap_window": user.spend_cap_window, "spent": None, "held": None,
+                "resets_at": None}  # fmt: skip
     spend = account_spend(user=user)
     return {
         "spend_cap_credits": user.spend_cap_credits,

@@ -42,8 +42,12 @@ def _spend_of(serializer: serializers.Serializer, api_key: ApiKey) -> WindowSpen
 
 class ApiKeySerializer(serializers.ModelSerializer):
     budget_credits = MoneyField(help_text="Credits the key may spend per budget_window; null: no budget.")
-    spent = serializers.SerializerMethodField(help_text="Credits charged in the current window (turns settled).")
-    held = serializers.SerializerMethodField(help_text="Credits held in the current window (turns in flight).")
+    spent = serializers.SerializerMethodField(
+        help_text="Credits charged in the current budget window (turns settled); null when the key has no budget."
+    )
+    held = serializers.SerializerMethodField(
+        help_text="Credits held in the current budget window (turns in flight); null when the key has no budget."
+    )
     resets_at = serializers.SerializerMethodField(
         help_text="When the budget window ends and spent starts again from 0 (UTC); null for a lifetime budget."
     )
@@ -56,13 +60,15 @@ class ApiKeySerializer(serializers.ModelSerializer):
         ]  # fmt: skip
         read_only_fields = fields
 
-    @extend_schema_field(MONEY_SCHEMA)
-    def get_spent(self, api_key: ApiKey) -> str:
-        return format_ledger(_spend_of(self, api_key).spent)
+    # A key with no budget counts nothing (billing.limits keeps no counter for it):
+    # null, not a 0 that would read as "spent nothing".
+    @extend_schema_field({**MONEY_SCHEMA, "nullable": True})
+    def get_spent(self, api_key: ApiKey) -> str | None:
+        return None if api_key.budget_credits is None else format_ledger(_spend_of(self, api_key).spent)
 
-    @extend_schema_field(MONEY_SCHEMA)
-    def get_held(self, api_key: ApiKey) -> str:
-        return format_ledger(_spend_of(self, api_key).held)
+    @extend_schema_field({**MONEY_SCHEMA, "nullable": True})
+    def get_held(self, api_key: ApiKey) -> str | None:
+        return None if api_key.budget_credits is None else format_ledger(_spend_of(self, api_key).held)
 
     @extend_schema_field({"type": "string", "format": "date-time", "nullable": True})
     def get_resets_at(self, api_key: ApiKey) -> str | None:
@@ -132,8 +138,10 @@ class AccountLimitsSerializer(serializers.Serializer):
 
     spend_cap_credits = MoneyField()
     spend_cap_window = serializers.ChoiceField(choices=SpendWindow.choices, allow_null=True, read_only=True)
-    spent = MoneyField(help_text="Credits charged in the current window (turns settled since the cap was set).")
-    held = MoneyField(help_text="Credits held in the current window (turns in flight).")
+    spent = MoneyField(
+        help_text="Credits charged in the current window (turns settled since the cap was set); null with no cap."
+    )
+    held = MoneyField(help_text="Credits held in the current window (turns in flight); null with no cap.")
     resets_at = serializers.DateTimeField(
         allow_null=True, read_only=True, help_text="When the window ends (UTC); null for a lifetime cap."
     )

@@ -143,12 +143,15 @@ def test_the_key_list_shows_each_keys_spent_and_held_in_its_window(owner_client,
     )  # fmt: skip
     detail = owner_client.get(f"/api/v1/users/me/keys/{daily.pk}").json()
     assert detail["spent"] == "1.50000000"
+    # A key with no budget counts nothing: null, not a 0 that reads as "spent nothing".
+    plain, _ = api_key_create(user=owner, name="plain")
+    detail = owner_client.get(f"/api/v1/users/me/keys/{plain.pk}").json()
+    assert (detail["spent"], detail["held"], detail["resets_at"]) == (None, None, None)
 
 
 def test_the_account_cap_is_set_and_read(owner_client, owner):
     assert owner_client.get("/api/v1/users/me/limits").json() == {
-        "spend_cap_credits": None, "spend_cap_window": None, "spent": "0.00000000", "held": "0.00000000",
-        "resets_at": None,
+        "spend_cap_credits": None, "spend_cap_window": None, "spent": None, "held": None, "resets_at": None,
     }  # fmt: skip
     response = owner_client.patch(
         "/api/v1/users/me/limits", {"spend_cap_credits": "25", "spend_cap_window": "month"}, format="json"
@@ -163,6 +166,7 @@ def test_the_account_cap_is_set_and_read(owner_client, owner):
 
     cleared = owner_client.patch("/api/v1/users/me/limits", {"spend_cap_credits": None}, format="json").json()
     assert (cleared["spend_cap_credits"], cleared["spend_cap_window"]) == (None, "month")
+    assert (cleared["spent"], cleared["held"], cleared["resets_at"]) == (None, None, None)  # nothing is counted
 
 
 @pytest.mark.parametrize(
