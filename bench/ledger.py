@@ -55,6 +55,10 @@ def setup_django(url: str) -> None:
     sys.path.insert(0, str(ROOT))
     os.environ["DATABASE_URL"] = with_database(url, BENCH_DB)
     os.environ.pop("REDIS_URL", None)  # not needed: nothing here sends a task
+    # Each client thread holds its own connection for a whole phase (this measures the
+    # wallet lock, not pooling): with the pool's 12, a 13th client waited at the barrier
+    # for ever.
+    os.environ.setdefault("DB_POOL_MAX_SIZE", "0")
     os.environ.setdefault("SECRET_KEY", "bench-only")
     os.environ.setdefault("ALLOWED_HOSTS", "localhost")
     os.environ.setdefault("LOG_LEVEL", "WARNING")
