@@ -134,11 +134,27 @@ def create_tables() -> None:
     from django.db import connection
 
     # Imported once Django is set up (django.setup() above): models need the app registry.
-    from accounts.models import User
-    from billing.models import CreditHold, CreditTransaction, ModelPrice, Wallet
+    from accounts.models import ApiKey, User
+    from billing.models import (
+        AutoTopUp,
+        CreditGrant,
+        CreditHold,
+        CreditTransaction,
+        ModelPrice,
+        SpendCounter,
+        TopUp,
+        Wallet,
+    )
+    from notifications.models import Notification
 
+    # In foreign-key order. Beyond the ledger: what a debit may read or write (spend
+    # counters, grant lots, the auto top-up check after commit, a low-balance notice).
+    models = (
+        ContentType, Permission, Group, User, ApiKey, Wallet, CreditTransaction, CreditGrant, SpendCounter,
+        CreditHold, ModelPrice, TopUp, AutoTopUp, Notification,
+    )  # fmt: skip
     with connection.schema_editor() as editor:
-        for model in (ContentType, Permission, Group, User, Wallet, CreditTransaction, CreditHold, ModelPrice):
+        for model in models:
             editor.create_model(model)
 
 
