@@ -145,7 +145,7 @@ def create_tables() -> None:
         TopUp,
         Wallet,
     )
-    from notifications.models import Notification
+    from notifications.models import Notification  # also after django.setup(): a model needs the app registry
 
     # In foreign-key order. Beyond the ledger: what a debit may read or write (spend
     # counters, grant lots, the auto top-up check after commit, a low-balance notice).
