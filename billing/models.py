@@ -126,7 +126,7 @@ class CreditTransaction(models.Model):
 
 class CreditGrant(models.Model):
     """A grant that is promotional, or expires, or both: a lot of credits that debits
-    use before the rest of the balance (billing.services.grants_in_order gives the
+    use before the rest of the balance (billing.selectors.grants_in_order gives the
     order). A plain grant, a top-up, a refund is just balance and has no CreditGrant.
 
     `remaining` moves only under the wallet lock: down by debits (the share each one

@@ -1,6 +1,6 @@
 """Reads of wallets, the ledger and prices. Nothing here writes."""
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -31,14 +31,18 @@ def wallet_for_user(*, user: User) -> Wallet:
     return Wallet.objects.filter(user=user).first() or Wallet(user=user)
 
 
+def grants_in_order(lots: Iterable[CreditGrant]) -> list[CreditGrant]:
+    """Lots in the order credits are used (CreditGrant.consumption_key)."""
+    return sorted(lots, key=lambda lot: lot.consumption_key)
+
+
 def wallet_open_grants(*, wallet: Wallet) -> list[CreditGrant]:
     """The wallet's promotional or expiring grants with credits left, in the order
     they are used. No query for a wallet that has none (its cached grants_remaining
     says so)."""
     if wallet.pk is None or not wallet.grants_remaining:
         return []
-    lots = CreditGrant.objects.filter(wallet=wallet, remaining__gt=0)
-    return sorted(lots, key=lambda lot: lot.consumption_key)
+    return grants_in_order(CreditGrant.objects.filter(wallet=wallet, remaining__gt=0))
 
 
 def wallet_status_of(wallet: Wallet) -> dict[str, Any]:
@@ -149,9 +153,7 @@ def grant_ledger_problems(*, wallet: Wallet) -> list[str]:
             replayed[lot.pk] = amount
         elif kind == TransactionKind.DEBIT:
             left = -amount
-            for lot in sorted(
-                (by_id[pk] for pk, rest in replayed.items() if rest > 0), key=lambda lot: lot.consumption_key
-            ):
+            for lot in grants_in_order(by_id[pk] for pk, rest in replayed.items() if rest > 0):
                 share = min(replayed[lot.pk], left)
                 replayed[lot.pk] -= share
                 left -= share

@@ -14,7 +14,7 @@ case) costs no extra lookup, and two racing writers of one reference cannot both
 succeed; the loser's transaction rolls back and it returns the winner's row.
 """
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -31,6 +31,7 @@ from billing import _sql, limits
 from billing.dispatch import auto_top_up_send
 from billing.models import CreditGrant, CreditHold, CreditTransaction, ModelPrice, TransactionKind, Wallet
 from billing.money import format_ledger, ledger_amount, ledger_exact, to_decimal
+from billing.selectors import grants_in_order
 from core.exceptions import InsufficientCredits, StateConflict, field_error
 from notifications.services import low_balance_notify
 
@@ -405,10 +406,6 @@ def wallet_adjust(
 # adjustment adds to (or takes from) the rest of the balance, and so does a Stripe
 # take-back (wallet_reverse): it takes back paid credits, never promotional ones.
 # Every lot write happens under the wallet lock (lock order: wallet, then lots).
-
-
-def grants_in_order(lots: Iterable[CreditGrant]) -> list[CreditGrant]:
-    return sorted(lots, key=lambda lot: lot.consumption_key)
 
 
 def _open_grants_locked(wallet: Wallet) -> list[CreditGrant]:
@@ -803,7 +800,6 @@ __all__ = [
     "wallet_grant",
     "grant_expire",
     "grants_expire_due",
-    "grants_in_order",
     "held_shares",
     "wallet_hold_place",
     "wallet_hold_release",

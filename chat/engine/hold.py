@@ -40,16 +40,13 @@ def turn_hold_amount(*, session: ChatSession, price: ModelPrice, content: str) -
     Raises 400 naming `content` when the message alone does not fit the alias, and
     422 when a participant's alias is no longer active."""
     budget = input_budget(price)
-    needed = estimate_prompt_tokens(head_messages(session=session)) + MESSAGE_OVERHEAD_TOKENS + estimate_tokens(content)
+    needed, history = _prompt_tokens(session=session, content=content)
     if needed > budget:
         raise field_error(
             "content",
             f"Too long for model alias '{price.alias}': about {needed} tokens with the system prompt, "
             f"its input limit is {budget}.",
         )
-    count, chars = session_history_size(session=session)
-    # Per message the estimate rounds up, so this adds at most one token per message.
-    history = count * (MESSAGE_OVERHEAD_TOKENS + 1) + -(-chars // CHARS_PER_TOKEN)
     summary = window_bound(price) if needed + history > budget else Decimal("0")
     tool_calls = settings.MAX_TOOL_ROUNDS if _tools_offered(user_id=session.user_id) else 0
 
@@ -83,8 +80,14 @@ def turn_token_estimate(*, session: ChatSession, price: ModelPrice, content: str
     (system prompt, history within the input budget, the new message) plus the
     alias's max_output_tokens. Further calls of the turn (tools, a round table) are
     not estimated: tpm paces requests, the budget bounds what they cost."""
-    budget = input_budget(price)
+    needed, history = _prompt_tokens(session=session, content=content)
+    return min(input_budget(price), needed + history) + price.max_output_tokens
+
+
+def _prompt_tokens(*, session: ChatSession, content: str) -> tuple[int, int]:
+    """The estimate of a turn's first prompt, in tokens: (what it must hold: system
+    prompt, summary and the new message; the session's history on top of that)."""
     needed = estimate_prompt_tokens(head_messages(session=session)) + MESSAGE_OVERHEAD_TOKENS + estimate_tokens(content)
     count, chars = session_history_size(session=session)
-    history = count * (MESSAGE_OVERHEAD_TOKENS + 1) + -(-chars // CHARS_PER_TOKEN)
-    return min(budget, needed + history) + price.max_output_tokens
+    # Per message the estimate rounds up, so this adds at most one token per message.
+    return needed, count * (MESSAGE_OVERHEAD_TOKENS + 1) + -(-chars // CHARS_PER_TOKEN)
