@@ -344,18 +344,20 @@ def _takebacks_settle(topup: TopUp, *, reference: str, why: str) -> Decimal:
     return delta
 
 
-def _on_payment_intent_succeeded(topup: TopUp, intent: dict, event: TopUpEvent) -> str:
-    _check_usd(topup, intent, "amount")
-    wallet_topup(
-        user=topup.user,
-        amount=topup.credits,
-        reference=topup.payment_intent_id,
-        reason=f"Stripe top-up of {topup.amount_usd} USD",
-    )
+def _topup_grant(topup: TopUp, *, reason: str) -> None:
+    """The top-up's credits, once: the ledger row's reference is its PaymentIntent, so
+    whichever event says "paid" first grants and any later one changes nothing. The
+    caller saves the top-up."""
+    wallet_topup(user=topup.user, amount=topup.credits, reference=topup.payment_intent_id, reason=reason)
     if topup.granted_at is None:
         topup.granted_at = timezone.now()
-    _learn_charge(topup, _id(intent.get("latest_charge")))
     topup.error = ""
+
+
+def _on_payment_intent_succeeded(topup: TopUp, intent: dict, event: TopUpEvent) -> str:
+    _check_usd(topup, intent, "amount")
+    _topup_grant(topup, reason=f"Stripe top-up of {topup.amount_usd} USD")
+    _learn_charge(topup, _id(intent.get("latest_charge")))
     _refresh_status(topup)
     topup.save()
     _auto_top_up_settled(topup)
@@ -420,15 +422,7 @@ def _checkout_grant(topup: TopUp, session: dict) -> str:
     if topup.payment_intent_id not in (None, payment_intent_id):
         raise TopUpMismatch(f"{session.get('id')}: PaymentIntent {payment_intent_id}, top-up {topup.pk} has another.")
     topup.payment_intent_id = payment_intent_id
-    wallet_topup(
-        user=topup.user,
-        amount=topup.credits,
-        reference=payment_intent_id,
-        reason=f"Stripe top-up of {topup.amount_usd} USD (Checkout)",
-    )
-    if topup.granted_at is None:
-        topup.granted_at = timezone.now()
-    topup.error = ""
+    _topup_grant(topup, reason=f"Stripe top-up of {topup.amount_usd} USD (Checkout)")
     _refresh_status(topup)
     topup.save()
     return f"granted {topup.credits} to top-up {topup.pk}"
