@@ -95,7 +95,9 @@ def run(args: argparse.Namespace) -> None:
     from django.utils import timezone
 
     # Imported here, the same reason: after setup_django().
-    from accounts.services import user_create
+    from accounts import _sql as accounts_sql
+    from accounts.models import ApiKey
+    from accounts.services import api_key_create, hash_api_key, user_create
     from billing.models import ModelPrice
     from chat import _sql
     from chat.models import ChatSession, Message, Turn, UploadedFile
@@ -112,6 +114,21 @@ def run(args: argparse.Namespace) -> None:
         Message(session=session, turn=turn, role=Message.Role.USER, content="x" * (20 + n % 400))
         for n in range(HISTORY)
     )
+
+    _, raw_key = api_key_create(user=user, name="bench")
+    key_hash = hash_api_key(raw_key)
+
+    def orm_api_key() -> tuple:
+        api_key = (
+            ApiKey.objects.select_related("user")
+            .filter(key_hash=key_hash, revoked_at__isnull=True, user__is_active=True)
+            .first()
+        )
+        return api_key.pk, api_key.user.pk
+
+    def raw_api_key() -> tuple:
+        api_key = accounts_sql.api_key_for_hash(key_hash=key_hash)
+        return api_key.pk, api_key.user.pk
 
     def orm_session_get() -> ChatSession | None:
         return ChatSession.objects.filter(pk=session.pk, user_id=user.pk, deleted_at__isnull=True).first()
@@ -156,6 +173,7 @@ def run(args: argparse.Namespace) -> None:
         return UploadedFile.objects.filter(owner_id=user.pk).exists()
 
     pairs = {
+        "api_key_for_hash (every request's auth)": (raw_api_key, orm_api_key),
         "session_get (POST turns)": (lambda: _sql.session_get(user_id=user.pk, session_id=session.pk), orm_session_get),
         "turn_status (waiting check)": (lambda: _sql.turn_status(turn_id=turn.pk, lock=False), orm_turn_status),
         "turn_lock (completion)": (
@@ -176,10 +194,10 @@ def run(args: argparse.Namespace) -> None:
         assert raw() == orm() or name.startswith("turn_start"), name
     rows = measure(pairs, args.calls, args.rounds)
     print(f"{args.calls} calls per path, {args.rounds} interleaved rounds; microseconds per call")
-    print(f"{'statement':38} {'raw cpu':>8} {'orm cpu':>8} {'saved':>6} {'raw wall':>9} {'orm wall':>9} {'saved':>6}")
+    print(f"{'statement':40} {'raw cpu':>8} {'orm cpu':>8} {'saved':>6} {'raw wall':>9} {'orm wall':>9} {'saved':>6}")
     for name, raw_cpu, orm_cpu, raw_wall, orm_wall in rows:
         print(
-            f"{name:38} {raw_cpu:8.1f} {orm_cpu:8.1f} {1 - raw_cpu / orm_cpu:6.0%} "
+            f"{name:40} {raw_cpu:8.1f} {orm_cpu:8.1f} {1 - raw_cpu / orm_cpu:6.0%} "
             f"{raw_wall:9.1f} {orm_wall:9.1f} {1 - raw_wall / orm_wall:6.0%}"
         )
 

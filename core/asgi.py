@@ -16,17 +16,21 @@ must wait (a streamed body, a `Prefer: wait`) waits on the event loop:
 
 Requests run on a pool of WEB_THREADS threads, the health probe on a thread of its
 own, so a burst of requests never queues the probe behind it (measured in
-bench/concurrency.py, with the alternatives tried).
+bench/concurrency.py, with the alternatives tried). A pool thread runs in its own
+context, as a WSGI thread does: its database wrapper and other thread-locals live as
+long as the thread. (asgiref's sync_to_async would copy the request's context into
+the thread and back, and re-home every Local, for each request: about 7% of the
+web's CPU under load, and a new database wrapper per request.)
 """
 
+import asyncio
 from concurrent.futures import ThreadPoolExecutor
 
-from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.core.handlers import base
 from django.core.handlers.asgi import ASGIHandler as DjangoASGIHandler
 from django.http import HttpRequest, HttpResponseBase
-from django.urls import reverse
+from django.urls import reverse, set_script_prefix
 
 from core.db import db_release
 
@@ -49,10 +53,8 @@ class ASGIHandler(DjangoASGIHandler):
 
     async def get_response_async(self, request: HttpRequest) -> HttpResponseBase:
         request.waits_on_event_loop = True
-        pool = self._pool_for(request)
-        response = await sync_to_async(self._get_response_on_a_pool_thread, thread_sensitive=False, executor=pool)(
-            request
-        )
+        loop = asyncio.get_running_loop()
+        response = await loop.run_in_executor(self._pool_for(request), self._get_response_on_a_pool_thread, request)
         finish = getattr(response, "finish_on_event_loop", None)
         if finish is None:
             return response
@@ -65,6 +67,7 @@ class ASGIHandler(DjangoASGIHandler):
         return self.probes if request.path == self.probe_path else self.requests
 
     def _get_response_on_a_pool_thread(self, request: HttpRequest) -> HttpResponseBase:
+        set_script_prefix(request.script_name)  # set on the loop by Django, not seen in this thread's context
         try:
             return self.get_response(request)
         finally:

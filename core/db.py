@@ -3,10 +3,10 @@ pool (psycopg_pool); a thread that is about to wait on a model, a stream or a ti
 gives its connection back first, so connections stay bounded however many turns
 and streams are in flight."""
 
+import asyncio
 from collections.abc import Callable
 from typing import Any
 
-from asgiref.sync import sync_to_async
 from django.db import InterfaceError, OperationalError, connections
 
 # What a lost or refused database connection raises through Django.
@@ -27,8 +27,9 @@ def db_release() -> None:
 
 
 async def db_read(read: Callable[..., Any], /, **kwargs: Any) -> Any:  # noqa: ANN401  whatever `read` returns
-    """`read(**kwargs)` on a thread of the shared executor, its connection given back
-    right after: an async waiter holds no connection between its reads."""
+    """`read(**kwargs)` on a thread of the loop's executor, its connection given back
+    right after: an async waiter holds no connection between its reads. The thread
+    runs in its own context (core.asgi says why)."""
 
     def call() -> Any:  # noqa: ANN401
         try:
@@ -36,4 +37,4 @@ async def db_read(read: Callable[..., Any], /, **kwargs: Any) -> Any:  # noqa: A
         finally:
             db_release()
 
-    return await sync_to_async(call, thread_sensitive=False)()
+    return await asyncio.get_running_loop().run_in_executor(None, call)
