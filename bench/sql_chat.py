@@ -172,6 +172,9 @@ def run(args: argparse.Namespace) -> None:
     def orm_user_has_files() -> bool:
         return UploadedFile.objects.filter(owner_id=user.pk).exists()
 
+    def orm_turns_in_flight() -> int:
+        return Turn.objects.filter(user=user, status__in=(Turn.Status.QUEUED, Turn.Status.RUNNING)).count()
+
     pairs = {
         "api_key_for_hash (every request's auth)": (raw_api_key, orm_api_key),
         "session_get (POST turns)": (lambda: _sql.session_get(user_id=user.pk, session_id=session.pk), orm_session_get),
@@ -188,6 +191,7 @@ def run(args: argparse.Namespace) -> None:
             lambda: _sql.session_history_size(session=session, scan=HISTORY_SCAN),
             orm_history_size,
         ),  # fmt: skip
+        "turns_in_flight (fair use)": (lambda: _sql.turns_in_flight(user_id=user.pk), orm_turns_in_flight),
         "user_has_files (hold, run)": (lambda: _sql.user_has_files(user_id=user.pk), orm_user_has_files),
     }
     for name, (raw, orm) in pairs.items():  # both paths answer the same, or the timing means nothing

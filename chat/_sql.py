@@ -106,6 +106,17 @@ def session_history_size(*, session: ChatSession, scan: int) -> tuple[int, int]:
     return count or 0, chars or 0
 
 
+# Fair use on every POST turns and /v1 request, under the wallet's row lock (the
+# partial index chat_turn_user_unfinished): 189 vs 1116 us (-83%).
+_TURNS_IN_FLIGHT = f"SELECT COUNT(*) FROM {Turn._meta.db_table} WHERE user_id = %s AND status IN (%s, %s)"  # noqa: S608
+
+
+def turns_in_flight(*, user_id: int) -> int:
+    with connection.cursor() as cursor:
+        cursor.execute(_TURNS_IN_FLIGHT, [user_id, *UNFINISHED])
+        return cursor.fetchone()[0]
+
+
 # The hold and every run (most users have no files): 80 vs 338 us (-76%).
 _USER_HAS_FILES = f"SELECT 1 FROM {UploadedFile._meta.db_table} WHERE owner_id = %s LIMIT 1"  # noqa: S608
 

@@ -84,8 +84,9 @@ def turn_brief(*, user: User, turn_id: UUID) -> Turn | None:
     return Turn.objects.filter(pk=turn_id, user=user, session__deleted_at__isnull=True).only("id", "status").first()
 
 
-def turn_messages(*, turn_id: UUID) -> list[Message]:
-    return list(Message.objects.filter(turn_id=turn_id).order_by("id"))
+def turns_in_flight(*, user: User) -> int:
+    """The user's turns queued or running (fair use counts them)."""
+    return _sql.turns_in_flight(user_id=user.pk)
 
 
 def turn_for_idempotency_key(*, user: User, key: str) -> Turn | None:

@@ -125,9 +125,7 @@ class SessionTurnsView(generics.ListAPIView):
         if created and current == Turn.Status.QUEUED and not wait:
             # Just accepted: the turn and its question are all there is (no calls yet).
             turn.status = current
-            accepted = turn_detail_payload(
-                turn=turn, messages=selectors.turn_messages(turn_id=turn.pk), llm_calls=[], tool_calls=[]
-            )
+            accepted = turn_detail_payload(turn=turn, messages=turn.accepted_messages, llm_calls=[], tool_calls=[])
             _turn_answer(response, user=request.user, turn_id=turn.pk, published=accepted)
         elif not wait or current in selectors.FINISHED:
             _turn_answer(response, user=request.user, turn_id=turn.pk)

@@ -54,7 +54,7 @@ from chat.engine.hold import turn_hold_amount, turn_token_estimate
 from chat.engine.metering import TurnOutcome
 from chat.models import CONTENT_MAX_CHARS, ChatSession, LLMCall, Message, ToolCall, Turn
 from chat.outcome_store import outcome_drop, outcome_keep, outcome_kept
-from chat.selectors import FINISHED, UNFINISHED, turn_for_idempotency_key, turn_status
+from chat.selectors import FINISHED, turn_for_idempotency_key, turn_status, turns_in_flight
 from core.db import DATABASE_DOWN, db_release
 from core.exceptions import StateConflict, TooManyRequests, field_error
 from reporting.services import usage_rollup_add
@@ -126,7 +126,10 @@ def turn_create(
                 session=session, user=user, model_alias=price.alias, price=price, idempotency_key=idempotency_key,
                 dispatched_at=timezone.now(),  # cleared below if the send fails
             )  # fmt: skip
-            Message.objects.create(session=session, turn=turn, role=Message.Role.USER, content=content)
+            # Kept on the turn: the answer to a just-accepted turn needs no read.
+            turn.accepted_messages = [
+                Message.objects.create(session=session, turn=turn, role=Message.Role.USER, content=content)
+            ]
             # Refuses (402) in block mode, or past a key budget or the account cap;
             # the turn and message roll back with it.
             wallet_hold_place(user=user, amount=worst_case, reference=str(turn.pk), spend_limits=spend_limits)
@@ -152,7 +155,7 @@ def turns_in_flight_check(*, user: User) -> None:
     """Fair use: at most MAX_CONCURRENT_TURNS_PER_USER turns queued or running (this
     one included), so no user fills the workers alone."""
     limit = settings.MAX_CONCURRENT_TURNS_PER_USER
-    if Turn.objects.filter(user=user, status__in=UNFINISHED).count() > limit:
+    if turns_in_flight(user=user) > limit:
         raise TooManyRequests(
             f"At most {limit} turns queued or running per user; wait for one to finish.", retry_after=2
         )

@@ -37,6 +37,17 @@ def test_turn_status_reads_the_orms_status_with_and_without_the_lock(session):
     assert _sql.turn_status(turn_id="00000000-0000-0000-0000-000000000000", lock=False) is None
 
 
+def test_turns_in_flight_counts_the_users_queued_and_running_turns(session, other_user):
+    for status in (*Turn.Status.values, Turn.Status.QUEUED, Turn.Status.RUNNING):
+        _turn(session, status=status)
+    other = ChatSession.objects.create(user=other_user)
+    _turn(other, status=Turn.Status.QUEUED)
+    for user in (session.user, other_user):
+        expected = Turn.objects.filter(user=user, status__in=[Turn.Status.QUEUED, Turn.Status.RUNNING]).count()
+        assert _sql.turns_in_flight(user_id=user.pk) == expected
+    assert _sql.turns_in_flight(user_id=session.user.pk) == 4
+
+
 @pytest.mark.parametrize("lease", ["none", "live", "expired"])
 @pytest.mark.parametrize("status", [*Turn.Status.values])
 def test_turn_start_writes_what_the_orm_update_writes(session, status, lease):
