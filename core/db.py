@@ -27,9 +27,10 @@ def db_release() -> None:
 
 
 async def db_read(read: Callable[..., Any], /, **kwargs: Any) -> Any:  # noqa: ANN401  whatever `read` returns
-    """`read(**kwargs)` on a thread of the loop's executor, its connection given back
-    right after: an async waiter holds no connection between its reads. The thread
-    runs in its own context (core.asgi says why)."""
+    """`read(**kwargs)` (a read, or a short write such as a hand-over) on a thread of
+    the loop's executor, its connection given back right after: an async waiter holds
+    no connection between its calls. The thread runs in its own context (core.asgi
+    says why)."""
 
     def call() -> Any:  # noqa: ANN401
         try:

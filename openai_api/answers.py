@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Callable
 from functools import partial
 from typing import Any
 
-from asgiref.sync import async_to_sync, sync_to_async
+from asgiref.sync import async_to_sync
 from django.http import HttpResponse, JsonResponse
 
 from chat import streaming
@@ -103,7 +103,7 @@ async def completion_chunks(
     try:
         yield writer.start()
         final = lambda turn_id: turn_detail(user=user, turn_id=turn_id)  # noqa: E731
-        ready = partial(sync_to_async(turn_hand_over, thread_sensitive=False), turn_id=str(turn.pk))
+        ready = partial(db_read, turn_hand_over, turn_id=str(turn.pk))
         async with contextlib.aclosing(turn_event_items(turn=turn, final=final, ready=ready)) as items:
             async for name, data in items:
                 if name == KEEP_ALIVE:
@@ -119,8 +119,8 @@ async def completion_chunks(
                     return
     finally:
         if not finished:
-            await sync_to_async(_stop, thread_sensitive=False)(turn)
-        await sync_to_async(on_close, thread_sensitive=False)()
+            await db_read(_stop, turn=turn)
+        await db_read(on_close)
 
 
 def _stop(turn: Turn) -> None:

@@ -10,7 +10,6 @@ from functools import partial
 from typing import Any
 from uuid import UUID
 
-from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.http import Http404, StreamingHttpResponse
 from drf_spectacular.types import OpenApiTypes
@@ -129,7 +128,7 @@ async def turn_events(
                     return
     finally:
         if on_close is not None:
-            await sync_to_async(on_close, thread_sensitive=False)()
+            await db_read(on_close)
 
 
 class EventStreamRenderer(BaseRenderer):
