@@ -4,21 +4,20 @@ figure from bench/sql_chat.py. tests/accounts/test_sql.py checks it finds exactl
 the key and user the ORM query finds."""
 
 from accounts.models import ApiKey, User
+from core import rawsql
 
-# Every API request's authentication: 732 us raw vs 1631 us ORM CPU (-55%). Two
-# indexed reads through Model.raw (the database's converters still apply) instead of
-# the ORM's select_related join.
-_API_KEY_FOR_HASH = f"SELECT * FROM {ApiKey._meta.db_table} WHERE key_hash = %s AND revoked_at IS NULL"  # noqa: S608
-_ACTIVE_USER = f"SELECT * FROM {User._meta.db_table} WHERE id = %s AND is_active"  # noqa: S608
+# Every API request's authentication: 146 us raw vs 772 us ORM CPU (-81%). The ORM's
+# select_related join as one plain statement (core.rawsql: the ORM's converters apply).
+_API_KEY_FOR_HASH = (
+    f"SELECT {rawsql.columns(ApiKey, 'k')}, {rawsql.columns(User, 'u')} FROM {ApiKey._meta.db_table} k "  # noqa: S608
+    f"JOIN {User._meta.db_table} u ON u.id = k.user_id WHERE k.key_hash = %s AND k.revoked_at IS NULL AND u.is_active"
+)
 
 
 def api_key_for_hash(*, key_hash: str) -> ApiKey | None:
     """The unrevoked key with this hash and its active user (cached on `key.user`)."""
-    api_key = next(iter(ApiKey.objects.raw(_API_KEY_FOR_HASH, [key_hash])), None)
-    if api_key is None:
+    rows = rawsql.fetch(_API_KEY_FOR_HASH, [key_hash], [ApiKey, User])
+    if not rows:
         return None
-    user = next(iter(User.objects.raw(_ACTIVE_USER, [api_key.user_id])), None)
-    if user is None:
-        return None
-    api_key.user = user
+    api_key, api_key.user = rows[0]
     return api_key

@@ -58,18 +58,15 @@ def main() -> None:
 
 def bench(calls: int, rounds: int) -> None:
     # Models are imported once setup_django has configured Django.
-    from django.contrib.auth.models import Group, Permission
-    from django.contrib.contenttypes.models import ContentType
-    from django.db import connection, transaction
+    from django.core.management import call_command
+    from django.db import transaction
 
     # Models are imported once setup_django has configured Django.
     from accounts.models import User
     from billing import _sql, services
     from billing.models import CreditHold, CreditTransaction, ModelPrice, TransactionKind, Wallet
 
-    with connection.schema_editor() as editor:
-        for model in (ContentType, Permission, Group, User, Wallet, CreditTransaction, CreditHold, ModelPrice):
-            editor.create_model(model)
+    call_command("migrate", verbosity=0)  # every table the billing paths touch (spend counters, grants)
     wallets = {}
     for name in ("post", "settle", "hold"):
         for path in ("raw", "orm"):
@@ -83,7 +80,6 @@ def bench(calls: int, rounds: int) -> None:
         ModelPrice.objects.create(
             alias=f"a{n}", provider="local", provider_model="m", input_credits_per_mtok=1, output_credits_per_mtok=2
         )
-    price_sql = f"SELECT * FROM {ModelPrice._meta.db_table} WHERE alias = %s AND active = %s"  # noqa: S608
     counter = iter(range(10**9))
 
     def post(path: str, *, settle: bool) -> Callable[[], None]:
@@ -119,9 +115,23 @@ def bench(calls: int, rounds: int) -> None:
     def price(path: str) -> tuple:
         def call() -> None:
             if path == "raw":
-                next(iter(ModelPrice.objects.raw(price_sql, ["fast", True])), None)
+                _sql.model_price_active(alias="fast")
             else:
                 ModelPrice.objects.filter(alias="fast", active=True).first()
+
+        return dict, call
+
+    with transaction.atomic():
+        services._hold_place_orm(
+            user_id=wallets["hold", "raw"], amount=AMOUNT, reference="the-turn", overdraft=UNBOUNDED
+        )  # noqa: SLF001
+
+    def hold_amount(path: str) -> tuple:
+        def call() -> None:
+            if path == "raw":
+                _sql.hold_amount(reference="the-turn")
+            else:
+                CreditHold.objects.filter(reference="the-turn").values_list("amount", flat=True).first()
 
         return dict, call
 
@@ -130,6 +140,7 @@ def bench(calls: int, rounds: int) -> None:
         "ledger post settling a hold": lambda path: post(path, settle=True),
         "hold place (block mode)": hold,
         "price of an alias": price,
+        "amount of a turn's hold": hold_amount,
     }
     totals = {(name, path): [0.0, 0.0] for name in statements for path in ("raw", "orm")}
     per_round = max(1, calls // rounds)

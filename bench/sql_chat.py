@@ -100,6 +100,7 @@ def run(args: argparse.Namespace) -> None:
     from accounts.services import api_key_create, hash_api_key, user_create
     from billing.models import ModelPrice
     from chat import _sql
+    from chat.engine.context import HISTORY_FIELDS, context_rows
     from chat.models import ChatSession, Message, Turn, UploadedFile
     from chat.selectors import HISTORY_SCAN, session_history
 
@@ -114,6 +115,10 @@ def run(args: argparse.Namespace) -> None:
         Message(session=session, turn=turn, role=Message.Role.USER, content="x" * (20 + n % 400))
         for n in range(HISTORY)
     )
+    # A turn after that history, its context read as a run reads it.
+    Turn.objects.filter(pk=turn.pk).update(status=Turn.Status.COMPLETED)
+    later = Turn.objects.create(session=session, user=user, model_alias=price.alias, price=price)
+    Message.objects.create(session=session, turn=later, role=Message.Role.USER, content="the question")
 
     _, raw_key = api_key_create(user=user, name="bench")
     key_hash = hash_api_key(raw_key)
@@ -175,6 +180,25 @@ def run(args: argparse.Namespace) -> None:
     def orm_turns_in_flight() -> int:
         return Turn.objects.filter(user=user, status__in=(Turn.Status.QUEUED, Turn.Status.RUNNING)).count()
 
+    def orm_turn_for_run() -> tuple:
+        found = Turn.objects.select_related("session", "user", "price").get(pk=turn.pk)
+        return found, found.session, found.user, found.price
+
+    def raw_turn_for_run() -> tuple:
+        found = _sql.turn_for_run(turn_id=turn.pk)
+        return found, found.session, found.user, found.price
+
+    def orm_context_rows() -> tuple:
+        own = list(Message.objects.filter(turn=later).order_by("id"))
+        history = session_history(session=session, before_message_id=own[0].id).filter(
+            turn__status=Turn.Status.COMPLETED
+        )
+        return own, list(history.values(*HISTORY_FIELDS)[:HISTORY_SCAN])
+
+    def raw_context_rows() -> tuple:
+        rows = context_rows(turn=later)
+        return rows.own, rows.history
+
     pairs = {
         "api_key_for_hash (every request's auth)": (raw_api_key, orm_api_key),
         "session_get (POST turns)": (lambda: _sql.session_get(user_id=user.pk, session_id=session.pk), orm_session_get),
@@ -193,6 +217,8 @@ def run(args: argparse.Namespace) -> None:
         ),  # fmt: skip
         "turns_in_flight (fair use)": (lambda: _sql.turns_in_flight(user_id=user.pk), orm_turns_in_flight),
         "user_has_files (hold, run)": (lambda: _sql.user_has_files(user_id=user.pk), orm_user_has_files),
+        "turn_for_run (worker's turn)": (raw_turn_for_run, orm_turn_for_run),
+        "context_rows (a run's context)": (raw_context_rows, orm_context_rows),
     }
     for name, (raw, orm) in pairs.items():  # both paths answer the same, or the timing means nothing
         assert raw() == orm() or name.startswith("turn_start"), name

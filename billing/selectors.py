@@ -87,6 +87,11 @@ def model_price_for_alias(*, alias: str) -> ModelPrice | None:
     return _sql.model_price_active(alias=alias)
 
 
+def hold_amount(*, reference: str) -> Decimal | None:
+    """The amount of the hold `reference` (placed when its turn was accepted), or None."""
+    return _sql.hold_amount(reference=reference)
+
+
 # --- reconciliation -----------------------------------------------------------------
 
 

@@ -53,6 +53,19 @@ def session_history_size(*, session: ChatSession, scan: int = HISTORY_SCAN) -> t
     return _sql.session_history_size(session=session, scan=scan)
 
 
+def history_completed(
+    *, session: ChatSession, before_message_id: int | None, names: tuple[str, ...], scan: int = HISTORY_SCAN
+) -> list[dict]:
+    """`names` of the newest `scan` messages of session_history that belong to
+    completed turns (a prompt's history), as QuerySet.values() gives them."""
+    return _sql.completed_history(session=session, before_message_id=before_message_id, names=names, scan=scan)
+
+
+def turn_messages(*, turn: Turn) -> list[Message]:
+    """The turn's stored messages, oldest first."""
+    return _sql.turn_messages(turn_id=turn.pk)
+
+
 def price_default() -> ModelPrice | None:
     """The alias a new session gets when it names none: the first one configured
     (a different rule from an alias's active price, billing.selectors)."""

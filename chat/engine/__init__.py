@@ -30,7 +30,8 @@ chat.engine.completion makes its one call on the request's own messages.
 
 import logging
 
-from billing.models import CreditHold, ModelPrice
+from billing.models import ModelPrice
+from billing.selectors import hold_amount
 from chat.engine.completion import completion_outcome
 from chat.engine.context import files_prompt_note
 from chat.engine.metering import TurnOutcome
@@ -58,7 +59,7 @@ def turn_outcome(*, turn: Turn, price: ModelPrice) -> TurnOutcome:
         return completion_outcome(turn=turn, price=price)
     note = files_prompt_note(user=turn.user, session=turn.session)
     tools = [tool for tool in tools_for_turn() if tool["name"] != "file_read" or note]
-    hold = CreditHold.objects.filter(reference=str(turn.pk)).values_list("amount", flat=True).first()
+    hold = hold_amount(reference=str(turn.pk))
     run = TurnRun(turn=turn, price=price, tools=tools, files_note=note, ceiling=hold)
     summarise(run)
     MODES.get(turn.session.mode, run_single)(run)

@@ -19,7 +19,7 @@ from accounts.models import User
 from billing.models import ModelPrice
 from chat.llm import ChatMessage, ToolCallRequest, estimate_message_tokens, estimate_prompt_tokens
 from chat.models import ChatSession, Message, Turn, UploadedFile
-from chat.selectors import HISTORY_SCAN, files_for_user, session_history, user_has_files
+from chat.selectors import HISTORY_SCAN, files_for_user, history_completed, turn_messages, user_has_files
 
 
 @dataclass
@@ -86,12 +86,13 @@ class ContextRows:
 
 
 def context_rows(*, turn: Turn) -> ContextRows:
-    own = list(Message.objects.filter(turn=turn).order_by("id"))
-    history = session_history(session=turn.session, before_message_id=own[0].id if own else None)
+    own = turn_messages(turn=turn)
     # Only completed turns: a failed turn's question without its answer stays out. (The
     # hold counts every message: a turn that finishes before this one runs joins it.)
-    history = history.filter(turn__status=Turn.Status.COMPLETED)
-    return ContextRows(own=own, history=list(history.values(*HISTORY_FIELDS)[:HISTORY_SCAN]))
+    history = history_completed(
+        session=turn.session, before_message_id=own[0].id if own else None, names=HISTORY_FIELDS, scan=HISTORY_SCAN
+    )
+    return ContextRows(own=own, history=history)
 
 
 def context_build(

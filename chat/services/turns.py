@@ -219,7 +219,7 @@ def turn_start(*, turn_id: UUID | str, lease: leases.Lease | None = None) -> Tur
     lease = lease or leases.Lease(turn_id=str(turn_id))
     if not _sql.turn_start(turn_id=turn_id, lease_token=lease.token, lease_expires_at=leases.lease_expiry()):
         return None
-    return Turn.objects.select_related("session", "user", "price").get(pk=turn_id)
+    return _sql.turn_for_run(turn_id=turn_id)
 
 
 def turn_run(*, turn_id: UUID | str) -> Turn | None:

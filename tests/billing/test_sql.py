@@ -10,8 +10,8 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from billing import _sql, services
-from billing.models import CreditGrant, CreditHold, CreditTransaction, TransactionKind, Wallet
-from billing.selectors import model_price_for_alias
+from billing.models import CreditGrant, CreditHold, CreditTransaction, ModelPrice, TransactionKind, Wallet
+from billing.selectors import hold_amount, model_price_for_alias
 from core.exceptions import InsufficientCredits
 from tests.billing.factories import ModelPriceFactory
 from tests.conftest import make_user
@@ -115,9 +115,24 @@ def test_the_price_of_an_alias_is_its_active_row_or_none():
 
     assert model_price_for_alias(alias="fast") == current
     assert model_price_for_alias(alias="fast") == _sql.model_price_active(alias="fast")
-    assert model_price_for_alias(alias="fast").input_credits_per_mtok == current.input_credits_per_mtok
+    fields = [field.attname for field in ModelPrice._meta.concrete_fields]
+    found, expected = model_price_for_alias(alias="fast"), ModelPrice.objects.get(pk=current.pk)
+    assert [getattr(found, name) for name in fields] == [getattr(expected, name) for name in fields]
     assert model_price_for_alias(alias="gone") is None
     assert model_price_for_alias(alias="") is None
+
+
+@pytest.mark.django_db
+def test_the_amount_of_a_hold_is_what_the_orm_reads(owner):
+    services.wallet_grant(user=owner, amount=Decimal("10"), reason="credits")
+    services.wallet_hold_place(user=owner, amount=Decimal("1.23456789"), reference="turn-1")
+    services.wallet_hold_place(user=owner, amount=Decimal("2"), reference="turn-2")
+    services.wallet_hold_release(user=owner, reference="turn-2")
+    for reference in ("turn-1", "turn-2", "turn-3"):
+        expected = CreditHold.objects.filter(reference=reference).values_list("amount", flat=True).first()
+        assert hold_amount(reference=reference) == expected
+    assert hold_amount(reference="turn-1") == Decimal("1.23456789")
+    assert hold_amount(reference="turn-3") is None
 
 
 @pytest.mark.postgres

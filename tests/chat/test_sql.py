@@ -64,7 +64,9 @@ def test_turn_start_writes_what_the_orm_update_writes(session, status, lease):
         Turn.objects.filter(takeable, pk=orm.pk).update(
             status=Turn.Status.RUNNING,
             started_at=Coalesce("started_at", Value(timezone.now())),
-            attempts=F("attempts") + 1, lease_token=token, lease_expires_at=until,
+            attempts=F("attempts") + 1,
+            lease_token=token,
+            lease_expires_at=until,
         )  # fmt: skip
     )
     raw.refresh_from_db()
@@ -114,3 +116,61 @@ def test_user_has_files_answers_what_the_orm_answers(owner, other_user):
     UploadedFile.objects.create(owner=owner, name="a.txt", content_type="text/plain", size=1, sha256="0" * 64)
     for user in (owner, other_user):
         assert _sql.user_has_files(user_id=user.pk) == UploadedFile.objects.filter(owner=user).exists()
+
+
+def _fields(instance) -> dict:  # noqa: ANN001
+    return {field.attname: getattr(instance, field.attname) for field in type(instance)._meta.concrete_fields}
+
+
+@pytest.mark.parametrize("priced", [True, False])
+def test_turn_for_run_reads_what_select_related_reads(session, price, priced):
+    turn = _turn(
+        session, price=price if priced else None, status=Turn.Status.RUNNING, started_at=timezone.now(),
+        lease_token=uuid.uuid4(), completion_options={"stop": ["\n"], "temperature": 0.5},
+    )  # fmt: skip
+    expected = Turn.objects.select_related("session", "user", "price").get(pk=turn.pk)
+    found = _sql.turn_for_run(turn_id=str(turn.pk))
+    assert _fields(found) == _fields(expected)
+    assert found.completion_options == {"stop": ["\n"], "temperature": 0.5}
+    assert _fields(found.session) == _fields(expected.session)
+    assert _fields(found.user) == _fields(expected.user)
+    if priced:
+        assert _fields(found.price) == _fields(expected.price)
+    else:
+        assert found.price is None
+    assert _sql.turn_for_run(turn_id=uuid.uuid4()) is None
+
+
+def test_turn_messages_reads_the_turns_messages_oldest_first(session):
+    turn, other = _turn(session), _turn(session)
+    call = {"id": "call_1", "type": "function", "function": {"name": "file_read", "arguments": "{}"}}
+    Message.objects.create(session=session, turn=other, role=Message.Role.USER, content="not this turn's")
+    for role, tool_calls in [(Message.Role.USER, None), (Message.Role.ASSISTANT, [call])]:
+        Message.objects.create(session=session, turn=turn, role=role, content=f"{role} says", tool_calls=tool_calls)
+    found = _sql.turn_messages(turn_id=turn.pk)
+    assert [_fields(m) for m in found] == [_fields(m) for m in Message.objects.filter(turn=turn).order_by("id")]
+    assert found[1].tool_calls == [call]
+
+
+def test_completed_history_reads_what_the_orm_reads(session):
+    names = ("id", "turn_id", "role", "content", "tool_calls", "tool_call_id")
+    call = {"id": "call_1", "type": "function", "function": {"name": "file_read", "arguments": "{}"}}
+    rows = []
+    for n in range(40):
+        turn = _turn(session, status=Turn.Status.FAILED if n % 5 == 0 else Turn.Status.COMPLETED)
+        rows += [
+            Message.objects.create(session=session, turn=turn, role=Message.Role.USER, content=f"question {n}"),
+            Message.objects.create(
+                session=session, turn=turn, role=Message.Role.ASSISTANT, content="", tool_calls=[call] if n % 3 else None
+            ),
+        ]  # fmt: skip
+    elsewhere = ChatSession.objects.create(user=session.user)
+    Message.objects.create(session=elsewhere, turn=_turn(elsewhere, status=Turn.Status.COMPLETED), content="other")
+    for through, before, scan in [(None, None, 200), (rows[9].pk, rows[70].pk, 200), (None, rows[50].pk, 7)]:
+        session.summary_through_message_id = through
+        history = session_history(session=session, before_message_id=before).filter(turn__status=Turn.Status.COMPLETED)
+        expected = list(history.values(*names)[:scan])
+        found = _sql.completed_history(session=session, before_message_id=before, names=names, scan=scan)
+        assert found == expected
+        assert found and len(found) <= scan
+    assert any(row["tool_calls"] == [call] for row in found)
