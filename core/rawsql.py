@@ -1,8 +1,9 @@
-"""Model instances from one raw statement that reads several tables: what the ORM's
-select_related does, without building a query. Building and compiling an ORM query
-costs far more than running it on the turn hot path (a turn with its session, user
-and price: 214 us this way against 979 us through select_related, bench/sql_chat.py),
-and Model.raw reads one model per statement.
+"""Model instances from one raw statement that reads several tables (what the ORM's
+select_related does), and plain INSERTs and UPDATEs of instances, without building a
+query. Building and compiling an ORM query costs far more than running it on the
+turn hot path (a turn with its session, user and price: 214 us this way against
+979 us through select_related, bench/sql_chat.py), and Model.raw reads one model per
+statement.
 
 A statement lists each model's columns with `columns()`, in the order the models are
 then given to `fetch()` (or names a model's fields for `fetch_values()`); the values
@@ -90,3 +91,50 @@ def fetch_values(sql: str, params: Sequence, model: type[Model], names: tuple[st
     if not converters:
         return [dict(zip(names, row, strict=True)) for row in rows]
     return [dict(zip(names, _converted(connection, converters, row), strict=True)) for row in rows]
+
+
+def insert(objs: Sequence[Model]) -> None:
+    """INSERTs `objs` (instances of one model) as bulk_create does (each field's
+    pre_save, so auto_now_add; a database-made primary key read back with RETURNING;
+    batches the database's parameter limit allows), without building a query. Sends
+    no signals, as bulk_create."""
+    if not objs:
+        return
+    connection = connections[DEFAULT_DB_ALIAS]
+    meta, quote = type(objs[0])._meta, connection.ops.quote_name
+    for obj in objs:  # a foreign key to an instance saved since it was set (bulk_create's own step)
+        obj._prepare_related_fields_for_save(operation_name="insert")  # noqa: SLF001
+    fields = [field for field in meta.concrete_fields if not (field.primary_key and field.db_returning)]
+    returning = meta.pk not in fields
+    head = f"INSERT INTO {quote(meta.db_table)} ({', '.join(quote(field.column) for field in fields)}) VALUES "  # noqa: S608  names from the model
+    row = f"({', '.join(['%s'] * len(fields))})"
+    tail = f" RETURNING {quote(meta.pk.column)}" if returning else ""
+    size = max(connection.ops.bulk_batch_size(fields, objs), 1)
+    for start in range(0, len(objs), size):
+        batch = objs[start : start + size]
+        params = [field.get_db_prep_save(field.pre_save(obj, True), connection) for obj in batch for field in fields]
+        with connection.cursor() as cursor:
+            cursor.execute(head + ", ".join([row] * len(batch)) + tail, params)
+            # Rows come back in the order of VALUES (PostgreSQL and SQLite both keep it).
+            keys = [key for (key,) in cursor.fetchall()] if returning else []
+        for index, obj in enumerate(batch):
+            if returning:
+                setattr(obj, meta.pk.attname, keys[index])
+            obj._state.adding, obj._state.db = False, connection.alias
+
+
+def update(obj: Model, names: Sequence[str]) -> None:
+    """UPDATE of `obj`'s fields `names` by its primary key: save(update_fields=names)
+    without building a query (no signals)."""
+    connection = connections[DEFAULT_DB_ALIAS]
+    meta = type(obj)._meta
+    fields = [meta.get_field(name) for name in names]
+    assignments = ", ".join(f"{connection.ops.quote_name(field.column)} = %s" for field in fields)
+    params = [field.get_db_prep_save(field.pre_save(obj, False), connection) for field in fields]
+    pk = meta.pk.get_db_prep_value(obj.pk, connection)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {connection.ops.quote_name(meta.db_table)} SET {assignments} "  # noqa: S608  names from the model
+            f"WHERE {connection.ops.quote_name(meta.pk.column)} = %s",
+            [*params, pk],
+        )

@@ -33,6 +33,7 @@ from chat.engine.metering import tools_tokens
 from chat.llm import ChatMessage, estimate_prompt_tokens
 from chat.models import ChatSession, Message, Turn
 from chat.services.turns import SESSION_TOUCH_RESOLUTION, turn_hand_over, turns_in_flight_check
+from core import rawsql
 from core.exceptions import field_error
 
 
@@ -87,9 +88,7 @@ def completion_worst_case(*, request: CompletionRequest) -> tuple[int, Decimal, 
     return limit, ledger_amount(worst), prompt + limit
 
 
-def completion_turn_create(
-    *, user: User, api_key: ApiKey, request: CompletionRequest, hand_over: bool = True
-) -> Turn:
+def completion_turn_create(*, user: User, api_key: ApiKey, request: CompletionRequest, hand_over: bool = True) -> Turn:
     """Accepts the request as a queued turn holding its worst case (402 in `block` mode
     when not covered, 429 past the user's turns in flight); it is handed to the worker
     when it commits (the outbox of chat.services.turns: the sweep sends it again when
@@ -122,20 +121,23 @@ def _completion_turn_write(
     spend_limits: list[SpendLimit], hand_over: bool,
 ) -> Turn:  # fmt: skip
     with transaction.atomic():
-        turn = Turn.objects.create(
+        turn = Turn(
             session=session, user=user, model_alias=request.price.alias, price=request.price,
             completion_options=options, dispatched_at=timezone.now(),  # cleared if the send fails
         )  # fmt: skip
-        Message.objects.bulk_create(
-            Message(
-                session=session,
-                turn=turn,
-                role=message.role,
-                content=message.content,
-                tool_calls=[call.as_dict() for call in message.tool_calls] or None,
-                tool_call_id=message.tool_call_id,
-            )  # fmt: skip
-            for message in request.messages
+        rawsql.insert([turn])
+        rawsql.insert(
+            [
+                Message(
+                    session=session,
+                    turn=turn,
+                    role=message.role,
+                    content=message.content,
+                    tool_calls=[call.as_dict() for call in message.tool_calls] or None,
+                    tool_call_id=message.tool_call_id,
+                )  # fmt: skip
+                for message in request.messages
+            ]
         )
         # Refuses (402) in block mode, or past a key budget or the account cap; the
         # turn and its messages roll back with it.

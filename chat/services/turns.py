@@ -52,9 +52,10 @@ from chat import _sql, dispatch, leases, streaming
 from chat.engine import turn_outcome
 from chat.engine.hold import turn_hold_amount, turn_token_estimate
 from chat.engine.metering import TurnOutcome
-from chat.models import CONTENT_MAX_CHARS, ChatSession, LLMCall, Message, ToolCall, Turn
+from chat.models import CONTENT_MAX_CHARS, ChatSession, LLMCall, Message, Turn
 from chat.outcome_store import outcome_drop, outcome_keep, outcome_kept
 from chat.selectors import FINISHED, turn_for_idempotency_key, turn_status, turns_in_flight
+from core import rawsql
 from core.db import DATABASE_DOWN, db_release
 from core.exceptions import StateConflict, TooManyRequests, field_error
 from reporting.services import usage_rollup_add
@@ -122,14 +123,14 @@ def turn_create(
     reservation = api_key_rate_reserve(api_key=api_key, tokens=tokens)
     try:
         with transaction.atomic():
-            turn = Turn.objects.create(
+            turn = Turn(
                 session=session, user=user, model_alias=price.alias, price=price, idempotency_key=idempotency_key,
                 dispatched_at=timezone.now(),  # cleared below if the send fails
             )  # fmt: skip
+            rawsql.insert([turn])
             # Kept on the turn: the answer to a just-accepted turn needs no read.
-            turn.accepted_messages = [
-                Message.objects.create(session=session, turn=turn, role=Message.Role.USER, content=content)
-            ]
+            turn.accepted_messages = [Message(session=session, turn=turn, role=Message.Role.USER, content=content)]
+            rawsql.insert(turn.accepted_messages)
             # Refuses (402) in block mode, or past a key budget or the account cap;
             # the turn and message roll back with it.
             wallet_hold_place(user=user, amount=worst_case, reference=str(turn.pk), spend_limits=spend_limits)
@@ -326,13 +327,13 @@ def turn_complete(*, turn: Turn, outcome: TurnOutcome, lease_token: UUID | None 
         locked = turn  # unfinished and locked: nothing else writes it until this commits
         for message in outcome.messages:
             message.turn, message.session_id = locked, locked.session_id
-        Message.objects.bulk_create(outcome.messages)
+        rawsql.insert(outcome.messages)
         for call in outcome.llm_calls:
             call.turn, call.user_id = locked, locked.user_id
-        LLMCall.objects.bulk_create(outcome.llm_calls)
+        rawsql.insert(outcome.llm_calls)
         for tool_call in outcome.tool_calls:
             tool_call.turn = locked
-        ToolCall.objects.bulk_create(outcome.tool_calls)
+        rawsql.insert(outcome.tool_calls)
 
         charge = sum((call.cost for call in outcome.llm_calls if call.billed), Decimal("0"))
         if charge > 0:
@@ -358,7 +359,7 @@ def turn_complete(*, turn: Turn, outcome: TurnOutcome, lease_token: UUID | None 
         locked.balance_after = balance
         locked.low_balance = is_low_balance(balance)
         locked.finished_at = timezone.now()
-        locked.save(update_fields=["status", "error", "credits_charged", "balance_after", "low_balance", "finished_at"])
+        rawsql.update(locked, ["status", "error", "credits_charged", "balance_after", "low_balance", "finished_at"])
         if streaming.enabled():
             prior = outcome.prior_messages
             if prior is None:
