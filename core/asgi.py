@@ -14,8 +14,9 @@ must wait (a streamed body, a `Prefer: wait`) waits on the event loop:
   awaits (on the loop) for the final response. Views learn they may use it from
   `request.waits_on_event_loop`; under WSGI they wait the old way.
 
-Requests run on a pool of WEB_THREADS threads, the health probe on a thread of its
-own, so a burst of requests never queues the probe behind it (measured in
+Requests run on a pool of WEB_THREADS threads, reads (GET, HEAD, OPTIONS) before any
+waiting write (core.lanes), and the health probe on a thread of its own, so a burst
+of turn POSTs never queues a read or the probe behind it (measured in
 bench/concurrency.py, with the alternatives tried). A pool thread runs in its own
 context, as a WSGI thread does: its database wrapper and other thread-locals live as
 long as the thread. (asgiref's sync_to_async would copy the request's context into
@@ -33,13 +34,17 @@ from django.http import HttpRequest, HttpResponseBase
 from django.urls import reverse, set_script_prefix
 
 from core.db import db_release
+from core.lanes import LanedPool
+
+# Served before any waiting write: they are short, and a person is looking at them.
+READS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 class ASGIHandler(DjangoASGIHandler):
     def __init__(self) -> None:
         base.BaseHandler.__init__(self)
         self.load_middleware(is_async=False)  # one sync chain, run in one hop
-        self.requests = ThreadPoolExecutor(settings.WEB_THREADS, thread_name_prefix="web")
+        self.requests = LanedPool(settings.WEB_THREADS, name="web")
         self.probes = ThreadPoolExecutor(1, thread_name_prefix="web-probe")
         self.probe_path = reverse("health")
 
@@ -53,8 +58,11 @@ class ASGIHandler(DjangoASGIHandler):
 
     async def get_response_async(self, request: HttpRequest) -> HttpResponseBase:
         request.waits_on_event_loop = True
-        loop = asyncio.get_running_loop()
-        response = await loop.run_in_executor(self._pool_for(request), self._get_response_on_a_pool_thread, request)
+        if request.path == self.probe_path:
+            done = self.probes.submit(self._get_response_on_a_pool_thread, request)
+        else:
+            done = self.requests.submit(self._get_response_on_a_pool_thread, request, urgent=request.method in READS)
+        response = await asyncio.wrap_future(done)
         finish = getattr(response, "finish_on_event_loop", None)
         if finish is None:
             return response
@@ -62,9 +70,6 @@ class ASGIHandler(DjangoASGIHandler):
         if response.has_header("Content-Length"):  # set by CommonMiddleware for the body before the wait
             response["Content-Length"] = str(len(response.content))
         return response
-
-    def _pool_for(self, request: HttpRequest) -> ThreadPoolExecutor:
-        return self.probes if request.path == self.probe_path else self.requests
 
     def _get_response_on_a_pool_thread(self, request: HttpRequest) -> HttpResponseBase:
         set_script_prefix(request.script_name)  # set on the loop by Django, not seen in this thread's context
