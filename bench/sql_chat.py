@@ -103,6 +103,7 @@ def run(args: argparse.Namespace) -> None:
     from chat.engine.context import HISTORY_FIELDS, context_rows
     from chat.models import ChatSession, Message, Turn, UploadedFile
     from chat.selectors import HISTORY_SCAN, session_history
+    from core import rawsql
 
     user = user_create(email="bench@example.com")
     price = ModelPrice.objects.create(
@@ -162,7 +163,9 @@ def run(args: argparse.Namespace) -> None:
             Turn.objects.filter(takeable, pk=turn.pk).update(
                 status=Turn.Status.RUNNING,
                 started_at=Coalesce("started_at", Value(timezone.now())),
-                attempts=F("attempts") + 1, lease_token=token, lease_expires_at=lapsed,
+                attempts=F("attempts") + 1,
+                lease_token=token,
+                lease_expires_at=lapsed,
             )  # fmt: skip
         )
 
@@ -199,6 +202,29 @@ def run(args: argparse.Namespace) -> None:
         rows = context_rows(turn=later)
         return rows.own, rows.history
 
+    def new_turn() -> Turn:
+        return Turn(session=session, user=user, model_alias=price.alias, price=price, dispatched_at=timezone.now())
+
+    def orm_accept() -> None:  # the accepted turn and its message, as Model.objects.create wrote them
+        accepted = Turn.objects.create(
+            session=session, user=user, model_alias=price.alias, price=price, dispatched_at=timezone.now()
+        )
+        Message.objects.create(session=session, turn=accepted, role=Message.Role.USER, content="q")
+
+    def raw_accept() -> None:
+        accepted = new_turn()
+        rawsql.insert([accepted])
+        rawsql.insert([Message(session=session, turn=accepted, role=Message.Role.USER, content="q")])
+
+    finished = ["status", "error", "credits_charged", "balance_after", "low_balance", "finished_at"]
+
+    def finish(update: Callable[[Turn], None]) -> Callable[[], None]:
+        def call() -> None:
+            turn.status, turn.finished_at, turn.credits_charged = Turn.Status.COMPLETED, timezone.now(), Decimal("1")
+            update(turn)
+
+        return call
+
     pairs = {
         "api_key_for_hash (every request's auth)": (raw_api_key, orm_api_key),
         "session_get (POST turns)": (lambda: _sql.session_get(user_id=user.pk, session_id=session.pk), orm_session_get),
@@ -219,9 +245,14 @@ def run(args: argparse.Namespace) -> None:
         "user_has_files (hold, run)": (lambda: _sql.user_has_files(user_id=user.pk), orm_user_has_files),
         "turn_for_run (worker's turn)": (raw_turn_for_run, orm_turn_for_run),
         "context_rows (a run's context)": (raw_context_rows, orm_context_rows),
+        "insert turn + message (POST turns)": (raw_accept, orm_accept),
+        "update finished turn (completion)": (
+            finish(lambda t: rawsql.update(t, finished)),
+            finish(lambda t: t.save(update_fields=finished)),
+        ),
     }
     for name, (raw, orm) in pairs.items():  # both paths answer the same, or the timing means nothing
-        assert raw() == orm() or name.startswith("turn_start"), name
+        assert raw() == orm() or name.startswith(("turn_start", "insert", "update")), name
     rows = measure(pairs, args.calls, args.rounds)
     print(f"{args.calls} calls per path, {args.rounds} interleaved rounds; microseconds per call")
     print(f"{'statement':40} {'raw cpu':>8} {'orm cpu':>8} {'saved':>6} {'raw wall':>9} {'orm wall':>9} {'saved':>6}")
