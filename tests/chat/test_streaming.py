@@ -3,10 +3,12 @@ reply is produced, replayed from the database once the turn has finished."""
 
 import json
 import threading
+import time
 
 import pytest
 from django.db import connection
 
+from chat import streaming
 from chat.models import Message, Turn
 from chat.services import turn_run
 from tests.chat.conftest import post_turn
@@ -73,3 +75,42 @@ def test_a_running_turn_streams_its_reply_live_through_redis(owner_client, sessi
     assert names[-1] == "done" and len(deltas) >= 3  # it came in pieces, before the end
     assert "".join(deltas) == f"Echo: {content}"
     assert received[-1][1]["status"] == "completed" and received[-1][1]["credits_charged"] != "0.00000000"
+
+
+@pytest.mark.redis
+def test_the_publisher_keeps_each_turns_order_and_shares_round_trips(settings, monkeypatch):
+    """Events of many turns published at once from many threads reach a subscriber
+    complete and, per turn, in order; most leave in pipelined batches."""
+    turns, per_turn = [f"publisher-test-{n}" for n in range(8)], 150
+    subscriber = streaming.client().pubsub(ignore_subscribe_messages=True)
+    subscriber.subscribe(*(streaming.channel(turn) for turn in turns))
+    batches: list[int] = []
+    send = streaming.Publisher._send
+    monkeypatch.setattr(
+        streaming.Publisher, "_send", staticmethod(lambda batch: (batches.append(len(batch)), send(batch)))
+    )
+
+    def produce(turn: str) -> None:
+        for number in range(per_turn):
+            streaming.publish(turn, "delta", {"text": f"{number} "})
+        streaming.publish(turn, "done", {"status": "completed"})
+
+    threads = [threading.Thread(target=produce, args=(turn,)) for turn in turns]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    received: dict[str, list] = {streaming.channel(turn): [] for turn in turns}
+    deadline = time.monotonic() + 10
+    while (
+        sum(len(events) for events in received.values()) < len(turns) * (per_turn + 1) and time.monotonic() < deadline
+    ):
+        if (message := subscriber.get_message(timeout=1.0)) is not None:
+            payload = json.loads(message["data"])
+            received[message["channel"].decode()].append((payload["event"], payload["data"]))
+    subscriber.close()
+    for events_of_turn in received.values():
+        assert [name for name, _ in events_of_turn] == ["delta"] * per_turn + ["done"]
+        assert [data["text"] for _, data in events_of_turn[:-1]] == [f"{n} " for n in range(per_turn)]
+    assert sum(batches) == len(turns) * (per_turn + 1)
+    assert max(batches) > 1  # a burst shares round trips
