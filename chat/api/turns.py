@@ -121,26 +121,32 @@ class SessionTurnsView(generics.ListAPIView):
         )
         wait = _prefer_wait(request)
         response = Response(status=status.HTTP_202_ACCEPTED)
-        current = selectors.turn_status(turn_id=turn.pk)
-        if created and current == Turn.Status.QUEUED and not wait:
-            # Just accepted: the turn and its question are all there is (no calls yet).
-            turn.status = current
-            accepted = turn_detail_payload(turn=turn, messages=turn.accepted_messages, llm_calls=[], tool_calls=[])
-            _turn_answer(response, user=request.user, turn_id=turn.pk, published=accepted)
-        elif not wait or current in selectors.FINISHED:
-            _turn_answer(response, user=request.user, turn_id=turn.pk)
-        elif getattr(request, "waits_on_event_loop", False):
+        if wait and getattr(request, "waits_on_event_loop", False):
+            # The wait reads the turn right after it subscribes: nothing to read here.
             response.finish_on_event_loop = partial(
                 _answer_after_wait, response, user=request.user, turn_id=turn.pk, wait=wait
             )
-        else:  # WSGI (runserver, the test client): this thread waits
-            _, published = async_to_sync(streaming.turn_wait)(turn_id=turn.pk, timeout=wait)
-            _turn_answer(response, user=request.user, turn_id=turn.pk, published=published)
+        else:
+            self._answer_now(response, turn=turn, created=created, wait=wait)
         if wait:
             response["Preference-Applied"] = f"wait={wait:g}"
         if not created:
             response["Idempotent-Replayed"] = "true"
         return response
+
+    def _answer_now(self, response: Response, *, turn: Turn, created: bool, wait: float) -> None:
+        """The answer without the event loop: at once, or (WSGI) after this thread waited."""
+        current = selectors.turn_status(turn_id=turn.pk)
+        if created and current == Turn.Status.QUEUED and not wait:
+            # Just accepted: the turn and its question are all there is (no calls yet).
+            turn.status = current
+            accepted = turn_detail_payload(turn=turn, messages=turn.accepted_messages, llm_calls=[], tool_calls=[])
+            _turn_answer(response, user=self.request.user, turn_id=turn.pk, published=accepted)
+        elif not wait or current in selectors.FINISHED:
+            _turn_answer(response, user=self.request.user, turn_id=turn.pk)
+        else:  # WSGI (runserver, the test client): this thread waits
+            _, published = async_to_sync(streaming.turn_wait)(turn_id=turn.pk, timeout=wait)
+            _turn_answer(response, user=self.request.user, turn_id=turn.pk, published=published)
 
 
 class TurnDetailView(APIView):
