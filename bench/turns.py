@@ -1,7 +1,7 @@
 """Turn pipeline benchmark: completed turns per second through the
 HTTP API against the bare INSERT endpoint of the same stack, in one run.
 
-    .venv/bin/python bench/turns.py [--clients 8] [--seconds 15]
+    .venv/bin/python bench/turns.py [--clients 8] [--seconds 15] [--words 0]
         [--pg postgres://postgres@127.0.0.1:5432] [--redis redis://127.0.0.1:6379/2]
 
 It creates (and drops again) its own PostgreSQL database `parley_bench_turns`, a
@@ -55,6 +55,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--clients", type=int, default=8, help="concurrent HTTP clients (default 8)")
     parser.add_argument("--seconds", type=float, default=15.0, help="seconds per phase and round (default 15)")
     parser.add_argument("--rounds", type=int, default=2, help="alternating bare/turn rounds (default 2)")
+    parser.add_argument(
+        "--words", type=int, default=0, help="extra words in each question (the echo streams 4 words a piece)"
+    )
     parser.add_argument("--pg", default=os.environ.get("BENCH_PG_URL", "postgres://postgres@127.0.0.1:5432"))
     parser.add_argument("--redis", default=os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/2"))
     parser.add_argument("--keep", action="store_true", help="keep the benchmark database afterwards")
@@ -112,11 +115,12 @@ def bench_env(args: argparse.Namespace) -> dict[str, str]:
 class Client:
     """One keep-alive connection, as a real API client would hold."""
 
-    def __init__(self, port: int, key: str, session: int) -> None:
+    def __init__(self, port: int, key: str, session: int, words: int = 0) -> None:
         self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
         self.headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
         self.session = session
         self.count = 0
+        self.extra = "".join(f" word{n}" for n in range(words))
 
     def request(self, method: str, path: str, body: dict | None = None, **headers: str) -> tuple[int, dict]:
         payload = json.dumps(body) if body is not None else None
@@ -146,7 +150,7 @@ class Client:
     def turn(self) -> bool:
         self.count += 1
         status, body = self.request(
-            "POST", f"/api/v1/sessions/{self.session}/turns", {"content": f"Benchmark question number {self.count}"},
+            "POST", f"/api/v1/sessions/{self.session}/turns", {"content": f"Benchmark question number {self.count}{self.extra}"},
             Prefer="wait=30",
         )  # fmt: skip
         while status == 202 or (status == 200 and body.get("status") in ("queued", "running")):
@@ -197,7 +201,7 @@ def main() -> None:
         stack.manage("shell", "-c", "from bench.views import ensure_table; ensure_table()")
         seeds = stack.seed_users(args.clients, credits="5000")
         stack.start(("web", "worker"))
-        clients = [Client(stack.port, seed["key"], seed["session"]) for seed in seeds]
+        clients = [Client(stack.port, seed["key"], seed["session"], args.words) for seed in seeds]
         print(f"load average before the run: {' '.join(f'{x:.2f}' for x in os.getloadavg())} on {os.cpu_count()} CPUs")
         print(f"{args.clients} clients, {args.rounds} rounds of {args.seconds:g} s per phase; "
               f"the Procfile's web and worker lines with their defaults")  # fmt: skip

@@ -3,9 +3,10 @@ services' `reset` and `done`, from worker threads) and the waiting side (`hub`,
 `turn_wait`, on the web process's event loop), and the open-streams slots of fair
 use. The server-sent events a client reads are rendered in chat.api.stream.
 
-The worker publishes to the channel `parley:turn:<id>` while it runs the turn:
-`delta` (a piece of the reply), `reset` (a redelivered task restarted the reply:
-discard what came before) and, after the completion commits, `done`. A reader
+The worker publishes while it runs the turn: `delta` (a piece of the reply, on
+`parley:turn:<id>:pieces`, which only streams read), `reset` (a redelivered task
+restarted the reply: discard what came before) and, after the completion commits,
+`done` (both on `parley:turn:<id>`, which everyone waiting for the turn reads). A reader
 subscribes *before* it checks the database, so a turn that finishes in between is
 seen either way. Publishing is best effort: a lost event costs a reader at most a
 periodic database check, never the turn. Events leave through one thread per process
@@ -74,7 +75,16 @@ def client() -> redis.Redis:
 
 
 def channel(turn_id: UUID | str) -> str:
+    """A turn's `reset` and `done`: what anyone waiting for the turn needs."""
     return f"parley:turn:{turn_id}"
+
+
+def pieces_channel(turn_id: UUID | str) -> str:
+    """A turn's `delta`s: only a stream reads them, so a request that waits for the
+    end (`Prefer: wait`, /v1 without `stream`) is not woken for every piece. Both
+    channels leave through the one publisher and arrive on one subscriber
+    connection, so their events stay in the order they were published."""
+    return f"parley:turn:{turn_id}:pieces"
 
 
 class Publisher:
@@ -134,7 +144,8 @@ def publish(turn_id: UUID | str, event: str, data: dict[str, Any] | None = None)
     """Hands the event to the process's publisher (it returns at once)."""
     if not enabled():
         return
-    publisher.put(settings.REDIS_URL, channel(turn_id), json.dumps({"event": event, "data": data or {}}))
+    name = pieces_channel(turn_id) if event == "delta" else channel(turn_id)
+    publisher.put(settings.REDIS_URL, name, json.dumps({"event": event, "data": data or {}}))
 
 
 def publish_done(*, turn: Turn, messages: list[Message], llm_calls: list[LLMCall], tool_calls: list[ToolCall]) -> None:
@@ -181,13 +192,18 @@ class Hub:
         # is dropped with its subscription: its waiter saw no event until a recheck).
         self.lock: asyncio.Lock | None = None
 
-    def listen(self, turn_id: UUID | str) -> contextlib.AbstractAsyncContextManager[asyncio.Queue]:
+    def listen(
+        self, turn_id: UUID | str, *, pieces: bool = False
+    ) -> contextlib.AbstractAsyncContextManager[asyncio.Queue]:
+        """The turn's events in one queue: `reset` and `done`, and with `pieces` its
+        `delta`s too (a stream)."""
+        names = (channel(turn_id), pieces_channel(turn_id)) if pieces else (channel(turn_id),)
         if threading.current_thread() is threading.main_thread():
-            return self._listen_shared(channel(turn_id))
-        return self._listen_alone(channel(turn_id))
+            return self._listen_shared(names)
+        return self._listen_alone(names)
 
     @contextlib.asynccontextmanager
-    async def _listen_shared(self, name: str) -> AsyncIterator[asyncio.Queue]:
+    async def _listen_shared(self, names: tuple[str, ...]) -> AsyncIterator[asyncio.Queue]:
         loop = asyncio.get_running_loop()
         if self.loop is not loop:  # a new server loop (a test may run several in turn)
             self.loop, self.waiters, self.reader, self.lock = loop, {}, None, asyncio.Lock()
@@ -195,20 +211,25 @@ class Hub:
         if self.reader is None or self.reader.done():
             self.reader = loop.create_task(self._read())
         queue: asyncio.Queue = asyncio.Queue()
-        waiters = self.waiters.setdefault(name, set())
-        waiters.add(queue)
+        joined = {name: self.waiters.setdefault(name, set()) for name in names}
+        for waiters in joined.values():
+            waiters.add(queue)
         try:
-            if len(waiters) == 1:
+            if new := [name for name, waiters in joined.items() if len(waiters) == 1]:
                 async with self.lock:
-                    await self.pubsub.subscribe(name)
+                    await self.pubsub.subscribe(*new)
             yield queue
         finally:
-            waiters.discard(queue)
-            if not waiters and self.waiters.get(name) is waiters:
-                del self.waiters[name]
+            left = []
+            for name, waiters in joined.items():
+                waiters.discard(queue)
+                if not waiters and self.waiters.get(name) is waiters:
+                    del self.waiters[name]
+                    left.append(name)
+            if left:
                 with contextlib.suppress(redis.RedisError, OSError, RuntimeError):
                     async with self.lock:
-                        await self.pubsub.unsubscribe(name)
+                        await self.pubsub.unsubscribe(*left)
 
     async def _read(self) -> None:
         while True:
@@ -239,7 +260,7 @@ class Hub:
 
     @staticmethod
     @contextlib.asynccontextmanager
-    async def _listen_alone(name: str) -> AsyncIterator[asyncio.Queue]:
+    async def _listen_alone(names: tuple[str, ...]) -> AsyncIterator[asyncio.Queue]:
         client = _redis()
         pubsub = client.pubsub(ignore_subscribe_messages=True)
         queue: asyncio.Queue = asyncio.Queue()
@@ -254,7 +275,7 @@ class Hub:
                 queue.put_nowait(RECHECK)
 
         try:
-            await pubsub.subscribe(name)
+            await pubsub.subscribe(*names)
             reader = asyncio.create_task(read())
             try:
                 yield queue

@@ -77,7 +77,7 @@ async def turn_event_items(
         async for item in _replay(turn.pk, final):
             yield item
         return
-    async with streaming.hub.listen(turn.pk) as events:
+    async with streaming.hub.listen(turn.pk, pieces=True) as events:
         if ready is not None:
             await ready()
         status = await db_read(turn_status, turn_id=turn.pk)

@@ -1,9 +1,11 @@
 """GET turns/{id}/stream: server-sent events, live through Redis pub/sub while the
 reply is produced, replayed from the database once the turn has finished."""
 
+import asyncio
 import json
 import threading
 import time
+import uuid
 
 import pytest
 from django.db import connection
@@ -83,7 +85,9 @@ def test_the_publisher_keeps_each_turns_order_and_shares_round_trips(settings, m
     complete and, per turn, in order; most leave in pipelined batches."""
     turns, per_turn = [f"publisher-test-{n}" for n in range(8)], 150
     subscriber = streaming.client().pubsub(ignore_subscribe_messages=True)
-    subscriber.subscribe(*(streaming.channel(turn) for turn in turns))
+    subscriber.subscribe(
+        *(name for turn in turns for name in (streaming.channel(turn), streaming.pieces_channel(turn)))
+    )
     batches: list[int] = []
     send = streaming.Publisher._send
     monkeypatch.setattr(
@@ -100,17 +104,47 @@ def test_the_publisher_keeps_each_turns_order_and_shares_round_trips(settings, m
         thread.start()
     for thread in threads:
         thread.join()
-    received: dict[str, list] = {streaming.channel(turn): [] for turn in turns}
+    received: dict[str, list] = {turn: [] for turn in turns}
     deadline = time.monotonic() + 10
     while (
         sum(len(events) for events in received.values()) < len(turns) * (per_turn + 1) and time.monotonic() < deadline
     ):
         if (message := subscriber.get_message(timeout=1.0)) is not None:
             payload = json.loads(message["data"])
-            received[message["channel"].decode()].append((payload["event"], payload["data"]))
+            turn = message["channel"].decode().removeprefix("parley:turn:").removesuffix(":pieces")
+            received[turn].append((payload["event"], payload["data"]))
     subscriber.close()
     for events_of_turn in received.values():
         assert [name for name, _ in events_of_turn] == ["delta"] * per_turn + ["done"]
         assert [data["text"] for _, data in events_of_turn[:-1]] == [f"{n} " for n in range(per_turn)]
     assert sum(batches) == len(turns) * (per_turn + 1)
     assert max(batches) > 1  # a burst shares round trips
+
+
+@pytest.mark.redis
+def test_a_waiter_hears_only_the_end_and_a_stream_every_piece():
+    """`Prefer: wait` (and /v1 without `stream`) listen to the turn's end only; a stream
+    listens to its pieces as well, in the order they were published."""
+    hub, turn = streaming.Hub(), f"pieces-test-{uuid.uuid4().hex}"
+
+    async def scenario() -> tuple[list, list]:
+        try:
+            async with hub.listen(turn) as waiter, hub.listen(turn, pieces=True) as stream:
+                for number in range(3):
+                    streaming.publish(turn, "delta", {"text": str(number)})
+                streaming.publish(turn, "done", {"status": "completed"})
+                streamed = [await asyncio.wait_for(stream.get(), 5) for _ in range(4)]
+                waited = [await asyncio.wait_for(waiter.get(), 5)]
+                await asyncio.sleep(0.2)  # anything else published would have come by now
+                while not waiter.empty():
+                    waited.append(waiter.get_nowait())
+            assert not hub.waiters  # both channels unsubscribed once nobody listens
+            return streamed, waited
+        finally:
+            hub.reader.cancel()
+            await hub.pubsub.aclose()
+
+    streamed, waited = asyncio.run(scenario())
+    assert streamed == [("delta", {"text": "0"}), ("delta", {"text": "1"}), ("delta", {"text": "2"}),
+                        ("done", {"status": "completed"})]  # fmt: skip
+    assert waited == [("done", {"status": "completed"})]
