@@ -25,7 +25,6 @@ web's CPU under load, and a new database wrapper per request.)
 """
 
 import asyncio
-from concurrent.futures import ThreadPoolExecutor
 
 from django.conf import settings
 from django.core.handlers import base
@@ -45,7 +44,7 @@ class ASGIHandler(DjangoASGIHandler):
         base.BaseHandler.__init__(self)
         self.load_middleware(is_async=False)  # one sync chain, run in one hop
         self.requests = LanedPool(settings.WEB_THREADS, name="web")
-        self.probes = ThreadPoolExecutor(1, thread_name_prefix="web-probe")
+        self.probes = LanedPool(1, name="web-probe")
         self.probe_path = reverse("health")
 
     async def __call__(self, scope: dict, receive, send) -> None:  # noqa: ANN001
@@ -58,10 +57,8 @@ class ASGIHandler(DjangoASGIHandler):
 
     async def get_response_async(self, request: HttpRequest) -> HttpResponseBase:
         request.waits_on_event_loop = True
-        if request.path == self.probe_path:
-            done = self.probes.submit(self._get_response_on_a_pool_thread, request)
-        else:
-            done = self.requests.submit(self._get_response_on_a_pool_thread, request, urgent=request.method in READS)
+        pool = self.probes if request.path == self.probe_path else self.requests
+        done = pool.submit(self._get_response_on_a_pool_thread, request, urgent=request.method in READS)
         response = await asyncio.wrap_future(done)
         finish = getattr(response, "finish_on_event_loop", None)
         if finish is None:
