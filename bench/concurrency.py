@@ -24,6 +24,13 @@ trees per open stream / turn in flight, and then checks every wallet to the last
 decimal against its ledger and its completed turns. The /v1 phase prints the same
 figures with the same goals (its first piece: the first chunk with text). Exits 1
 when a turn or completion did not complete or a wallet is wrong.
+
+With --floor (the web also mounts bench/'s endpoints, BENCH_ENDPOINTS=1) a floor
+phase runs first: every user at once POSTs /bench/roundtrip, one INSERT and a no-op
+Celery task that answers on Redis pub/sub while the request waits (bench/views.py),
+the least any request handed to a worker and heard back from can cost. Its answer
+time is the floor under a turn's first piece (which needs that and more: the turn's
+reads and writes, a second request for the stream, the model's first piece).
 """
 
 import argparse
@@ -76,6 +83,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--redis", default=os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/3"))
     parser.add_argument("--keep", action="store_true", help="keep the benchmark database afterwards")
     parser.add_argument("--fresh", action="store_true", help="rebuild the migrated template database first")
+    parser.add_argument("--floor", action="store_true", help="first, every user at once POSTs /bench/roundtrip")
     return parser.parse_args()
 
 
@@ -186,6 +194,24 @@ async def user_turn(port: int, key: str, session: int, n: int, start: asyncio.Ev
             result.error = "stream ended without done"
         finally:
             writer.close()
+    except (OSError, ValueError, asyncio.IncompleteReadError) as exc:
+        result.error = f"{exc.__class__.__name__}: {exc}"
+    return result
+
+
+async def user_floor(port: int, key: str, session: int, n: int, start: asyncio.Event) -> TurnResult:
+    """POST /bench/roundtrip: its answer is the floor under a turn's first piece."""
+    result = TurnResult()
+    await start.wait()
+    began = time.perf_counter()
+    try:
+        status, _ = await http_json(port, "POST", "/bench/roundtrip", {"Authorization": f"Bearer {key}"}, {"n": n})
+        result.accepted_status = status
+        if status == 201:
+            result.first_piece = result.finished = time.perf_counter() - began
+            result.final_status = "completed"
+        else:
+            result.error = f"POST {status}"
     except (OSError, ValueError, asyncio.IncompleteReadError) as exc:
         result.error = f"{exc.__class__.__name__}: {exc}"
     return result
@@ -346,6 +372,7 @@ def main() -> None:
         "ALLOWED_HOSTS": "127.0.0.1,localhost",
         "LOCAL_LLM_LATENCY_MS": str(args.latency_ms),
         "LOG_LEVEL": "WARNING",
+        **({"BENCH_ENDPOINTS": "1"} if args.floor else {}),
     }
     env.pop("DEBUG", None)
     env.pop("CONN_MAX_AGE", None)
@@ -357,12 +384,17 @@ def main() -> None:
         import redis  # the benchmark's own connection, to empty the queues it uses
 
         redis.Redis.from_url(args.redis).flushdb()
+        if args.floor:
+            stack.manage("shell", "-c", "from bench.views import ensure_table; ensure_table()")
         stack.start()
         print(f"load average before the run: {' '.join(f'{x:.2f}' for x in os.getloadavg())} on {os.cpu_count()} CPUs")
         print("Procfile processes: " + ", ".join(stack.procs))
         failed = False
-        for title, ask in (("chat API: POST a turn, read its stream", user_turn),
-                           ("/v1/chat/completions, stream: true", user_completion)):  # fmt: skip
+        phases = [("chat API: POST a turn, read its stream", user_turn),
+                  ("/v1/chat/completions, stream: true", user_completion)]  # fmt: skip
+        if args.floor:
+            phases.insert(0, ("floor: POST /bench/roundtrip (its answer as the first piece)", user_floor))
+        for title, ask in phases:
             failed |= phase(title, ask, stack, args, factor, seeds)
         stack.stop()
         report = json.loads(stack.manage("shell", "-c", CHECK.format(credits=CREDITS)).splitlines()[-1])

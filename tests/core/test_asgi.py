@@ -1,0 +1,64 @@
+"""The web process's ASGI handler (core.asgi) runs a request's signals where WSGI runs
+them: on the request's own pool thread, in the hop that runs the view."""
+
+import asyncio
+import threading
+
+import pytest
+from django.core.signals import request_finished, request_started
+
+from core.asgi import ASGIHandler
+from tests.asgi import asgi_call
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def signal_threads():  # noqa: ANN201
+    """(signal, thread name) for each request_started / request_finished sent."""
+    seen: list[tuple[str, str]] = []
+
+    def started(**kwargs) -> None:  # noqa: ANN003
+        seen.append(("started", threading.current_thread().name))
+
+    def finished(**kwargs) -> None:  # noqa: ANN003
+        seen.append(("finished", threading.current_thread().name))
+
+    request_started.connect(started)
+    request_finished.connect(finished)
+    yield seen
+    request_started.disconnect(started)
+    request_finished.disconnect(finished)
+
+
+def test_a_request_signals_run_on_the_thread_that_runs_its_view(signal_threads):
+    status, _, _ = asyncio.run(asgi_call(ASGIHandler(), "GET", "/api/v1/health"))
+    assert status == 200
+    assert signal_threads == [("started", "web-probe_0"), ("finished", "web-probe_0")]
+
+    status, _, _ = asyncio.run(asgi_call(ASGIHandler(), "GET", "/api/v1/users/me"))
+    assert status == 401
+    assert signal_threads[2:] == [("started", "web_0"), ("finished", "web_0")]
+
+
+def test_a_request_whose_client_left_still_finishes_once(signal_threads):
+    """The client goes away before the answer: the request is cancelled and
+    request_finished is still sent, once, on a pool thread."""
+    sent: list[dict] = []
+    messages = [{"type": "http.request", "body": b"", "more_body": False}, {"type": "http.disconnect"}]
+
+    async def receive() -> dict:
+        return messages.pop(0)
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http", "http_version": "1.1", "method": "GET", "path": "/api/v1/health", "raw_path": b"/api/v1/health",
+        "root_path": "", "scheme": "http", "query_string": b"", "server": ("testserver", 80),
+        "client": ("127.0.0.1", 5000), "headers": [(b"host", b"testserver")],
+    }  # fmt: skip
+    asyncio.run(ASGIHandler()(scope, receive, send))
+    finished = [name for signal, name in signal_threads if signal == "finished"]
+    assert len(finished) == 1
+    assert finished[0].startswith("web")
