@@ -34,7 +34,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from functools import lru_cache
 from queue import Empty, SimpleQueue
 from typing import Any
@@ -309,11 +309,17 @@ async def next_event(queue: asyncio.Queue, timeout: float) -> tuple[str, dict] |
         return None
 
 
-async def turn_wait(*, turn_id: UUID | str, timeout: float) -> tuple[bool, dict | None]:
+async def turn_wait(
+    *, turn_id: UUID | str, timeout: float, hand_over: Callable[[], Awaitable[Any]] | None = None
+) -> tuple[bool, dict | None]:
     """Waits up to `timeout` seconds for the turn to finish. Returns (finished, the
-    turn as the worker published it with `done`, if it came that way)."""
+    turn as the worker published it with `done`, if it came that way). `hand_over`
+    (a turn not yet given to the worker) is awaited once this listens: the turn
+    cannot finish before, so no read is needed to learn whether it already did."""
     deadline = time.monotonic() + timeout
     if not enabled():
+        if hand_over is not None:
+            await hand_over()
         while not await finished(turn_id):
             if time.monotonic() >= deadline:
                 return False, None
@@ -321,6 +327,9 @@ async def turn_wait(*, turn_id: UUID | str, timeout: float) -> tuple[bool, dict 
         return True, None
     async with hub.listen(turn_id) as events:
         next_check = 0.0  # right after subscribing: it may have finished before
+        if hand_over is not None:
+            await hand_over()
+            next_check = time.monotonic() + RECHECK_SECONDS
         while (now := time.monotonic()) < deadline:
             if now >= next_check:
                 if await finished(turn_id):

@@ -5,6 +5,7 @@ and streams are in flight."""
 
 import asyncio
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from django.db import InterfaceError, OperationalError, connections
@@ -26,16 +27,17 @@ def db_release() -> None:
                 connection.connection = None
 
 
+def db_call(call: Callable[..., Any], /, **kwargs: Any) -> Any:  # noqa: ANN401  whatever `call` returns
+    """`call(**kwargs)`, this thread's connection given back right after."""
+    try:
+        return call(**kwargs)
+    finally:
+        db_release()
+
+
 async def db_read(read: Callable[..., Any], /, **kwargs: Any) -> Any:  # noqa: ANN401  whatever `read` returns
     """`read(**kwargs)` (a read, or a short write such as a hand-over) on a thread of
     the loop's executor, its connection given back right after: an async waiter holds
     no connection between its calls. The thread runs in its own context (core.asgi
     says why)."""
-
-    def call() -> Any:  # noqa: ANN401
-        try:
-            return read(**kwargs)
-        finally:
-            db_release()
-
-    return await asyncio.get_running_loop().run_in_executor(None, call)
+    return await asyncio.get_running_loop().run_in_executor(None, partial(db_call, read, **kwargs))

@@ -16,7 +16,7 @@ from django.http import HttpResponse, JsonResponse
 
 from chat import streaming
 from chat.api.stream import KEEP_ALIVE, turn_event_items
-from chat.api.turns import turn_detail
+from chat.api.turns import turn_detail, turn_wait_handing_over
 from chat.models import Turn
 from chat.services.turns import turn_cancel, turn_hand_over
 from core.db import db_read
@@ -58,23 +58,26 @@ def _finished_turn(*, user, turn_id: Any, published: dict | None) -> dict | None
 
 
 async def answer_after_wait(*, user, turn_id: Any) -> HttpResponse:  # noqa: ANN001
-    """On the event loop: waits for the turn's `done` (or polls without Redis)."""
-    _, published = await streaming.turn_wait(turn_id=turn_id, timeout=MAX_WAIT_SECONDS)
+    """On the event loop: hands the turn to the worker once it listens, then waits
+    for its `done` (or polls without Redis)."""
+    published = await turn_wait_handing_over(turn_id=turn_id, timeout=MAX_WAIT_SECONDS)
     turn = published or await db_read(turn_detail, user=user, turn_id=turn_id)
     return completion_response(turn if turn["status"] not in ("queued", "running") else None, turn_id=turn_id)
 
 
 def answer_now_or_later(*, request, turn: Turn) -> HttpResponse:  # noqa: ANN001
-    """The plain answer: at once when the turn has finished (eager tasks), else after
-    a wait on the event loop (ASGI) or on this thread (WSGI)."""
+    """The plain answer. Under ASGI (`request.waits_on_event_loop`) the turn was
+    accepted without its hand-over, which the wait on the event loop makes. Else it
+    was handed over on commit: at once when it has finished (eager tasks), or after a
+    wait on this thread (WSGI)."""
     user = request.user
-    detail = turn_detail(user=user, turn_id=turn.pk)
-    if detail["status"] not in ("queued", "running"):
-        return completion_response(detail, turn_id=turn.pk)
     if getattr(request, "waits_on_event_loop", False):
         response = HttpResponse(status=202)
         response.finish_on_event_loop = lambda: answer_after_wait(user=user, turn_id=turn.pk)
         return response
+    detail = turn_detail(user=user, turn_id=turn.pk)
+    if detail["status"] not in ("queued", "running"):
+        return completion_response(detail, turn_id=turn.pk)
     _, published = async_to_sync(streaming.turn_wait)(turn_id=turn.pk, timeout=MAX_WAIT_SECONDS)
     return completion_response(_finished_turn(user=user, turn_id=turn.pk, published=published), turn_id=turn.pk)
 

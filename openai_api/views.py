@@ -78,7 +78,11 @@ class ChatCompletionsView(OpenAIView):
         serializer.is_valid(raise_exception=True)
         completion = serializer.completion_request()
         if not serializer.validated_data.get("stream"):
-            turn = completion_turn_create(user=request.user, api_key=request.auth, request=completion)
+            # Under ASGI the wait hands the turn over once it listens (answers.answer_now_or_later).
+            hand_over = not getattr(request, "waits_on_event_loop", False)
+            turn = completion_turn_create(
+                user=request.user, api_key=request.auth, request=completion, hand_over=hand_over
+            )
             return answers.answer_now_or_later(request=request, turn=turn)
 
         user = request.user

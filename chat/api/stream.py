@@ -66,8 +66,9 @@ async def turn_event_items(
     turn without Redis, is replayed from the database once finished. It runs on the
     event loop and holds no database connection between its reads; closing it
     unsubscribes at once. (GET turns/{id}/stream renders these as server-sent events;
-    the OpenAI-compatible endpoint, openai_api, as completion chunks.) `ready` is
-    awaited once the reader listens: a turn handed to the worker then loses no event."""
+    the OpenAI-compatible endpoint, openai_api, as completion chunks.) `ready` hands
+    a queued turn to the worker once the reader listens: no event is lost, and the
+    turn's status needs no read."""
     deadline = time.monotonic() + streaming.STREAM_MAX_SECONDS
     if turn.status in FINISHED or not streaming.enabled():
         if ready is not None:
@@ -78,9 +79,11 @@ async def turn_event_items(
             yield item
         return
     async with streaming.hub.listen(turn.pk, pieces=True) as events:
-        if ready is not None:
+        if ready is not None:  # the turn is handed over now: it is queued, and the rest is heard
             await ready()
-        status = await db_read(turn_status, turn_id=turn.pk)
+            status = Turn.Status.QUEUED
+        else:
+            status = await db_read(turn_status, turn_id=turn.pk)
         if status in FINISHED:
             async for item in _replay(turn.pk, final):
                 yield item

@@ -2,6 +2,7 @@
 chat.services.turns. Every lookup starts from request.user, so another user's turn
 is a 404. The turn stream is chat.api.stream."""
 
+import asyncio
 import re
 from functools import partial
 
@@ -19,8 +20,8 @@ from chat import selectors, streaming
 from chat.api.serializers import TurnCreateSerializer, TurnDetailSerializer, TurnSerializer, turn_detail_payload
 from chat.api.sessions import session_or_404
 from chat.models import Turn
-from chat.services.turns import turn_cancel, turn_create
-from core.db import db_read
+from chat.services.turns import turn_cancel, turn_create, turn_hand_over
+from core.db import db_call, db_read
 from core.exceptions import field_error
 from core.pagination import NewestFirstCursorPagination
 
@@ -69,9 +70,32 @@ def _turn_answer(response: Response, *, user, turn_id, published: dict | None = 
     return response
 
 
-async def _answer_after_wait(response: Response, *, user, turn_id, wait: float) -> Response:  # noqa: ANN001
-    """`Prefer: wait` on the event loop (core.asgi): no thread, no connection held."""
-    _, published = await streaming.turn_wait(turn_id=turn_id, timeout=wait)
+async def turn_wait_handing_over(*, turn_id, timeout: float) -> dict | None:  # noqa: ANN001
+    """streaming.turn_wait for a turn accepted without its hand-over: it is given to
+    the worker once the wait listens, so its `done` cannot be missed and nothing is
+    read first. A client that leaves before that does not stop the turn: it is handed
+    over all the same. Returns the turn as published with `done`, if it came so."""
+    handed = False
+
+    async def hand_over() -> None:
+        nonlocal handed
+        await db_read(turn_hand_over, turn_id=str(turn_id))
+        handed = True
+
+    try:
+        return (await streaming.turn_wait(turn_id=turn_id, timeout=timeout, hand_over=hand_over))[1]
+    finally:
+        if not handed:  # not awaited: the executor's thread sends it after this request is gone
+            asyncio.get_running_loop().run_in_executor(None, partial(db_call, turn_hand_over, turn_id=str(turn_id)))
+
+
+async def _answer_after_wait(response: Response, *, user, turn_id, wait: float, hand_over: bool) -> Response:  # noqa: ANN001
+    """`Prefer: wait` on the event loop (core.asgi): no thread, no connection held.
+    With `hand_over`, the turn is given to the worker once the wait listens."""
+    if hand_over:
+        published = await turn_wait_handing_over(turn_id=turn_id, timeout=wait)
+    else:
+        _, published = await streaming.turn_wait(turn_id=turn_id, timeout=wait)
     if published is None:
         await db_read(_turn_answer, response=response, user=user, turn_id=turn_id)
     else:
@@ -116,15 +140,17 @@ class SessionTurnsView(generics.ListAPIView):
         key = _idempotency_key(request)
         serializer = TurnCreateSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        turn, created = turn_create(
-            user=request.user, session=session, idempotency_key=key, api_key=request.auth, **serializer.validated_data
-        )
         wait = _prefer_wait(request)
+        waits_on_event_loop = bool(wait) and getattr(request, "waits_on_event_loop", False)
+        turn, created = turn_create(
+            user=request.user, session=session, idempotency_key=key, api_key=request.auth,
+            hand_over=not waits_on_event_loop, **serializer.validated_data,
+        )  # fmt: skip
         response = Response(status=status.HTTP_202_ACCEPTED)
-        if wait and getattr(request, "waits_on_event_loop", False):
-            # The wait reads the turn right after it subscribes: nothing to read here.
+        if waits_on_event_loop:
+            # The wait hands a new turn over once it listens: nothing to read here.
             response.finish_on_event_loop = partial(
-                _answer_after_wait, response, user=request.user, turn_id=turn.pk, wait=wait
+                _answer_after_wait, response, user=request.user, turn_id=turn.pk, wait=wait, hand_over=created
             )
         else:
             self._answer_now(response, turn=turn, created=created, wait=wait)

@@ -93,11 +93,13 @@ def turn_create(
     model_alias: str | None = None,
     idempotency_key: str | None = None,
     api_key: ApiKey | None = None,
+    hand_over: bool = True,
 ) -> tuple[Turn, bool]:
     """Accepts a turn: (turn, created). With an Idempotency-Key already used by this
     user, returns that turn and creates nothing. `api_key` (the request's) brings its
     limits: rpm/tpm (429) before the transaction, its budget and the account's cap
-    (402) held with the wallet's hold inside it."""
+    (402) held with the wallet's hold inside it. With `hand_over=False` the caller
+    hands a created turn to the worker (turn_hand_over) once it listens to its events."""
     if idempotency_key and (existing := turn_for_idempotency_key(user=user, key=idempotency_key)) is not None:
         return _check_replay(existing, session=session, content=content), False
     if session.source == ChatSession.Source.OPENAI:
@@ -139,7 +141,8 @@ def turn_create(
             turns_in_flight_check(user=user)
             if session.updated_at is None or timezone.now() - session.updated_at > SESSION_TOUCH_RESOLUTION:
                 ChatSession.objects.filter(pk=session.pk).update(updated_at=timezone.now())
-            transaction.on_commit(partial(turn_hand_over, turn_id=str(turn.pk)), robust=True)
+            if hand_over:
+                transaction.on_commit(partial(turn_hand_over, turn_id=str(turn.pk)), robust=True)
     except IntegrityError:
         reservation.release()
         # A concurrent request with the same key committed first.

@@ -4,6 +4,7 @@ the request answers 202 and the worker completes the turn; `Prefer: wait` answer
 worker SIGKILLed mid-turn leaves a turn that another worker takes over once its
 lease runs out, completes once and charges once."""
 
+import asyncio
 import json
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -68,6 +69,86 @@ def test_prefer_wait_that_runs_out_answers_202(worker_with_env, owner_client, se
     assert answer.status_code == 202 and 1.0 <= time.monotonic() - started < 2.5
     assert "Location" in answer
     wait_for(lambda: finished(answer.data["id"]))
+
+
+def _asgi_turn(session, key: str, *, leave_at_once: bool = False) -> tuple[int, dict]:  # noqa: ANN001
+    """POST a turn with `Prefer: wait=20` through the web process's ASGI handler; with
+    `leave_at_once` the client goes away as soon as the turn is accepted."""
+    from core.asgi import ASGIHandler
+    from tests.asgi import asgi_call
+
+    headers = [
+        (b"authorization", f"Bearer {key}".encode()), (b"content-type", b"application/json"),
+        (b"prefer", b"wait=20"),
+    ]  # fmt: skip
+    body = json.dumps({"content": "Through ASGI"}).encode()
+    if not leave_at_once:
+        status, _, content = asyncio.run(
+            asgi_call(ASGIHandler(), "POST", f"/api/v1/sessions/{session.pk}/turns", body=body, headers=headers)
+        )
+        return status, json.loads(content)
+    messages = [{"type": "http.request", "body": body}]
+
+    async def receive() -> dict:
+        if messages:
+            return messages.pop(0)
+        while not await asyncio.to_thread(Turn.objects.filter(session=session).exists):
+            await asyncio.sleep(0.01)
+        return {"type": "http.disconnect"}  # the turn is accepted: the client leaves
+
+    async def send(message: dict) -> None:
+        pass
+
+    path = f"/api/v1/sessions/{session.pk}/turns"
+    scope = {
+        "type": "http", "http_version": "1.1", "method": "POST", "path": path, "raw_path": path.encode(),
+        "root_path": "", "scheme": "http", "query_string": b"", "server": ("testserver", 80),
+        "client": ("127.0.0.1", 5000), "headers": [(b"host", b"testserver"), (b"content-length", str(len(body)).encode()), *headers],
+    }  # fmt: skip
+    asyncio.run(ASGIHandler()(scope, receive, send))
+    return 0, {}
+
+
+def test_prefer_wait_on_the_event_loop_hands_the_turn_over_once_it_listens(
+    celery_worker, session, funded_owner, monkeypatch
+):
+    """Under ASGI the wait subscribes, then hands the turn to the worker: its `done`
+    cannot be missed, so nothing asks the database whether it already finished."""
+    from accounts.services import api_key_create
+    from chat import streaming
+
+    asked = []
+
+    async def finished(turn_id) -> bool:  # noqa: ANN001
+        asked.append(turn_id)
+        return await real_finished(turn_id)
+
+    real_finished = streaming.finished
+    monkeypatch.setattr(streaming, "finished", finished)
+    _, key = api_key_create(user=funded_owner, name="asgi")
+    status, body = _asgi_turn(session, key)
+    assert status == 201, body
+    assert body["status"] == "completed" and body["messages"][-1]["content"] == "Echo: Through ASGI"
+    assert asked == []
+
+
+def test_a_prefer_wait_whose_client_leaves_before_the_hand_over_still_runs_its_turn(
+    celery_worker, session, funded_owner, monkeypatch
+):
+    from accounts.services import api_key_create
+    from chat import streaming
+
+    async def slow_to_listen(**kwargs) -> tuple[bool, dict | None]:  # noqa: ANN003
+        await asyncio.sleep(30)  # the client leaves meanwhile
+        return await real_turn_wait(**kwargs)
+
+    real_turn_wait = streaming.turn_wait
+    monkeypatch.setattr(streaming, "turn_wait", slow_to_listen)
+    _, key = api_key_create(user=funded_owner, name="asgi")
+    _asgi_turn(session, key, leave_at_once=True)
+    turn = Turn.objects.get(session=session)
+    wait_for(lambda: finished(turn.pk), timeout=30)
+    assert turn_status(turn.pk) == "completed"
 
 
 def test_the_worker_streams_the_reply_live(worker_with_env, owner_client, session):
