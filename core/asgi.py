@@ -24,10 +24,12 @@ the thread and back, and re-home every Local, for each request: about 7% of the
 web's CPU under load, and a new database wrapper per request.)
 
 For the same reason the request's signals run where WSGI runs them, in the request's
-own hop: `request_started` before the view and, for a response that is complete when
-the view returns, `request_finished` (the response's close) right after it. Django's
-handler sends both through sync_to_async, two more hops per request (6% of the web's
-CPU in the 200-user burst). A streamed or waiting response is closed once sent.
+own hop: `request_started` before the view and `request_finished` (the response's
+close) right after it, when the thread's part of the request is done (a response
+that still waits on the event loop holds nothing of the thread, and its body is bytes:
+nothing to release later). Django's handler sends both through sync_to_async, two
+more hops per request (6% of the web's CPU in the 200-user burst). A streamed
+response is closed once sent.
 """
 
 import asyncio
@@ -75,15 +77,16 @@ class ASGIHandler(DjangoASGIHandler):
             return
         set_script_prefix(get_script_prefix(scope))
         request, response = self.create_request(scope, body_file)
-        if request is None:
+        if request is None:  # refused before any view (400, 413): closed as Django does
             await self.send_response(response, send)
+            await self._on_a_pool_thread(response.close)
         else:
             response = await self._answer_unless_client_leaves(request, receive, send)
-        if response is None:  # cancelled before it had an answer
-            await self._on_a_pool_thread(signals.request_finished.send, sender=self.__class__)
-        elif not response.closed:
-            response._handler_class = self.__class__
-            await self._on_a_pool_thread(response.close)
+            if response is None:  # cancelled before it had an answer
+                if not getattr(request, "finished_on_its_thread", False):
+                    await self._on_a_pool_thread(signals.request_finished.send, sender=self.__class__)
+            elif response.streaming:
+                await self._on_a_pool_thread(response.close)
         body_file.close()
 
     async def _on_a_pool_thread(self, call, /, **kwargs) -> None:  # noqa: ANN001, ANN003
@@ -129,9 +132,10 @@ class ASGIHandler(DjangoASGIHandler):
         try:
             signals.request_started.send(sender=self.__class__, scope=request.scope)
             response = self.get_response(request)
-            if not response.streaming and getattr(response, "finish_on_event_loop", None) is None:
+            if not response.streaming:  # its request is finished here (see the module's docstring)
                 response._handler_class = self.__class__
-                response.close()  # request_finished, as a WSGI server closes it
+                response.close()
+                request.finished_on_its_thread = True
             return response
         finally:
             db_release()

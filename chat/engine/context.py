@@ -48,7 +48,7 @@ def head_messages(*, session: ChatSession, system_prompt: str | None = None) -> 
 
 
 def _chat_message(role: str, content: str, tool_calls: list | None, tool_call_id: str) -> ChatMessage:
-    calls = tuple(ToolCallRequest.from_dict(item) for item in tool_calls or ())
+    calls = tuple(ToolCallRequest.from_dict(item) for item in tool_calls) if tool_calls else ()
     return ChatMessage(role=role, content=content, tool_calls=calls, tool_call_id=tool_call_id)
 
 

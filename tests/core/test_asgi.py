@@ -62,3 +62,28 @@ def test_a_request_whose_client_left_still_finishes_once(signal_threads):
     finished = [name for signal, name in signal_threads if signal == "finished"]
     assert len(finished) == 1
     assert finished[0].startswith("web")
+
+
+def test_a_request_that_waits_on_the_event_loop_finishes_once_on_its_thread(signal_threads, owner):
+    """`Prefer: wait` (the embedded default: eager tasks, no Redis): the view's thread
+    sends request_finished when its part is done; the wait on the loop sends none."""
+    import json
+
+    from accounts.services import api_key_create
+    from billing.services import wallet_grant
+    from chat.models import ChatSession
+    from tests.chat.conftest import START_BALANCE, make_price
+
+    wallet_grant(user=owner, amount=START_BALANCE, reason="test credits")
+    session = ChatSession.objects.create(user=owner, title="ASGI", model_alias=make_price().alias)
+    _, key = api_key_create(user=owner, name="asgi")
+    headers = [
+        (b"authorization", f"Bearer {key}".encode()), (b"content-type", b"application/json"), (b"prefer", b"wait=10"),
+    ]  # fmt: skip
+    body = json.dumps({"content": "Hello"}).encode()
+    status, _, content = asyncio.run(
+        asgi_call(ASGIHandler(), "POST", f"/api/v1/sessions/{session.pk}/turns", body=body, headers=headers)
+    )
+    assert status == 201, content
+    assert json.loads(content)["status"] == "completed"
+    assert signal_threads == [("started", "web_0"), ("finished", "web_0")]
