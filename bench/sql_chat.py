@@ -136,6 +136,10 @@ def run(args: argparse.Namespace) -> None:
         api_key = accounts_sql.api_key_for_hash(key_hash=key_hash)
         return api_key.pk, api_key.user.pk
 
+    def orm_turn_brief() -> Turn | None:
+        query = Turn.objects.filter(pk=turn.pk, user=user, session__deleted_at__isnull=True)
+        return query.only("id", "status").first()
+
     def orm_session_get() -> ChatSession | None:
         return ChatSession.objects.filter(pk=session.pk, user_id=user.pk, deleted_at__isnull=True).first()
 
@@ -228,6 +232,7 @@ def run(args: argparse.Namespace) -> None:
     pairs = {
         "api_key_for_hash (every request's auth)": (raw_api_key, orm_api_key),
         "session_get (POST turns)": (lambda: _sql.session_get(user_id=user.pk, session_id=session.pk), orm_session_get),
+        "turn_brief (GET stream)": (lambda: _sql.turn_brief(user_id=user.pk, turn_id=turn.pk), orm_turn_brief),
         "turn_status (waiting check)": (lambda: _sql.turn_status(turn_id=turn.pk, lock=False), orm_turn_status),
         "turn_lock (completion)": (
             locked(lambda: tuple(_sql.turn_lock(turn_id=turn.pk))),

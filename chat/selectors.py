@@ -94,7 +94,7 @@ def turn_get(*, user: User, turn_id: UUID) -> Turn | None:
 
 def turn_brief(*, user: User, turn_id: UUID) -> Turn | None:
     """The user's turn with only its id and status (a stream opening needs no more)."""
-    return Turn.objects.filter(pk=turn_id, user=user, session__deleted_at__isnull=True).only("id", "status").first()
+    return _sql.turn_brief(user_id=user.pk, turn_id=turn_id)
 
 
 def turns_in_flight(*, user: User) -> int:

@@ -37,6 +37,16 @@ def test_turn_status_reads_the_orms_status_with_and_without_the_lock(session):
     assert _sql.turn_status(turn_id="00000000-0000-0000-0000-000000000000", lock=False) is None
 
 
+def test_turn_brief_finds_exactly_the_owners_turns_in_live_sessions(session, other_user):
+    turn = _turn(session, status=Turn.Status.RUNNING)
+    gone = _turn(ChatSession.objects.create(user=session.user, deleted_at=timezone.now()), status=Turn.Status.QUEUED)
+    for user, turn_id in [(session.user, turn.pk), (other_user, turn.pk), (session.user, gone.pk)]:
+        expected = Turn.objects.filter(pk=turn_id, user=user, session__deleted_at__isnull=True).first()
+        found = _sql.turn_brief(user_id=user.pk, turn_id=turn_id)
+        assert (found and (found.pk, found.status)) == (expected and (expected.pk, expected.status))
+    assert _sql.turn_brief(user_id=session.user.pk, turn_id=uuid.uuid4()) is None
+
+
 def test_turns_in_flight_counts_the_users_queued_and_running_turns(session, other_user):
     for status in (*Turn.Status.values, Turn.Status.QUEUED, Turn.Status.RUNNING):
         _turn(session, status=status)
