@@ -20,7 +20,9 @@ Prints: the batch's wall time against the latency (goal: within 2.5x for 200 use
 at 3 s, 2x for 1,000 at 20 s), time to the first streamed piece p50/p95/p99 (goal
 p95 < 1 s), health p99 (< 250 ms) and wallet p99 (< 500 ms) during the load, the peak
 number of PostgreSQL connections (<= 50), the memory of the web and worker process
-trees per open stream / turn in flight, and then checks every wallet to the last
+trees per open stream / turn in flight, where the machine's cores went during the
+batch (each Procfile process tree, this load generator, and the rest: PostgreSQL,
+Redis, the probes), and then checks every wallet to the last
 decimal against its ledger and its completed turns. The /v1 phase prints the same
 figures with the same goals (its first piece: the first chunk with text). Exits 1
 when a turn or completion did not complete or a wallet is wrong.
@@ -68,9 +70,9 @@ from bench.stack import (  # noqa: E402
 BENCH_DB = "parley_bench_concurrency"
 LOG = Path(tempfile.gettempdir()) / "parley-bench-concurrency.log"
 CREDITS = "5000"
-# The `local` model echoes the question in pieces of 4 words spread evenly over the
-# latency, as a streaming model does: 120 words make 30 pieces, the first after
-# latency / 30 (100 ms at 3 s).
+# The `local` model echoes the question in pieces of 4 words (--piece-words) spread
+# evenly over the latency, as a streaming model does: 120 words make 30 pieces, the
+# first after latency / 30 (100 ms at 3 s).
 QUESTION = " ".join(f"word{i}" for i in range(118))
 
 
@@ -84,6 +86,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--keep", action="store_true", help="keep the benchmark database afterwards")
     parser.add_argument("--fresh", action="store_true", help="rebuild the migrated template database first")
     parser.add_argument("--floor", action="store_true", help="first, every user at once POSTs /bench/roundtrip")
+    parser.add_argument(
+        "--piece-words", type=int, default=4, help="words per streamed piece (4: 30 pieces a reply; 1: 120, a "
+        "hosted model's rate of about a token per piece)",
+    )  # fmt: skip
     return parser.parse_args()
 
 
@@ -303,7 +309,27 @@ async def warm_up(port: int, probe_user: dict) -> None:
         )
 
 
-async def load(port: int, seeds: list[dict], ask=user_turn) -> tuple[list[TurnResult], Probe, Probe, float]:  # noqa: ANN001
+@dataclass
+class Cores:
+    """Where the machine's CPU went while the load ran (the start line to the last answer)."""
+
+    busy: float = 0.0  # every process, every core
+    processes: dict[str, float] = field(default_factory=dict)  # each Procfile line's process tree
+    generator: float = 0.0  # this load generator (the probes are processes of their own)
+
+
+def machine_busy_seconds() -> float:
+    """CPU time the whole machine has spent busy so far, all cores (/proc/stat)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    return (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")  # all but idle and iowait
+
+
+def cores_now(stack: Stack) -> Cores:
+    processes = {name: cpu_seconds(proc.pid) for name, proc in stack.procs.items()}
+    return Cores(busy=machine_busy_seconds(), processes=processes, generator=time.process_time())
+
+
+async def load(port: int, seeds: list[dict], ask, stack: Stack) -> tuple[list[TurnResult], Probe, Probe, float, Cores]:  # noqa: ANN001
     """Every user at once runs `ask` (a turn and its stream, or a streamed completion)."""
     start = asyncio.Event()
     probe_user, users = seeds[0], seeds[1:]
@@ -311,12 +337,16 @@ async def load(port: int, seeds: list[dict], ask=user_turn) -> tuple[list[TurnRe
     probes = Probes(port, probe_user)
     turns = [asyncio.create_task(ask(port, s["key"], s["session"], n, start)) for n, s in enumerate(users)]
     await asyncio.sleep(0.5)  # every task waits at the start line (and the probes are running)
-    began = time.perf_counter()
+    began, before = time.perf_counter(), cores_now(stack)
     start.set()
     results = await asyncio.gather(*turns)
-    wall = time.perf_counter() - began
+    wall, after = time.perf_counter() - began, cores_now(stack)
     health, wallet = probes.finish()
-    return results, health, wallet, wall
+    spent = Cores(
+        busy=after.busy - before.busy, generator=after.generator - before.generator,
+        processes={name: after.processes[name] - before.processes[name] for name in after.processes},
+    )  # fmt: skip
+    return results, health, wallet, wall, spent
 
 
 def phase(title: str, ask, stack: Stack, args: argparse.Namespace, factor: float, seeds: list[dict]) -> bool:  # noqa: ANN001
@@ -327,7 +357,7 @@ def phase(title: str, ask, stack: Stack, args: argparse.Namespace, factor: float
     cpu_before = {name: cpu_seconds(proc.pid) for name, proc in stack.procs.items()}
     sampler = Sampler(args.pg, stack)
     sampler.start()
-    results, health, wallet, wall = asyncio.run(load(stack.port, seeds, ask))
+    results, health, wallet, wall, cores = asyncio.run(load(stack.port, seeds, ask, stack))
     sampler.running = False
     sampler.join()
     cpu = {name: cpu_seconds(proc.pid) - cpu_before[name] for name, proc in stack.procs.items()}
@@ -358,6 +388,11 @@ def phase(title: str, ask, stack: Stack, args: argparse.Namespace, factor: float
         grown = sampler.peak_rss[name] - idle_rss[name]
         print(f"memory      : {name:<6} idle {idle_rss[name] / 2**20:7.1f} MiB, peak {sampler.peak_rss[name] / 2**20:7.1f} MiB,"
               f" {grown / n / 1024:7.1f} KiB per turn in flight; CPU {cpu[name]:6.2f} s")  # fmt: skip
+    ours = sum(cores.processes.values())
+    print(f"cores       : {cores.busy:5.2f} of {wall * os.cpu_count():5.2f} CPU-seconds busy during the batch: "
+          + ", ".join(f"{name} {spent:4.2f}" for name, spent in cores.processes.items())
+          + f", this load generator {cores.generator:4.2f}, the rest (PostgreSQL, Redis, the probes) "
+          f"{cores.busy - ours - cores.generator:4.2f}")  # fmt: skip
     return len(completed) != n
 
 
@@ -371,6 +406,7 @@ def main() -> None:
         "SECRET_KEY": "bench-only-not-secret",
         "ALLOWED_HOSTS": "127.0.0.1,localhost",
         "LOCAL_LLM_LATENCY_MS": str(args.latency_ms),
+        "LOCAL_LLM_PIECE_WORDS": str(args.piece_words),
         "LOG_LEVEL": "WARNING",
         **({"BENCH_ENDPOINTS": "1"} if args.floor else {}),
     }

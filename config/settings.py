@@ -311,6 +311,9 @@ ANTHROPIC_BASE_URL = env.str("ANTHROPIC_BASE_URL", default="")
 LLM_TIMEOUT_SECONDS = env.float("LLM_TIMEOUT_SECONDS", default=60.0)
 LLM_MAX_RETRIES = env.int("LLM_MAX_RETRIES", default=2)
 LOCAL_LLM_LATENCY_MS = env.int("LOCAL_LLM_LATENCY_MS", default=0)
+# Words per streamed piece of the `local` provider (1: a piece per word, as a hosted
+# model streams about a token at a time).
+LOCAL_LLM_PIECE_WORDS = env.int("LOCAL_LLM_PIECE_WORDS", default=4)
 MAX_UPLOAD_BYTES = env.int("MAX_UPLOAD_BYTES", default=5 * 1024 * 1024)
 # An upload's text is extracted in a child process (chat/extraction.py) with these
 # bounds; an upload past one is refused with a 400 saying which.

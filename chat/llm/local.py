@@ -44,7 +44,6 @@ from chat.llm.base import (
 )
 
 TOOL_REQUEST = re.compile(r"\[\[tool\s+(?P<name>[A-Za-z0-9_\-]+)\s*(?P<args>\{.*?\})?\s*\]\]", re.DOTALL)
-WORDS_PER_PIECE = 4
 # The orchestrator's function (chat.engine.orchestrator_protocol.NEXT_SPEAKER; not imported: the
 # provider layer does not depend on the chat models).
 NEXT_SPEAKER = "next_speaker"
@@ -137,8 +136,8 @@ class LocalProvider:
 
     @staticmethod
     def _pieces(text: str) -> list[str]:
-        words = re.findall(r"\S+\s*|\s+", text)
-        return ["".join(words[i : i + WORDS_PER_PIECE]) for i in range(0, len(words), WORDS_PER_PIECE)] or [""]
+        words, size = re.findall(r"\S+\s*|\s+", text), max(settings.LOCAL_LLM_PIECE_WORDS, 1)
+        return ["".join(words[i : i + size]) for i in range(0, len(words), size)] or [""]
 
     @staticmethod
     def _sleep(milliseconds: float) -> None:

@@ -57,6 +57,16 @@ def test_local_provider_echoes_and_counts_usage_from_text_length(settings):
     assert result.finish_reason == "stop" and result.tool_calls == ()
 
 
+def test_local_provider_streams_as_many_words_a_piece_as_set(settings):
+    settings.LOCAL_LLM_PIECE_WORDS = 1
+    pieces, on_delta = collect()
+    result = provider_for("local").complete(
+        model="echo", messages=[ChatMessage(role="user", content="one two three")], max_output_tokens=100,
+        on_delta=on_delta,
+    )  # fmt: skip
+    assert pieces == ["Echo: ", "one ", "two ", "three"] and "".join(pieces) == result.text
+
+
 def test_local_provider_stops_at_max_output_tokens():
     result = provider_for("local").complete(
         model="echo", messages=[ChatMessage(role="user", content="x" * 400)], max_output_tokens=10
