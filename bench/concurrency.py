@@ -21,8 +21,8 @@ at 3 s, 2x for 1,000 at 20 s), time to the first streamed piece p50/p95/p99 (goa
 p95 < 1 s), health p99 (< 250 ms) and wallet p99 (< 500 ms) during the load, the peak
 number of PostgreSQL connections (<= 50), the memory of the web and worker process
 trees per open stream / turn in flight, where the machine's cores went during the
-batch (each Procfile process tree, this load generator, and the rest: PostgreSQL,
-Redis, the probes), and then checks every wallet to the last
+batch (each Procfile process tree, PostgreSQL, Redis, this load generator, and the
+rest), and then checks every wallet to the last
 decimal against its ledger and its completed turns. The /v1 phase prints the same
 figures with the same goals (its first piece: the first chunk with text). Exits 1
 when a turn or completion did not complete or a wallet is wrong.
@@ -316,6 +316,7 @@ class Cores:
     busy: float = 0.0  # every process, every core
     processes: dict[str, float] = field(default_factory=dict)  # each Procfile line's process tree
     generator: float = 0.0  # this load generator (the probes are processes of their own)
+    services: dict[str, float] = field(default_factory=dict)  # PostgreSQL's and Redis's processes on this machine
 
 
 def machine_busy_seconds() -> float:
@@ -324,9 +325,29 @@ def machine_busy_seconds() -> float:
     return (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")  # all but idle and iowait
 
 
+SERVICES = {"postgres": "PostgreSQL", "redis-server": "Redis"}
+
+
+def services_cpu_seconds() -> dict[str, float]:
+    """CPU so far of the processes of PostgreSQL (its backends, which a pool keeps for
+    the whole batch) and Redis running on this machine."""
+    spent = dict.fromkeys(SERVICES.values(), 0.0)
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            name, rest = stat.read_text().split("(", 1)[1].rsplit(")", 1)
+        except (OSError, IndexError):
+            continue
+        if name in SERVICES:
+            fields = rest.split()
+            spent[SERVICES[name]] += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return spent
+
+
 def cores_now(stack: Stack) -> Cores:
     processes = {name: cpu_seconds(proc.pid) for name, proc in stack.procs.items()}
-    return Cores(busy=machine_busy_seconds(), processes=processes, generator=time.process_time())
+    return Cores(
+        busy=machine_busy_seconds(), processes=processes, generator=time.process_time(), services=services_cpu_seconds()
+    )
 
 
 async def load(port: int, seeds: list[dict], ask, stack: Stack) -> tuple[list[TurnResult], Probe, Probe, float, Cores]:  # noqa: ANN001
@@ -345,6 +366,7 @@ async def load(port: int, seeds: list[dict], ask, stack: Stack) -> tuple[list[Tu
     spent = Cores(
         busy=after.busy - before.busy, generator=after.generator - before.generator,
         processes={name: after.processes[name] - before.processes[name] for name in after.processes},
+        services={name: after.services[name] - before.services[name] for name in after.services},
     )  # fmt: skip
     return results, health, wallet, wall, spent
 
@@ -388,11 +410,10 @@ def phase(title: str, ask, stack: Stack, args: argparse.Namespace, factor: float
         grown = sampler.peak_rss[name] - idle_rss[name]
         print(f"memory      : {name:<6} idle {idle_rss[name] / 2**20:7.1f} MiB, peak {sampler.peak_rss[name] / 2**20:7.1f} MiB,"
               f" {grown / n / 1024:7.1f} KiB per turn in flight; CPU {cpu[name]:6.2f} s")  # fmt: skip
-    ours = sum(cores.processes.values())
+    counted = sum(cores.processes.values()) + sum(cores.services.values()) + cores.generator
     print(f"cores       : {cores.busy:5.2f} of {wall * os.cpu_count():5.2f} CPU-seconds busy during the batch: "
-          + ", ".join(f"{name} {spent:4.2f}" for name, spent in cores.processes.items())
-          + f", this load generator {cores.generator:4.2f}, the rest (PostgreSQL, Redis, the probes) "
-          f"{cores.busy - ours - cores.generator:4.2f}")  # fmt: skip
+          + ", ".join(f"{name} {spent:4.2f}" for name, spent in (*cores.processes.items(), *cores.services.items()))
+          + f", this load generator {cores.generator:4.2f}, the rest (the probes, the kernel) {cores.busy - counted:4.2f}")  # fmt: skip
     return len(completed) != n
 
 
