@@ -29,6 +29,7 @@ chat.engine.completion makes its one call on the request's own messages.
 """
 
 import logging
+from functools import partial
 
 from billing.models import ModelPrice
 from billing.selectors import hold_amount
@@ -59,8 +60,8 @@ def turn_outcome(*, turn: Turn, price: ModelPrice) -> TurnOutcome:
         return completion_outcome(turn=turn, price=price)
     note = files_prompt_note(user=turn.user, session=turn.session)
     tools = [tool for tool in tools_for_turn() if tool["name"] != "file_read" or note]
-    hold = hold_amount(reference=str(turn.pk))
-    run = TurnRun(turn=turn, price=price, tools=tools, files_note=note, ceiling=hold)
+    hold_of = partial(hold_amount, reference=str(turn.pk))
+    run = TurnRun(turn=turn, price=price, tools=tools, files_note=note, hold_of=hold_of)
     summarise(run)
     MODES.get(turn.session.mode, run_single)(run)
     if run.outcome.error:

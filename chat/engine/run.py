@@ -3,8 +3,10 @@ ceiling check before every call after the first), and the context of its calls,
 read once per run."""
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
+from functools import cached_property
 
 from billing.models import ModelPrice
 from chat import leases
@@ -25,8 +27,8 @@ class TurnRun:
     price: ModelPrice
     tools: list[dict]
     files_note: str
-    # The turn's hold: no call after the first starts unless it fits (None: no hold).
-    ceiling: Decimal | None
+    # Reads the turn's hold (see `ceiling`).
+    hold_of: Callable[[], Decimal | None]
     outcome: TurnOutcome = field(default_factory=TurnOutcome)
     spent: Decimal = Decimal("0")
     calls_made: int = 0
@@ -37,6 +39,12 @@ class TurnRun:
     rows_through: int | None = None
     # The last context built without extra messages, and what it was built for.
     last_context: tuple[tuple, TurnContext] | None = None
+
+    @cached_property
+    def ceiling(self) -> Decimal | None:
+        """The turn's hold: no call after the first starts unless it fits (None: no
+        hold). Read when first asked: a turn of one call never asks."""
+        return self.hold_of()
 
     def affordable(self, *, price: ModelPrice, context: TurnContext, tools: list[dict] | None,
                    reserve: Decimal = Decimal("0"), exempt_first: bool = True) -> bool:  # fmt: skip

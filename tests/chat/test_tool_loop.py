@@ -153,3 +153,28 @@ def test_the_local_provider_asks_for_tools_offline(owner, owner_client):
         ("file_read", "ok", {"file_id": notes.pk})
     ]
     assert [c["purpose"] for c in body["llm_calls"]] == ["reply", "tool_followup"]
+
+
+def test_the_hold_is_read_only_by_a_turn_that_makes_a_second_call(owner, owner_client, monkeypatch):
+    """The ceiling guards calls after the first: a turn of one call never reads it."""
+    import chat.engine
+
+    reads = []
+
+    def hold_amount(*, reference: str):  # noqa: ANN202
+        reads.append(reference)
+        return real_hold_amount(reference=reference)
+
+    real_hold_amount = chat.engine.hold_amount
+    monkeypatch.setattr(chat.engine, "hold_amount", hold_amount)
+    fund(owner)
+    price_for("fast")
+    session = ChatSession.objects.create(user=owner, model_alias="fast")
+    notes = file_create(owner=owner, name="notes.txt", declared_type="text/plain", data=b"Buy milk.")
+
+    one_call = post_turn(owner_client, session, "Just answer").data
+    assert one_call["status"] == "completed" and reads == []
+
+    two_calls = post_turn(owner_client, session, f'[[tool file_read {{"file_id": {notes.pk}}}]]').data
+    assert [c["purpose"] for c in two_calls["llm_calls"]] == ["reply", "tool_followup"]
+    assert reads == [two_calls["id"]]
