@@ -27,14 +27,17 @@ For the same reason the request's signals run where WSGI runs them, in the reque
 own hop: `request_started` before the view and `request_finished` (the response's
 close) right after it, when the thread's part of the request is done (a response
 that still waits on the event loop holds nothing of the thread, and its body is bytes:
-nothing to release later). Django's handler sends both through sync_to_async, two
-more hops per request (6% of the web's CPU in the 200-user burst). A streamed
-response is closed once sent.
+nothing to release later; the answer a wait makes is bytes too, and is not closed
+again). Django's handler sends both through sync_to_async, two more hops per request
+(6% of the web's CPU in the 200-user burst). A streamed response is closed once
+sent. A client that leaves while its view runs leaves that view to finish on its
+thread: whatever its response left to the event loop runs there instead
+(`on_abandoned`: a turn still to be handed over), and a stream is closed unsent.
 """
 
 import asyncio
 import contextlib
-from functools import partial
+from concurrent.futures import Future
 
 from django.conf import settings
 from django.core import signals
@@ -77,20 +80,45 @@ class ASGIHandler(DjangoASGIHandler):
             return
         set_script_prefix(get_script_prefix(scope))
         request, response = self.create_request(scope, body_file)
-        if request is None:  # refused before any view (400, 413): closed as Django does
+        if request is None:  # refused before any view (400, 413)
             await self.send_response(response, send)
-            await self._on_a_pool_thread(response.close)
+            await self._on_a_pool_thread(self._refused, response, scope)
         else:
             response = await self._answer_unless_client_leaves(request, receive, send)
-            if response is None:  # cancelled before it had an answer
-                if not getattr(request, "finished_on_its_thread", False):
-                    await self._on_a_pool_thread(signals.request_finished.send, sender=self.__class__)
-            elif response.streaming:
-                await self._on_a_pool_thread(response.close)
+            if response is not None and response.streaming:
+                await self._on_a_pool_thread(self._finished, response)
+            # None: the client left first. A view that had started finishes on its
+            # thread all the same (_left_behind); one that had not never runs.
         body_file.close()
 
-    async def _on_a_pool_thread(self, call, /, **kwargs) -> None:  # noqa: ANN001, ANN003
-        await asyncio.wrap_future(self.requests.submit(partial(call, **kwargs), urgent=True))
+    async def _on_a_pool_thread(self, call, /, *args) -> None:  # noqa: ANN001, ANN002
+        await asyncio.wrap_future(self.requests.submit(call, *args, urgent=True))
+
+    def _finished(self, response: HttpResponseBase) -> None:
+        response._handler_class = self.__class__
+        response.close()  # request_finished
+
+    def _refused(self, response: HttpResponseBase, scope: dict) -> None:
+        signals.request_started.send(sender=self.__class__, scope=scope)
+        self._finished(response)
+
+    def _left_behind(self, done: Future) -> None:
+        """The client left while its view ran (a done-callback of the view's job): what
+        the view left to the event loop must still happen, on the pool. A job cancelled
+        before it started made nothing."""
+        if not done.cancelled() and done.exception() is None:
+            self.requests.submit(self._abandon, done.result(), urgent=True)
+
+    def _abandon(self, response: HttpResponseBase) -> None:
+        """A response nobody will finish or send: its `on_abandoned` (a turn waiting to
+        be handed over, say) runs, and a stream's body is closed."""
+        try:
+            if (on_abandoned := getattr(response, "on_abandoned", None)) is not None:
+                on_abandoned()
+            if response.streaming:
+                self._finished(response)
+        finally:
+            db_release()
 
     async def _answer_unless_client_leaves(self, request: HttpRequest, receive, send) -> HttpResponseBase | None:  # noqa: ANN001
         async def answer() -> HttpResponseBase:
@@ -118,7 +146,12 @@ class ASGIHandler(DjangoASGIHandler):
         request.waits_on_event_loop = True
         pool = self.probes if request.path == self.probe_path else self.requests
         done = pool.submit(self._get_response_on_a_pool_thread, request, urgent=request.method in READS)
-        response = await asyncio.wrap_future(done)
+        try:
+            response = await asyncio.wrap_future(done)
+        except asyncio.CancelledError:
+            done.add_done_callback(self._left_behind)
+            raise
+        # From here a cancelled `finish` cleans up after itself.
         finish = getattr(response, "finish_on_event_loop", None)
         if finish is None:
             return response
@@ -133,9 +166,7 @@ class ASGIHandler(DjangoASGIHandler):
             signals.request_started.send(sender=self.__class__, scope=request.scope)
             response = self.get_response(request)
             if not response.streaming:  # its request is finished here (see the module's docstring)
-                response._handler_class = self.__class__
-                response.close()
-                request.finished_on_its_thread = True
+                self._finished(response)
             return response
         finally:
             db_release()

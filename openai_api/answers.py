@@ -16,7 +16,7 @@ from django.http import HttpResponse, JsonResponse
 
 from chat import streaming
 from chat.api.stream import KEEP_ALIVE, turn_event_items
-from chat.api.turns import turn_detail, turn_wait_handing_over
+from chat.api.turns import turn_detail, turn_hand_over_robustly, turn_wait_handing_over
 from chat.models import Turn
 from chat.services.turns import turn_cancel, turn_hand_over
 from core.db import db_read
@@ -74,6 +74,7 @@ def answer_now_or_later(*, request, turn: Turn) -> HttpResponse:  # noqa: ANN001
     if getattr(request, "waits_on_event_loop", False):
         response = HttpResponse(status=202)
         response.finish_on_event_loop = lambda: answer_after_wait(user=user, turn_id=turn.pk)
+        response.on_abandoned = partial(turn_hand_over_robustly, turn_id=str(turn.pk))  # left before the wait
         return response
     detail = turn_detail(user=user, turn_id=turn.pk)
     if detail["status"] not in ("queued", "running"):
@@ -129,6 +130,13 @@ async def completion_chunks(
 def _stop(turn: Turn) -> None:
     with contextlib.suppress(StateConflict):  # it finished meanwhile
         turn_cancel(turn=turn)
+
+
+def stream_abandoned(*, turn: Turn, on_close: Callable[[], Any]) -> None:
+    """The client left before its stream began: the turn, never handed over, stops
+    (as completion_chunks stops it when its client goes away), and its slot is free."""
+    _stop(turn)
+    on_close()
 
 
 def stream_refused(limit: int) -> OpenAIError:

@@ -2,6 +2,8 @@
 openai_api.serializers, the turn chat.services.completions, the answer
 openai_api.answers; every error goes out in OpenAI's body (openai_api.errors)."""
 
+from functools import partial
+
 from django.conf import settings
 from django.http import HttpResponse, StreamingHttpResponse
 from drf_spectacular.types import OpenApiTypes
@@ -106,6 +108,7 @@ class ChatCompletionsView(OpenAIView):
         )
         db_release()  # the stream holds no database connection while it waits
         response = StreamingHttpResponse(body, content_type="text/event-stream; charset=utf-8")
+        response.on_abandoned = partial(answers.stream_abandoned, turn=turn, on_close=close)  # core.asgi
         response[answers.TURN_HEADER] = str(turn.pk)
         response["Cache-Control"] = "no-cache"
         response["X-Accel-Buffering"] = "no"

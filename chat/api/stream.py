@@ -179,4 +179,5 @@ class TurnStreamView(APIView):
         )
         response["Cache-Control"] = "no-cache"
         response["X-Accel-Buffering"] = "no"  # nginx: pass events through as they come
+        response.on_abandoned = close  # the client left before the body began (core.asgi)
         return response

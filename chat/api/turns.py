@@ -3,6 +3,7 @@ chat.services.turns. Every lookup starts from request.user, so another user's tu
 is a 404. The turn stream is chat.api.stream."""
 
 import asyncio
+import logging
 import re
 from functools import partial
 
@@ -24,6 +25,8 @@ from chat.services.turns import turn_cancel, turn_create, turn_hand_over
 from core.db import db_call, db_read
 from core.exceptions import field_error
 from core.pagination import NewestFirstCursorPagination
+
+logger = logging.getLogger(__name__)
 
 IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")  # printable ASCII, no spaces
 PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*\"?(\d+(?:\.\d+)?)\"?", re.IGNORECASE)
@@ -70,23 +73,35 @@ def _turn_answer(response: Response, *, user, turn_id, published: dict | None = 
     return response
 
 
+def turn_hand_over_robustly(*, turn_id: str) -> None:
+    """turn_hand_over as a robust on-commit hook runs it: a failure is logged, and the
+    turn waits in the database for the sweep (chat.services.turns.turns_sweep)."""
+    try:
+        turn_hand_over(turn_id=turn_id)
+    except Exception:
+        logger.exception("turn %s: the hand-over failed; the sweep sends it", turn_id)
+
+
 async def turn_wait_handing_over(*, turn_id, timeout: float) -> dict | None:  # noqa: ANN001
     """streaming.turn_wait for a turn accepted without its hand-over: it is given to
     the worker once the wait listens, so its `done` cannot be missed and nothing is
     read first. A client that leaves before that does not stop the turn: it is handed
-    over all the same. Returns the turn as published with `done`, if it came so."""
-    handed = False
+    over all the same (and once). Returns the turn as published with `done`, if it
+    came so. (A client that leaves while the view still runs: the view's
+    `on_abandoned`, core.asgi.)"""
+    loop, sent = asyncio.get_running_loop(), None
+    hand_over_now = partial(db_call, turn_hand_over_robustly, turn_id=str(turn_id))
 
     async def hand_over() -> None:
-        nonlocal handed
-        await db_read(turn_hand_over, turn_id=str(turn_id))
-        handed = True
+        nonlocal sent
+        sent = loop.run_in_executor(None, hand_over_now)
+        await asyncio.shield(sent)  # a client leaving now does not stop the send
 
     try:
         return (await streaming.turn_wait(turn_id=turn_id, timeout=timeout, hand_over=hand_over))[1]
     finally:
-        if not handed:  # not awaited: the executor's thread sends it after this request is gone
-            asyncio.get_running_loop().run_in_executor(None, partial(db_call, turn_hand_over, turn_id=str(turn_id)))
+        if sent is None:  # not awaited: the executor's thread sends it after this request is gone
+            loop.run_in_executor(None, hand_over_now)
 
 
 async def _answer_after_wait(response: Response, *, user, turn_id, wait: float, hand_over: bool) -> Response:  # noqa: ANN001
@@ -152,6 +167,8 @@ class SessionTurnsView(generics.ListAPIView):
             response.finish_on_event_loop = partial(
                 _answer_after_wait, response, user=request.user, turn_id=turn.pk, wait=wait, hand_over=created
             )
+            if created:  # the client left before the wait began
+                response.on_abandoned = partial(turn_hand_over_robustly, turn_id=str(turn.pk))
         else:
             self._answer_now(response, turn=turn, created=created, wait=wait)
         if wait:

@@ -99,7 +99,8 @@ def turn_create(
     user, returns that turn and creates nothing. `api_key` (the request's) brings its
     limits: rpm/tpm (429) before the transaction, its budget and the account's cap
     (402) held with the wallet's hold inside it. With `hand_over=False` the caller
-    hands a created turn to the worker (turn_hand_over) once it listens to its events."""
+    hands a created turn to the worker (turn_hand_over) once it listens to its events
+    (if it never does, the sweep sends the turn TURN_REDISPATCH_SECONDS later)."""
     if idempotency_key and (existing := turn_for_idempotency_key(user=user, key=idempotency_key)) is not None:
         return _check_replay(existing, session=session, content=content), False
     if session.source == ChatSession.Source.OPENAI:

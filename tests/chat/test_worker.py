@@ -6,6 +6,7 @@ lease runs out, completes once and charges once."""
 
 import asyncio
 import json
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
@@ -71,9 +72,9 @@ def test_prefer_wait_that_runs_out_answers_202(worker_with_env, owner_client, se
     wait_for(lambda: finished(answer.data["id"]))
 
 
-def _asgi_turn(session, key: str, *, leave_at_once: bool = False) -> tuple[int, dict]:  # noqa: ANN001
+def _asgi_turn(session, key: str, *, leave_when: threading.Event | None = None) -> tuple[int, dict]:  # noqa: ANN001
     """POST a turn with `Prefer: wait=20` through the web process's ASGI handler; with
-    `leave_at_once` the client goes away as soon as the turn is accepted."""
+    `leave_when` the client goes away once that event is set."""
     from core.asgi import ASGIHandler
     from tests.asgi import asgi_call
 
@@ -82,7 +83,7 @@ def _asgi_turn(session, key: str, *, leave_at_once: bool = False) -> tuple[int, 
         (b"prefer", b"wait=20"),
     ]  # fmt: skip
     body = json.dumps({"content": "Through ASGI"}).encode()
-    if not leave_at_once:
+    if leave_when is None:
         status, _, content = asyncio.run(
             asgi_call(ASGIHandler(), "POST", f"/api/v1/sessions/{session.pk}/turns", body=body, headers=headers)
         )
@@ -92,9 +93,8 @@ def _asgi_turn(session, key: str, *, leave_at_once: bool = False) -> tuple[int, 
     async def receive() -> dict:
         if messages:
             return messages.pop(0)
-        while not await asyncio.to_thread(Turn.objects.filter(session=session).exists):
-            await asyncio.sleep(0.01)
-        return {"type": "http.disconnect"}  # the turn is accepted: the client leaves
+        assert await asyncio.to_thread(leave_when.wait, 20)
+        return {"type": "http.disconnect"}
 
     async def send(message: dict) -> None:
         pass
@@ -103,7 +103,8 @@ def _asgi_turn(session, key: str, *, leave_at_once: bool = False) -> tuple[int, 
     scope = {
         "type": "http", "http_version": "1.1", "method": "POST", "path": path, "raw_path": path.encode(),
         "root_path": "", "scheme": "http", "query_string": b"", "server": ("testserver", 80),
-        "client": ("127.0.0.1", 5000), "headers": [(b"host", b"testserver"), (b"content-length", str(len(body)).encode()), *headers],
+        "client": ("127.0.0.1", 5000),
+        "headers": [(b"host", b"testserver"), (b"content-length", str(len(body)).encode()), *headers],
     }  # fmt: skip
     asyncio.run(ASGIHandler()(scope, receive, send))
     return 0, {}
@@ -112,8 +113,9 @@ def _asgi_turn(session, key: str, *, leave_at_once: bool = False) -> tuple[int, 
 def test_prefer_wait_on_the_event_loop_hands_the_turn_over_once_it_listens(
     celery_worker, session, funded_owner, monkeypatch
 ):
-    """Under ASGI the wait subscribes, then hands the turn to the worker: its `done`
-    cannot be missed, so nothing asks the database whether it already finished."""
+    """Under ASGI the wait hands the turn to the worker itself, after it subscribed:
+    nothing asks the database whether the turn already finished (the first check a
+    waiter on someone else's turn makes), and the turn completes."""
     from accounts.services import api_key_create
     from chat import streaming
 
@@ -135,17 +137,47 @@ def test_prefer_wait_on_the_event_loop_hands_the_turn_over_once_it_listens(
 def test_a_prefer_wait_whose_client_leaves_before_the_hand_over_still_runs_its_turn(
     celery_worker, session, funded_owner, monkeypatch
 ):
+    """The client leaves while the wait subscribes (before it handed the turn over)."""
     from accounts.services import api_key_create
     from chat import streaming
 
+    listening = threading.Event()
+
     async def slow_to_listen(**kwargs) -> tuple[bool, dict | None]:  # noqa: ANN003
+        listening.set()
         await asyncio.sleep(30)  # the client leaves meanwhile
         return await real_turn_wait(**kwargs)
 
     real_turn_wait = streaming.turn_wait
     monkeypatch.setattr(streaming, "turn_wait", slow_to_listen)
     _, key = api_key_create(user=funded_owner, name="asgi")
-    _asgi_turn(session, key, leave_at_once=True)
+    _asgi_turn(session, key, leave_when=listening)
+    turn = Turn.objects.get(session=session)
+    wait_for(lambda: finished(turn.pk), timeout=30)
+    assert turn_status(turn.pk) == "completed"
+
+
+def test_a_prefer_wait_whose_client_leaves_while_its_view_runs_still_runs_its_turn(
+    celery_worker, session, funded_owner, monkeypatch
+):
+    """The client leaves while the view still runs on its thread: the view ends all
+    the same, and what its answer left to the event loop (the hand-over) runs."""
+    from accounts.services import api_key_create
+    from chat.api import turns as turns_api
+
+    accepted, go_on = threading.Event(), threading.Event()
+
+    def slow_turn_create(**kwargs):  # noqa: ANN003, ANN202
+        found = real_turn_create(**kwargs)
+        accepted.set()
+        assert go_on.wait(20)  # the client leaves meanwhile
+        return found
+
+    real_turn_create = turns_api.turn_create
+    monkeypatch.setattr(turns_api, "turn_create", slow_turn_create)
+    _, key = api_key_create(user=funded_owner, name="asgi")
+    _asgi_turn(session, key, leave_when=accepted)  # returns once the request is cancelled
+    go_on.set()
     turn = Turn.objects.get(session=session)
     wait_for(lambda: finished(turn.pk), timeout=30)
     assert turn_status(turn.pk) == "completed"

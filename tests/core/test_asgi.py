@@ -3,6 +3,7 @@ them: on the request's own pool thread, in the hop that runs the view."""
 
 import asyncio
 import threading
+import time
 
 import pytest
 from django.core.signals import request_finished, request_started
@@ -31,24 +32,45 @@ def signal_threads():  # noqa: ANN201
     request_finished.disconnect(finished)
 
 
+def one_pair_on_a_thread(seen: list[tuple[str, str]], prefix: str) -> None:
+    """request_started then request_finished, both on one thread of the pool `prefix`."""
+    assert [signal for signal, _ in seen] == ["started", "finished"], seen
+    assert seen[0][1] == seen[1][1] and seen[0][1].startswith(prefix), seen
+
+
 def test_a_request_signals_run_on_the_thread_that_runs_its_view(signal_threads):
     status, _, _ = asyncio.run(asgi_call(ASGIHandler(), "GET", "/api/v1/health"))
     assert status == 200
-    assert signal_threads == [("started", "web-probe_0"), ("finished", "web-probe_0")]
+    one_pair_on_a_thread(signal_threads, "web-probe_")
 
     status, _, _ = asyncio.run(asgi_call(ASGIHandler(), "GET", "/api/v1/users/me"))
     assert status == 401
-    assert signal_threads[2:] == [("started", "web_0"), ("finished", "web_0")]
+    one_pair_on_a_thread(signal_threads[2:], "web_")
 
 
-def test_a_request_whose_client_left_still_finishes_once(signal_threads):
-    """The client goes away before the answer: the request is cancelled and
-    request_finished is still sent, once, on a pool thread."""
-    sent: list[dict] = []
-    messages = [{"type": "http.request", "body": b"", "more_body": False}, {"type": "http.disconnect"}]
+def test_a_request_whose_client_left_while_its_view_ran_finishes_once_on_its_thread(signal_threads, monkeypatch):
+    """The client goes away while the view runs: the request is cancelled on the event
+    loop, the view ends on its thread all the same, and its signals are sent once."""
+    from core import views
+
+    running, go_on = threading.Event(), threading.Event()
+
+    def slow_database_status() -> dict:
+        running.set()
+        assert go_on.wait(10)
+        return real_database_status()
+
+    real_database_status = views.database_status
+    monkeypatch.setattr(views, "database_status", slow_database_status)
+    messages = [{"type": "http.request", "body": b"", "more_body": False}]
 
     async def receive() -> dict:
-        return messages.pop(0)
+        if messages:
+            return messages.pop(0)
+        assert await asyncio.to_thread(running.wait, 10)
+        return {"type": "http.disconnect"}
+
+    sent: list[dict] = []
 
     async def send(message: dict) -> None:
         sent.append(message)
@@ -59,14 +81,19 @@ def test_a_request_whose_client_left_still_finishes_once(signal_threads):
         "client": ("127.0.0.1", 5000), "headers": [(b"host", b"testserver")],
     }  # fmt: skip
     asyncio.run(ASGIHandler()(scope, receive, send))
-    finished = [name for signal, name in signal_threads if signal == "finished"]
-    assert len(finished) == 1
-    assert finished[0].startswith("web")
+    assert sent == [] and signal_threads == [("started", "web-probe_0")]  # answered nobody; still running
+    go_on.set()
+    deadline = time.monotonic() + 5
+    while len(signal_threads) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.1)  # a second request_finished, had there been one, would have come by now
+    one_pair_on_a_thread(signal_threads, "web-probe_")
 
 
 def test_a_request_that_waits_on_the_event_loop_finishes_once_on_its_thread(signal_threads, owner):
-    """`Prefer: wait` (the embedded default: eager tasks, no Redis): the view's thread
-    sends request_finished when its part is done; the wait on the loop sends none."""
+    """`Prefer: wait` (eager tasks, as the embedded default runs them): the view's
+    thread sends request_finished when its part is done; the wait on the loop sends
+    none."""
     import json
 
     from accounts.services import api_key_create
@@ -86,4 +113,4 @@ def test_a_request_that_waits_on_the_event_loop_finishes_once_on_its_thread(sign
     )
     assert status == 201, content
     assert json.loads(content)["status"] == "completed"
-    assert signal_threads == [("started", "web_0"), ("finished", "web_0")]
+    one_pair_on_a_thread(signal_threads, "web_")
