@@ -114,3 +114,14 @@ def test_a_request_that_waits_on_the_event_loop_finishes_once_on_its_thread(sign
     assert status == 201, content
     assert json.loads(content)["status"] == "completed"
     one_pair_on_a_thread(signal_threads, "web_")
+
+    # A streamed response: finished once, after its body was sent.
+    signal_threads.clear()
+    turn_id = json.loads(content)["id"]
+    stream_headers = [(b"authorization", f"Bearer {key}".encode()), (b"accept", b"text/event-stream")]
+    status, _, body = asyncio.run(
+        asgi_call(ASGIHandler(), "GET", f"/api/v1/turns/{turn_id}/stream", headers=stream_headers)
+    )
+    assert status == 200 and b"event: done" in body
+    assert [signal for signal, _ in signal_threads] == ["started", "finished"]
+    assert all(name.startswith("web_") for _, name in signal_threads)
