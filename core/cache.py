@@ -29,17 +29,26 @@ WARN_EVERY_SECONDS = 60.0
 
 
 class SharedRedisCacheClient(RedisCacheClient):
-    """Django's client, with one redis.Redis per connection pool instead of one per call."""
+    """Django's client, with one redis.Redis per connection pool instead of one per call.
+    The first calls of several threads at once make one pool and one client between
+    them (Django makes its pools unlocked: two threads could each make one)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:  # noqa: ANN401
         super().__init__(*args, **kwargs)
-        self._clients: dict[int, Redis] = {}
+        self._clients: dict[int, Redis] = {}  # by Django's pool index (one per server)
+        self._lock = threading.Lock()
 
     def get_client(self, key: Any = None, *, write: bool = False) -> Redis:  # noqa: ANN401
-        pool = self._get_connection_pool(write)
-        client = self._clients.get(id(pool))
+        index = self._get_connection_pool_index(write)
+        client = self._clients.get(index)
         if client is None:
-            client = self._clients[id(pool)] = self._client(connection_pool=pool)
+            with self._lock:
+                if index not in self._clients:
+                    # Django's _get_connection_pool, for this index (it draws a read index anew).
+                    if index not in self._pools:
+                        self._pools[index] = self._pool_class.from_url(self._servers[index], **self._pool_options)
+                    self._clients[index] = self._client(connection_pool=self._pools[index])
+                client = self._clients[index]
         return client
 
 
