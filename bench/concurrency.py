@@ -62,6 +62,7 @@ from bench.stack import (  # noqa: E402
     http_open,
     http_request,
     percentile,
+    process_cpu,
     read_head,
     rss_bytes,
     sse_events,
@@ -332,14 +333,9 @@ def services_cpu_seconds() -> dict[str, float]:
     """CPU so far of the processes of PostgreSQL (its backends, which a pool keeps for
     the whole batch) and Redis running on this machine."""
     spent = dict.fromkeys(SERVICES.values(), 0.0)
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            name, rest = stat.read_text().split("(", 1)[1].rsplit(")", 1)
-        except (OSError, IndexError):
-            continue
-        if name in SERVICES:
-            fields = rest.split()
-            spent[SERVICES[name]] += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    for process in Path("/proc").glob("[0-9]*"):
+        if (found := process_cpu(process.name)) is not None and found[0] in SERVICES:
+            spent[SERVICES[found[0]]] += found[1]
     return spent
 
 

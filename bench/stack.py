@@ -199,16 +199,19 @@ def process_tree(pid: int) -> list[int]:
     return found
 
 
+def process_cpu(pid: int | str) -> tuple[str, float] | None:
+    """(command name, user + system CPU seconds so far) of one process; None when it is gone."""
+    try:
+        name, rest = Path(f"/proc/{pid}/stat").read_text().split("(", 1)[1].rsplit(")", 1)
+    except (OSError, IndexError):
+        return None
+    fields = rest.split()
+    return name, (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime in ticks
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU of a process tree so far."""
-    total = 0
-    for member in process_tree(pid):
-        try:
-            fields = Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += int(fields[11]) + int(fields[12])  # utime, stime in clock ticks
-    return total / os.sysconf("SC_CLK_TCK")
+    return sum(found[1] for member in process_tree(pid) if (found := process_cpu(member)) is not None)
 
 
 def rss_bytes(pid: int) -> int:

@@ -16,9 +16,9 @@ from django.http import HttpResponse, JsonResponse
 
 from chat import streaming
 from chat.api.stream import KEEP_ALIVE, turn_event_items
-from chat.api.turns import turn_detail, turn_hand_over_robustly, turn_wait_handing_over
+from chat.api.turns import turn_detail, turn_wait_handing_over
 from chat.models import Turn
-from chat.services.turns import turn_cancel, turn_hand_over
+from chat.services.turns import turn_cancel, turn_hand_over, turn_hand_over_robustly
 from core.db import db_read
 from core.exceptions import StateConflict
 from openai_api import shapes

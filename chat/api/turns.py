@@ -3,7 +3,6 @@ chat.services.turns. Every lookup starts from request.user, so another user's tu
 is a 404. The turn stream is chat.api.stream."""
 
 import asyncio
-import logging
 import re
 from functools import partial
 
@@ -21,12 +20,10 @@ from chat import selectors, streaming
 from chat.api.serializers import TurnCreateSerializer, TurnDetailSerializer, TurnSerializer, turn_detail_payload
 from chat.api.sessions import session_or_404
 from chat.models import Turn
-from chat.services.turns import turn_cancel, turn_create, turn_hand_over
+from chat.services.turns import turn_cancel, turn_create, turn_hand_over_robustly
 from core.db import db_call, db_read
 from core.exceptions import field_error
 from core.pagination import NewestFirstCursorPagination
-
-logger = logging.getLogger(__name__)
 
 IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")  # printable ASCII, no spaces
 PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*\"?(\d+(?:\.\d+)?)\"?", re.IGNORECASE)
@@ -71,15 +68,6 @@ def _turn_answer(response: Response, *, user, turn_id, published: dict | None = 
     if not finished:
         response["Location"] = reverse("turn", kwargs={"turn_id": turn_id})
     return response
-
-
-def turn_hand_over_robustly(*, turn_id: str) -> None:
-    """turn_hand_over as a robust on-commit hook runs it: a failure is logged, and the
-    turn waits in the database for the sweep (chat.services.turns.turns_sweep)."""
-    try:
-        turn_hand_over(turn_id=turn_id)
-    except Exception:
-        logger.exception("turn %s: the hand-over failed; the sweep sends it", turn_id)
 
 
 async def turn_wait_handing_over(*, turn_id, timeout: float) -> dict | None:  # noqa: ANN001

@@ -176,6 +176,16 @@ def turn_hand_over(*, turn_id: str) -> bool:
     return False
 
 
+def turn_hand_over_robustly(*, turn_id: str) -> None:
+    """turn_hand_over as a robust on-commit hook runs it, for a caller that hands a
+    turn over after its commit: a failure is logged, and the turn waits in the
+    database for the sweep."""
+    try:
+        turn_hand_over(turn_id=turn_id)
+    except Exception:
+        logger.exception("turn %s: the hand-over failed; the sweep sends it", turn_id)
+
+
 def turns_sweep(*, limit: int = 500) -> int:
     """The beat's sweep (every TURN_SWEEP_SECONDS): hands the broker every turn that
     must run and has no live message or worker. Returns how many were handed over.
