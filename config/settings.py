@@ -152,6 +152,10 @@ else:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
 
 CELERY_BROKER_URL = REDIS_URL or "memory://"
+# kombu's Redis transport, keeping one client per channel (core.broker says why); a
+# rediss:// URL keeps kombu's own, which reads TLS from the scheme.
+if REDIS_URL.startswith("redis://"):
+    CELERY_BROKER_TRANSPORT = "core.broker:Transport"
 CELERY_TASK_ALWAYS_EAGER = env.bool("CELERY_TASK_ALWAYS_EAGER", default=not REDIS_URL)
 CELERY_TASK_EAGER_PROPAGATES = True
 CELERY_TASK_ACKS_LATE = True
