@@ -112,12 +112,14 @@ def ledger_post(
     reason: str,
     actor_id: int | None,
     release_hold: str | None,
+    savepoint: bool = True,
 ) -> CreditTransaction | None:
     """services._post_orm in one statement: the ledger row of a validated, signed
     `amount`, the wallet's cached balance (and with `release_hold`, that hold settled
     and `held`). A repeated reference raises IntegrityError and writes nothing. None,
     having written nothing, when the user has no wallet row yet or for a debit of a
-    wallet with grants left: services._post_orm does those."""
+    wallet with grants left: services._post_orm does those. Inside the caller's
+    transaction, a savepoint unless the caller knows the reference is new."""
     params = {
         "user_id": user_id,
         "kind": str(kind),
@@ -135,11 +137,11 @@ def ledger_post(
             return _fetch(plain, params)  # the statement is its own transaction
         # Inside the caller's transaction: a savepoint, so a refused statement (a
         # repeated reference) does not poison the caller's transaction.
-        with transaction.atomic():
+        with transaction.atomic(savepoint=savepoint):
             return _fetch(plain, params)
 
     if release_hold is not None:
-        with transaction.atomic():
+        with transaction.atomic(savepoint=savepoint):
             if (locked := _wallet_lock(user_id)) is None or (kind == TransactionKind.DEBIT and locked[1] > 0):
                 return None
             params.update(

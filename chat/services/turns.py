@@ -136,7 +136,9 @@ def turn_create(
             rawsql.insert(turn.accepted_messages)
             # Refuses (402) in block mode, or past a key budget or the account cap;
             # the turn and message roll back with it.
-            wallet_hold_place(user=user, amount=worst_case, reference=str(turn.pk), spend_limits=spend_limits)
+            wallet_hold_place(
+                user=user, amount=worst_case, reference=str(turn.pk), spend_limits=spend_limits, reference_is_new=True
+            )
             # Counted under the wallet's row lock, which the hold took: concurrent
             # requests of one user are counted one after the other.
             turns_in_flight_check(user=user)
@@ -352,7 +354,7 @@ def turn_complete(*, turn: Turn, outcome: TurnOutcome, lease_token: UUID | None 
         charge = sum((call.cost for call in outcome.llm_calls if call.billed), Decimal("0"))
         if charge > 0:
             row = wallet_debit(
-                user=turn.user, amount=charge, reference=reference, release_hold=reference,
+                user=turn.user, amount=charge, reference=reference, release_hold=reference, reference_is_new=True,
                 reason=f"Turn {reference} ({', '.join(_aliases(outcome.llm_calls) or [locked.model_alias])})",
             )  # fmt: skip
             balance = row.balance_after

@@ -1,7 +1,8 @@
 from decimal import Decimal
 
 import pytest
-from django.db import transaction
+from django.db import IntegrityError, connection, transaction
+from django.test.utils import CaptureQueriesContext
 
 from billing.models import CreditHold, CreditTransaction, Wallet
 from billing.money import is_low_balance
@@ -181,6 +182,39 @@ def test_a_hold_reserves_and_the_debit_settles_it_in_the_same_transaction(owner)
     wallet_debit(user=owner, amount=Decimal("1.25"), reference="turn-h", release_hold="turn-h")
     wallet_hold_release(user=owner, reference="turn-h")
     assert wallet_status(user=owner)["balance"] == Decimal("8.75")
+    assert wallet_status(user=owner)["held"] == Decimal("0")
+
+
+def test_a_reference_the_caller_knows_is_new_takes_no_savepoint(owner):
+    """A turn's hold and debit (reference: the turn, inserted or locked unfinished in
+    the same transaction) skip the savepoint that guards a replay, and write the same."""
+    wallet_grant(user=owner, amount=Decimal("10"), reason="r")
+    with transaction.atomic(), CaptureQueriesContext(connection) as queries:
+        wallet_hold_place(user=owner, amount=Decimal("4"), reference="turn-n", reference_is_new=True)
+        row = wallet_debit(
+            user=owner, amount=Decimal("1.25"), reference="turn-n", release_hold="turn-n", reference_is_new=True
+        )
+    assert not [query for query in queries if "SAVEPOINT" in query["sql"].upper()]
+    assert CreditHold.objects.get(reference="turn-n").status == CreditHold.Status.SETTLED
+    assert row.balance_after == balance_of(owner) == Decimal("8.75") == ledger_sum(owner)
+    assert wallet_status(user=owner)["held"] == Decimal("0")
+
+
+def test_a_reference_wrongly_called_new_fails_the_whole_transaction(owner):
+    """Without the savepoint a repeat cannot be answered: the caller's transaction
+    fails as a whole, and nothing of it is written."""
+    wallet_grant(user=owner, amount=Decimal("10"), reason="r")
+    wallet_hold_place(user=owner, amount=Decimal("4"), reference="turn-r")
+    wallet_debit(user=owner, amount=Decimal("1"), reference="turn-r", release_hold="turn-r")
+    for place_again in (
+        lambda: wallet_hold_place(user=owner, amount=Decimal("4"), reference="turn-r", reference_is_new=True),
+        lambda: wallet_debit(user=owner, amount=Decimal("1"), reference="turn-r", reference_is_new=True),
+    ):
+        with pytest.raises(IntegrityError), transaction.atomic():
+            wallet_topup(user=owner, amount=Decimal("5"), reference="pi_in_the_failed_tx")
+            place_again()
+    assert not CreditTransaction.objects.filter(reference="pi_in_the_failed_tx").exists()
+    assert balance_of(owner) == Decimal("9") == ledger_sum(owner)
     assert wallet_status(user=owner)["held"] == Decimal("0")
 
 
