@@ -6,6 +6,11 @@ does not answer, which made every throttled request a 500 during a broker outage
 this one answers "nothing cached" instead and drops writes, so throttling fails open
 for the outage (and says so in the log, once a minute) while the API keeps working.
 
+DRF's throttles keep their window in one Redis sorted set per client, taken in one
+atomic round trip (FailOpenRedisCache.window_take, core.throttling): DRF's own read
+the pickled history and wrote it back, two round trips that also let concurrent
+requests of one client both pass and overwrite each other's entry.
+
 It is also shared: Django keeps cache backends in a context-local store, which under
 ASGI means a new backend, connection pool and Redis connection for every request
 (measured: a fifth of the web's CPU under load went to connecting), and its client
@@ -15,6 +20,7 @@ each process keeps one client per cache location and reuses it from every thread
 """
 
 import logging
+import os
 import threading
 import time
 from typing import Any
@@ -51,6 +57,19 @@ class SharedRedisCacheClient(RedisCacheClient):
                 client = self._clients[index]
         return client
 
+
+# A sliding window in a sorted set of request times: drop what fell out of it, then
+# add this request if the window has room. Returns {1} when taken, else {0, the
+# oldest time still in the window} (when a place frees up).
+_WINDOW_TAKE = """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', tonumber(ARGV[1]) - tonumber(ARGV[2]))
+if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[3]) then
+    redis.call('ZADD', KEYS[1], ARGV[1], ARGV[4])
+    redis.call('EXPIRE', KEYS[1], math.ceil(tonumber(ARGV[2])))
+    return {1}
+end
+return {0, redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')[2]}
+"""
 
 _clients: dict[tuple, SharedRedisCacheClient] = {}
 _clients_lock = threading.Lock()
@@ -105,6 +124,26 @@ class FailOpenRedisCache(RedisCache):
         except RedisError as exc:
             self._unavailable(exc)
             return False
+
+    def window_take(self, key: str, *, now: float, seconds: float, limit: int) -> float | None:
+        """Takes a place for a request at `now` in the sliding window `key` (at most
+        `limit` requests in any `seconds`), atomically: None when taken (or when
+        Redis does not answer: the request goes through), else the oldest request
+        time in the full window."""
+        client = self._cache.get_client(write=True)
+        script = getattr(self, "_window_script", None)
+        if script is None:
+            script = FailOpenRedisCache._window_script = client.register_script(_WINDOW_TAKE)
+        try:
+            answer = script(
+                keys=[self.make_and_validate_key(key)],
+                args=[now, seconds, limit, f"{now}:{os.urandom(4).hex()}"],
+                client=client,
+            )
+        except RedisError as exc:
+            self._unavailable(exc)
+            return None
+        return None if answer[0] else float(answer[1])
 
     def incr(self, key: Any, delta: int = 1, version: int | None = None) -> int | None:  # noqa: ANN401
         """None when Redis does not answer: the caller lets the request through."""
