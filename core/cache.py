@@ -129,7 +129,7 @@ class FailOpenRedisCache(RedisCache):
         """Takes a place for a request at `now` in the sliding window `key` (at most
         `limit` requests in any `seconds`), atomically: None when taken (or when
         Redis does not answer: the request goes through), else the oldest request
-        time in the full window."""
+        time in the full window (`now` for a limit of 0)."""
         client = self._cache.get_client(write=True)
         script = getattr(self, "_window_script", None)
         if script is None:
@@ -143,7 +143,9 @@ class FailOpenRedisCache(RedisCache):
         except RedisError as exc:
             self._unavailable(exc)
             return None
-        return None if answer[0] else float(answer[1])
+        if answer[0]:
+            return None
+        return float(answer[1]) if len(answer) > 1 else now  # a rate of 0: the window is always full
 
     def incr(self, key: Any, delta: int = 1, version: int | None = None) -> int | None:  # noqa: ANN401
         """None when Redis does not answer: the caller lets the request through."""

@@ -57,6 +57,13 @@ def test_a_refusal_waits_until_the_oldest_request_leaves_the_window(rates, monke
     assert UserRateThrottle().allow_request(request_of(7003), None)
 
 
+def test_a_rate_of_zero_refuses_everything_for_a_whole_window(monkeypatch):
+    monkeypatch.setattr(UserRateThrottle, "THROTTLE_RATES", {"user": "0/min", "anon": "0/min"})
+    refused = UserRateThrottle()
+    assert not refused.allow_request(request_of(7004), None)
+    assert refused.wait() == pytest.approx(60.0)
+
+
 def test_the_api_answers_429_with_retry_after_over_the_rate(owner, rates):
     client = client_for(owner)
     codes = [client.get("/api/v1/users/me").status_code for _ in range(6)]
