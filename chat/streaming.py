@@ -10,8 +10,9 @@ restarted the reply: discard what came before) and, after the completion commits
 subscribes *before* it checks the database, so a turn that finishes in between is
 seen either way; a reader that hands its own new turn over (`hand_over`) does so
 once subscribed, and needs no first check. Publishing is best effort: a lost event
-costs a reader at most a periodic database check, never the turn. Events leave through one thread per process
-(`Publisher`), in order, pipelined: many turns streaming at once share round trips.
+costs a reader at most a periodic database check, never the turn. Events leave
+through one thread per process (`Publisher`), in order, pipelined: many turns
+streaming at once share round trips.
 
 Waiting holds no thread, worker or database connection (ASGI): a web process keeps
 ONE pub/sub connection for all of its waiters. A waiter subscribes its turn's
@@ -19,8 +20,8 @@ channel on it (the first waiter of a channel subscribes, the last unsubscribes),
 one reader task hands each event to the waiters of its channel. The database stays
 the truth: a waiter checks the turn right after subscribing (it may have finished
 before; not when it hands the turn over itself), every RECHECK_SECONDS (a `done`
-lost with a Redis hiccup) and after the pub/sub connection was re-made; each check borrows a database connection for one
-query and gives it back (core.db.db_read).
+lost with a Redis hiccup) and after the pub/sub connection was re-made; each check
+borrows a database connection for one query and gives it back (core.db.db_read).
 
 Without Redis (the embedded default) there is nothing to subscribe to: waiters poll
 the database, and the stream replays a finished turn from it. Under WSGI (runserver)

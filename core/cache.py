@@ -77,6 +77,7 @@ _clients_lock = threading.Lock()
 
 class FailOpenRedisCache(RedisCache):
     _warned_at = 0.0
+    _window_script = None  # _WINDOW_TAKE, registered once per process
 
     def __init__(self, server: str, params: dict) -> None:
         super().__init__(server, params)
@@ -131,7 +132,7 @@ class FailOpenRedisCache(RedisCache):
         Redis does not answer: the request goes through), else the oldest request
         time in the full window (`now` for a limit of 0)."""
         client = self._cache.get_client(write=True)
-        script = getattr(self, "_window_script", None)
+        script = FailOpenRedisCache._window_script
         if script is None:
             script = FailOpenRedisCache._window_script = client.register_script(_WINDOW_TAKE)
         try:
