@@ -3,7 +3,7 @@ while the model takes LATENCY to answer, against the stack as the Procfile ships
 then the same users at once each ask the OpenAI-compatible endpoint for a streamed
 chat completion (POST /v1/chat/completions, `stream: true`, usage included).
 
-    .venv/bin/python bench/concurrency.py [--users 200] [--latency-ms 3000]
+    .venv/bin/python bench/concurrency.py [--users 200] [--latency-ms 3000] [--repeat 1]
         [--pg postgres://postgres@127.0.0.1:5432] [--redis redis://127.0.0.1:6379/3]
 
 It creates (and drops again) its own PostgreSQL database `parley_bench_concurrency`
@@ -27,6 +27,10 @@ decimal against its ledger and its completed turns. The /v1 phase prints the sam
 figures with the same goals (its first piece: the first chunk with text). Exits 1
 when a turn or completion did not complete or a wallet is wrong.
 
+With --repeat N every phase runs N times on the same stack, and a summary gives each
+figure's median, its range and how many runs met its goal: a single p99 of about 60
+probes moves with the machine from minute to minute.
+
 With --floor (the web also mounts bench/'s endpoints, BENCH_ENDPOINTS=1) a floor
 phase runs first: every user at once POSTs /bench/roundtrip, one INSERT and a no-op
 Celery task that answers on Redis pub/sub while the request waits (bench/views.py),
@@ -41,6 +45,7 @@ import http.client
 import json
 import multiprocessing
 import os
+import statistics
 import sys
 import tempfile
 import threading
@@ -87,6 +92,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--keep", action="store_true", help="keep the benchmark database afterwards")
     parser.add_argument("--fresh", action="store_true", help="rebuild the migrated template database first")
     parser.add_argument("--floor", action="store_true", help="first, every user at once POSTs /bench/roundtrip")
+    parser.add_argument("--repeat", type=int, default=1, help="run every phase this many times, then summarise (1)")
     parser.add_argument(
         "--piece-words", type=int, default=4, help="words per streamed piece (4: 30 pieces a reply; 1: 120, a "
         "hosted model's rate of about a token per piece)",
@@ -367,9 +373,17 @@ async def load(port: int, seeds: list[dict], ask, stack: Stack) -> tuple[list[Tu
     return results, health, wallet, wall, spent
 
 
-def phase(title: str, ask, stack: Stack, args: argparse.Namespace, factor: float, seeds: list[dict]) -> bool:  # noqa: ANN001
-    """One load of every user at once running `ask`, with its figures printed. True
-    when something did not complete."""
+@dataclass
+class Figures:
+    """One phase's figures against their goals, for --repeat's summary."""
+
+    incomplete: bool
+    goals: dict[str, tuple[float, bool]]  # figure -> (value, goal met)
+    busy_cpu: float  # CPU-seconds of the whole machine during the batch
+
+
+def phase(title: str, ask, stack: Stack, args: argparse.Namespace, factor: float, seeds: list[dict]) -> Figures:  # noqa: ANN001
+    """One load of every user at once running `ask`, with its figures printed."""
     latency = args.latency_ms / 1000
     idle_rss = {name: rss_bytes(proc.pid) for name, proc in stack.procs.items()}
     cpu_before = {name: cpu_seconds(proc.pid) for name, proc in stack.procs.items()}
@@ -383,25 +397,38 @@ def phase(title: str, ask, stack: Stack, args: argparse.Namespace, factor: float
     errors = [r.error or r.final_status for r in results if r.final_status != "completed"]
     firsts = [r.first_piece for r in results if r.first_piece is not None]
 
-    def verdict(ok: bool) -> str:
-        return "met" if ok else "NOT met"
-
     n = args.users
+    first_p95, health_p99, wallet_p99 = (percentile(firsts, .95), percentile(health.latencies, .99),
+                                         percentile(wallet.latencies, .99))  # fmt: skip
+    figures = Figures(
+        incomplete=len(completed) != n,
+        goals={
+            "batch (x latency)": (wall / latency, wall <= factor * latency and len(completed) == n),
+            "first piece p95 (ms)": (first_p95 * 1000, len(firsts) == n and first_p95 < 1),
+            "health p99 (ms)": (health_p99, health_p99 < 250 and not health.failures),
+            "wallet p99 (ms)": (wallet_p99, wallet_p99 < 500 and not wallet.failures),
+            "peak PostgreSQL connections": (sampler.peak_connections, sampler.peak_connections <= 50),
+        },
+        busy_cpu=cores.busy,
+    )
+
+    def verdict(name: str) -> str:
+        return "met" if figures.goals[name][1] else "NOT met"
+
     print(f"\n{title}: {n} users, model latency {latency:g} s")
     print(f"completed   : {len(completed)}/{n}" + (f"; first errors: {errors[:3]}" if errors else ""))
     print(f"batch       : {wall:6.2f} s = {wall / latency:4.2f}x the latency (goal <= {factor:g}x: "
-          f"{verdict(wall <= factor * latency and len(completed) == n)})")  # fmt: skip
-    print(f"first piece : p50 {percentile(firsts, .5) * 1000:7.0f} ms  p95 {percentile(firsts, .95) * 1000:7.0f} ms  "
-          f"p99 {percentile(firsts, .99) * 1000:7.0f} ms (goal p95 < 1000 ms: "
-          f"{verdict(len(firsts) == n and percentile(firsts, .95) < 1)})")  # fmt: skip
-    print(f"health      : p50 {percentile(health.latencies, .5):7.1f} ms  p99 {percentile(health.latencies, .99):7.1f} ms"
+          f"{verdict('batch (x latency)')})")  # fmt: skip
+    print(f"first piece : p50 {percentile(firsts, .5) * 1000:7.0f} ms  p95 {first_p95 * 1000:7.0f} ms  "
+          f"p99 {percentile(firsts, .99) * 1000:7.0f} ms (goal p95 < 1000 ms: {verdict('first piece p95 (ms)')})")  # fmt: skip
+    print(f"health      : p50 {percentile(health.latencies, .5):7.1f} ms  p99 {health_p99:7.1f} ms"
           f"  ({len(health.latencies)} asked, {health.failures} failed; goal p99 < 250 ms: "
-          f"{verdict(percentile(health.latencies, .99) < 250 and not health.failures)})")  # fmt: skip
-    print(f"wallet      : p50 {percentile(wallet.latencies, .5):7.1f} ms  p99 {percentile(wallet.latencies, .99):7.1f} ms"
+          f"{verdict('health p99 (ms)')})")  # fmt: skip
+    print(f"wallet      : p50 {percentile(wallet.latencies, .5):7.1f} ms  p99 {wallet_p99:7.1f} ms"
           f"  ({len(wallet.latencies)} asked, {wallet.failures} failed; goal p99 < 500 ms: "
-          f"{verdict(percentile(wallet.latencies, .99) < 500 and not wallet.failures)})")  # fmt: skip
+          f"{verdict('wallet p99 (ms)')})")  # fmt: skip
     print(f"postgres    : peak {sampler.peak_connections} connections to {BENCH_DB} "
-          f"(goal <= 50: {verdict(sampler.peak_connections <= 50)})")  # fmt: skip
+          f"(goal <= 50: {verdict('peak PostgreSQL connections')})")  # fmt: skip
     for name in stack.procs:
         grown = sampler.peak_rss[name] - idle_rss[name]
         print(f"memory      : {name:<6} idle {idle_rss[name] / 2**20:7.1f} MiB, peak {sampler.peak_rss[name] / 2**20:7.1f} MiB,"
@@ -410,7 +437,19 @@ def phase(title: str, ask, stack: Stack, args: argparse.Namespace, factor: float
     print(f"cores       : {cores.busy:5.2f} of {wall * os.cpu_count():5.2f} CPU-seconds busy during the batch: "
           + ", ".join(f"{name} {spent:4.2f}" for name, spent in (*cores.processes.items(), *cores.services.items()))
           + f", this load generator {cores.generator:4.2f}, the rest (the probes, the kernel) {cores.busy - counted:4.2f}")  # fmt: skip
-    return len(completed) != n
+    return figures
+
+
+def summarise(title: str, runs: list[Figures]) -> None:
+    """Each figure over the runs of one phase: median, range, runs that met its goal."""
+    print(f"\n{title}: {len(runs)} runs")
+    for name in runs[0].goals:
+        values = sorted(run.goals[name][0] for run in runs)
+        met = sum(run.goals[name][1] for run in runs)
+        print(f"  {name:<28}: median {statistics.median(values):8.2f}, {values[0]:8.2f} to {values[-1]:8.2f}; "
+              f"goal met in {met} of {len(runs)}")  # fmt: skip
+    busy = sorted(run.busy_cpu for run in runs)
+    print(f"  {'busy CPU-seconds':<28}: median {statistics.median(busy):8.2f}, {busy[0]:8.2f} to {busy[-1]:8.2f}")
 
 
 def main() -> None:
@@ -442,13 +481,18 @@ def main() -> None:
         stack.start()
         print(f"load average before the run: {' '.join(f'{x:.2f}' for x in os.getloadavg())} on {os.cpu_count()} CPUs")
         print("Procfile processes: " + ", ".join(stack.procs))
-        failed = False
         phases = [("chat API: POST a turn, read its stream", user_turn),
                   ("/v1/chat/completions, stream: true", user_completion)]  # fmt: skip
         if args.floor:
             phases.insert(0, ("floor: POST /bench/roundtrip (its answer as the first piece)", user_floor))
-        for title, ask in phases:
-            failed |= phase(title, ask, stack, args, factor, seeds)
+        runs: dict[str, list[Figures]] = {title: [] for title, _ in phases}
+        for _ in range(args.repeat):
+            for title, ask in phases:
+                runs[title].append(phase(title, ask, stack, args, factor, seeds))
+        if args.repeat > 1:
+            for title, figures in runs.items():
+                summarise(title, figures)
+        failed = any(figures.incomplete for figures in sum(runs.values(), []))
         stack.stop()
         report = json.loads(stack.manage("shell", "-c", CHECK.format(credits=CREDITS)).splitlines()[-1])
         print(f"check       : {report['wallets']} wallets, turns {report['turns']}, active holds {report['active_holds']}, "
