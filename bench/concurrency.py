@@ -492,7 +492,7 @@ def main() -> None:
         if args.repeat > 1:
             for title, figures in runs.items():
                 summarise(title, figures)
-        failed = any(figures.incomplete for figures in sum(runs.values(), []))
+        failed = any(run.incomplete for figures in runs.values() for run in figures)
         stack.stop()
         report = json.loads(stack.manage("shell", "-c", CHECK.format(credits=CREDITS)).splitlines()[-1])
         print(f"check       : {report['wallets']} wallets, turns {report['turns']}, active holds {report['active_holds']}, "

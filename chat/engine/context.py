@@ -72,7 +72,7 @@ def to_chat_messages(rows: list[Message]) -> list[ChatMessage]:
 # What the context reads of each earlier message: plain values, not model instances,
 # and only what a prompt needs (a long session means up to HISTORY_SCAN rows per
 # turn; converting timestamps alone cost as much as the rest, and the turn's UUID,
-# which no prompt needs, 10% of the read: bench/sql_chat.py).
+# which no prompt needs, 10% of the 200-row read, timed alone).
 HISTORY_FIELDS = ("id", "role", "content", "tool_calls", "tool_call_id")
 
 
