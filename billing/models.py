@@ -272,13 +272,39 @@ class ModelPrice(models.Model):
         OPENAI = "openai"
         ANTHROPIC = "anthropic"
 
+    class Counting(models.TextChoices):
+        # chat.llm.counting: how a call's tokens are counted where the provider says nothing.
+        BYTES = "bytes", "UTF-8 bytes"
+        O200K_BASE = "o200k_base", "o200k_base (GPT-4o, GPT-4.1, GPT-5, o-series)"
+        CL100K_BASE = "cl100k_base", "cl100k_base (GPT-4, GPT-3.5)"
+
     alias = models.CharField(max_length=64)
     provider = models.CharField(max_length=16, choices=Provider.choices)
     provider_model = models.CharField(max_length=128)
     input_credits_per_mtok = models.DecimalField(max_digits=18, decimal_places=8)
     output_credits_per_mtok = models.DecimalField(max_digits=18, decimal_places=8)
+    # Token classes billed apart; empty: the input price.
+    cached_input_credits_per_mtok = models.DecimalField(
+        max_digits=18, decimal_places=8, null=True, blank=True,
+        help_text="Cached input (OpenAI's cached_tokens, Anthropic's cache reads). Empty: the input price.",
+    )  # fmt: skip
+    cache_write_credits_per_mtok = models.DecimalField(
+        max_digits=18, decimal_places=8, null=True, blank=True,
+        help_text="Input written to the cache (Anthropic's cache_creation_input_tokens). Empty: the input price.",
+    )  # fmt: skip
+    # A long-context tier: a call whose input passes the threshold is priced at these.
+    tier_threshold_tokens = models.PositiveIntegerField(
+        null=True, blank=True, help_text="A call with more input tokens than this is priced at the tier's prices."
+    )
+    tier_input_credits_per_mtok = models.DecimalField(max_digits=18, decimal_places=8, null=True, blank=True)
+    tier_output_credits_per_mtok = models.DecimalField(max_digits=18, decimal_places=8, null=True, blank=True)
     context_tokens = models.PositiveIntegerField(default=8192, help_text="Token budget for the context.")
     max_output_tokens = models.PositiveIntegerField(default=1024)
+    counting = models.CharField(
+        max_length=16, choices=Counting.choices, default=Counting.BYTES,
+        help_text="How input is counted for holds and for calls that report no usage: an OpenAI encoding "
+        "(exact for OpenAI's models) or UTF-8 bytes (never fewer than a byte-level tokenizer's tokens).",
+    )  # fmt: skip
     active = models.BooleanField(default=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
@@ -293,6 +319,25 @@ class ModelPrice(models.Model):
                 name="billing_modelprice_prices_not_negative",
             ),
             models.CheckConstraint(
+                condition=(Q(cached_input_credits_per_mtok__isnull=True) | Q(cached_input_credits_per_mtok__gte=0))
+                & (Q(cache_write_credits_per_mtok__isnull=True) | Q(cache_write_credits_per_mtok__gte=0))
+                & (Q(tier_input_credits_per_mtok__isnull=True) | Q(tier_input_credits_per_mtok__gte=0))
+                & (Q(tier_output_credits_per_mtok__isnull=True) | Q(tier_output_credits_per_mtok__gte=0)),
+                name="billing_modelprice_class_prices_not_negative",
+            ),
+            # A tier is its threshold and both its prices, or nothing.
+            models.CheckConstraint(
+                condition=Q(
+                    tier_threshold_tokens__isnull=True, tier_input_credits_per_mtok__isnull=True,
+                    tier_output_credits_per_mtok__isnull=True,
+                )
+                | Q(
+                    tier_threshold_tokens__gt=0, tier_input_credits_per_mtok__isnull=False,
+                    tier_output_credits_per_mtok__isnull=False,
+                ),
+                name="billing_modelprice_tier_whole",
+            ),  # fmt: skip
+            models.CheckConstraint(
                 condition=Q(context_tokens__gt=0, max_output_tokens__gt=0) & ~Q(alias=""),
                 name="billing_modelprice_alias_and_budgets_set",
             ),
@@ -300,6 +345,18 @@ class ModelPrice(models.Model):
 
     def __str__(self) -> str:
         return f"{self.alias} → {self.provider}:{self.provider_model}"
+
+    @property
+    def cached_input_price(self) -> Decimal:
+        if self.cached_input_credits_per_mtok is None:
+            return self.input_credits_per_mtok
+        return self.cached_input_credits_per_mtok
+
+    @property
+    def cache_write_price(self) -> Decimal:
+        if self.cache_write_credits_per_mtok is None:
+            return self.input_credits_per_mtok
+        return self.cache_write_credits_per_mtok
 
 
 class TopUp(models.Model):

@@ -716,9 +716,24 @@ PRICE_FIELDS = (
     "provider_model",
     "input_credits_per_mtok",
     "output_credits_per_mtok",
+    "cached_input_credits_per_mtok",
+    "cache_write_credits_per_mtok",
+    "tier_threshold_tokens",
+    "tier_input_credits_per_mtok",
+    "tier_output_credits_per_mtok",
     "context_tokens",
     "max_output_tokens",
+    "counting",
 )
+# Prices that may be left empty (None): the class prices default to the input price,
+# and a row without a tier has none of the tier's three fields.
+OPTIONAL_PRICES = (
+    "cached_input_credits_per_mtok",
+    "cache_write_credits_per_mtok",
+    "tier_input_credits_per_mtok",
+    "tier_output_credits_per_mtok",
+)
+TIER_FIELDS = ("tier_threshold_tokens", "tier_input_credits_per_mtok", "tier_output_credits_per_mtok")
 
 
 def _price_values(values: dict[str, Any]) -> dict[str, Any]:
@@ -727,7 +742,10 @@ def _price_values(values: dict[str, Any]) -> dict[str, Any]:
         raise field_error("provider", f"One of: {', '.join(ModelPrice.Provider.values)}.")
     if not str(cleaned.get("provider_model") or "").strip():
         raise field_error("provider_model", "A provider model is required.")
-    for name in ("input_credits_per_mtok", "output_credits_per_mtok"):
+    for name in ("input_credits_per_mtok", "output_credits_per_mtok", *OPTIONAL_PRICES):
+        if name in OPTIONAL_PRICES and cleaned.get(name) in (None, ""):
+            cleaned[name] = None
+            continue
         try:
             cleaned[name] = ledger_exact(_number(cleaned[name], name))
         except ValueError as exc:
@@ -737,6 +755,16 @@ def _price_values(values: dict[str, Any]) -> dict[str, Any]:
     for name in ("context_tokens", "max_output_tokens"):
         if not isinstance(cleaned.get(name), int) or cleaned[name] <= 0:
             raise field_error(name, "A positive number of tokens is required.")
+    threshold = cleaned.get("tier_threshold_tokens")
+    if threshold is not None and (not isinstance(threshold, int) or isinstance(threshold, bool) or threshold <= 0):
+        raise field_error("tier_threshold_tokens", "A positive number of tokens, or empty for no tier.")
+    tier = [cleaned.get(name) is not None for name in TIER_FIELDS]
+    if any(tier) and not all(tier):
+        missing = next(name for name, given in zip(TIER_FIELDS, tier, strict=True) if not given)
+        raise field_error(missing, "A tier needs its threshold and both its prices.")
+    cleaned["counting"] = cleaned.get("counting") or ModelPrice.Counting.BYTES
+    if cleaned["counting"] not in ModelPrice.Counting.values:
+        raise field_error("counting", f"One of: {', '.join(ModelPrice.Counting.values)}.")
     return cleaned
 
 
@@ -749,8 +777,17 @@ def model_price_create(
     output_credits_per_mtok: Decimal | int | str,
     context_tokens: int = 8192,
     max_output_tokens: int = 1024,
+    cached_input_credits_per_mtok: Decimal | int | str | None = None,
+    cache_write_credits_per_mtok: Decimal | int | str | None = None,
+    tier_threshold_tokens: int | None = None,
+    tier_input_credits_per_mtok: Decimal | int | str | None = None,
+    tier_output_credits_per_mtok: Decimal | int | str | None = None,
+    counting: str = ModelPrice.Counting.BYTES,
 ) -> ModelPrice:
-    """The first active price of an alias (to change one, use model_price_change)."""
+    """The first active price of an alias (to change one, use model_price_change).
+    The cached and cache-write prices default to the input price; a tier is its
+    threshold and both its prices, or none; `counting` is how input is counted
+    (ModelPrice.Counting)."""
     alias = alias.strip()
     if not alias:
         raise field_error("alias", "An alias is required.")
@@ -760,8 +797,14 @@ def model_price_create(
             "provider_model": provider_model,
             "input_credits_per_mtok": input_credits_per_mtok,
             "output_credits_per_mtok": output_credits_per_mtok,
+            "cached_input_credits_per_mtok": cached_input_credits_per_mtok,
+            "cache_write_credits_per_mtok": cache_write_credits_per_mtok,
+            "tier_threshold_tokens": tier_threshold_tokens,
+            "tier_input_credits_per_mtok": tier_input_credits_per_mtok,
+            "tier_output_credits_per_mtok": tier_output_credits_per_mtok,
             "context_tokens": context_tokens,
             "max_output_tokens": max_output_tokens,
+            "counting": counting,
         }
     )
     try:

@@ -199,8 +199,18 @@ class LLMCall(models.Model):
     model_alias = models.CharField(max_length=64)
     provider = models.CharField(max_length=16)
     provider_model = models.CharField(max_length=128)
+    # Token classes as the provider billed them: input counts every input token, of
+    # which `cached_input_tokens` were read from its cache and `cache_write_tokens`
+    # written to it; output counts every output token, of which `reasoning_tokens`
+    # were the model's thinking.
     input_tokens = models.PositiveIntegerField(default=0)
+    cached_input_tokens = models.PositiveIntegerField(default=0)
+    cache_write_tokens = models.PositiveIntegerField(default=0)
     output_tokens = models.PositiveIntegerField(default=0)
+    reasoning_tokens = models.PositiveIntegerField(default=0)
+    # False: the provider reported no usage and the tokens were counted
+    # (chat.llm.counting, the price's rule).
+    usage_reported = models.BooleanField(default=True)
     # Exact cost (ledger precision) and the display figure (usage precision).
     cost = models.DecimalField(max_digits=18, decimal_places=8, default=0)
     credits_burned = models.DecimalField(max_digits=20, decimal_places=4, default=0)

@@ -48,8 +48,9 @@ def session_history(*, session: ChatSession, before_message_id: int | None = Non
 
 
 def session_history_size(*, session: ChatSession, scan: int = HISTORY_SCAN) -> tuple[int, int]:
-    """(messages, characters) of the newest `scan` messages of session_history: the
-    history part of a turn's hold estimate, asked on every turn request."""
+    """(messages, UTF-8 bytes) of the newest `scan` messages of session_history: the
+    history part of a turn's hold, asked on every turn request. No counting rule
+    makes more tokens of a text than its bytes."""
     return _sql.session_history_size(session=session, scan=scan)
 
 

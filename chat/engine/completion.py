@@ -14,7 +14,8 @@ from billing.models import ModelPrice
 from chat import leases
 from chat.engine.context import TurnContext, to_chat_messages
 from chat.engine.metering import TurnOutcome, llm_call_run
-from chat.llm import STOPPED_BY_OWNER, CallOptions, estimate_prompt_tokens
+from chat.llm import STOPPED_BY_OWNER, CallOptions
+from chat.llm.counting import REPLY_FRAMING_TOKENS, count_message
 from chat.models import Message, Turn
 
 
@@ -34,7 +35,8 @@ def completion_outcome(*, turn: Turn, price: ModelPrice) -> TurnOutcome:
     options = turn.completion_options or {}
     rows = list(Message.objects.filter(turn=turn).order_by("id"))
     messages = to_chat_messages(rows)
-    context = TurnContext(messages=messages, input_tokens=estimate_prompt_tokens(messages), own_rows=rows)
+    input_tokens = REPLY_FRAMING_TOKENS + sum(count_message(message, price.counting) for message in messages)
+    context = TurnContext(messages=messages, input_tokens=input_tokens, own_rows=rows)
     outcome = TurnOutcome(prior_messages=rows)
     if leases.stop_requested(turn.pk):  # cancelled before the call started (or the lease is gone)
         outcome.cancelled = not leases.lease_lost(turn.pk)

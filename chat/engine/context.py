@@ -3,8 +3,9 @@ then the most recent messages that fit the alias's input budget, oldest dropped
 first, and the turn's own messages last (always kept).
 
 The input budget is the alias's `context_tokens` minus its `max_output_tokens`, so
-prompt plus reply fit the model's window. Tokens are estimated from text length
-(chat.llm.estimate_*), the same rule the holds use.
+prompt plus reply fit the model's window. Tokens are counted with the price's rule
+(chat.llm.counting), the rule its holds use: the context never holds more than the
+hold reserved, whatever the text.
 
 History is the messages of *completed* turns created before this turn's first
 message: a failed turn's question without its answer is left out, and a reply
@@ -17,7 +18,8 @@ from django.db.models import Case, IntegerField, Value, When
 
 from accounts.models import User
 from billing.models import ModelPrice
-from chat.llm import ChatMessage, ToolCallRequest, estimate_message_tokens, estimate_prompt_tokens
+from chat.llm import ChatMessage, ToolCallRequest
+from chat.llm.counting import REPLY_FRAMING_TOKENS, count_message
 from chat.models import ChatSession, Message, Turn, UploadedFile
 from chat.selectors import HISTORY_SCAN, files_for_user, history_completed, turn_messages, user_has_files
 
@@ -108,7 +110,7 @@ def context_build(
     """The prompt for the next call of `turn`. `extra` are messages produced earlier
     in this turn and not yet stored (a tool loop, earlier round-table replies);
     `reserved_tokens` is budget taken by something sent besides the messages (tool
-    definitions); `rows` is `context_rows(turn=turn)` when the caller already read it
+    definitions, counted with the price's rule); `rows` is `context_rows(turn=turn)` when the caller already read it
     (a run reads it once for all its calls)."""
     session = turn.session
     if rows is None:
@@ -116,13 +118,14 @@ def context_build(
     own_rows, newest_first = rows.own, rows.history
     own = to_chat_messages(own_rows) + list(extra or ())
     head = head_messages(session=session, system_prompt=system_prompt)
-    used = estimate_prompt_tokens(head) + estimate_prompt_tokens(own) + reserved_tokens
+    rule = price.counting
+    used = REPLY_FRAMING_TOKENS + sum(count_message(m, rule) for m in (*head, *own)) + reserved_tokens
     budget = input_budget(price)
 
     kept: list[tuple[int, ChatMessage, int]] = []
     for row in newest_first:
         message = _chat_message(row["role"], row["content"], row["tool_calls"], row["tool_call_id"])
-        cost = estimate_message_tokens(message)
+        cost = count_message(message, rule)
         if used + cost > budget:
             break
         kept.append((row["id"], message, cost))

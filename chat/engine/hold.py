@@ -10,8 +10,7 @@ from billing.models import ModelPrice
 from billing.selectors import model_price_for_alias
 from chat.engine.context import head_messages, input_budget
 from chat.engine.metering import call_bound, window_bound
-from chat.llm import estimate_prompt_tokens, estimate_tokens
-from chat.llm.base import CHARS_PER_TOKEN, MESSAGE_OVERHEAD_TOKENS
+from chat.llm.counting import MESSAGE_FRAMING_TOKENS, REPLY_FRAMING_TOKENS, count_message, count_text
 from chat.models import ChatSession
 from chat.selectors import participants_for_session, session_history_size, user_has_files
 from chat.tools import tools_for_turn
@@ -28,8 +27,9 @@ def _tools_offered(*, user_id: int) -> bool:
 def turn_hold_amount(*, session: ChatSession, price: ModelPrice, content: str) -> Decimal:
     """The worst-case cost of a turn, held when it is accepted:
 
-    - a reply call: the prompt estimate (system prompt, summary, history up to the
-      input budget, the new message) plus max_output_tokens (H2's single-turn rule);
+    - a reply call: the prompt counted with the alias's rule (system prompt, summary,
+      the new message, and the history up to the input budget, which the context
+      builder counts by the same rule) plus max_output_tokens (H2's single-turn rule);
     - with tools offered, each of the MAX_TOOL_ROUNDS follow-up calls a full window
       (input budget + max output) of its alias;
     - round table: every participant's calls, each a full window of its alias;
@@ -40,11 +40,11 @@ def turn_hold_amount(*, session: ChatSession, price: ModelPrice, content: str) -
     Raises 400 naming `content` when the message alone does not fit the alias, and
     422 when a participant's alias is no longer active."""
     budget = input_budget(price)
-    needed, history = _prompt_tokens(session=session, content=content)
+    needed, history = _prompt_tokens(session=session, price=price, content=content)
     if needed > budget:
         raise field_error(
             "content",
-            f"Too long for model alias '{price.alias}': about {needed} tokens with the system prompt, "
+            f"Too long for model alias '{price.alias}': {needed} tokens with the system prompt, "
             f"its input limit is {budget}.",
         )
     summary = window_bound(price) if needed + history > budget else Decimal("0")
@@ -80,14 +80,16 @@ def turn_token_estimate(*, session: ChatSession, price: ModelPrice, content: str
     (system prompt, history within the input budget, the new message) plus the
     alias's max_output_tokens. Further calls of the turn (tools, a round table) are
     not estimated: tpm paces requests, the budget bounds what they cost."""
-    needed, history = _prompt_tokens(session=session, content=content)
+    needed, history = _prompt_tokens(session=session, price=price, content=content)
     return min(input_budget(price), needed + history) + price.max_output_tokens
 
 
-def _prompt_tokens(*, session: ChatSession, content: str) -> tuple[int, int]:
-    """The estimate of a turn's first prompt, in tokens: (what it must hold: system
-    prompt, summary and the new message; the session's history on top of that)."""
-    needed = estimate_prompt_tokens(head_messages(session=session)) + MESSAGE_OVERHEAD_TOKENS + estimate_tokens(content)
-    count, chars = session_history_size(session=session)
-    # Per message the estimate rounds up, so this adds at most one token per message.
-    return needed, count * (MESSAGE_OVERHEAD_TOKENS + 1) + -(-chars // CHARS_PER_TOKEN)
+def _prompt_tokens(*, session: ChatSession, price: ModelPrice, content: str) -> tuple[int, int]:
+    """A turn's first prompt in tokens of the alias's rule: (what it must hold: system
+    prompt, summary and the new message, counted; the session's history on top of
+    that, bounded by its UTF-8 bytes, which no rule's count exceeds)."""
+    rule = price.counting
+    head = sum(count_message(message, rule) for message in head_messages(session=session))
+    needed = REPLY_FRAMING_TOKENS + head + MESSAGE_FRAMING_TOKENS + count_text(content, rule)
+    count, size = session_history_size(session=session)
+    return needed, count * MESSAGE_FRAMING_TOKENS + size

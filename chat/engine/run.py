@@ -11,9 +11,10 @@ from functools import cached_property
 from billing.models import ModelPrice
 from chat import leases
 from chat.engine.context import ContextRows, TurnContext, context_build, context_rows
-from chat.engine.metering import TurnOutcome, call_bound, llm_call_run, tools_tokens
+from chat.engine.metering import TurnOutcome, call_bound, llm_call_run
 from chat.engine.orchestrator_protocol import NEXT_SPEAKER
 from chat.llm import STOPPED_BY_OWNER, ChatMessage, LLMResult
+from chat.llm.counting import count_tools
 from chat.models import LLMCall, Participant, Turn
 
 logger = logging.getLogger(__name__)
@@ -55,7 +56,7 @@ class TurnRun:
         # The turn's first reply is what every hold covers (H2's single-turn rule).
         if (exempt_first and self.calls_made == 0) or self.ceiling is None:
             return True
-        worst = call_bound(price=price, input_tokens=context.input_tokens + tools_tokens(tools))
+        worst = call_bound(price=price, input_tokens=context.input_tokens + count_tools(tools, price.counting))
         if self.spent + worst + reserve <= self.ceiling:
             return True
         logger.info("turn %s stops: its next call could cost more than its hold", self.turn.pk)
@@ -115,7 +116,7 @@ def run_context(run: TurnRun, *, price: ModelPrice, system_prompt: str, extra: l
     if key is not None and run.last_context is not None and run.last_context[0] == key:
         return run.last_context[1]
     context = context_build(
-        turn=run.turn, price=price, system_prompt=system_prompt, extra=extra, reserved_tokens=tools_tokens(tools),
+        turn=run.turn, price=price, system_prompt=system_prompt, extra=extra, reserved_tokens=count_tools(tools, price.counting),
         rows=run.rows,
     )  # fmt: skip
     if run.outcome.prior_messages is None:

@@ -6,8 +6,8 @@ import logging
 from chat.engine.context import TurnContext, input_budget
 from chat.engine.metering import window_bound
 from chat.engine.run import TurnRun, run_context, system_prompt_for
-from chat.llm import ChatMessage, estimate_prompt_tokens, estimate_tokens
-from chat.llm.base import MESSAGE_OVERHEAD_TOKENS
+from chat.llm import ChatMessage
+from chat.llm.counting import MESSAGE_FRAMING_TOKENS, REPLY_FRAMING_TOKENS, count_prompt, count_text
 from chat.models import LLMCall, Message, Turn
 from chat.selectors import HISTORY_SCAN, session_history
 
@@ -36,11 +36,15 @@ def summarise(run: TurnRun) -> None:
     if not rows:
         return
     # The newest of the dropped messages that fit one summary call's input.
-    room = input_budget(price) - 2 * MESSAGE_OVERHEAD_TOKENS - estimate_tokens(SUMMARY_PROMPT + session.summary) - 16
+    rule = price.counting
+    head = count_text(SUMMARY_PROMPT, rule) + count_text(session.summary, rule) + 16
+    room = input_budget(price) - REPLY_FRAMING_TOKENS - 2 * MESSAGE_FRAMING_TOKENS - head
     lines: list[str] = []
     for row in rows:
         line = f"{row['role']}: {row['content']}"
-        if estimate_tokens("\n".join([line, *lines])) > room:
+        # Each line counted apart, with its newline: never less than the joined text's count.
+        room -= count_text(line, rule) + 1
+        if room < 0:
             break
         lines.insert(0, line)
     previous = f"Summary so far:\n{session.summary}\n\n" if session.summary else ""
@@ -48,7 +52,7 @@ def summarise(run: TurnRun) -> None:
         ChatMessage(role="system", content=SUMMARY_PROMPT),
         ChatMessage(role="user", content=f"{previous}Conversation:\n" + "\n".join(lines)),
     ]
-    summary_context = TurnContext(messages=messages, input_tokens=estimate_prompt_tokens(messages))
+    summary_context = TurnContext(messages=messages, input_tokens=count_prompt(messages, rule))
     # Keep a full window for the reply that follows.
     if not run.affordable(
         price=price, context=summary_context, tools=None, reserve=window_bound(price), exempt_first=False

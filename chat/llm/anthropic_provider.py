@@ -6,7 +6,12 @@ come back as ToolCallRequest; an assistant's tool calls are sent back as
 `tool_use` blocks and tool results as `tool_result` blocks in the next user
 message (consecutive same-role messages are merged, as the API expects).
 Streaming reads usage from `message_start` (input) and `message_delta` (output,
-cumulative). Retries on 408/409/429/5xx are the SDK's own (LLM_MAX_RETRIES).
+cumulative). Usage keeps the classes Anthropic bills apart: `input_tokens` (not
+cached), `cache_read_input_tokens` (about 0.1x) and `cache_creation_input_tokens`
+(about 1.25x) are, together, the call's input; `output_tokens` includes thinking
+(Anthropic does not report it apart). Thinking streamed as `thinking_delta` is not
+shown, but a Stop ends the stream there too, and it is counted when a stream stops
+before its usage is complete. Retries on 408/409/429/5xx are the SDK's own (LLM_MAX_RETRIES).
 CallOptions translate: stop -> `stop_sequences` (a `stop_sequence` stop is a normal
 "stop"), tool_choice auto / none / required / function -> {"type": "auto" | "none" |
 "any" | "tool"}, user -> `metadata.user_id`. The Messages API of the pinned SDK takes
@@ -101,12 +106,21 @@ def to_wire_options(options: CallOptions, *, tools_offered: bool) -> dict[str, A
     return params
 
 
-def _input_tokens(usage: Any) -> int:
-    # Cache writes and reads are input the model processed; billed at the input price.
-    return sum(
-        getattr(usage, name, None) or 0
-        for name in ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
-    )
+def _tokens(usage: Any, name: str) -> int:
+    value = getattr(usage, name, None)
+    return value if isinstance(value, int) else 0
+
+
+def usage_fields(usage: Any) -> dict[str, int]:
+    """The LLMResult token fields of an Anthropic `usage` object: its input is the
+    uncached input plus the cache reads and writes."""
+    cached, written = _tokens(usage, "cache_read_input_tokens"), _tokens(usage, "cache_creation_input_tokens")
+    return {
+        "input_tokens": _tokens(usage, "input_tokens") + cached + written,
+        "cached_input_tokens": cached,
+        "cache_write_tokens": written,
+        "output_tokens": _tokens(usage, "output_tokens"),
+    }
 
 
 class AnthropicProvider:
@@ -133,7 +147,7 @@ class AnthropicProvider:
         try:
             if on_delta is None:
                 return self._plain(params)
-            return self._stream(params, on_delta, messages)
+            return self._stream(params, on_delta)
         except SDK_ERRORS as exc:
             logger.warning("anthropic call to %s failed: %s", model, exc.__class__.__name__)
             raise readable_error(exc, provider=self.name) from exc
@@ -148,21 +162,21 @@ class AnthropicProvider:
                 calls.append(ToolCallRequest.from_raw(id=block.id, name=block.name, raw=dict(block.input or {})))
         return LLMResult(
             text="".join(text), tool_calls=tuple(calls),
-            finish_reason=STOP_REASONS.get(response.stop_reason or "", "stop"),
-            input_tokens=_input_tokens(response.usage), output_tokens=response.usage.output_tokens or 0,
+            finish_reason=STOP_REASONS.get(response.stop_reason or "", "stop"), **usage_fields(response.usage),
         )  # fmt: skip
 
-    def _stream(self, params: dict[str, Any], on_delta: DeltaCallback, messages: Sequence[ChatMessage]) -> LLMResult:
+    def _stream(self, params: dict[str, Any], on_delta: DeltaCallback) -> LLMResult:
         text: list[str] = []
+        thinking: list[str] = []
         blocks: dict[int, dict[str, Any]] = {}
-        input_tokens = output_tokens = 0
+        usage: dict[str, int] = {}
         stop_reason = ""
         stopped = False
 
         def cut(why: str) -> LLMResult:
             return partial_result(
-                text="".join(text), messages=messages, why=why, input_tokens=input_tokens,
-                output_tokens=output_tokens, tool_text="".join("".join(b["json"]) for b in blocks.values()),
+                text="".join(text), why=why, reasoning_text="".join(thinking),
+                unkept_output="".join("".join(b["json"]) for b in blocks.values()), **usage,
             )  # fmt: skip
 
         try:
@@ -170,8 +184,7 @@ class AnthropicProvider:
             with stream:
                 for event in stream:
                     if event.type == "message_start":
-                        input_tokens = _input_tokens(event.message.usage)
-                        output_tokens = event.message.usage.output_tokens or 0
+                        usage = usage_fields(event.message.usage)
                     elif event.type == "content_block_start":
                         block = event.content_block
                         if block.type == "tool_use":
@@ -181,25 +194,29 @@ class AnthropicProvider:
                         if delta.type == "text_delta" and delta.text:
                             text.append(delta.text)
                             on_delta(delta.text)
+                        elif delta.type == "thinking_delta" and delta.thinking:
+                            thinking.append(delta.thinking)
+                            on_delta("")  # not shown, but the owner's Stop ends it here too
                         elif delta.type == "input_json_delta" and event.index in blocks:
                             blocks[event.index]["json"].append(delta.partial_json)
                     elif event.type == "message_delta":
                         stop_reason = event.delta.stop_reason or stop_reason
-                        # Cumulative counts: the last message_delta has the totals.
-                        output_tokens = event.usage.output_tokens or output_tokens
-                        input_tokens = max(input_tokens, _input_tokens(event.usage))
+                        # Cumulative counts: the last message_delta has the totals (its
+                        # input fields may be absent or null: keep message_start's).
+                        latest = usage_fields(event.usage)
+                        usage = {name: max(usage.get(name, 0), value) for name, value in latest.items()}
                     elif event.type == "message_stop":
                         stopped = True
         except StopRequested:
             return cut(STOPPED_BY_OWNER)
         except SDK_ERRORS as exc:
-            if not (text or blocks):
+            if not (text or blocks or thinking):
                 raise
             # Cut off after output: the provider bills what it sent, and so do we.
             return cut(readable_error(exc, provider=self.name).message)
         if not stopped:
             why = f"The {self.name} provider's stream ended before the reply was complete."
-            if text or blocks:
+            if text or blocks or thinking:
                 return cut(why)
             raise ProviderError(why)
         calls = tuple(
@@ -208,5 +225,6 @@ class AnthropicProvider:
         )
         return LLMResult(
             text="".join(text), tool_calls=calls, finish_reason=STOP_REASONS.get(stop_reason, "stop"),
-            input_tokens=input_tokens, output_tokens=output_tokens,
+            reasoning_text="".join(thinking), usage_reported=bool(usage.get("input_tokens")),
+            **({"input_tokens": 0, "output_tokens": 0} | usage),
         )  # fmt: skip

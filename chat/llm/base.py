@@ -67,17 +67,31 @@ class ChatMessage:
 
 @dataclass(frozen=True)
 class LLMResult:
+    """A call's answer and its usage as the provider reported it, in the classes it
+    bills (billing.pricing.TokenUsage): all input, of it cached and cache-written; all
+    output, of it reasoning. Where the provider reported nothing (`usage_reported`
+    False, or a stream that stopped before its usage came) the metering counts
+    (chat.engine.metering, with the price's counting rule)."""
+
     text: str
     input_tokens: int
     output_tokens: int
     tool_calls: tuple[ToolCallRequest, ...] = ()
     # "stop", "length", "tool_calls" (normalised across providers).
     finish_reason: str = "stop"
-    # False when the provider reported no usage and it was estimated from text length.
+    # False when the provider reported no usage (the metering counts it).
     usage_reported: bool = True
     # Why the stream stopped before the reply was complete ("" when it completed):
     # the owner's Stop, or the provider cutting it off. What came is still billed.
     partial: str = ""
+    cached_input_tokens: int = 0
+    cache_write_tokens: int = 0
+    reasoning_tokens: int = 0
+    # Output produced but not in `text` or `tool_calls`: the model's reasoning, the
+    # arguments of a tool call whose stream was cut. Counted when usage is missing.
+    unkept_output: str = ""
+    # The reasoning text that arrived (a stream stopped while the model thought).
+    reasoning_text: str = ""
 
 
 class StopRequested(Exception):
@@ -135,8 +149,9 @@ class Provider(Protocol):
 
 # --- token estimates -------------------------------------------------------------
 
-# About four characters per token for English text; the same rule counts the local
-# provider's usage and estimates prompts for holds and context budgets.
+# About four characters per token for English text: the local provider's own
+# tokenizer, so to speak (it reports its usage by this rule). Holds, context budgets
+# and unreported usage are counted by the price's rule (chat.llm.counting).
 CHARS_PER_TOKEN = 4
 # Role markers and separators each message costs on top of its text.
 MESSAGE_OVERHEAD_TOKENS = 4
@@ -157,15 +172,15 @@ def estimate_prompt_tokens(messages: Sequence[ChatMessage]) -> int:
     return sum(estimate_message_tokens(message) for message in messages)
 
 
-def partial_result(*, text: str, messages: Sequence[ChatMessage], why: str, input_tokens: int = 0,
-                   output_tokens: int = 0, tool_text: str = "") -> LLMResult:  # fmt: skip
+def partial_result(*, text: str, why: str, unkept_output: str = "", reasoning_text: str = "", **usage: int) -> LLMResult:
     """What a stream that stopped early produced: its text (a half-received tool call
-    cannot be run, so none is kept, but its `tool_text` was produced and is counted),
-    billed at the usage the provider reported so far, or counted from the text where
-    it reported less or none."""
+    cannot be run, so none is kept, but its arguments were produced: `unkept_output`;
+    and `reasoning_text`) and the usage the provider reported so far (`usage`, the
+    LLMResult token fields). The metering bills at least what it counts of that
+    output, and counts the input when none was reported."""
+    input_tokens, output_tokens = usage.pop("input_tokens", 0), usage.pop("output_tokens", 0)
     return LLMResult(
-        text=text, finish_reason="stop", partial=why,
-        input_tokens=input_tokens or estimate_prompt_tokens(messages),
-        output_tokens=max(output_tokens, estimate_tokens(text + tool_text)),
-        usage_reported=bool(input_tokens),
+        text=text, finish_reason="stop", partial=why, unkept_output=unkept_output, reasoning_text=reasoning_text,
+        input_tokens=input_tokens,
+        output_tokens=output_tokens, usage_reported=bool(input_tokens), **usage,
     )  # fmt: skip

@@ -1,7 +1,8 @@
 """The built-in `local` provider: offline and deterministic, the embedded default.
 
-It echoes the last user message ("Echo: ..."), counts usage from text length with
-the same rule the holds use (chat.llm.base.estimate_tokens), can stream, and can
+It echoes the last user message ("Echo: ..."), reports usage counted from text
+length (chat.llm.base.estimate_tokens: about 4 characters a token, its own
+"tokenizer"; every counting rule of chat.llm.counting bounds it), can stream, and can
 simulate latency (LOCAL_LLM_LATENCY_MS, spread over the streamed pieces).
 
 So that tool plumbing can be exercised offline, it asks for a tool when the last
@@ -105,7 +106,7 @@ class LocalProvider:
                     on_delta(piece)
                 except StopRequested:
                     said = "".join(pieces[:number])
-                    return partial_result(text=said, messages=messages, why=STOPPED_BY_OWNER, input_tokens=input_tokens)
+                    return partial_result(text=said, why=STOPPED_BY_OWNER, input_tokens=input_tokens)
         return LLMResult(
             text=reply, input_tokens=input_tokens, output_tokens=estimate_tokens(reply), finish_reason=finish_reason
         )

@@ -2,7 +2,13 @@
 (OpenAI, OpenRouter, vLLM, Ollama, llama.cpp server, ...) at OPENAI_BASE_URL.
 
 Streaming asks for usage with `stream_options={"include_usage": True}` (the last
-chunk carries it). Tools go out as `tools=[{"type": "function", ...}]`; the model's
+chunk carries it). Usage is read in every class OpenAI bills: `prompt_tokens` (all
+input) with `prompt_tokens_details.cached_tokens` (and `cache_write_tokens`, which
+OpenRouter reports there), `completion_tokens` (all output) with
+`completion_tokens_details.reasoning_tokens`. Reasoning text that compatible servers
+stream (`delta.reasoning_content`: vLLM, DeepSeek; `delta.reasoning`: OpenRouter) is
+not shown, but a Stop ends the stream there too, and it is counted when no usage
+came. Tools go out as `tools=[{"type": "function", ...}]`; the model's
 `tool_calls` (streamed in pieces keyed by index) come back as ToolCallRequest.
 Retries on 408/409/429/5xx and connection errors, with exponential backoff and
 `Retry-After`, are the SDK's own (max_retries = LLM_MAX_RETRIES).
@@ -10,9 +16,9 @@ CallOptions pass through as the API names them: temperature, top_p, stop,
 tool_choice ("auto" | "none" | "required" | {"type": "function", ...}), user.
 """
 
-import json
 import logging
 from collections.abc import Sequence
+from dataclasses import replace
 from functools import lru_cache
 from typing import Any
 
@@ -28,10 +34,9 @@ from chat.llm.base import (
     ProviderError,
     StopRequested,
     ToolCallRequest,
-    estimate_prompt_tokens,
-    estimate_tokens,
     partial_result,
 )
+from chat.llm.counting import arguments_text
 from chat.llm.errors import SDK_ERRORS, readable_error
 
 logger = logging.getLogger(__name__)
@@ -71,7 +76,7 @@ def to_wire_messages(messages: Sequence[ChatMessage]) -> list[dict[str, Any]]:
                         {
                             "id": call.id,
                             "type": "function",
-                            "function": {"name": call.name, "arguments": json.dumps(call.arguments)},
+                            "function": {"name": call.name, "arguments": arguments_text(call)},
                         }
                         for call in message.tool_calls
                     ],
@@ -132,13 +137,13 @@ class OpenAIProvider:
             params.update(to_wire_options(options))
         try:
             if on_delta is None:
-                return self._plain(params, messages)
-            return self._stream(params, messages, on_delta)
+                return self._plain(params)
+            return self._stream(params, on_delta)
         except SDK_ERRORS as exc:
             logger.warning("openai call to %s failed: %s", model, exc.__class__.__name__)
             raise readable_error(exc, provider=self.name) from exc
 
-    def _plain(self, params: dict[str, Any], messages: Sequence[ChatMessage]) -> LLMResult:
+    def _plain(self, params: dict[str, Any]) -> LLMResult:
         response = client().chat.completions.create(**params)
         choice = response.choices[0] if response.choices else None
         text = (choice.message.content or "") if choice else ""
@@ -148,10 +153,11 @@ class OpenAIProvider:
             if getattr(call, "function", None) is not None
         )
         finish = FINISH_REASONS.get((choice.finish_reason if choice else None) or "", "stop")
-        return _with_usage(text, calls, finish, response.usage, messages)
+        return _with_usage(text, calls, finish, response.usage)
 
-    def _stream(self, params: dict[str, Any], messages: Sequence[ChatMessage], on_delta: DeltaCallback) -> LLMResult:
+    def _stream(self, params: dict[str, Any], on_delta: DeltaCallback) -> LLMResult:
         text: list[str] = []
+        reasoning: list[str] = []
         pending: dict[int, dict[str, Any]] = {}
         usage = None
         finish = ""
@@ -172,49 +178,70 @@ class OpenAIProvider:
                                 slot["arguments"].append(piece.function.arguments or "")
                         if choice.finish_reason:
                             finish = FINISH_REASONS.get(choice.finish_reason, "stop")
+                        if delta is not None and (thought := _reasoning_piece(delta)):
+                            reasoning.append(thought)
+                            on_delta("")  # not shown, but the owner's Stop ends it here too
                         if delta is not None and delta.content:
                             text.append(delta.content)
                             on_delta(delta.content)
         except StopRequested:
-            return self._partial(text, pending, usage, messages, STOPPED_BY_OWNER)
+            return self._partial(text, reasoning, pending, usage, STOPPED_BY_OWNER)
         except SDK_ERRORS as exc:
-            if not (text or pending):
+            if not (text or pending or reasoning):
                 raise
             # Cut off after output: the provider bills what it sent, and so do we.
-            return self._partial(text, pending, usage, messages, readable_error(exc, provider=self.name).message)
+            return self._partial(text, reasoning, pending, usage, readable_error(exc, provider=self.name).message)
         if not finish and usage is None:
             # The body ended without a finish reason or usage: the reply was cut off.
             why = f"The {self.name} provider's stream ended before the reply was complete."
-            if text or pending:
-                return self._partial(text, pending, usage, messages, why)
+            if text or pending or reasoning:
+                return self._partial(text, reasoning, pending, usage, why)
             raise ProviderError(why)
         calls = tuple(
             ToolCallRequest.from_raw(id=slot["id"], name=slot["name"], raw="".join(slot["arguments"]))
             for _, slot in sorted(pending.items())
         )
-        return _with_usage("".join(text), calls, finish or "stop", usage, messages)
+        result = _with_usage("".join(text), calls, finish or "stop", usage)
+        return replace(result, reasoning_text="".join(reasoning))
 
     @staticmethod
-    def _partial(text: list[str], pending: dict, usage: Any, messages: Sequence[ChatMessage], why: str) -> LLMResult:
+    def _partial(text: list[str], reasoning: list[str], pending: dict, usage: Any, why: str) -> LLMResult:
         return partial_result(
-            text="".join(text), messages=messages, why=why,
-            input_tokens=(usage.prompt_tokens or 0) if usage is not None else 0,
-            output_tokens=(usage.completion_tokens or 0) if usage is not None else 0,
-            tool_text="".join("".join(slot["arguments"]) for slot in pending.values()),
+            text="".join(text), why=why, reasoning_text="".join(reasoning),
+            unkept_output="".join("".join(slot["arguments"]) for slot in pending.values()), **usage_fields(usage),
         )  # fmt: skip
 
 
-def _with_usage(text: str, calls: tuple, finish: str, usage: Any, messages: Sequence[ChatMessage]) -> LLMResult:
-    if usage is not None and usage.prompt_tokens is not None:
-        return LLMResult(
-            text=text, tool_calls=calls, finish_reason=finish,
-            input_tokens=usage.prompt_tokens or 0, output_tokens=usage.completion_tokens or 0,
-        )  # fmt: skip
-    # A server that reports no usage is still metered: estimated like the local
-    # provider counts, and flagged, rather than given away.
-    logger.warning("openai-compatible provider reported no usage; estimating from text length")
+def _reasoning_piece(delta: Any) -> str:
+    # Not in the SDK's types: compatible servers' extra fields, kept by its models.
+    piece = getattr(delta, "reasoning_content", None) or getattr(delta, "reasoning", None)
+    return piece if isinstance(piece, str) else ""
+
+
+def _detail(details: Any, name: str) -> int:
+    value = getattr(details, name, None) if details is not None else None
+    return value if isinstance(value, int) else 0
+
+
+def usage_fields(usage: Any) -> dict[str, int]:
+    """The LLMResult token fields of an OpenAI `usage` object (none: {})."""
+    if usage is None or usage.prompt_tokens is None:
+        return {}
+    prompt, completion = usage.prompt_tokens_details, usage.completion_tokens_details
+    return {
+        "input_tokens": usage.prompt_tokens or 0,
+        "output_tokens": usage.completion_tokens or 0,
+        "cached_input_tokens": _detail(prompt, "cached_tokens"),
+        "cache_write_tokens": _detail(prompt, "cache_write_tokens"),
+        "reasoning_tokens": _detail(completion, "reasoning_tokens"),
+    }
+
+
+def _with_usage(text: str, calls: tuple, finish: str, usage: Any) -> LLMResult:
+    fields = usage_fields(usage)
+    # A server that reports no usage is still metered: the metering counts it with
+    # the price's rule (and warns once per alias).
     return LLMResult(
-        text=text, tool_calls=calls, finish_reason=finish, usage_reported=False,
-        input_tokens=estimate_prompt_tokens(messages),
-        output_tokens=estimate_tokens(text + json.dumps([c.as_dict() for c in calls]) if calls else text),
+        text=text, tool_calls=calls, finish_reason=finish, usage_reported=bool(fields),
+        **({"input_tokens": 0, "output_tokens": 0} | fields),
     )  # fmt: skip

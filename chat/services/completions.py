@@ -10,8 +10,9 @@ by `turn_complete` with one debit (reference = turn id). What differs:
   results), stored as the turn's own; no session history is read (chat.engine.completion);
 - its options (max_tokens, sampling, stop, tools, tool_choice, user) are stored on
   the turn for the worker;
-- its hold is one call: the messages' and tools' estimate plus the output limit,
-  the smaller of the client's max_tokens and the alias's max_output_tokens.
+- its hold is one call: its messages and tools counted with the alias's rule
+  (chat.llm.counting) plus the output limit, the smaller of the client's max_tokens
+  and the alias's max_output_tokens; the call cannot cost more.
 """
 
 from dataclasses import dataclass, field
@@ -26,11 +27,12 @@ from accounts.models import ApiKey, User
 from accounts.rate_limits import api_key_rate_reserve
 from billing.limits import SpendLimit, spend_limits_for
 from billing.models import ModelPrice
-from billing.money import call_cost, ledger_amount
+from billing.money import ledger_amount
+from billing.pricing import cost_bound
 from billing.services import wallet_hold_place
 from chat.engine.context import input_budget
-from chat.engine.metering import tools_tokens
-from chat.llm import ChatMessage, estimate_prompt_tokens
+from chat.llm import ChatMessage
+from chat.llm.counting import count_prompt
 from chat.models import ChatSession, Message, Turn
 from chat.services.turns import SESSION_TOUCH_RESOLUTION, turn_hand_over, turns_in_flight_check
 from core import rawsql
@@ -71,20 +73,20 @@ def completion_session(*, user: User, api_key: ApiKey) -> ChatSession:
 
 def completion_worst_case(*, request: CompletionRequest) -> tuple[int, Decimal, int]:
     """(output limit, the call's worst-case cost, its worst-case tokens: the prompt
-    estimate plus the output limit, what a key's tpm counts). Raises 400 naming
-    `messages` when the prompt does not fit the alias's input budget."""
+    counted with the alias's rule plus the output limit, what a key's tpm counts).
+    Raises 400 naming `messages` when the prompt does not fit the alias's input
+    budget."""
     price = request.price
-    prompt = estimate_prompt_tokens(request.messages) + tools_tokens(request.tools)
+    prompt = count_prompt(request.messages, price.counting, request.tools)
     budget = input_budget(price)
     if prompt > budget:
         raise field_error(
-            "messages", f"About {prompt} tokens with the tools; the input limit of '{price.alias}' is {budget}."
+            "messages",
+            f"{prompt} tokens with the tools (counted as {price.counting}); the input limit of '{price.alias}' "
+            f"is {budget}.",
         )
     limit = min(request.max_tokens or price.max_output_tokens, price.max_output_tokens)
-    worst = call_cost(
-        input_tokens=prompt, output_tokens=limit,
-        input_price=price.input_credits_per_mtok, output_price=price.output_credits_per_mtok,
-    )  # fmt: skip
+    worst = cost_bound(price, input_tokens=prompt, output_tokens=limit)
     return limit, ledger_amount(worst), prompt + limit
 
 
