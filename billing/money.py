@@ -6,6 +6,9 @@
   adjustments) must already fit 8 places: they are refused, never rounded.
 - Usage `credits_burned` is Decimal(20,4): display and reports, half-up.
 - USD is 2 places. Credits per top-up: round(amount_usd * CREDITS_PER_USD, 2).
+- A price converted from a provider's USD per token (`credits_per_mtok_from_usd`,
+  `manage.py import_prices`) is rounded UP at the 8th place, like a charge: a
+  converted price is never below the provider's.
 The API writes every amount as a string through `format_*` below, never a float.
 """
 
@@ -50,6 +53,13 @@ def ledger_exact(value: Decimal) -> Decimal:
     if exact != value:
         raise ValueError("At most 8 decimal places.")
     return exact
+
+
+def credits_per_mtok_from_usd(usd_per_token: Decimal, *, factor: Decimal = Decimal(1)) -> Decimal:
+    """A USD-per-token price as credits per million tokens (times `factor`, a
+    markup), rounded UP at the 8th place: the price rows hold 8 places, and rounding
+    up is the never-undercharge rule (at most 1e-8 credits per million tokens more)."""
+    return ledger_amount(usd_per_token * MILLION * settings.CREDITS_PER_USD * factor)
 
 
 def usage_amount(value: Decimal) -> Decimal:
