@@ -29,16 +29,40 @@ def in_tier(price: ModelPrice, input_tokens: int) -> bool:
     return price.tier_threshold_tokens is not None and input_tokens > price.tier_threshold_tokens
 
 
+def _tier_factor(price: ModelPrice) -> Decimal:
+    # The tier raises cache reads and writes as it raises input (Anthropic's long
+    # context doubles all three), so a call in the tier is priced as a whole.
+    if not price.input_credits_per_mtok:
+        return Decimal(1)
+    return max(price.tier_input_credits_per_mtok / price.input_credits_per_mtok, Decimal(1))
+
+
+def class_prices(price: ModelPrice, input_tokens: int) -> tuple[Decimal, Decimal, Decimal, Decimal]:
+    """(input, cached input, cache write, output) per million tokens for a call of
+    `input_tokens`: the tier's, scaled for the cache classes, once it passes the
+    threshold."""
+    if not in_tier(price, input_tokens):
+        return (
+            price.input_credits_per_mtok,
+            price.cached_input_price,
+            price.cache_write_price,
+            price.output_credits_per_mtok,
+        )
+    factor = _tier_factor(price)
+    return (
+        price.tier_input_credits_per_mtok, price.cached_input_price * factor, price.cache_write_price * factor,
+        price.tier_output_credits_per_mtok,
+    )  # fmt: skip
+
+
 def call_cost(price: ModelPrice, usage: TokenUsage) -> Decimal:
     """The exact cost of one call in credits (prices are per million tokens)."""
-    tier = in_tier(price, usage.input_tokens)
-    input_price = price.tier_input_credits_per_mtok if tier else price.input_credits_per_mtok
-    output_price = price.tier_output_credits_per_mtok if tier else price.output_credits_per_mtok
+    input_price, cached_price, write_price, output_price = class_prices(price, usage.input_tokens)
     plain = max(usage.input_tokens - usage.cached_input_tokens - usage.cache_write_tokens, 0)
     total = (
         plain * input_price
-        + usage.cached_input_tokens * price.cached_input_price
-        + usage.cache_write_tokens * price.cache_write_price
+        + usage.cached_input_tokens * cached_price
+        + usage.cache_write_tokens * write_price
         + usage.output_tokens * output_price
     )
     return Decimal(total) / MILLION
@@ -48,9 +72,8 @@ def cost_bound(price: ModelPrice, *, input_tokens: int, output_tokens: int) -> D
     """The most a call can cost whose provider bills at most `input_tokens` of input
     (in any mix of classes) and `output_tokens` of output: each token at the dearest
     price of its side, the tier's included once the input could reach it."""
-    input_prices = [price.input_credits_per_mtok, price.cached_input_price, price.cache_write_price]
-    output_prices = [price.output_credits_per_mtok]
-    if in_tier(price, input_tokens):
-        input_prices.append(price.tier_input_credits_per_mtok)
-        output_prices.append(price.tier_output_credits_per_mtok)
-    return (input_tokens * max(input_prices) + output_tokens * max(output_prices)) / MILLION
+    base = class_prices(price, 0)
+    tier = class_prices(price, input_tokens)
+    input_price = max(*base[:3], *tier[:3])
+    output_price = max(base[3], tier[3])
+    return (input_tokens * input_price + output_tokens * output_price) / MILLION

@@ -36,7 +36,7 @@ def completion_response(turn: dict | None, *, turn_id: Any) -> JsonResponse:
     A failed turn is not worth the SDKs' automatic retries (`x-should-retry: false`):
     each would be a new turn."""
     if turn is not None and turn["status"] == Turn.Status.COMPLETED:
-        response = JsonResponse(shapes.completion(turn))
+        response = HttpResponse(shapes.dumps(shapes.completion(turn), turn=turn), content_type="application/json")
     elif turn is not None and turn["status"] in ("failed", "cancelled"):
         response = JsonResponse(shapes.failure(turn), status=502)
         response["x-should-retry"] = "false"

@@ -13,6 +13,7 @@ from billing.selectors import model_price_for_alias
 from chat.llm import ChatMessage, ToolCallRequest
 from chat.models import CONTENT_MAX_CHARS
 from chat.services.completions import CompletionRequest
+from core.text import storable
 from openai_api.errors import model_not_found
 
 FUNCTION_NAME = r"^[a-zA-Z0-9_-]{1,64}$"
@@ -32,7 +33,8 @@ TEXT_PART = {
 @extend_schema_field({"oneOf": [{"type": "string"}, {"type": "array", "items": TEXT_PART}], "nullable": True})
 class ContentField(serializers.Field):
     """A message's content: a string, a list of text parts, or null (an assistant that
-    only called tools). Parts are joined with newlines."""
+    only called tools). Parts are joined with newlines; a NUL becomes U+FFFD
+    (core.text: a client may send back a reply's NUL, which PostgreSQL cannot store)."""
 
     default_error_messages = {
         "invalid": "Must be a string or a list of content parts.",
@@ -56,7 +58,8 @@ class ContentField(serializers.Field):
             self.fail("invalid")
         if text is not None and len(text) > CONTENT_MAX_CHARS:
             self.fail("too_long")
-        return text
+        # Stored as the database can (a NUL becomes U+FFFD), and counted as stored.
+        return storable(text)
 
     def to_representation(self, value: Any) -> Any:
         return value
@@ -235,10 +238,24 @@ class ChatCompletionRequestSerializer(serializers.Serializer):
 # --- answers, for the OpenAPI document (openai_api.shapes builds them) ---------------
 
 
+class PromptTokensDetailsSerializer(serializers.Serializer):
+    cached_tokens = serializers.IntegerField(help_text="Input read from the provider's cache (billed apart).")
+
+
+class CompletionTokensDetailsSerializer(serializers.Serializer):
+    reasoning_tokens = serializers.IntegerField(help_text="Output the model spent thinking (priced as output).")
+
+
 class UsageSerializer(serializers.Serializer):
     prompt_tokens = serializers.IntegerField()
     completion_tokens = serializers.IntegerField()
     total_tokens = serializers.IntegerField()
+    prompt_tokens_details = PromptTokensDetailsSerializer()
+    completion_tokens_details = CompletionTokensDetailsSerializer()
+    cost = serializers.DecimalField(
+        max_digits=18, decimal_places=8, coerce_to_string=False,
+        help_text="The credits charged for this request (as OpenRouter reports cost); exact, a JSON number.",
+    )  # fmt: skip
 
 
 class AnswerToolCallSerializer(serializers.Serializer):

@@ -5,6 +5,7 @@ reference for every field)."""
 
 import json
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 from openai_api.errors import error_body
@@ -43,10 +44,40 @@ def finish_reason(turn: dict, message: dict) -> str:
     return reason if reason in ("stop", "length") else "stop"
 
 
-def usage(turn: dict) -> dict[str, int]:
-    prompt = sum(call["input_tokens"] for call in turn.get("llm_calls") or ())
-    completion = sum(call["output_tokens"] for call in turn.get("llm_calls") or ())
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+def usage(turn: dict) -> dict[str, Any]:
+    """OpenAI's usage shape for what the turn's calls were billed: prompt tokens are
+    all input, of it `cached_tokens`; completion tokens all output, of it
+    `reasoning_tokens`. `cost` (the credits charged, as OpenRouter reports it) is
+    added as a JSON number by `dumps`."""
+    calls = turn.get("llm_calls") or ()
+
+    def total(name: str) -> int:
+        return sum(call.get(name) or 0 for call in calls)
+
+    prompt, completion = total("input_tokens"), total("output_tokens")
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+        "prompt_tokens_details": {"cached_tokens": total("cached_input_tokens")},
+        "completion_tokens_details": {"reasoning_tokens": total("reasoning_tokens")},
+    }
+
+
+def cost_of(turn: dict) -> str:
+    """The credits charged for the request, exact (never through a float)."""
+    charged = turn.get("credits_charged")
+    return f"{Decimal(charged) + 0:f}" if charged is not None else "0"
+
+
+def dumps(body: dict[str, Any], *, turn: dict) -> str:
+    """`body` as JSON, its `usage` (the last key) given `cost`: a JSON number
+    written from the Decimal, so no digit is lost."""
+    text = json.dumps(body)
+    if body.get("usage") is None:
+        return text
+    # usage is the last key of body and cost the last of usage: close both after it.
+    return f'{text[:-2]}, "cost": {cost_of(turn)}}}}}'
 
 
 def failure(turn: dict) -> dict:
@@ -68,8 +99,8 @@ def completion(turn: dict) -> dict:
         "created": created(turn),
         "model": turn["model_alias"],
         "choices": [{"index": 0, "message": answer, "logprobs": None, "finish_reason": finish_reason(turn, message)}],
-        "usage": usage(turn),
         "system_fingerprint": None,
+        "usage": usage(turn),
     }
 
 
@@ -83,11 +114,11 @@ class ChunkWriter:
         self.include_usage = include_usage
         self.sent = ""  # the text sent so far
 
-    def _line(self, choices: list, **extra: Any) -> str:
+    def _line(self, choices: list, turn: dict | None = None, **extra: Any) -> str:
         chunk = {**self.base, "choices": choices, **extra}
         if self.include_usage and "usage" not in chunk:
             chunk["usage"] = None
-        return f"data: {json.dumps(chunk)}\n\n"
+        return f"data: {dumps(chunk, turn=turn or {})}\n\n"
 
     def _delta(self, delta: dict, finish: str | None = None) -> str:
         return self._line([{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}])
@@ -117,6 +148,6 @@ class ChunkWriter:
             lines.append(self._delta({"tool_calls": [{"index": n, **call} for n, call in enumerate(calls)]}))
         lines.append(self._delta({}, finish_reason(turn, message)))
         if self.include_usage:
-            lines.append(self._line([], usage=usage(turn)))
+            lines.append(self._line([], usage=usage(turn), turn=turn))
         lines.append("data: [DONE]\n\n")
         return lines

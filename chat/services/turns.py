@@ -37,7 +37,7 @@ from functools import partial
 from uuid import UUID
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import DatabaseError, IntegrityError, transaction
 from django.db.models import Q
 from django.utils import timezone
 
@@ -52,12 +52,13 @@ from chat import _sql, dispatch, leases, streaming
 from chat.engine import turn_outcome
 from chat.engine.hold import turn_hold_amount, turn_token_estimate
 from chat.engine.metering import TurnOutcome
-from chat.models import CONTENT_MAX_CHARS, ChatSession, LLMCall, Message, Turn
+from chat.models import CONTENT_MAX_CHARS, ChatSession, LLMCall, Message, ToolCall, Turn
 from chat.outcome_store import outcome_drop, outcome_keep, outcome_kept
 from chat.selectors import FINISHED, turn_for_idempotency_key, turn_status, turns_in_flight
 from core import rawsql
 from core.db import DATABASE_DOWN, db_release
 from core.exceptions import StateConflict, TooManyRequests, field_error
+from core.text import storable
 from reporting.services import usage_rollup_add
 
 logger = logging.getLogger(__name__)
@@ -271,9 +272,11 @@ def _complete_durably(*, turn: Turn, outcome: TurnOutcome, lease: leases.Lease) 
     """turn_complete, retried with the outcome in hand while the database is away
     (about TURN_COMPLETE_RETRY_SECONDS, less than a lease). The outcome is kept in
     Redis at the first failure: if the database stays down longer, this run gives
-    up, its lease runs out, and the run that takes the turn over writes it."""
+    up, its lease runs out, and the run that takes the turn over writes it. An
+    outcome the database refuses (not away: a value it cannot store) is written
+    again as its charge alone (outcome_charge_only): a finished call is charged."""
     kept = turn.attempts > 1  # a takeover may be writing a kept outcome: drop it after
-    delay, waited = 0.5, 0.0
+    delay, waited, refused = 0.5, 0.0, False
     while True:
         try:
             done = turn_complete(turn=turn, outcome=outcome, lease_token=lease.token)
@@ -287,6 +290,14 @@ def _complete_durably(*, turn: Turn, outcome: TurnOutcome, lease: leases.Lease) 
             logger.warning("turn %s: completion failed (%s); retrying in %.1f s", turn.pk, exc.__class__.__name__, delay)
             time.sleep(delay)
             waited, delay = waited + delay, min(delay * 2, 8.0)
+            continue
+        except DatabaseError as exc:
+            if refused:
+                raise  # even the charge alone: the turn's lease runs out and it is taken over
+            # Refused, not away: the same write would fail again. Write the charge alone.
+            logger.exception("turn %s: the database refused its outcome; writing its charge alone", turn.pk)
+            outcome = outcome_charge_only(outcome, why=f"The answer could not be stored ({exc.__class__.__name__}).")
+            refused = True
             continue
         if kept:
             outcome_drop(turn.pk)
@@ -335,6 +346,7 @@ def turn_complete(*, turn: Turn, outcome: TurnOutcome, lease_token: UUID | None 
     or (with `lease_token`, a worker's run) leased to another run since, is returned
     as it is and nothing is written or charged (a duplicate or superseded run)."""
     reference = str(turn.pk)
+    outcome_make_storable(outcome)
     with transaction.atomic():
         # Lock order everywhere: turn, then wallet (billing.services), then rollups.
         status, holder = _sql.turn_lock(turn_id=turn.pk)
@@ -386,6 +398,37 @@ def turn_complete(*, turn: Turn, outcome: TurnOutcome, lease_token: UUID | None 
             )  # fmt: skip
             transaction.on_commit(done)
     return locked
+
+
+# Text columns of what a run produced (core.text: PostgreSQL cannot store a NUL).
+_STORED_TEXT = {
+    Message: ("content", "tool_calls", "tool_call_id"),
+    LLMCall: ("error", "finish_reason"),
+    ToolCall: ("tool", "arguments", "result_excerpt"),
+}
+
+
+def outcome_make_storable(outcome: TurnOutcome) -> None:
+    """Makes every text of `outcome` storable (a NUL becomes U+FFFD), in place."""
+    for row in (*outcome.messages, *outcome.llm_calls, *outcome.tool_calls):
+        for name in _STORED_TEXT[type(row)]:
+            setattr(row, name, storable(getattr(row, name)))
+    outcome.error = storable(outcome.error)
+    if outcome.summary is not None:
+        outcome.summary = (storable(outcome.summary[0]), outcome.summary[1])
+
+
+def outcome_charge_only(outcome: TurnOutcome, *, why: str) -> TurnOutcome:
+    """What is written when the database refused a finished run's outcome for a
+    reason other than being away: its LLM calls, charged, and nothing of what they
+    said (the turn fails with `why`). Calls that returned are never given away."""
+    calls = []
+    for call in outcome.llm_calls:
+        call.pk, call.id = None, None
+        call.error = storable(call.error)[:500]
+        call._state.adding = True  # noqa: SLF001  a row of the failed transaction, never stored
+        calls.append(call)
+    return TurnOutcome(llm_calls=calls, error=why, prior_messages=outcome.prior_messages)
 
 
 def _final_status(outcome: TurnOutcome) -> str:

@@ -4,6 +4,7 @@ newest history that fits the alias's input budget, then the turn's own message."
 import pytest
 
 from chat.engine.context import context_build, input_budget
+from chat.llm.counting import MESSAGE_FRAMING_TOKENS, REPLY_FRAMING_TOKENS
 from chat.models import Message, Turn
 from tests.chat.conftest import local_tokens, make_price
 
@@ -37,19 +38,22 @@ def test_system_prompt_summary_history_and_the_new_message_in_order(session, pri
         ("assistant", "A1"),
         ("user", "Q2"),
     ]
-    assert context.input_tokens == sum(4 + local_tokens(m.content) for m in context.messages)
+    # Counted with the price's rule (bytes): every byte of content, each message framed.
+    framing = MESSAGE_FRAMING_TOKENS
+    assert context.input_tokens == REPLY_FRAMING_TOKENS + sum(framing + len(m.content.encode()) for m in context.messages)
     assert context.dropped == 0
 
 
 def test_older_messages_are_dropped_first_when_over_budget(session):
-    tiny = make_price("tiny", context_tokens=200, max_output_tokens=100)  # 100 tokens for the prompt
+    tiny = make_price("tiny", context_tokens=450, max_output_tokens=100)  # 350 tokens (bytes) for the prompt
     for n in range(5):
         add_turn(session, "completed", ("user", f"{n}" * 200), ("assistant", f"{n}" * 40))
     current = add_turn(session, "running", ("user", "now"))
     context = context_build(turn=current, price=tiny)
-    # "now" 5 tokens, each reply 14, each question 54: newest first, until the next one overflows.
+    # 8 for the reply, "now" 8 + 3, each reply 8 + 40, each question 8 + 200: newest
+    # first, until the next one overflows.
     assert [m.content for m in context.messages] == ["3" * 40, "4" * 200, "4" * 40, "now"]
-    assert context.input_tokens == 14 + 54 + 14 + 5 <= 100
+    assert context.input_tokens == 8 + 48 + 208 + 48 + 11 <= 450 - 100
     assert context.dropped == 7
 
 
@@ -86,6 +90,6 @@ def test_tool_exchanges_round_trip_and_orphan_results_are_dropped(session):
     assert (messages[2].tool_call_id, messages[2].name) == ("c1", "web_search")
 
     # Room for the tool result but not the (long) call that asked for it: the result goes too.
-    tight = make_price("tight", context_tokens=130, max_output_tokens=100)
+    tight = make_price("tight", context_tokens=200, max_output_tokens=100)
     messages = context_build(turn=current, price=tight).messages
     assert [m.role for m in messages] == ["assistant", "user"]

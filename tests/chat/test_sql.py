@@ -6,8 +6,8 @@ from datetime import timedelta
 
 import pytest
 from django.db import transaction
-from django.db.models import Count, F, Q, Sum, Value
-from django.db.models.functions import Coalesce, Length
+from django.db.models import F, Q, TextField, Value
+from django.db.models.functions import Cast, Coalesce
 from django.utils import timezone
 
 from chat import _sql
@@ -108,14 +108,20 @@ def test_history_size_counts_the_rows_of_session_history(session):
         Message(session=session, turn=turn, role=Message.Role.USER, content="é" * (n % 7 + 1))
         for n in range(HISTORY_SCAN + 20)
     )
+    calls = [{"id": "c1", "name": "web_search", "arguments": {"query": "中文 😀"}}]
+    rows += [
+        Message.objects.create(session=session, turn=turn, role="assistant", content="", tool_calls=calls),
+        Message.objects.create(session=session, turn=turn, role="tool", content="résultat", tool_call_id="c1"),
+    ]
     for through in (None, rows[30].pk):
         session.summary_through_message_id = through
-        totals = (
-            session_history(session=session)
-            .values("content")[:HISTORY_SCAN]
-            .aggregate(count=Count("*"), chars=Sum(Length("content")))
+        newest = session_history(session=session).annotate(calls_text=Cast("tool_calls", TextField()))
+        newest = newest.values("content", "tool_call_id", "calls_text")[:HISTORY_SCAN]
+        size = sum(
+            len(row["content"].encode()) + len(row["tool_call_id"].encode()) + len((row["calls_text"] or "").encode())
+            for row in newest
         )
-        assert _sql.session_history_size(session=session, scan=HISTORY_SCAN) == (totals["count"], totals["chars"])
+        assert _sql.session_history_size(session=session, scan=HISTORY_SCAN) == (len(newest), size)
 
 
 def test_history_size_of_an_empty_session_is_zero(session):

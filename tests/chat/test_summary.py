@@ -21,9 +21,10 @@ def padded(label: str) -> str:
 
 @pytest.fixture
 def long_chat(owner, fake_openai_server):  # noqa: ANN001, ANN201
-    """Three finished exchanges of 54 tokens a message (324) against a 250-token budget."""
+    """Three finished exchanges of 208 counted tokens a message (200 bytes, framed):
+    1,248 against a 1,000-token budget, so the oldest exchange does not fit."""
     fund(owner)
-    price_for("tiny", "openai", context_tokens=300, max_output_tokens=50)
+    price_for("tiny", "openai", context_tokens=1050, max_output_tokens=50)
     session = ChatSession.objects.create(user=owner, model_alias="tiny")
     for n in range(3):
         turn = Turn.objects.create(session=session, user=owner, model_alias="tiny", status="completed")
@@ -58,7 +59,7 @@ def test_older_messages_are_summarised_and_the_summary_is_kept(owner, owner_clie
     assert body["credits_charged"] == f"{total:.8f}" and balance(owner) == START - total
     assert len(debits(owner)) == 1
     # The hold covered a summary call on top of the reply: two full windows.
-    assert CreditHold.objects.get(reference=body["id"]).amount == 2 * cost(250, 50)
+    assert CreditHold.objects.get(reference=body["id"]).amount == 2 * cost(1000, 50)
 
 
 def test_a_failed_summary_falls_back_to_truncation(owner, owner_client, long_chat, fake_openai_server, caplog):

@@ -163,9 +163,11 @@ def test_the_hold_estimate_counts_history_up_to_the_budget(session, funded_owner
     first, _ = turn_create(user=funded_owner, session=session, content="a" * 400)
     turn_run(turn_id=first.pk)
     second, _ = turn_create(user=funded_owner, session=session, content="b" * 40)
-    history = (4 + 1 + 100) + (4 + 1 + local_tokens("Echo: " + "a" * 400))
+    # Counted by the price's rule (bytes): the history by its bytes, each message framed
+    # (8), the new message (8 + 40) and the reply's framing (8).
+    history = (8 + 400) + (8 + len("Echo: " + "a" * 400))
     hold = CreditHold.objects.get(reference=str(second.pk))
-    assert hold.amount == expected_cost(history + 4 + 10, price.max_output_tokens)
+    assert hold.amount == expected_cost(history + 8 + 40 + 8, price.max_output_tokens)
 
     tight = make_price("tight", context_tokens=300, max_output_tokens=200)
     third, _ = turn_create(user=funded_owner, session=session, content="c" * 40, model_alias=tight.alias)

@@ -117,7 +117,8 @@ def test_bad_content_is_400_naming_content(owner_client, session, content, messa
 
 
 def test_content_of_exactly_32000_characters_is_accepted(owner_client, session, settings):
-    session.model_alias = make_price("big", context_tokens=20_000, max_output_tokens=100).alias
+    # 32,000 bytes counted (the default rule), and the framing.
+    session.model_alias = make_price("big", context_tokens=40_000, max_output_tokens=100).alias
     session.save()
     assert post_turn(owner_client, session, "y" * 32_000).status_code == 201
 
@@ -208,8 +209,8 @@ def test_warn_mode_runs_the_turn_and_flags_the_low_balance(owner_client, owner, 
 
 
 def test_the_hold_is_the_worst_case_and_completion_releases_the_rest(owner_client, session, funded_owner):
-    # With no worker, the turn waits queued holding its worst case: prompt estimate
-    # plus max_output_tokens at the alias's prices.
+    # With no worker, the turn waits queued holding its worst case: the prompt counted
+    # by the price's rule (bytes, framed) plus max_output_tokens at the alias's prices.
     from django.db import transaction
 
     from chat.services import turn_create
@@ -217,7 +218,7 @@ def test_the_hold_is_the_worst_case_and_completion_releases_the_rest(owner_clien
     with transaction.atomic():
         turn, _ = turn_create(user=funded_owner, session=session, content="Hello there")
         hold = CreditHold.objects.get(reference=str(turn.pk))
-        assert hold.amount == expected_cost(4 + local_tokens("Hello there"), 256)
+        assert hold.amount == expected_cost(8 + 8 + len("Hello there"), 256)
         assert wallet_of(funded_owner).held == hold.amount
         # The debit and the release happen on completion, once the transaction commits (eager).
     turn.refresh_from_db()

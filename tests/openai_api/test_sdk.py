@@ -172,7 +172,8 @@ def test_max_tokens_bounds_the_hold_and_the_reply(sdk, fast, owner):
     assert answer.choices[0].finish_reason == "length" and answer.usage.completion_tokens == 3
     turn = Turn.objects.get()
     hold = CreditHold.objects.get(reference=str(turn.pk))
-    assert hold.amount == expected_cost(prompt_tokens(("user", "x" * 80)), 3)
+    # The hold counts by the price's rule (bytes): reply framing 8, the message 8 + 80.
+    assert hold.amount == expected_cost(8 + 8 + 80, 3)
 
 
 def test_errors_are_the_sdks_own_exception_classes(base_url, sdk, fast, settings):
