@@ -112,15 +112,25 @@ from decimal import Decimal
 from accounts.services import api_key_create, user_create
 from billing.models import ModelPrice
 from billing.services import wallet_grant
-from chat.models import ChatSession
-ModelPrice.objects.create(alias="bench", provider="local", provider_model="echo",
-    input_credits_per_mtok=Decimal("3.33333333"), output_credits_per_mtok=Decimal("7.77777777"))
+from chat.models import ChatSession, Message, Turn
+ModelPrice.objects.create(alias="bench", provider="local", provider_model="echo", counting="{counting}",
+    input_credits_per_mtok=Decimal("3.33333333"), output_credits_per_mtok=Decimal("7.77777777"),
+    context_tokens=1_000_000)
+WORDS = "The ledger 中文 keeps every credit 😀 exact: def f(x): return x * 2. ".split()
 out = []
 for n in range({count}):
     user = user_create(email=f"bench{{n}}@example.com")
     wallet_grant(user=user, amount=Decimal("{credits}"), reason="benchmark credits")
     _, key = api_key_create(user=user, name="bench")
     session = ChatSession.objects.create(user=user, model_alias="bench", title="bench")
+    if {history}:
+        # A finished history the context reads (and counts) on every turn.
+        done = Turn.objects.create(session=session, user=user, model_alias="bench", status="completed")
+        Message.objects.bulk_create(
+            Message(session=session, turn=done, role=("user", "assistant")[m % 2],
+                    content=" ".join(WORDS[(m + w) % len(WORDS)] for w in range(60)))
+            for m in range({history})
+        )
     out.append({{"key": key, "session": session.pk}})
 print(json.dumps(out))
 """
@@ -173,10 +183,12 @@ class Stack:
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
 
-    def seed_users(self, count: int, *, credits: str) -> list[dict]:
+    def seed_users(self, count: int, *, credits: str, counting: str = "bytes", history: int = 0) -> list[dict]:
         """`count` users, each with credits, an API key and a session on the `bench`
-        alias (a `local` model): [{"key", "session"}]."""
-        return json.loads(self.manage("shell", "-c", SEED_USERS.format(count=count, credits=credits)).splitlines()[-1])
+        alias (a `local` model counted by `counting`) holding `history` finished
+        messages of about 300 characters: [{"key", "session"}]."""
+        code = SEED_USERS.format(count=count, credits=credits, counting=counting, history=history)
+        return json.loads(self.manage("shell", "-c", code).splitlines()[-1])
 
     def manage(self, *command: str) -> str:
         done = subprocess.run(

@@ -58,6 +58,14 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--words", type=int, default=0, help="extra words in each question (the echo streams 4 words a piece)"
     )
+    parser.add_argument(
+        "--history", type=int, default=200,
+        help="finished messages in each session before the run (default 200: the history a context counts)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--counting", default="bytes", choices=("bytes", "o200k_base", "cl100k_base"),
+        help="the alias's counting rule (chat.llm.counting; default bytes, the default of a price)",
+    )  # fmt: skip
     parser.add_argument("--pg", default=os.environ.get("BENCH_PG_URL", "postgres://postgres@127.0.0.1:5432"))
     parser.add_argument("--redis", default=os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/2"))
     parser.add_argument("--keep", action="store_true", help="keep the benchmark database afterwards")
@@ -199,7 +207,7 @@ def main() -> None:
     try:
         database_create(args.pg, BENCH_DB, stack.env, fresh=args.fresh)
         stack.manage("shell", "-c", "from bench.views import ensure_table; ensure_table()")
-        seeds = stack.seed_users(args.clients, credits="5000")
+        seeds = stack.seed_users(args.clients, credits="5000", counting=args.counting, history=args.history)
         stack.start(("web", "worker"))
         clients = [Client(stack.port, seed["key"], seed["session"], args.words) for seed in seeds]
         print(f"load average before the run: {' '.join(f'{x:.2f}' for x in os.getloadavg())} on {os.cpu_count()} CPUs")

@@ -18,8 +18,9 @@ providers add once tools are offered (Anthropic's are up to ~350 tokens). The
 framing figures are generous on purpose: this count is what a hold reserves and
 what a call that reports no usage is billed, so it must never fall short.
 
-Cost (bench/counting.py, this 2-core machine): `bytes` about 0.2 us per KB of
-prompt; a tiktoken rule about 60 us per KB.
+Cost (bench/counting.py, one core of this 2-core machine): `bytes` about 2 us per
+KB of prompt (0.2 ms for a 200-message, 89 KB history); `o200k_base` about 57 us per
+KB (5 ms), `cl100k_base` about 95 us per KB (8 ms).
 """
 
 import base64
