@@ -9,15 +9,42 @@ answers `default` (a plain reply):
     server.script(Reply(tool_calls=[ToolUse("web_search", {"query": "x"})]))
     server.script(Stall(5.0))                 # answer nothing for 5 s (client timeouts)
     server.script(CutStream(text="half a"))   # stream some text, then end without finishing
+    server.script(Reply(input_tokens=2000, cached_input_tokens=1800, output_tokens=300,
+                        reasoning_tokens=200, reasoning="Let me think."))  # token classes, thinking
 
 Each response is rendered plain or as a stream (server-sent events) according to
 the request's `"stream"`. A reply honours the request's stop sequences as the real
 APIs do (OpenAI `stop`, Anthropic `stop_sequences`): the text ends before the first
 one found, and the finish is a normal stop (Anthropic: `stop_sequence`). Every request is kept in `server.requests` (path, headers,
 JSON body) so a test can check what the SDK sent (tools, tool results, keys).
+
+Usage is reported in each API's own shape, as the pinned SDKs type it (openai 3.52:
+`CompletionUsage`; anthropic 2.11: `Usage`, `MessageDeltaUsage`), in every token class
+a reply sets. A `Reply` counts the way Parley's LLMResult does, the same for both
+fakes: `input_tokens` is all input, of it `cached_input_tokens` and
+`cache_write_tokens`; `output_tokens` is all output, of it `reasoning_tokens`.
+
+- OpenAI: `prompt_tokens` (all input) with `prompt_tokens_details.cached_tokens` and
+  `.cache_write_tokens` (OpenRouter reports it there), `completion_tokens` (all
+  output) with `completion_tokens_details.reasoning_tokens`; the details objects are
+  sent once a reply has a class set. Streamed, with `stream_options.include_usage`,
+  every chunk has `"usage": null` but the last, which has no choices and the usage
+  (`continuous_usage`: every chunk has the usage so far, as vLLM's
+  `continuous_usage_stats`). Reasoning text streams, before the content, as
+  `delta.reasoning_content` (vLLM, DeepSeek) or `delta.reasoning` (OpenRouter,
+  `reasoning_field="reasoning"`); a plain answer carries it on the message.
+- Anthropic: `input_tokens` is the uncached input only, beside
+  `cache_read_input_tokens`, `cache_creation_input_tokens` (and its `cache_creation`
+  breakdown), `output_tokens` (all output) and `output_tokens_details.thinking_tokens`.
+  Streamed: `message_start` carries the input and 1 output token, a `ping`, the
+  thinking block (`content_block_start` of type `thinking`, `thinking_delta` pieces,
+  a `signature_delta`, `content_block_stop`) before the text, and `message_delta`
+  the cumulative output (`cumulative_delta_usage`: the input counts again too, as
+  the current API sends them).
 """
 
 import json
+import math
 import threading
 import time
 from collections import deque
@@ -47,9 +74,30 @@ class Reply:
     finish_reason: str | None = None
     # The stop sequence that ended the text (set by the server from the request).
     stop_sequence: str | None = None
-    # Streaming: characters per text chunk and a pause between chunks.
+    # Streaming: characters per text (and reasoning) chunk and a pause between chunks.
     chunk_chars: int = 4
     chunk_delay: float = 0.0
+    # Token classes (module docstring): parts of input_tokens and of output_tokens.
+    cached_input_tokens: int = 0
+    cache_write_tokens: int = 0
+    reasoning_tokens: int = 0
+    # The model's reasoning, produced before the text (thinking; not the reply).
+    reasoning: str = ""
+    # OpenAI-compatible: the delta / message field it comes in ("reasoning_content":
+    # vLLM, DeepSeek; "reasoning": OpenRouter).
+    reasoning_field: str = "reasoning_content"
+    # OpenAI: usage on every streamed chunk, counting what was sent so far.
+    continuous_usage: bool = False
+    # Anthropic: message_delta repeats the input counts (cumulative), not only output.
+    cumulative_delta_usage: bool = False
+
+    @property
+    def uncached_input_tokens(self) -> int:
+        return self.input_tokens - self.cached_input_tokens - self.cache_write_tokens
+
+    @property
+    def has_classes(self) -> bool:
+        return bool(self.cached_input_tokens or self.cache_write_tokens or self.reasoning_tokens)
 
 
 @dataclass
@@ -70,9 +118,14 @@ class Stall:
 
 @dataclass
 class CutStream:
-    """Stream `text`, then end the response without the provider's end-of-reply events."""
+    """Stream `reasoning` then `text`, then end the response without the provider's
+    end-of-reply events (and without usage, where the API sends it last)."""
 
     text: str = "This reply is cut"
+    reasoning: str = ""
+    reasoning_field: str = "reasoning_content"
+    # OpenAI: usage so far on every chunk (Reply.continuous_usage), the cut all the same.
+    continuous_usage: bool = False
 
 
 @dataclass
@@ -237,6 +290,15 @@ class FakeLLMServer:
         raise NotImplementedError
 
 
+def _share(total: int, done: int, count: int) -> int:
+    """Of `total` tokens spread over `count` pieces, those of the first `done`."""
+    return math.ceil(total * done / count) if count else total
+
+
+# What Anthropic sends to verify a thinking block (opaque to clients).
+THINKING_SIGNATURE = "EqQBCgIYAhIM1gbcDa9GJwZA2b3hGgxBdjrkzLoky3dl1pkiMOYds"
+
+
 class FakeOpenAIServer(FakeLLMServer):
     """POST /v1/chat/completions, as OpenAI and compatible servers answer it."""
 
@@ -273,15 +335,42 @@ class FakeOpenAIServer(FakeLLMServer):
     def _finish(reply: Reply) -> str:
         return reply.finish_reason or ("tool_calls" if reply.tool_calls else "stop")
 
-    def _usage(self, reply: Reply) -> dict:
-        return {
+    def _usage(self, reply: Reply, *, output_tokens: int | None = None, reasoning_tokens: int | None = None) -> dict:
+        """`CompletionUsage`: all input and all output, with the details objects
+        (OpenAI's fields, and OpenRouter's `cache_write_tokens`) once a class is set."""
+        output = reply.output_tokens if output_tokens is None else output_tokens
+        usage: dict[str, Any] = {
             "prompt_tokens": reply.input_tokens,
-            "completion_tokens": reply.output_tokens,
-            "total_tokens": reply.input_tokens + reply.output_tokens,
+            "completion_tokens": output,
+            "total_tokens": reply.input_tokens + output,
         }
+        if reply.has_classes:
+            usage["prompt_tokens_details"] = {
+                "cached_tokens": reply.cached_input_tokens,
+                "cache_write_tokens": reply.cache_write_tokens,
+                "audio_tokens": 0,
+            }
+            usage["completion_tokens_details"] = {
+                "reasoning_tokens": reply.reasoning_tokens if reasoning_tokens is None else reasoning_tokens,
+                "audio_tokens": 0,
+                "accepted_prediction_tokens": 0,
+                "rejected_prediction_tokens": 0,
+            }
+        return usage
+
+    @staticmethod
+    def _reasoning_delta(field_name: str, piece: str) -> dict:
+        # DeepSeek and vLLM send `content: null` beside the reasoning; OpenRouter
+        # adds its structured `reasoning_details` to `reasoning`.
+        delta: dict[str, Any] = {"content": None, field_name: piece}
+        if field_name == "reasoning":
+            delta["reasoning_details"] = [{"type": "reasoning.text", "text": piece, "format": "unknown", "index": 0}]
+        return delta
 
     def _plain_body(self, reply: Reply, request: dict) -> dict:
-        message: dict[str, Any] = {"role": "assistant", "content": reply.text or None}
+        message: dict[str, Any] = {"role": "assistant", "content": reply.text or None, "refusal": None}
+        if reply.reasoning:
+            message[reply.reasoning_field] = reply.reasoning
         if reply.tool_calls:
             message["tool_calls"] = self._calls(reply)
         body = {
@@ -297,6 +386,20 @@ class FakeOpenAIServer(FakeLLMServer):
 
     def _stream_events(self, response: Any, request: dict) -> Any:
         model = request.get("model", "fake")
+        cut = isinstance(response, CutStream)
+        reply: Reply = (
+            Reply(
+                text=response.text,
+                reasoning=response.reasoning,
+                reasoning_field=response.reasoning_field,
+                continuous_usage=response.continuous_usage,
+            )
+            if cut
+            else response
+        )
+        asked = bool((request.get("stream_options") or {}).get("include_usage"))
+        # Asked for usage, OpenAI puts `"usage": null` on every chunk but the last.
+        null_usage = asked and reply.include_usage
 
         def chunk(choices: list, usage: dict | None = None) -> str:
             data = {
@@ -304,35 +407,49 @@ class FakeOpenAIServer(FakeLLMServer):
                 "object": "chat.completion.chunk",
                 "created": int(time.time()),
                 "model": model,
+                "system_fingerprint": "fp_fake",
                 "choices": choices,
             }
-            if usage is not None:
+            if usage is not None or null_usage:
                 data["usage"] = usage
             return f"data: {json.dumps(data)}\n\n"
 
         def delta(content: dict, finish: str | None = None) -> list:
-            return [{"index": 0, "delta": content, "finish_reason": finish}]
+            return [{"index": 0, "delta": content, "finish_reason": finish, "logprobs": None}]
 
-        if isinstance(response, CutStream):
-            yield chunk(delta({"role": "assistant", "content": ""}))
-            for piece in self._pieces(response.text, 4):
-                yield chunk(delta({"content": piece}))
-            return
-        reply: Reply = response
-        yield chunk(delta({"role": "assistant", "content": ""}))
-        for piece in self._pieces(reply.text, reply.chunk_chars):
+        def so_far(output: int, reasoning: int) -> dict | None:
+            # vLLM's continuous_usage_stats: each chunk counts what was produced so far.
+            if not (reply.continuous_usage and reply.include_usage):
+                return None
+            return self._usage(reply, output_tokens=output, reasoning_tokens=reasoning)
+
+        thoughts = self._pieces(reply.reasoning, reply.chunk_chars)
+        pieces = self._pieces(reply.text, reply.chunk_chars)
+        yield chunk(delta({"role": "assistant", "content": ""}), so_far(0, 0))
+        for n, piece in enumerate(thoughts, start=1):
             if reply.chunk_delay:
                 yield reply.chunk_delay
-            yield chunk(delta({"content": piece}))
+            thought = _share(reply.reasoning_tokens, n, len(thoughts))
+            yield chunk(delta(self._reasoning_delta(reply.reasoning_field, piece)), so_far(thought, thought))
+        answer = reply.output_tokens - reply.reasoning_tokens
+        for n, piece in enumerate(pieces, start=1):
+            if reply.chunk_delay:
+                yield reply.chunk_delay
+            output = reply.reasoning_tokens + _share(answer, n, len(pieces))
+            yield chunk(delta({"content": piece}), so_far(output, reply.reasoning_tokens))
+        if cut:
+            return
+        full = so_far(reply.output_tokens, reply.reasoning_tokens)
         for index, call in enumerate(self._calls(reply)):
             arguments = call["function"]["arguments"]
             # Like the real API: id and name first, then the arguments in pieces.
             yield chunk(delta({"tool_calls": [{"index": index, "id": call["id"], "type": "function",
-                                               "function": {"name": call["function"]["name"], "arguments": ""}}]}))  # fmt: skip
+                                               "function": {"name": call["function"]["name"], "arguments": ""}}]}),
+                        full)  # fmt: skip
             for piece in self._pieces(arguments, 5):
-                yield chunk(delta({"tool_calls": [{"index": index, "function": {"arguments": piece}}]}))
-        yield chunk(delta({}, self._finish(reply)))
-        if reply.include_usage and (request.get("stream_options") or {}).get("include_usage"):
+                yield chunk(delta({"tool_calls": [{"index": index, "function": {"arguments": piece}}]}), full)
+        yield chunk(delta({}, self._finish(reply)), full)
+        if reply.include_usage and asked:
             yield chunk([], self._usage(reply))
         yield "data: [DONE]\n\n"
 
@@ -365,12 +482,46 @@ class FakeAnthropicServer(FakeLLMServer):
 
     @staticmethod
     def _blocks(reply: Reply) -> list[dict]:
-        blocks: list[dict] = [{"type": "text", "text": reply.text}] if reply.text else []
+        blocks: list[dict] = []
+        if reply.reasoning:
+            blocks.append({"type": "thinking", "thinking": reply.reasoning, "signature": THINKING_SIGNATURE})
+        if reply.text:
+            blocks.append({"type": "text", "text": reply.text})
         blocks += [
             {"type": "tool_use", "id": call.id or f"toolu_{n}", "name": call.name, "input": call.arguments}
             for n, call in enumerate(reply.tool_calls, start=1)
         ]
         return blocks
+
+    @staticmethod
+    def _input_usage(reply: Reply) -> dict:
+        # Anthropic's input_tokens leaves out what was read from or written to the cache.
+        return {
+            "input_tokens": reply.uncached_input_tokens,
+            "cache_creation_input_tokens": reply.cache_write_tokens,
+            "cache_read_input_tokens": reply.cached_input_tokens,
+        }
+
+    def _usage(self, reply: Reply, *, started: bool = False) -> dict:
+        """`Usage` of a plain answer, or of `message_start` (`started`: one output
+        token so far, no output details yet)."""
+        usage = {
+            **self._input_usage(reply),
+            "cache_creation": {"ephemeral_5m_input_tokens": reply.cache_write_tokens, "ephemeral_1h_input_tokens": 0},
+            "output_tokens": 1 if started else reply.output_tokens,
+            "service_tier": "standard",
+        }
+        if reply.reasoning_tokens and not started:
+            usage["output_tokens_details"] = {"thinking_tokens": reply.reasoning_tokens}
+        return usage
+
+    def _delta_usage(self, reply: Reply) -> dict:
+        """`MessageDeltaUsage`: cumulative output (and input, when the reply says so)."""
+        usage: dict[str, Any] = self._input_usage(reply) if reply.cumulative_delta_usage else {}
+        usage["output_tokens"] = reply.output_tokens
+        if reply.reasoning_tokens:
+            usage["output_tokens_details"] = {"thinking_tokens": reply.reasoning_tokens}
+        return usage
 
     def _plain_body(self, reply: Reply, request: dict) -> dict:
         return {
@@ -381,8 +532,7 @@ class FakeAnthropicServer(FakeLLMServer):
             "content": self._blocks(reply),
             "stop_reason": self._stop(reply),
             "stop_sequence": reply.stop_sequence,
-            "usage": {"input_tokens": reply.input_tokens if reply.include_usage else 0,
-                      "output_tokens": reply.output_tokens if reply.include_usage else 0},
+            "usage": self._usage(reply) if reply.include_usage else {"input_tokens": 0, "output_tokens": 0},
         }  # fmt: skip
 
     @staticmethod
@@ -391,29 +541,39 @@ class FakeAnthropicServer(FakeLLMServer):
 
     def _stream_events(self, response: Any, request: dict) -> Any:
         ev = self._event
-        reply = response if isinstance(response, Reply) else Reply(text=response.text)
+        cut = isinstance(response, CutStream)
+        reply = Reply(text=response.text, reasoning=response.reasoning) if cut else response
         message = {
             "id": "msg_fake", "type": "message", "role": "assistant", "model": request.get("model", "fake"),
-            "content": [], "stop_reason": None, "stop_sequence": None,
-            "usage": {"input_tokens": reply.input_tokens, "output_tokens": 1},
+            "content": [], "stop_reason": None, "stop_sequence": None, "usage": self._usage(reply, started=True),
         }  # fmt: skip
         yield ev("message_start", {"message": message})
-        for index, block in enumerate(self._blocks(reply)):
-            if block["type"] == "text":
-                yield ev("content_block_start", {"index": index, "content_block": {"type": "text", "text": ""}})
-                for piece in self._pieces(block["text"], reply.chunk_chars):
+        yield ev("ping", {})
+        blocks = self._blocks(reply)
+        for index, block in enumerate(blocks):
+            if block["type"] in ("text", "thinking"):
+                kind = block["type"]
+                empty = {"type": "thinking", "thinking": "", "signature": ""} if kind == "thinking" else {"type": "text", "text": ""}  # fmt: skip
+                yield ev("content_block_start", {"index": index, "content_block": empty})
+                for piece in self._pieces(block[kind], reply.chunk_chars):
                     if reply.chunk_delay:
                         yield reply.chunk_delay
-                    yield ev("content_block_delta", {"index": index, "delta": {"type": "text_delta", "text": piece}})
+                    yield ev("content_block_delta", {"index": index, "delta": {"type": f"{kind}_delta", kind: piece}})
             else:
                 start = {**block, "input": {}}
                 yield ev("content_block_start", {"index": index, "content_block": start})
                 for piece in self._pieces(json.dumps(block["input"]), 5):
                     yield ev("content_block_delta",
                              {"index": index, "delta": {"type": "input_json_delta", "partial_json": piece}})  # fmt: skip
-            if isinstance(response, CutStream):
-                return
+            if cut and index == len(blocks) - 1:
+                return  # cut in the last block: no stop events, no final usage
+            if block["type"] == "thinking":
+                # The signature comes just before the thinking block's stop.
+                yield ev("content_block_delta",
+                         {"index": index, "delta": {"type": "signature_delta", "signature": block["signature"]}})  # fmt: skip
             yield ev("content_block_stop", {"index": index})
+        if cut:
+            return
         yield ev("message_delta", {"delta": {"stop_reason": self._stop(reply), "stop_sequence": reply.stop_sequence},
-                                   "usage": {"output_tokens": reply.output_tokens}})  # fmt: skip
+                                   "usage": self._delta_usage(reply)})  # fmt: skip
         yield ev("message_stop", {})
