@@ -8,8 +8,8 @@ message (consecutive same-role messages are merged, as the API expects).
 Streaming reads usage from `message_start` (input) and `message_delta` (output,
 cumulative). Usage keeps the classes Anthropic bills apart: `input_tokens` (not
 cached), `cache_read_input_tokens` (about 0.1x) and `cache_creation_input_tokens`
-(about 1.25x) are, together, the call's input; `output_tokens` includes thinking
-(Anthropic does not report it apart). Thinking streamed as `thinking_delta` is not
+(about 1.25x) are, together, the call's input; `output_tokens` includes thinking,
+which `output_tokens_details.thinking_tokens` reports apart (reasoning tokens). Thinking streamed as `thinking_delta` is not
 shown, but a Stop ends the stream there too, and it is counted when a stream stops
 before its usage is complete. Retries on 408/409/429/5xx are the SDK's own (LLM_MAX_RETRIES).
 CallOptions translate: stop -> `stop_sequences` (a `stop_sequence` stop is a normal
@@ -120,6 +120,7 @@ def usage_fields(usage: Any) -> dict[str, int]:
         "cached_input_tokens": cached,
         "cache_write_tokens": written,
         "output_tokens": _tokens(usage, "output_tokens"),
+        "reasoning_tokens": _tokens(getattr(usage, "output_tokens_details", None), "thinking_tokens"),
     }
 
 

@@ -153,20 +153,24 @@ class OpenAIProvider:
             if getattr(call, "function", None) is not None
         )
         finish = FINISH_REASONS.get((choice.finish_reason if choice else None) or "", "stop")
-        return _with_usage(text, calls, finish, response.usage)
+        reasoning = _reasoning_piece(choice.message) if choice else ""
+        return replace(_with_usage(text, calls, finish, response.usage), reasoning_text=reasoning)
 
     def _stream(self, params: dict[str, Any], on_delta: DeltaCallback) -> LLMResult:
         text: list[str] = []
         reasoning: list[str] = []
         pending: dict[int, dict[str, Any]] = {}
         usage = None
+        # The final usage chunk has no choices; a server may also report usage so far
+        # on every chunk (vLLM's continuous_usage_stats), which ends nothing.
+        final_usage = False
         finish = ""
         try:
             stream = client().chat.completions.create(**params, stream=True, stream_options={"include_usage": True})
             with stream:
                 for chunk in stream:
                     if chunk.usage is not None:
-                        usage = chunk.usage
+                        usage, final_usage = chunk.usage, not chunk.choices
                     for choice in chunk.choices or []:
                         delta = choice.delta
                         for piece in (delta.tool_calls if delta is not None else None) or []:
@@ -191,8 +195,8 @@ class OpenAIProvider:
                 raise
             # Cut off after output: the provider bills what it sent, and so do we.
             return self._partial(text, reasoning, pending, usage, readable_error(exc, provider=self.name).message)
-        if not finish and usage is None:
-            # The body ended without a finish reason or usage: the reply was cut off.
+        if not finish and not final_usage:
+            # The body ended without a finish reason or its usage: the reply was cut off.
             why = f"The {self.name} provider's stream ended before the reply was complete."
             if text or pending or reasoning:
                 return self._partial(text, reasoning, pending, usage, why)

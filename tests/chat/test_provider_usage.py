@@ -106,11 +106,6 @@ def test_openai_stream_without_usage_keeps_the_reasoning_for_the_count(fake_open
     assert result.reasoning_text == REASONING  # metered: counted as output when usage is missing
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Bug: OpenAIProvider._plain ignores the reasoning a compatible server puts on the message "
-    "(message.reasoning_content / message.reasoning): with no usage reported it is never counted.",
-)
 @pytest.mark.parametrize("field_name", ["reasoning_content", "reasoning"])
 def test_openai_plain_answer_without_usage_keeps_the_reasoning_for_the_count(fake_openai, field_name):
     fake_openai.script(Reply(text=ANSWER, reasoning=REASONING, reasoning_field=field_name, include_usage=False))
@@ -159,12 +154,6 @@ def test_openai_stream_cut_while_thinking_is_partial_not_an_error(fake_openai):
     assert (result.text, result.reasoning_text, result.usage_reported) == ("", REASONING, False)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Bug: OpenAIProvider._stream takes a body without a finish reason for a complete reply once any "
-    "chunk carried usage (`if not finish and usage is None`): a cut stream of a server that reports usage on "
-    "every chunk is not partial.",
-)
 def test_openai_stream_cut_after_usage_so_far_is_still_partial(fake_openai):
     fake_openai.script(CutStream("half a reply", continuous_usage=True))
     result = provider_for("openai").complete(
@@ -195,11 +184,6 @@ def test_anthropic_usage_is_read_in_every_input_class(fake_anthropic, stream, cu
         assert result.reasoning_text == REASONING
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Bug: anthropic_provider.usage_fields does not read usage.output_tokens_details.thinking_tokens "
-    "(anthropic 2.11 Usage and MessageDeltaUsage): reasoning_tokens stays 0.",
-)
 @pytest.mark.parametrize("stream", [False, True], ids=["plain", "streaming"])
 def test_anthropic_thinking_tokens_are_the_reasoning_tokens(fake_anthropic, stream):
     fake_anthropic.script(Reply(text=ANSWER, reasoning=REASONING, **CLASSES))
@@ -343,7 +327,6 @@ def test_a_turn_stores_every_class_and_prices_each_at_its_own_rate(
         assert "".join(data["text"] for event, data in published if event == "delta") == ANSWER
 
 
-@pytest.mark.xfail(strict=True, reason="Bug: anthropic_provider.usage_fields does not read thinking_tokens.")
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.parametrize("stream", [False, True], ids=["plain", "streaming"])
 def test_an_anthropic_turn_stores_its_thinking_tokens_as_reasoning(

@@ -5,15 +5,17 @@ import json
 
 import pytest
 
+from billing.models import ModelPrice
+from chat.engine.metering import metered_usage
 from chat.llm import (
     STOPPED_BY_OWNER,
     ChatMessage,
     ProviderError,
     StopRequested,
     ToolCallRequest,
-    estimate_prompt_tokens,
     provider_for,
 )
+from chat.llm.counting import count_prompt
 from tests.fakes.llm_servers import CutStream, Error, Reply, Stall, ToolUse
 
 TOOLS = [
@@ -33,6 +35,12 @@ CONVERSATION = [
     ),  # fmt: skip
     ChatMessage(role="tool", content="Parley is a chat service.", tool_call_id="call_9", name="web_search"),
 ]
+
+
+def metered(result, *, counted_input: int) -> tuple[int, int]:  # noqa: ANN001
+    """(input, output) tokens the metering bills for `result` on a `bytes` price."""
+    usage = metered_usage(price=ModelPrice(alias="t", counting="bytes"), result=result, counted_input=counted_input)
+    return usage.input_tokens, usage.output_tokens
 
 
 def collect() -> tuple[list[str], callable]:
@@ -200,9 +208,10 @@ def test_openai_a_stream_cut_after_output_is_a_partial_reply_billed_by_its_text(
     )
     assert "".join(pieces) == result.text == "half a rep"
     assert "stream ended before the reply was complete" in result.partial
-    # No usage came (OpenAI sends it last): counted as the hold counts.
-    assert (result.input_tokens, result.output_tokens) == (estimate_prompt_tokens(CONVERSATION[:2]), 3)
+    # No usage came (OpenAI sends it last): the metering counts as the hold counts.
+    assert (result.input_tokens, result.output_tokens, result.usage_reported) == (0, 0, False)
     assert not result.tool_calls
+    assert metered(result, counted_input=40) == (40, len("half a rep"))
 
 
 def test_openai_a_stream_cut_before_any_output_is_an_error(fake_openai):
@@ -227,18 +236,19 @@ def test_openai_stop_requested_ends_the_stream_with_what_came(fake_openai):
     )
     assert result.partial == STOPPED_BY_OWNER
     assert result.text == "one two thre"  # the piece that arrived with the Stop is kept
-    assert result.output_tokens == 3
+    assert (result.output_tokens, result.usage_reported) == (0, False)
+    assert metered(result, counted_input=40) == (40, len("one two thre"))
 
 
-def test_openai_server_without_usage_is_still_metered_by_estimate(fake_openai):
+def test_openai_server_without_usage_is_still_metered_by_its_count(fake_openai):
     fake_openai.script(Reply(text="12345678", include_usage=False))
+    messages = [ChatMessage(role="user", content="abcd")]
     result = provider_for("openai").complete(
-        model="gpt-test",
-        messages=[ChatMessage(role="user", content="abcd")],
-        max_output_tokens=16,
-        on_delta=collect()[1],
+        model="gpt-test", messages=messages, max_output_tokens=16, on_delta=collect()[1]
     )
-    assert (result.input_tokens, result.output_tokens, result.usage_reported) == (4 + 1, 2, False)
+    assert (result.input_tokens, result.output_tokens, result.usage_reported) == (0, 0, False)
+    # Billed on the count of the price's rule (bytes): the prompt framed, the reply's bytes.
+    assert metered(result, counted_input=count_prompt(messages, "bytes")) == (8 + 8 + 4, 8)
 
 
 # --- anthropic ----------------------------------------------------------------------
@@ -311,7 +321,8 @@ def test_anthropic_a_stream_cut_after_output_is_billed_at_the_usage_so_far(fake_
     assert result.text == "partial reply here"
     assert "stream ended before the reply was complete" in result.partial
     # message_start reported the input (11) and 1 output token: the text counts more.
-    assert (result.input_tokens, result.output_tokens) == (11, 5)
+    assert (result.input_tokens, result.output_tokens, result.usage_reported) == (11, 1, True)
+    assert metered(result, counted_input=40) == (11, len("partial reply here"))
 
 
 def test_anthropic_stop_requested_ends_the_stream_with_what_came(fake_anthropic):
@@ -324,7 +335,13 @@ def test_anthropic_stop_requested_ends_the_stream_with_what_came(fake_anthropic)
     result = provider_for("anthropic").complete(
         model="claude-test", messages=CONVERSATION[:2], max_output_tokens=16, on_delta=on_delta
     )
-    assert (result.partial, result.text, result.input_tokens, result.output_tokens) == (STOPPED_BY_OWNER, "abcdefgh", 11, 2)
+    assert (result.partial, result.text, result.input_tokens, result.output_tokens) == (
+        STOPPED_BY_OWNER,
+        "abcdefgh",
+        11,
+        1,
+    )
+    assert metered(result, counted_input=40) == (11, 8)
 
 
 def test_unknown_provider_is_a_provider_error():
