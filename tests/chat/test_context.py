@@ -6,7 +6,7 @@ import pytest
 from chat.engine.context import context_build, input_budget
 from chat.llm.counting import MESSAGE_FRAMING_TOKENS, REPLY_FRAMING_TOKENS
 from chat.models import Message, Turn
-from tests.chat.conftest import local_tokens, make_price
+from tests.chat.conftest import make_price
 
 pytestmark = pytest.mark.django_db
 
