@@ -1,10 +1,14 @@
 """The usage summary as one CSV table (API, admin page and `usage_report --csv`):
 
-section,key,email,calls,input_tokens,output_tokens,credits
-total,,,12,3400,560,1.2345
+section,key,email,calls,input_tokens,cached_input_tokens,cache_write_tokens,output_tokens,reasoning_tokens,credits
+total,,,12,3400,1200,0,560,128,1.2345
 model,fast,,...
 user,7,ann@example.com,...
 bucket,2025-01-06,,...
+source,chat,,...
+
+(cached_input_tokens and cache_write_tokens are part of input_tokens, reasoning_tokens
+part of output_tokens.)
 """
 
 import csv
@@ -13,8 +17,9 @@ import io
 from django.http import HttpResponse
 
 from billing.money import format_usage
+from reporting.selectors import FIGURES, TOKENS
 
-HEADER = ["section", "key", "email", "calls", "input_tokens", "output_tokens", "credits"]
+HEADER = ["section", "key", "email", *FIGURES]
 # A cell starting with one of these is a formula in spreadsheet programs (CSV injection).
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
@@ -30,8 +35,7 @@ def _row(section: str, key: object, email: object, figures: dict) -> list[str]:
         _text(key),
         _text(email),
         str(figures["calls"]),
-        str(figures["input_tokens"]),
-        str(figures["output_tokens"]),
+        *(str(figures[name]) for name in TOKENS),
         format_usage(figures["credits"]),
     ]
 

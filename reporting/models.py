@@ -15,15 +15,21 @@ class UsageDaily(models.Model):
     model_alias = models.CharField(max_length=64)
     source = models.CharField(max_length=16, default="chat")
     calls = models.PositiveIntegerField(default=0)
+    # The token classes of chat.LLMCall, summed: cached and cache-write tokens are part
+    # of input_tokens, reasoning tokens part of output_tokens.
     input_tokens = models.BigIntegerField(default=0)
+    cached_input_tokens = models.BigIntegerField(default=0)
+    cache_write_tokens = models.BigIntegerField(default=0)
     output_tokens = models.BigIntegerField(default=0)
+    reasoning_tokens = models.BigIntegerField(default=0)
     credits = models.DecimalField(max_digits=20, decimal_places=4, default=Decimal("0"))
 
     class Meta:
         verbose_name = "daily usage rollup"
         constraints = [
             models.UniqueConstraint(
-                fields=["day", "user", "model_alias", "source"], name="reporting_usagedaily_day_user_alias_source_unique"
+                fields=["day", "user", "model_alias", "source"],
+                name="reporting_usagedaily_day_user_alias_source_unique",
             ),
         ]
         indexes = [

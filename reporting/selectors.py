@@ -23,7 +23,11 @@ from reporting.models import UsageDaily
 
 Bucket = Literal["day", "week", "month"]
 BUCKETS: tuple[str, ...] = ("day", "week", "month")
-FIGURES = ("calls", "input_tokens", "output_tokens", "credits")
+# The figures of every summary row, in the order the CSV and the tables show them.
+# Token classes are parts, not extra tokens: cached and cache-write tokens are
+# counted in input_tokens, reasoning tokens in output_tokens (chat.models.LLMCall).
+TOKENS = ("input_tokens", "cached_input_tokens", "cache_write_tokens", "output_tokens", "reasoning_tokens")
+FIGURES = ("calls", *TOKENS, "credits")
 
 
 # Where the calls came from: the chat API or the OpenAI-compatible endpoint
@@ -42,14 +46,13 @@ class UsageFilters:
 
 
 def zero_figures() -> dict[str, Any]:
-    return {"calls": 0, "input_tokens": 0, "output_tokens": 0, "credits": Decimal("0")}
+    return {"calls": 0, **dict.fromkeys(TOKENS, 0), "credits": Decimal("0")}
 
 
 def _figures(row: dict) -> dict[str, Any]:
     return {
         "calls": int(row["calls"]),
-        "input_tokens": int(row["input_tokens"]),
-        "output_tokens": int(row["output_tokens"]),
+        **{name: int(row[name]) for name in TOKENS},
         "credits": Decimal(row["credits"]),
     }
 
@@ -119,12 +122,7 @@ def usage_summary(
     if to_date is not None:
         rows = rows.filter(day__lte=to_date)
     bucket_expr = {"day": F("day"), "week": TruncWeek("day"), "month": TruncMonth("day")}[bucket]
-    aggregates = {
-        "calls": Sum("calls"),
-        "input_tokens": Sum("input_tokens"),
-        "output_tokens": Sum("output_tokens"),
-        "credits": Sum("credits"),
-    }
+    aggregates = {"calls": Sum("calls"), **{name: Sum(name) for name in TOKENS}, "credits": Sum("credits")}
     return _summarize(rows, aggregates=aggregates, bucket_expr=bucket_expr, filters=filters)
 
 
@@ -161,10 +159,5 @@ def usage_summary_from_calls(
         "week": TruncWeek("created_at", tzinfo=UTC, output_field=DateField()),
         "month": TruncMonth("created_at", tzinfo=UTC, output_field=DateField()),
     }[bucket]
-    aggregates = {
-        "calls": Count("id"),
-        "input_tokens": Sum("input_tokens"),
-        "output_tokens": Sum("output_tokens"),
-        "credits": Sum("credits_burned"),
-    }
+    aggregates = {"calls": Count("id"), **{name: Sum(name) for name in TOKENS}, "credits": Sum("credits_burned")}
     return _summarize(rows, aggregates=aggregates, bucket_expr=bucket_expr, filters=filters)

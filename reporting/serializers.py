@@ -17,7 +17,9 @@ class UsageQuerySerializer(serializers.Serializer):
     to_date = serializers.DateField(required=False, help_text="Last UTC day included (YYYY-MM-DD).")
     bucket = serializers.ChoiceField(choices=BUCKETS, default="day", help_text="Size of the by_bucket rows.")
     source = serializers.ChoiceField(
-        choices=SOURCES, required=False, help_text="Only calls of the chat API (chat) or the OpenAI-compatible /v1 (openai)."
+        choices=SOURCES,
+        required=False,
+        help_text="Only calls of the chat API (chat) or the OpenAI-compatible /v1 (openai).",
     )
     format = serializers.ChoiceField(choices=["json", "csv"], default="json", help_text="csv: a CSV attachment.")
 
@@ -43,8 +45,11 @@ class AdminUsageQuerySerializer(UsageQuerySerializer):
 
 class UsageFiguresSerializer(serializers.Serializer):
     calls = serializers.IntegerField()
-    input_tokens = serializers.IntegerField()
-    output_tokens = serializers.IntegerField()
+    input_tokens = serializers.IntegerField(help_text="All input tokens, the cached and cache-write ones included.")
+    cached_input_tokens = serializers.IntegerField(help_text="Of input_tokens: read from the provider's cache.")
+    cache_write_tokens = serializers.IntegerField(help_text="Of input_tokens: written to the provider's cache.")
+    output_tokens = serializers.IntegerField(help_text="All output tokens, the reasoning ones included.")
+    reasoning_tokens = serializers.IntegerField(help_text="Of output_tokens: the model's reasoning (thinking).")
     credits = MoneyField(precision="usage", help_text="Credits burned, 4 decimal places.")
 
 

@@ -1,7 +1,7 @@
 """Writes of the usage rollups.
 
 Invariant: for every (UTC day, user, model alias, source), UsageDaily holds exactly
-the count and sums of the LLMCall rows of that key (the source is the call's
+the count and sums (each token class, credits) of the LLMCall rows of that key (the source is the call's
 session's: chat API or OpenAI-compatible endpoint). `usage_rollup_add` keeps it so inside the
 transaction that records the calls (chat's turn completion); `usage_rollups_rebuild`
 recomputes a date range from the raw calls.
@@ -19,6 +19,7 @@ from django.db import connection, transaction
 
 from chat.models import ChatSession, LLMCall, Turn
 from reporting.models import UsageDaily
+from reporting.selectors import TOKENS
 
 ROLLUP_TABLE = UsageDaily._meta.db_table
 CALL_TABLE = LLMCall._meta.db_table
@@ -38,22 +39,23 @@ def _utc_day_sql() -> str:
 def _insert_aggregated(*, where: str, params: list, additive: bool) -> int:
     """Aggregates the calls matching `where` into rollup rows. ORDER BY makes two
     transactions touching the same rollup rows lock them in the same order (no deadlock).
-    Only table names and our own fixed clauses are interpolated; values go in `params`."""
+    Only table names, column names and our own fixed clauses are interpolated; values
+    go in `params`."""
+    # Each token figure is the SUM of the LLMCall column of the same name; calls is
+    # COUNT(*), credits the SUM of credits_burned.
+    figures = ("calls", *TOKENS, "credits")
+    sums = ", ".join(f"SUM(c.{name})" for name in TOKENS)
     sql = (
-        f"INSERT INTO {ROLLUP_TABLE} (day, user_id, model_alias, source, calls, input_tokens, output_tokens, credits) "  # noqa: S608
-        f"SELECT {_utc_day_sql()}, c.user_id, c.model_alias, s.source, COUNT(*), SUM(c.input_tokens), "
-        f"SUM(c.output_tokens), SUM(c.credits_burned) FROM {CALL_TABLE} c "
+        f"INSERT INTO {ROLLUP_TABLE} (day, user_id, model_alias, source, {', '.join(figures)}) "  # noqa: S608
+        f"SELECT {_utc_day_sql()}, c.user_id, c.model_alias, s.source, COUNT(*), {sums}, "
+        f"SUM(c.credits_burned) FROM {CALL_TABLE} c "
         f"JOIN {TURN_TABLE} t ON t.id = c.turn_id JOIN {SESSION_TABLE} s ON s.id = t.session_id "
         f"WHERE {where} GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4"
     )
     if additive:
         # Increments, not overwrites: concurrent turns for the same row never lose an update.
-        sql += (
-            " ON CONFLICT (day, user_id, model_alias, source) DO UPDATE SET"
-            f" calls = {ROLLUP_TABLE}.calls + excluded.calls,"
-            f" input_tokens = {ROLLUP_TABLE}.input_tokens + excluded.input_tokens,"
-            f" output_tokens = {ROLLUP_TABLE}.output_tokens + excluded.output_tokens,"
-            f" credits = {ROLLUP_TABLE}.credits + excluded.credits"
+        sql += " ON CONFLICT (day, user_id, model_alias, source) DO UPDATE SET " + ", ".join(
+            f"{name} = {ROLLUP_TABLE}.{name} + excluded.{name}" for name in figures
         )
     with connection.cursor() as cursor:
         cursor.execute(sql, params)

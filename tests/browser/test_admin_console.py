@@ -50,7 +50,20 @@ def test_staff_grant_credits_then_read_and_download_usage(
     ModelPriceFactory(alias="smart", input_credits_per_mtok=Decimal("3000"), output_credits_per_mtok=Decimal("15000"))
     session = ChatSessionFactory(user=customer)
     record_turn(session=session, calls=[CallSpec("fast", datetime(2025, 1, 30, 9, tzinfo=UTC), 1000, 200)])  # 0.27
-    record_turn(session=session, calls=[CallSpec("fast", datetime(2025, 2, 2, 9, tzinfo=UTC), 333, 77)])  # 0.0962
+    record_turn(
+        session=session,
+        calls=[
+            CallSpec(
+                "fast",
+                datetime(2025, 2, 2, 9, tzinfo=UTC),
+                333,
+                77,
+                cached_input_tokens=300,
+                cache_write_tokens=33,
+                reasoning_tokens=70,
+            )
+        ],
+    )  # 0.0962 (no class prices: the classes cost what plain tokens do)
     record_turn(session=session, calls=[CallSpec("smart", datetime(2025, 2, 2, 10, tzinfo=UTC), 2000, 100)])  # 7.5
     record_turn(
         session=ChatSessionFactory(user=bystander), calls=[CallSpec("fast", datetime(2025, 2, 3, tzinfo=UTC), 50, 5)]
@@ -100,12 +113,18 @@ def test_staff_grant_credits_then_read_and_download_usage(
     expected = usage_summary_from_calls(
         user_id=customer.pk, model_alias="fast", from_date=date(2025, 1, 1), bucket="month"
     )
-    assert expected["totals"] == {"calls": 2, "input_tokens": 1333, "output_tokens": 277, "credits": Decimal("0.3662")}
+    assert expected["totals"] == {
+        "calls": 2, "input_tokens": 1333, "cached_input_tokens": 300, "cache_write_tokens": 33, "output_tokens": 277,
+        "reasoning_tokens": 70, "credits": Decimal("0.3662"),
+    }  # fmt: skip
     shown = {
         name: browser.find_element(By.CSS_SELECTOR, f"#usage-totals [data-figure={name}]").text
-        for name in ("calls", "input_tokens", "output_tokens", "credits")
+        for name in expected["totals"]
     }
-    assert shown == {"calls": "2", "input_tokens": "1333", "output_tokens": "277", "credits": "0.3662"}
+    assert shown == {
+        "calls": "2", "input_tokens": "1333", "cached_input_tokens": "300", "cache_write_tokens": "33",
+        "output_tokens": "277", "reasoning_tokens": "70", "credits": "0.3662",
+    }  # fmt: skip
     bars = browser.find_elements(By.CSS_SELECTOR, "#usage-chart rect.bar")
     assert [(bar.get_attribute("data-bucket"), bar.get_attribute("data-credits")) for bar in bars] == [
         ("2025-01-01", "0.2700"),

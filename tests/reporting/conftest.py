@@ -23,6 +23,9 @@ class Recorded:
     input_tokens: int
     output_tokens: int
     credits: Decimal
+    cached_input_tokens: int = 0
+    cache_write_tokens: int = 0
+    reasoning_tokens: int = 0
 
     @property
     def day(self) -> date:
@@ -83,12 +86,21 @@ def usage_data(db) -> dict:  # noqa: ANN001
             )
             recorded.append(
                 Recorded(
-                    user.pk, user.email, spec.alias, spec.at, spec.input_tokens, spec.output_tokens, usage_amount(cost)
+                    user.pk, user.email, spec.alias, spec.at, spec.input_tokens, spec.output_tokens, usage_amount(cost),
+                    spec.cached_input_tokens, spec.cache_write_tokens, spec.reasoning_tokens,
                 )
-            )
+            )  # fmt: skip
 
     def random_spec(at: datetime) -> CallSpec:
-        return CallSpec(rng.choice(list(prices)), at, rng.randint(0, 9000), rng.randint(0, 3000))
+        # Token classes as parts of the totals (the prices here have no class prices, so
+        # the cost above, all input at the input price, is what the call is charged).
+        tokens_in, tokens_out = rng.randint(0, 9000), rng.randint(0, 3000)
+        cached = rng.randint(0, tokens_in)
+        written = rng.randint(0, tokens_in - cached)
+        return CallSpec(
+            rng.choice(list(prices)), at, tokens_in, tokens_out,
+            cached_input_tokens=cached, cache_write_tokens=written, reasoning_tokens=rng.randint(0, tokens_out),
+        )  # fmt: skip
 
     for index in range(150):
         if index == 75:  # a price change: later "fast" calls are charged at the new price

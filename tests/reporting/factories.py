@@ -9,7 +9,8 @@ from datetime import datetime
 from django.db import transaction
 
 from billing.models import ModelPrice
-from billing.money import call_cost, ledger_amount, usage_amount
+from billing.money import ledger_amount, usage_amount
+from billing.pricing import TokenUsage, call_cost
 from chat.models import ChatSession, LLMCall
 from reporting.services import usage_rollup_add
 from tests.chat.factories import TurnFactory
@@ -22,6 +23,20 @@ class CallSpec:
     input_tokens: int
     output_tokens: int
     purpose: str = LLMCall.Purpose.REPLY
+    # Token classes: parts of input_tokens (cached, cache_write) and output_tokens (reasoning).
+    cached_input_tokens: int = 0
+    cache_write_tokens: int = 0
+    reasoning_tokens: int = 0
+
+    @property
+    def usage(self) -> TokenUsage:
+        return TokenUsage(
+            input_tokens=self.input_tokens,
+            output_tokens=self.output_tokens,
+            cached_input_tokens=self.cached_input_tokens,
+            cache_write_tokens=self.cache_write_tokens,
+            reasoning_tokens=self.reasoning_tokens,
+        )
 
 
 def price_for(alias: str) -> ModelPrice:
@@ -36,14 +51,7 @@ def record_turn(*, session: ChatSession, calls: list[CallSpec], rollup: bool = T
         rows = []
         for spec in calls:
             price = price_for(spec.alias)
-            cost = ledger_amount(
-                call_cost(
-                    input_tokens=spec.input_tokens,
-                    output_tokens=spec.output_tokens,
-                    input_price=price.input_credits_per_mtok,
-                    output_price=price.output_credits_per_mtok,
-                )
-            )
+            cost = ledger_amount(call_cost(price, spec.usage))
             rows.append(
                 LLMCall(
                     turn=turn,
@@ -54,7 +62,10 @@ def record_turn(*, session: ChatSession, calls: list[CallSpec], rollup: bool = T
                     provider=price.provider,
                     provider_model=price.provider_model,
                     input_tokens=spec.input_tokens,
+                    cached_input_tokens=spec.cached_input_tokens,
+                    cache_write_tokens=spec.cache_write_tokens,
                     output_tokens=spec.output_tokens,
+                    reasoning_tokens=spec.reasoning_tokens,
                     cost=cost,
                     credits_burned=usage_amount(cost),
                 )

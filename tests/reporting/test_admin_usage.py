@@ -31,9 +31,24 @@ def calls(owner, other_user):  # noqa: ANN001, ANN201
     ModelPriceFactory(alias="fast", input_credits_per_mtok=Decimal("150"), output_credits_per_mtok=Decimal("600"))
     ModelPriceFactory(alias="smart", input_credits_per_mtok=Decimal("3000"), output_credits_per_mtok=Decimal("15000"))
     mine, theirs = ChatSessionFactory(user=owner), ChatSessionFactory(user=other_user)
-    record_turn(session=mine, calls=[CallSpec("fast", at(1, 1), 1000, 200)])  # 0.2700
-    record_turn(session=mine, calls=[CallSpec("smart", at(1, 4), 2000, 100)])  # 7.5000
+    # No class prices: the token classes do not change the credits.
+    record_turn(
+        session=mine,
+        calls=[
+            CallSpec("fast", at(1, 1), 1000, 200, cached_input_tokens=700, cache_write_tokens=50, reasoning_tokens=80)
+        ],
+    )  # 0.2700
+    record_turn(session=mine, calls=[CallSpec("smart", at(1, 4), 2000, 100, cache_write_tokens=2000)])  # 7.5000
     record_turn(session=theirs, calls=[CallSpec("fast", at(1, 4), 1, 0)])  # 0.0002
+
+
+def figures(
+    calls: str, tokens_in: str, cached: str, written: str, tokens_out: str, reasoning: str, credits: str
+) -> dict:
+    return {
+        "calls": calls, "input_tokens": tokens_in, "cached_input_tokens": cached, "cache_write_tokens": written,
+        "output_tokens": tokens_out, "reasoning_tokens": reasoning, "credits": credits,
+    }  # fmt: skip
 
 
 def totals_cells(html: str) -> dict[str, str]:
@@ -41,13 +56,32 @@ def totals_cells(html: str) -> dict[str, str]:
     return dict(re.findall(r'data-figure="(\w+)">([^<]*)<', table))
 
 
+def row_cells(table: str) -> list[list[str]]:
+    """The text of each body row's cells (links and spans reduced to their text)."""
+    body = table.split("<tbody>", 1)[1]
+    return [
+        [re.sub(r"<[^>]+>", "", cell).strip() for cell in re.findall(r"<td[^>]*>(.*?)</td>", row)]
+        for row in re.findall(r"<tr>(.*?)</tr>", body, flags=re.S)
+    ]
+
+
 def test_the_page_shows_totals_breakdowns_and_a_chart(console, owner, other_user, calls):
     response = console.get(PAGE, {"from_date": "2025-01-01", "to_date": "2025-01-31"})
     assert response.status_code == 200
     html = response.content.decode()
-    assert totals_cells(html) == {"calls": "3", "input_tokens": "3001", "output_tokens": "300", "credits": "7.7702"}
+    assert totals_cells(html) == figures("3", "3001", "700", "2050", "300", "80", "7.7702")
     by_model = html.split('id="usage-by-model"', 1)[1].split("</table>", 1)[0]
     assert "fast" in by_model and "0.2702" in by_model and "7.5000" in by_model
+    # Each breakdown row shows every figure, in the CSV's order.
+    assert row_cells(by_model) == [
+        ["fast", "2", "1001", "700", "50", "200", "80", "0.2702"],
+        ["smart", "1", "2000", "0", "2000", "100", "0", "7.5000"],
+    ]
+    headers = re.findall(r"<th[^>]*>([^<]*)</th>", by_model)
+    assert headers == [
+        "Model alias", "Calls", "Input tokens", "Cached input", "Cache writes", "Output tokens", "Reasoning", "Credits",
+    ]  # fmt: skip
+    assert "part of the input tokens, reasoning is part of the output tokens" in html
     by_user = html.split('id="usage-by-user"', 1)[1].split("</table>", 1)[0]
     assert owner.email in by_user and other_user.email in by_user and "7.7700" in by_user
     # One bar per day from the first to the last day with usage; the empty days are drawn empty.
@@ -68,14 +102,14 @@ def test_the_page_shows_totals_breakdowns_and_a_chart(console, owner, other_user
 def test_the_user_id_link_from_the_wallet_page_filters_one_user(console, owner, calls):
     html = console.get(PAGE, {"user_id": owner.pk}).content.decode()
     assert f'User: <a href="/admin/accounts/user/{owner.pk}/change/">{owner.email}</a>' in html
-    assert totals_cells(html) == {"calls": "2", "input_tokens": "3000", "output_tokens": "300", "credits": "7.7700"}
+    assert totals_cells(html) == figures("2", "3000", "700", "2050", "300", "80", "7.7700")
     assert "other@example.com" not in html
 
 
 def test_filters_by_user_email_case_insensitively(console, owner, calls):
     html = console.get(PAGE, {"user": owner.email.upper()}).content.decode()
     assert f">{owner.email}</a>" in html.split('class="usage-scope"', 1)[1]
-    assert totals_cells(html) == {"calls": "2", "input_tokens": "3000", "output_tokens": "300", "credits": "7.7700"}
+    assert totals_cells(html) == figures("2", "3000", "700", "2050", "300", "80", "7.7700")
     # The by-user rows link to the page narrowed by email.
     html = console.get(PAGE).content.decode()
     by_user = html.split('id="usage-by-user"', 1)[1].split("</table>", 1)[0]
@@ -84,7 +118,7 @@ def test_filters_by_user_email_case_insensitively(console, owner, calls):
 
 def test_filters_by_model_and_bucket(console, calls):
     html = console.get(PAGE, {"model_alias": "fast", "bucket": "month"}).content.decode()
-    assert totals_cells(html) == {"calls": "2", "input_tokens": "1001", "output_tokens": "200", "credits": "0.2702"}
+    assert totals_cells(html) == figures("2", "1001", "700", "50", "200", "80", "0.2702")
     assert re.findall(r'data-bucket="([\d-]+)"', html) == ["2025-01-01"]
 
 
@@ -127,7 +161,7 @@ def test_csv_download_has_the_api_rows(console, calls):
 
 def test_an_empty_selection_shows_zeros(console, calls):
     html = console.get(PAGE, {"from_date": "2030-01-01"}).content.decode()
-    assert totals_cells(html) == {"calls": "0", "input_tokens": "0", "output_tokens": "0", "credits": "0.0000"}
+    assert totals_cells(html) == figures("0", "0", "0", "0", "0", "0", "0.0000")
     assert "No usage in this selection." in html
 
 

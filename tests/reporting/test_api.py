@@ -5,7 +5,6 @@ from decimal import Decimal
 
 import pytest
 
-from reporting.export import HEADER
 from reporting.selectors import usage_summary_from_calls
 from tests.billing.factories import ModelPriceFactory
 from tests.chat.factories import ChatSessionFactory
@@ -24,38 +23,53 @@ def at(month: int, day: int, hour: int = 12) -> datetime:
 @pytest.fixture
 def calls(owner, other_user):  # noqa: ANN001, ANN201
     """owner: two fast calls on Jan 31 and one smart call on Feb 3; other_user: one fast call on Feb 1.
-    fast: 150 / 600 credits per million tokens; smart: 3000 / 15000."""
+    fast: 150 / 600 credits per million tokens; smart: 3000 / 15000 (no class prices: cached
+    and cache-write tokens cost the input price, so the classes do not change the credits)."""
     ModelPriceFactory(alias="fast", input_credits_per_mtok=Decimal("150"), output_credits_per_mtok=Decimal("600"))
     ModelPriceFactory(alias="smart", input_credits_per_mtok=Decimal("3000"), output_credits_per_mtok=Decimal("15000"))
     mine, theirs = ChatSessionFactory(user=owner), ChatSessionFactory(user=other_user)
     # 0.27 + 0.0195 = 0.2895 on Jan 31
-    record_turn(session=mine, calls=[CallSpec("fast", at(1, 31), 1000, 200), CallSpec("fast", at(1, 31, 23), 10, 30)])
+    record_turn(
+        session=mine,
+        calls=[
+            CallSpec(
+                "fast", at(1, 31), 1000, 200, cached_input_tokens=600, cache_write_tokens=100, reasoning_tokens=120
+            ),
+            CallSpec("fast", at(1, 31, 23), 10, 30, cache_write_tokens=10, reasoning_tokens=30),
+        ],
+    )
     # 2000*3000/1e6 + 100*15000/1e6 = 6 + 1.5 = 7.5 on Feb 3
-    record_turn(session=mine, calls=[CallSpec("smart", at(2, 3), 2000, 100)])
+    record_turn(session=mine, calls=[CallSpec("smart", at(2, 3), 2000, 100, cached_input_tokens=1500)])
     # 1*150/1e6 + 0 = 0.00015 -> 0.0002 on Feb 1
     record_turn(session=theirs, calls=[CallSpec("fast", at(2, 1), 1, 0)])
 
 
-def figures(calls: int, tokens_in: int, tokens_out: int, credits: str) -> dict:
-    return {"calls": calls, "input_tokens": tokens_in, "output_tokens": tokens_out, "credits": credits}
+def figures(
+    calls: int, tokens_in: int, cached: int, written: int, tokens_out: int, reasoning: int, credits: str
+) -> dict:
+    """The figures in the CSV's order: cached and written are of tokens_in, reasoning of tokens_out."""
+    return {
+        "calls": calls, "input_tokens": tokens_in, "cached_input_tokens": cached, "cache_write_tokens": written,
+        "output_tokens": tokens_out, "reasoning_tokens": reasoning, "credits": credits,
+    }  # fmt: skip
 
 
 def test_staff_see_everyone_with_totals_and_breakdowns(staff_client, owner, other_user, calls):
     response = staff_client.get(SUMMARY, {"from_date": "2025-01-01", "to_date": "2025-02-28", "bucket": "month"})
     assert response.status_code == 200
     body = response.json()
-    assert body["totals"] == figures(4, 3011, 330, "7.7897")
+    assert body["totals"] == figures(4, 3011, 2100, 110, 330, 150, "7.7897")
     assert body["by_model"] == [
-        {"model_alias": "fast", **figures(3, 1011, 230, "0.2897")},
-        {"model_alias": "smart", **figures(1, 2000, 100, "7.5000")},
+        {"model_alias": "fast", **figures(3, 1011, 600, 110, 230, 150, "0.2897")},
+        {"model_alias": "smart", **figures(1, 2000, 1500, 0, 100, 0, "7.5000")},
     ]
     assert body["by_user"] == [
-        {"user_id": owner.pk, "email": owner.email, **figures(3, 3010, 330, "7.7895")},
-        {"user_id": other_user.pk, "email": other_user.email, **figures(1, 1, 0, "0.0002")},
+        {"user_id": owner.pk, "email": owner.email, **figures(3, 3010, 2100, 110, 330, 150, "7.7895")},
+        {"user_id": other_user.pk, "email": other_user.email, **figures(1, 1, 0, 0, 0, 0, "0.0002")},
     ]
     assert body["by_bucket"] == [
-        {"bucket": "2025-01-01", **figures(2, 1010, 230, "0.2895")},
-        {"bucket": "2025-02-01", **figures(2, 2001, 100, "7.5002")},
+        {"bucket": "2025-01-01", **figures(2, 1010, 600, 110, 230, 150, "0.2895")},
+        {"bucket": "2025-02-01", **figures(2, 2001, 1500, 0, 100, 0, "7.5002")},
     ]
     assert (body["bucket"], body["from_date"], body["to_date"], body["user_id"]) == (
         "month",
@@ -71,9 +85,9 @@ def test_staff_filter_by_user_alias_and_days(staff_client, owner, calls):
     )
     assert response.status_code == 200
     body = response.json()
-    assert body["totals"] == figures(2, 1010, 230, "0.2895")
+    assert body["totals"] == figures(2, 1010, 600, 110, 230, 150, "0.2895")
     assert [row["user_id"] for row in body["by_user"]] == [owner.pk]
-    assert body["by_bucket"] == [{"bucket": "2025-01-31", **figures(2, 1010, 230, "0.2895")}]
+    assert body["by_bucket"] == [{"bucket": "2025-01-31", **figures(2, 1010, 600, 110, 230, 150, "0.2895")}]
 
 
 def test_week_buckets_start_on_monday(staff_client, calls):
@@ -84,12 +98,12 @@ def test_week_buckets_start_on_monday(staff_client, calls):
 
 def test_users_see_only_their_own_usage(owner_client, other_client, owner, other_user, calls):
     body = owner_client.get(MINE).json()
-    assert body["totals"] == figures(3, 3010, 330, "7.7895")
+    assert body["totals"] == figures(3, 3010, 2100, 110, 330, 150, "7.7895")
     assert [row["user_id"] for row in body["by_user"]] == [owner.pk]
     assert body["user_id"] == owner.pk
     theirs = other_client.get(MINE, {"bucket": "day"}).json()
-    assert theirs["totals"] == figures(1, 1, 0, "0.0002")
-    assert theirs["by_bucket"] == [{"bucket": "2025-02-01", **figures(1, 1, 0, "0.0002")}]
+    assert theirs["totals"] == figures(1, 1, 0, 0, 0, 0, "0.0002")
+    assert theirs["by_bucket"] == [{"bucket": "2025-02-01", **figures(1, 1, 0, 0, 0, 0, "0.0002")}]
 
 
 def test_users_cannot_ask_for_someone_elses_usage(owner_client, other_user, calls):
@@ -107,7 +121,7 @@ def test_the_admin_summary_is_staff_only(owner_client, anon_client, calls):
 def test_an_empty_range_answers_zeros(staff_client, owner_client, calls):
     for client, url in ((staff_client, SUMMARY), (owner_client, MINE)):
         body = client.get(url, {"from_date": "2024-01-01", "to_date": "2024-12-31"}).json()
-        assert body["totals"] == figures(0, 0, 0, "0.0000")
+        assert body["totals"] == figures(0, 0, 0, 0, 0, 0, "0.0000")
         assert body["by_model"] == body["by_user"] == body["by_bucket"] == []
 
 
@@ -147,15 +161,26 @@ def test_csv_is_an_attachment_with_the_same_figures(staff_client, owner, other_u
     assert response["Content-Disposition"] == 'attachment; filename="usage_2025-01-01_2025-02-28_month.csv"'
     rows = list(csv.reader(io.StringIO(response.content.decode())))
     assert rows == [
-        HEADER,
-        ["total", "", "", "4", "3011", "330", "7.7897"],
-        ["model", "fast", "", "3", "1011", "230", "0.2897"],
-        ["model", "smart", "", "1", "2000", "100", "7.5000"],
-        ["user", str(owner.pk), owner.email, "3", "3010", "330", "7.7895"],
-        ["user", str(other_user.pk), other_user.email, "1", "1", "0", "0.0002"],
-        ["bucket", "2025-01-01", "", "2", "1010", "230", "0.2895"],
-        ["bucket", "2025-02-01", "", "2", "2001", "100", "7.5002"],
-        ["source", "chat", "", "4", "3011", "330", "7.7897"],
+        [
+            "section",
+            "key",
+            "email",
+            "calls",
+            "input_tokens",
+            "cached_input_tokens",
+            "cache_write_tokens",
+            "output_tokens",
+            "reasoning_tokens",
+            "credits",
+        ],
+        ["total", "", "", "4", "3011", "2100", "110", "330", "150", "7.7897"],
+        ["model", "fast", "", "3", "1011", "600", "110", "230", "150", "0.2897"],
+        ["model", "smart", "", "1", "2000", "1500", "0", "100", "0", "7.5000"],
+        ["user", str(owner.pk), owner.email, "3", "3010", "2100", "110", "330", "150", "7.7895"],
+        ["user", str(other_user.pk), other_user.email, "1", "1", "0", "0", "0", "0", "0.0002"],
+        ["bucket", "2025-01-01", "", "2", "1010", "600", "110", "230", "150", "0.2895"],
+        ["bucket", "2025-02-01", "", "2", "2001", "1500", "0", "100", "0", "7.5002"],
+        ["source", "chat", "", "4", "3011", "2100", "110", "330", "150", "7.7897"],
     ]
 
 

@@ -23,8 +23,17 @@ def calls(owner, other_user):  # noqa: ANN001, ANN201
     record_turn(
         session=ChatSessionFactory(user=owner),
         calls=[
-            CallSpec("fast", datetime(2025, 1, 31, 12, tzinfo=UTC), 1000, 200),  # 0.2700
-            CallSpec("smart", datetime(2025, 2, 3, 9, tzinfo=UTC), 2000, 100),  # 7.5000
+            # No class prices: the token classes do not change the credits.
+            CallSpec(
+                "fast",
+                datetime(2025, 1, 31, 12, tzinfo=UTC),
+                1000,
+                200,
+                cached_input_tokens=400,
+                cache_write_tokens=30,
+                reasoning_tokens=90,
+            ),  # 0.2700
+            CallSpec("smart", datetime(2025, 2, 3, 9, tzinfo=UTC), 2000, 100, cached_input_tokens=2000),  # 7.5000
         ],
     )
     record_turn(
@@ -40,18 +49,27 @@ def run(*args: str) -> str:
 
 def test_report_prints_totals_and_every_breakdown(calls, owner, other_user):
     out = run("--from", "2025-01-01", "--to", "2025-02-28", "--bucket", "month")
-    assert "Totals: calls 3, input tokens 3001, output tokens 300, credits 7.7702" in out
+    assert (
+        "Totals: calls 3, input tokens 3001 (cached 2400, cache writes 30), output tokens 300 (reasoning 90), "
+        "credits 7.7702"
+    ) in out
     lines = out.splitlines()
-    assert any(line.split() == ["fast", "2", "1001", "200", "0.2702"] for line in lines)
-    assert any(line.split() == ["smart", "1", "2000", "100", "7.5000"] for line in lines)
-    assert any(line.split() == [str(owner.pk), owner.email, "2", "3000", "300", "7.7700"] for line in lines)
-    assert any(line.split() == ["2025-01-01", "1", "1000", "200", "0.2700"] for line in lines)
-    assert any(line.split() == ["2025-02-01", "2", "2001", "100", "7.5002"] for line in lines)
+    header = ["calls", "input_tokens", "cached_input_tokens", "cache_write_tokens", "output_tokens", "reasoning_tokens"]
+    assert lines[lines.index("By model") + 1].split() == ["model_alias", *header, "credits"]
+    assert any(line.split() == ["fast", "2", "1001", "400", "30", "200", "90", "0.2702"] for line in lines)
+    assert any(line.split() == ["smart", "1", "2000", "2000", "0", "100", "0", "7.5000"] for line in lines)
+    owner_row = [str(owner.pk), owner.email, "2", "3000", "2400", "30", "300", "90", "7.7700"]
+    assert any(line.split() == owner_row for line in lines)
+    assert any(line.split() == ["2025-01-01", "1", "1000", "400", "30", "200", "90", "0.2700"] for line in lines)
+    assert any(line.split() == ["2025-02-01", "2", "2001", "2000", "0", "100", "0", "7.5002"] for line in lines)
 
 
 def test_report_filters_by_user_email_or_id_and_model(calls, owner):
     by_email = run("--from", "2025-01-01", "--to", "2025-12-31", "--user", owner.email, "--model", "fast")
-    assert "Totals: calls 1, input tokens 1000, output tokens 200, credits 0.2700" in by_email
+    assert (
+        "Totals: calls 1, input tokens 1000 (cached 400, cache writes 30), output tokens 200 (reasoning 90), "
+        "credits 0.2700"
+    ) in by_email
     by_id = run("--from", "2025-01-01", "--to", "2025-12-31", "--user", str(owner.pk), "--model", "fast")
     assert by_id == by_email
 
@@ -64,7 +82,9 @@ def test_report_csv_is_the_api_csv(calls):
 
 def test_report_of_an_empty_range_prints_zeros(calls):
     out = run("--from", "2020-01-01", "--to", "2020-01-31")
-    assert "Totals: calls 0, input tokens 0, output tokens 0, credits 0.0000" in out
+    assert (
+        "Totals: calls 0, input tokens 0 (cached 0, cache writes 0), output tokens 0 (reasoning 0), credits 0.0000"
+    ) in out
     assert "(none)" in out
 
 

@@ -34,6 +34,16 @@ def _bucket_start(day: date, bucket: str) -> date:
     return day
 
 
+def add(figures: dict, call) -> None:  # noqa: ANN001
+    figures["calls"] += 1
+    figures["input_tokens"] += call.input_tokens
+    figures["cached_input_tokens"] += call.cached_input_tokens
+    figures["cache_write_tokens"] += call.cache_write_tokens
+    figures["output_tokens"] += call.output_tokens
+    figures["reasoning_tokens"] += call.reasoning_tokens
+    figures["credits"] += call.credits
+
+
 def expected_summary(recorded, *, user_id, model_alias, from_date, to_date, bucket) -> dict:  # noqa: ANN001
     chosen = [
         call
@@ -47,20 +57,13 @@ def expected_summary(recorded, *, user_id, model_alias, from_date, to_date, buck
     def grouped(key) -> dict:  # noqa: ANN001
         groups: dict = defaultdict(zero_figures)
         for call in chosen:
-            figures = groups[key(call)]
-            figures["calls"] += 1
-            figures["input_tokens"] += call.input_tokens
-            figures["output_tokens"] += call.output_tokens
-            figures["credits"] += call.credits
+            add(groups[key(call)], call)
         return dict(sorted(groups.items()))
 
     emails = {call.user_id: call.email for call in recorded}
     totals = zero_figures()
     for call in chosen:
-        totals["calls"] += 1
-        totals["input_tokens"] += call.input_tokens
-        totals["output_tokens"] += call.output_tokens
-        totals["credits"] += call.credits
+        add(totals, call)
     return {
         "user_id": user_id,
         "model_alias": model_alias,
@@ -106,6 +109,11 @@ def test_the_generated_data_reaches_every_edge_the_comparison_is_about(usage_dat
         date(2025, 3, 1),
     ]
     assert {row["model_alias"] for row in summary["by_model"]} == {"fast", "smart", "tiny"}
+    # Every token class is in the data, so the comparison covers each of their sums.
+    totals = summary["totals"]
+    assert 0 < totals["cached_input_tokens"] + totals["cache_write_tokens"] < totals["input_tokens"]
+    assert totals["cached_input_tokens"] > 0 and totals["cache_write_tokens"] > 0
+    assert 0 < totals["reasoning_tokens"] < totals["output_tokens"]
 
 
 def test_boundary_calls_land_in_their_own_utc_day(usage_data):
@@ -120,6 +128,9 @@ def test_boundary_calls_land_in_their_own_utc_day(usage_data):
 
 def test_an_empty_selection_answers_zero_totals_and_empty_breakdowns(db):
     summary = usage_summary(from_date=date(2030, 1, 1), to_date=date(2030, 1, 31), bucket="week")
-    assert summary["totals"] == {"calls": 0, "input_tokens": 0, "output_tokens": 0, "credits": Decimal("0")}
+    assert summary["totals"] == {
+        "calls": 0, "input_tokens": 0, "cached_input_tokens": 0, "cache_write_tokens": 0, "output_tokens": 0,
+        "reasoning_tokens": 0, "credits": Decimal("0"),
+    }  # fmt: skip
     assert summary["by_model"] == summary["by_user"] == summary["by_bucket"] == []
     assert summary == usage_summary_from_calls(from_date=date(2030, 1, 1), to_date=date(2030, 1, 31), bucket="week")

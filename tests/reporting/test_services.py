@@ -18,12 +18,12 @@ from tests.reporting.factories import CallSpec, record_turn
 NOON = datetime(2025, 1, 10, 12, 0, tzinfo=UTC)
 
 
-def rollup_rows() -> list[tuple]:
-    return sorted(
-        UsageDaily.objects.values_list(
-            "day", "user_id", "model_alias", "calls", "input_tokens", "output_tokens", "credits"
-        )
-    )
+def rollup_rows(*figures: str) -> list[tuple]:
+    figures = figures or ("calls", "input_tokens", "output_tokens", "credits")
+    return sorted(UsageDaily.objects.values_list("day", "user_id", "model_alias", *figures))
+
+
+CLASSES = ("cached_input_tokens", "cache_write_tokens", "reasoning_tokens")
 
 
 @pytest.fixture
@@ -42,6 +42,36 @@ def test_turns_add_up_in_their_day_user_alias_row(owner, fast):
     # 1000*150/1e6 + 200*600/1e6 = 0.27; 333*150/1e6 + 77*600/1e6 = 0.09615 -> 0.0962 (half up)
     # 1*150/1e6 + 1*600/1e6 = 0.00075 -> 0.0008
     assert rollup_rows() == [(date(2025, 1, 10), owner.pk, "fast", 3, 1334, 278, Decimal("0.3670"))]
+
+
+@pytest.mark.django_db
+def test_token_classes_add_up_in_the_rollup_row_like_the_totals(owner, fast):
+    session = ChatSessionFactory(user=owner)
+    record_turn(
+        session=session,
+        calls=[
+            CallSpec("fast", NOON, 1000, 200, cached_input_tokens=600, cache_write_tokens=300, reasoning_tokens=150),
+            CallSpec("fast", NOON, 50, 40, reasoning_tokens=40),
+        ],
+    )
+    record_turn(session=session, calls=[CallSpec("fast", NOON, 7, 3, cached_input_tokens=7)])
+    assert rollup_rows("calls", "input_tokens", *CLASSES, "output_tokens") == [
+        (date(2025, 1, 10), owner.pk, "fast", 3, 1057, 607, 300, 190, 243)
+    ]
+    assert usage_summary() == usage_summary_from_calls()
+
+
+@pytest.mark.django_db
+def test_a_rebuild_recomputes_the_token_classes_from_the_raw_calls(owner, fast):
+    record_turn(
+        session=ChatSessionFactory(user=owner),
+        calls=[CallSpec("fast", NOON, 900, 90, cached_input_tokens=500, cache_write_tokens=100, reasoning_tokens=60)],
+    )
+    truth = rollup_rows("calls", "input_tokens", *CLASSES, "output_tokens", "credits")
+    assert truth[0][3:] == (1, 900, 500, 100, 60, 90, truth[0][-1])
+    UsageDaily.objects.update(cached_input_tokens=0, cache_write_tokens=9, reasoning_tokens=12345)  # drift
+    assert usage_rollups_rebuild() == 1
+    assert rollup_rows("calls", "input_tokens", *CLASSES, "output_tokens", "credits") == truth
 
 
 @pytest.mark.django_db
@@ -133,7 +163,15 @@ def test_concurrent_turns_on_the_same_rollup_row_lose_no_update(fast):
         try:
             barrier.wait(timeout=10)
             for _ in range(5):
-                record_turn(session=session, calls=[CallSpec("fast", NOON, 1000 + n, 100)])
+                record_turn(
+                    session=session,
+                    calls=[
+                        CallSpec(
+                            "fast", NOON, 1000 + n, 100, cached_input_tokens=500, cache_write_tokens=20,
+                            reasoning_tokens=30,
+                        )
+                    ],
+                )  # fmt: skip
         except Exception as exc:  # reported below; a thread cannot fail the test itself
             errors.append(exc)
         finally:
@@ -149,6 +187,7 @@ def test_concurrent_turns_on_the_same_rollup_row_lose_no_update(fast):
     assert usage_summary() == usage_summary_from_calls()
     row = UsageDaily.objects.get()
     assert (row.calls, row.input_tokens, row.output_tokens) == (40, 5 * sum(1000 + n for n in range(8)), 4000)
+    assert (row.cached_input_tokens, row.cache_write_tokens, row.reasoning_tokens) == (40 * 500, 40 * 20, 40 * 30)
 
 
 @pytest.mark.postgres
@@ -161,7 +200,13 @@ def test_a_rebuild_during_concurrent_turns_counts_each_call_once(fast):
     def keep_completing() -> None:
         try:
             while not stop.is_set():
-                record_turn(session=session, calls=[CallSpec("fast", NOON, 10, 10), CallSpec("fast", NOON, 1, 1)])
+                record_turn(
+                    session=session,
+                    calls=[
+                        CallSpec("fast", NOON, 10, 10, cached_input_tokens=4, reasoning_tokens=2),
+                        CallSpec("fast", NOON, 1, 1),
+                    ],
+                )
         except Exception as exc:
             errors.append(exc)
         finally:

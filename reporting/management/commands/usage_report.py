@@ -4,16 +4,14 @@ from accounts.models import User
 from billing.money import format_usage
 from reporting.export import usage_summary_csv
 from reporting.management.commands.rebuild_usage_rollups import parse_day
-from reporting.selectors import BUCKETS, usage_summary
-
-COLUMNS = ("calls", "input_tokens", "output_tokens", "credits")
+from reporting.selectors import BUCKETS, FIGURES, TOKENS, usage_summary
 
 
 def _table(title: str, key_names: tuple[str, ...], rows: list[dict]) -> list[str]:
-    header = [*key_names, *COLUMNS]
+    header = [*key_names, *FIGURES]
     body = [
         [str(row[name]) for name in key_names]
-        + [str(row[name]) for name in COLUMNS[:3]]
+        + [str(row[name]) for name in ("calls", *TOKENS)]
         + [format_usage(row["credits"])]
         for row in rows
     ]
@@ -58,8 +56,10 @@ class Command(BaseCommand):
         lines = [
             f"Usage from {start} to {end} (UTC days), by {options['bucket']}; "
             f"user: {user.email if user else 'all'}; model: {options['model'] or 'all'}",
-            f"Totals: calls {totals['calls']}, input tokens {totals['input_tokens']}, "
-            f"output tokens {totals['output_tokens']}, credits {format_usage(totals['credits'])}",
+            f"Totals: calls {totals['calls']}, input tokens {totals['input_tokens']} "
+            f"(cached {totals['cached_input_tokens']}, cache writes {totals['cache_write_tokens']}), "
+            f"output tokens {totals['output_tokens']} (reasoning {totals['reasoning_tokens']}), "
+            f"credits {format_usage(totals['credits'])}",
             *_table("By model", ("model_alias",), summary["by_model"]),
             *_table("By user", ("user_id", "email"), summary["by_user"]),
             *_table(f"By {options['bucket']}", ("bucket",), summary["by_bucket"]),
