@@ -13,7 +13,7 @@ Each price row names its rule (`ModelPrice.counting`):
 A prompt's count covers every message (its content, the tool calls it carries, the
 id of the call a tool result answers) and every tool definition,
 each counted apart, plus framing: the role markers and separators of each message,
-the reply's priming, each tool's wrapper, and the tool-use instructions some
+each tool call, the reply's priming, each tool's wrapper, and the tool-use instructions some
 providers add once tools are offered (Anthropic's are up to ~350 tokens). The
 framing figures are generous on purpose: this count is what a hold reserves and
 what a call that reports no usage is billed, so it must never fall short.
@@ -42,9 +42,11 @@ CL100K_BASE = "cl100k_base"
 RULES = (BYTES, O200K_BASE, CL100K_BASE)
 
 # Role markers and separators of one message (OpenAI's own rule is 3 plus the role
-# and name tokens), the priming of the reply (3 at OpenAI), one tool definition's
-# wrapper, and the instructions a provider adds once tools are offered.
+# and name tokens) and of each tool call it carries, the priming of the reply (3 at
+# OpenAI), one tool definition's wrapper, and the instructions a provider adds once
+# tools are offered.
 MESSAGE_FRAMING_TOKENS = 8
+TOOL_CALL_FRAMING_TOKENS = 8
 REPLY_FRAMING_TOKENS = 8
 TOOL_FRAMING_TOKENS = 32
 TOOLS_FRAMING_TOKENS = 600
@@ -126,7 +128,8 @@ def count_message(message: ChatMessage, rule: str) -> int:
     pieces = [message.content, message.tool_call_id]
     for call in message.tool_calls:
         pieces += [call.id, call.name, arguments_text(call)]
-    return MESSAGE_FRAMING_TOKENS + sum(count_text(piece, rule) for piece in pieces)
+    framing = MESSAGE_FRAMING_TOKENS + TOOL_CALL_FRAMING_TOKENS * len(message.tool_calls)
+    return framing + sum(count_text(piece, rule) for piece in pieces)
 
 
 def count_tools(tools: Sequence[dict[str, Any]] | None, rule: str) -> int:

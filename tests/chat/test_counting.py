@@ -17,6 +17,7 @@ from chat.llm.counting import (
     MESSAGE_FRAMING_TOKENS,
     O200K_BASE,
     REPLY_FRAMING_TOKENS,
+    TOOL_CALL_FRAMING_TOKENS,
     TOOL_FRAMING_TOKENS,
     TOOLS_FRAMING_TOKENS,
     count_output,
@@ -75,6 +76,7 @@ def test_a_prompt_counts_every_part_with_its_framing():
     expected = (
         REPLY_FRAMING_TOKENS
         + 3 * MESSAGE_FRAMING_TOKENS
+        + TOOL_CALL_FRAMING_TOKENS
         + len(b"Be brief.")
         + len(b"call_1") + len(b"web_search") + len(json.dumps({"query": "中文"}, ensure_ascii=False).encode())
         + len("résultat".encode()) + len(b"call_1")
