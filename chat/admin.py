@@ -160,10 +160,32 @@ class MessageInline(ReadOnlyInline):
     show_change_link = False
 
 
-class LLMCallInline(ReadOnlyInline):
+def _tokens(total: int, parts: list[tuple[int, str]]) -> str:
+    """A token total with its classes under it (only those the call had): the classes
+    are parts of the total, and one column each would push the lists past the page."""
+    # No-break spaces: a narrow column wraps between the parts, never inside one.
+    shown = ", ".join(f"{count} {name}".replace(" ", "\u00a0") for count, name in parts if count)
+    if not shown:
+        return str(total)
+    return format_html('{}<br><span class="quiet token-classes">{}</span>', total, shown)
+
+
+class CallTokens:
+    """The input and output columns of LLM call lists (LLMCallAdmin, LLMCallInline)."""
+
+    @admin.display(description="input tokens", ordering="input_tokens")
+    def tokens_in(self, obj: LLMCall) -> str:
+        return _tokens(obj.input_tokens, [(obj.cached_input_tokens, "cached"), (obj.cache_write_tokens, "cache write")])
+
+    @admin.display(description="output tokens", ordering="output_tokens")
+    def tokens_out(self, obj: LLMCall) -> str:
+        return _tokens(obj.output_tokens, [(obj.reasoning_tokens, "reasoning")])
+
+
+class LLMCallInline(CallTokens, ReadOnlyInline):
     model = LLMCall
     fields = [
-        "id", "purpose", "model_alias", "provider_model", "status", "input_tokens", "output_tokens",
+        "id", "purpose", "model_alias", "provider_model", "status", "tokens_in", "tokens_out", "usage_reported",
         "credits_burned", "latency_ms", "used_fallback", "created_at",
     ]  # fmt: skip
     readonly_fields = fields
@@ -208,13 +230,15 @@ class TurnAdmin(ReadOnlyAdmin):
 
 
 @admin.register(LLMCall)
-class LLMCallAdmin(ReadOnlyAdmin):
+class LLMCallAdmin(CallTokens, ReadOnlyAdmin):
     list_display = [
-        "id", "created_at", "user", "model_alias", "purpose", "status", "input_tokens", "output_tokens",
+        "id", "created_at", "user", "model_alias", "purpose", "status", "tokens_in", "tokens_out", "usage_reported",
         "credits_burned", "latency_ms", "used_fallback", "turn_link",
     ]  # fmt: skip
     list_select_related = ["user"]
-    list_filter = [ModelAliasFilter, "purpose", "status", "provider", "used_fallback", "created_at"]
+    list_filter = [
+        ModelAliasFilter, "purpose", "status", "provider", "usage_reported", "used_fallback", "created_at",
+    ]  # fmt: skip
     search_fields = ["user__email", "provider_model"]
     allowed_lookups = ("turn__id__exact", "user__id__exact")
     ordering = ["-id"]  # newest first, along the primary key

@@ -52,14 +52,27 @@ class MessageSerializer(serializers.ModelSerializer):
 
 
 class LLMCallSerializer(serializers.ModelSerializer):
+    """One metered call. The token classes are parts of the totals: cached_input_tokens
+    and cache_write_tokens of input_tokens, reasoning_tokens of output_tokens. The same
+    representation goes out with a turn's `done` event (turn_detail_payload), which the
+    OpenAI-compatible endpoint reads its usage from."""
+
     credits_burned = MoneyField(precision="usage")
 
     class Meta:
         model = LLMCall
         fields = [
-            "id", "purpose", "model_alias", "provider", "provider_model", "input_tokens", "output_tokens",
-            "credits_burned", "latency_ms", "status", "error", "used_fallback", "finish_reason", "created_at",
+            "id", "purpose", "model_alias", "provider", "provider_model", "input_tokens", "cached_input_tokens",
+            "cache_write_tokens", "output_tokens", "reasoning_tokens", "credits_burned", "latency_ms", "status",
+            "error", "used_fallback", "finish_reason", "created_at",
         ]  # fmt: skip
+        extra_kwargs = {
+            "input_tokens": {"help_text": "All input tokens, the cached and cache-write ones included."},
+            "cached_input_tokens": {"help_text": "Of input_tokens: read from the provider's cache."},
+            "cache_write_tokens": {"help_text": "Of input_tokens: written to the provider's cache."},
+            "output_tokens": {"help_text": "All output tokens, the reasoning ones included."},
+            "reasoning_tokens": {"help_text": "Of output_tokens: the model's reasoning (thinking)."},
+        }
 
 
 class ToolCallSerializer(serializers.ModelSerializer):

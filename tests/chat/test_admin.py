@@ -1,5 +1,6 @@
 """Read-only admin pages for sessions, turns, LLM calls and tool calls."""
 
+import re
 from datetime import UTC, datetime
 from decimal import Decimal
 
@@ -108,6 +109,52 @@ def test_a_turn_page_shows_its_messages_calls_and_tools_read_only(console, price
     assert console.post(f"/admin/chat/turn/{turn.pk}/change/", {"status": "failed"}).status_code == 403
     turn.refresh_from_db()
     assert turn.status == Turn.Status.COMPLETED
+
+
+def cells(html: str, column: str) -> list[str]:
+    """The HTML in each cell of one column (Django's admin classes them field-<name>)."""
+    return re.findall(rf'<td class="field-{column}">(.*?)</td>', html, flags=re.S)
+
+
+def test_calls_show_their_token_classes_in_the_list_and_on_the_turn_page(console, prices):
+    session = ChatSessionFactory(user=make_user("cache@example.com"))
+    [plain] = record_turn(session=session, calls=[CallSpec("fast", NOON, 120, 30)])
+    [call] = record_turn(
+        session=session,
+        calls=[
+            CallSpec("smart", NOON, 9000, 800, cached_input_tokens=7000, cache_write_tokens=1500, reasoning_tokens=640)
+        ],
+    )
+    [reasoned] = record_turn(session=session, calls=[CallSpec("smart", NOON, 50, 900, reasoning_tokens=900)])
+    LLMCall.objects.filter(pk=call.pk).update(usage_reported=False)
+    # Newest first; the classes' words are joined by no-break spaces (read here as spaces).
+    html = console.get("/admin/chat/llmcall/").content.decode().replace("\u00a0", " ")
+    # The classes under their totals, only those a call had.
+    assert cells(html, "tokens_in") == [
+        "50",
+        '9000<br><span class="quiet token-classes">7000 cached, 1500 cache write</span>',
+        "120",
+    ]
+    assert cells(html, "tokens_out") == [
+        '900<br><span class="quiet token-classes">900 reasoning</span>',
+        '800<br><span class="quiet token-classes">640 reasoning</span>',
+        "30",
+    ]
+    assert ['alt="False"' in cell for cell in cells(html, "usage_reported")] == [False, True, False]
+    # The filter finds calls whose usage was counted, not reported.
+    assert listed(console, "/admin/chat/llmcall/", {"usage_reported__exact": "0"}) == {call.pk}
+    assert listed(console, "/admin/chat/llmcall/", {"usage_reported__exact": "1"}) == {plain.pk, reasoned.pk}
+    # Sorting by a total still works (the column orders by its field; "o" counts from 0).
+    ascending = console.get("/admin/chat/llmcall/", {"o": "6"}).content.decode()
+    assert [cell.split("<", 1)[0] for cell in cells(ascending, "tokens_in")] == ["50", "120", "9000"]
+
+    inline = console.get(f"/admin/chat/turn/{call.turn_id}/change/").content.decode().replace("\u00a0", " ")
+    assert "7000 cached, 1500 cache write" in inline.split('class="field-tokens_in"', 1)[1].split("</td>", 1)[0]
+    assert "640 reasoning" in inline.split('class="field-tokens_out"', 1)[1].split("</td>", 1)[0]
+    # The call's own page lists every class.
+    page = console.get(f"/admin/chat/llmcall/{call.pk}/change/").content.decode()
+    for field, value in [("cached_input_tokens", "7000"), ("cache_write_tokens", "1500"), ("reasoning_tokens", "640")]:
+        assert f'<div class="readonly">{value}</div>' in page.split(f"field-{field}", 1)[1], field
 
 
 @pytest.mark.parametrize("url", LISTS)

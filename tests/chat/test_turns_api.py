@@ -2,12 +2,15 @@
 turn runs when its transaction commits, so these tests commit (transaction=True)."""
 
 import uuid
+from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP, Decimal
 
 import pytest
 
 from billing.models import CreditHold, CreditTransaction
+from chat import streaming
 from chat.models import LLMCall, Message, Turn
+from openai_api import shapes
 from reporting.models import UsageDaily
 from tests.chat.conftest import (
     START_BALANCE,
@@ -17,6 +20,10 @@ from tests.chat.conftest import (
     post_turn,
     wallet_of,
 )
+from tests.reporting.factories import CallSpec, record_turn
+
+TOKEN_CLASSES = ("cached_input_tokens", "cache_write_tokens", "reasoning_tokens")
+NOW = datetime(2025, 1, 10, 12, tzinfo=UTC)
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -83,6 +90,55 @@ def test_get_turn_and_list_turns_for_the_owner(owner_client, session):
     assert listed.status_code == 200
     assert [t["id"] for t in listed.data["results"]] == [second["id"], first["id"]]
     assert "messages" not in listed.data["results"][0]
+
+
+def test_a_turn_shows_the_token_classes_of_each_call(owner_client, session):
+    """GET turns/{id} shows each call's classes, as parts of its input and output."""
+    [cached, plain] = record_turn(
+        session=session,
+        calls=[
+            CallSpec("fast", NOW, 5000, 900, cached_input_tokens=4000, cache_write_tokens=600, reasoning_tokens=700),
+            CallSpec("fast", NOW, 30, 10),
+        ],
+    )
+    body = owner_client.get(f"/api/v1/turns/{cached.turn_id}").data
+    classes = [
+        {name: call[name] for name in ("input_tokens", *TOKEN_CLASSES, "output_tokens")} for call in body["llm_calls"]
+    ]
+    assert classes == [
+        {"input_tokens": 5000, "cached_input_tokens": 4000, "cache_write_tokens": 600, "output_tokens": 900,
+         "reasoning_tokens": 700},
+        {"input_tokens": 30, "cached_input_tokens": 0, "cache_write_tokens": 0, "output_tokens": 10,
+         "reasoning_tokens": 0},
+    ]  # fmt: skip
+    assert [call["id"] for call in body["llm_calls"]] == [cached.pk, plain.pk]
+
+
+def test_the_done_event_carries_the_token_classes_the_v1_usage_is_read_from(session, monkeypatch):
+    """The worker publishes the finished turn with `done`; a waiting /v1 request builds
+    its usage (cached_tokens, reasoning_tokens) from that payload, not from the database."""
+    calls = record_turn(
+        session=session,
+        calls=[
+            CallSpec("fast", NOW, 2000, 500, cached_input_tokens=1500, cache_write_tokens=200, reasoning_tokens=300),
+            CallSpec("fast", NOW, 100, 50, cached_input_tokens=20, reasoning_tokens=50),
+        ],
+    )
+    published = []
+    monkeypatch.setattr(streaming, "publish", lambda turn_id, event, data=None: published.append((event, data)))
+    streaming.publish_done(turn=calls[0].turn, messages=[], llm_calls=calls, tool_calls=[])
+    [(event, data)] = published
+    assert event == "done"
+    assert [
+        (c["cached_input_tokens"], c["cache_write_tokens"], c["reasoning_tokens"]) for c in data["turn"]["llm_calls"]
+    ] == [
+        (1500, 200, 300),
+        (20, 0, 50),
+    ]
+    usage = shapes.usage(data["turn"])
+    assert (usage["prompt_tokens"], usage["completion_tokens"]) == (2100, 550)
+    assert usage["prompt_tokens_details"]["cached_tokens"] == 1520
+    assert usage["completion_tokens_details"]["reasoning_tokens"] == 350
 
 
 def test_someone_elses_session_and_turn_are_404(owner_client, other_client, session):
