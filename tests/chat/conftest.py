@@ -2,12 +2,15 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from decimal import ROUND_CEILING, Decimal
+from types import SimpleNamespace
 
 import pytest
 from rest_framework.test import APIClient
 
 from billing.models import ModelPrice, Wallet
 from billing.services import wallet_grant
+from chat import leases
+from chat.engine import metering
 from chat.models import ChatSession, Turn
 from config.celery import app as celery_app
 from tests.conftest import WorkerProcess
@@ -215,3 +218,44 @@ def fake_anthropic_server(settings) -> Iterator[FakeAnthropicServer]:  # noqa: A
     settings.LLM_MAX_RETRIES, settings.LLM_TIMEOUT_SECONDS = 0, 5.0
     yield server
     server.stop()
+
+
+# --- streaming and the owner's Stop, in-process -------------------------------------
+
+
+def calls_stream(monkeypatch, enabled: bool = True) -> list[tuple[str, dict]]:  # noqa: ANN001
+    """Whether the turn's calls stream, whatever this run's services: with Redis they
+    do, on the embedded default they are plain; llm_call_run's `streaming` is made to
+    answer `enabled` (what it would publish is kept in the list returned)."""
+    published: list[tuple[str, dict]] = []
+
+    def publish(turn_id, event: str, data: dict | None = None) -> None:  # noqa: ANN001
+        published.append((event, data or {}))
+
+    monkeypatch.setattr(metering, "streaming", SimpleNamespace(enabled=lambda: enabled, publish=publish))
+    return published
+
+
+@pytest.fixture
+def streamed(monkeypatch) -> list[tuple[str, dict]]:  # noqa: ANN001
+    return calls_stream(monkeypatch)
+
+
+@pytest.fixture
+def owner_stops_at(monkeypatch):  # noqa: ANN001, ANN201
+    """`owner_stops_at(n)`: the owner presses Stop as the n-th streamed piece arrives.
+    It reaches the run as a worker's lease keeper delivers it (leases.cancel_received);
+    the run asks at every piece (leases.stop_requested), as it always does."""
+    asked: list[str] = []
+
+    def arm(n: int) -> list[str]:
+        def stop_requested(turn_id) -> bool:  # noqa: ANN001
+            asked.append(str(turn_id))
+            if len(asked) == n:
+                leases.cancel_received(str(turn_id))
+            return leases.stop_requested(turn_id)
+
+        monkeypatch.setattr(metering, "stop_requested", stop_requested)
+        return asked
+
+    return arm

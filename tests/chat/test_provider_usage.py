@@ -11,18 +11,15 @@ during thinking billed at least the reasoning that came."""
 import math
 import time
 from decimal import ROUND_CEILING, Decimal
-from types import SimpleNamespace
 
 import pytest
 
 from billing.models import CreditTransaction, ModelPrice
 from billing.services import model_price_set
-from chat import leases
-from chat.engine import metering
 from chat.llm import STOPPED_BY_OWNER, ChatMessage, LLMResult, StopRequested, provider_for
 from chat.llm.counting import count_text
 from chat.models import LLMCall, Message, Turn
-from tests.chat.conftest import START_BALANCE, expected_cost, post_turn, turn_status, wait_for, wallet_of
+from tests.chat.conftest import START_BALANCE, calls_stream, expected_cost, post_turn, turn_status, wait_for, wallet_of
 from tests.conftest import client_for
 from tests.fakes.llm_servers import CutStream, Reply
 
@@ -244,44 +241,6 @@ def class_cost(*, input_tokens: int, cached_input_tokens: int, cache_write_token
         + output_tokens * OUT_PRICE
     ) / Decimal(1_000_000)  # fmt: skip
     return exact.quantize(Decimal("0.00000001"), rounding=ROUND_CEILING)
-
-
-def calls_stream(monkeypatch, enabled: bool = True) -> list[tuple[str, dict]]:  # noqa: ANN001
-    """Whether the turn's calls stream, whatever this run's services: with Redis they
-    do, on the embedded default they are plain; llm_call_run's `streaming` is made to
-    answer `enabled` (what it would publish is kept in the list returned)."""
-    published: list[tuple[str, dict]] = []
-
-    def publish(turn_id, event: str, data: dict | None = None) -> None:  # noqa: ANN001
-        published.append((event, data or {}))
-
-    monkeypatch.setattr(metering, "streaming", SimpleNamespace(enabled=lambda: enabled, publish=publish))
-    return published
-
-
-@pytest.fixture
-def streamed(monkeypatch) -> list[tuple[str, dict]]:  # noqa: ANN001
-    return calls_stream(monkeypatch)
-
-
-@pytest.fixture
-def owner_stops_at(monkeypatch):  # noqa: ANN001, ANN201
-    """`owner_stops_at(n)`: the owner presses Stop as the n-th streamed piece arrives.
-    It reaches the run as a worker's lease keeper delivers it (leases.cancel_received);
-    the run asks at every piece (leases.stop_requested), as it always does."""
-    asked: list[str] = []
-
-    def arm(n: int) -> list[str]:
-        def stop_requested(turn_id) -> bool:  # noqa: ANN001
-            asked.append(str(turn_id))
-            if len(asked) == n:
-                leases.cancel_received(str(turn_id))
-            return leases.stop_requested(turn_id)
-
-        monkeypatch.setattr(metering, "stop_requested", stop_requested)
-        return asked
-
-    return arm
 
 
 TURN_FLAVOURS = {

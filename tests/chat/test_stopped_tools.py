@@ -11,7 +11,7 @@ from chat.llm import STOPPED_BY_OWNER, ChatMessage
 from chat.llm.counting import count_prompt, count_text
 from chat.models import LLMCall, Turn
 from chat.services.completions import CompletionRequest, completion_turn_create
-from tests.chat.test_provider_usage import calls_stream, owner_stops_at  # noqa: F401  (fixture)
+from tests.chat.conftest import calls_stream
 from tests.fakes.llm_servers import Reply
 
 pytestmark = pytest.mark.django_db(transaction=True)
