@@ -14,6 +14,8 @@ from billing.money import format_ledger
 from billing.selectors import model_price_for_alias
 from billing.services import (
     PRICE_FIELDS,
+    TIER_FIELDS,
+    _price_values,
     model_price_change,
     model_price_create,
     model_price_deactivate,
@@ -247,6 +249,20 @@ class ModelPriceForm(forms.ModelForm):
     class Meta:
         model = ModelPrice
         fields = ["alias", *PRICE_FIELDS, "active"]
+        # Short labels: each fieldset's description says what the numbers are.
+        labels = {
+            "input_credits_per_mtok": "Input",
+            "output_credits_per_mtok": "Output",
+            "cached_input_credits_per_mtok": "Cached input",
+            "cache_write_credits_per_mtok": "Cache writes",
+            "tier_threshold_tokens": "Above (input tokens)",
+            "tier_input_credits_per_mtok": "Tier input",
+            "tier_output_credits_per_mtok": "Tier output",
+        }
+
+    # What billing.services refused when the admin saved this data: {field: [messages]}
+    # (None: the form as a whole). ModelPriceAdmin sets it on the form it shows again.
+    refused: dict[str | None, list[str]] = {}
 
     def clean_alias(self) -> str:
         alias = self.cleaned_data["alias"].strip()
@@ -255,12 +271,37 @@ class ModelPriceForm(forms.ModelForm):
             raise forms.ValidationError("This alias already has an active price; change that one instead.")
         return alias
 
+    def clean(self) -> dict:
+        cleaned = super().clean()
+        refused = self.refused
+        values = {name: cleaned[name] for name in PRICE_FIELDS if name in cleaned}
+        if not refused and len(values) == len(PRICE_FIELDS):
+            # The services' own rules (a whole tier, prices not negative), checked now so
+            # the refusal names its field: a field with an error is left out of the model's
+            # constraint checks that follow, which could only say "constraint violated".
+            try:
+                _price_values(values)
+            except ApplicationError as exc:
+                refused = exc.fields or {None: [exc.message]}
+        for name, errors in refused.items():
+            self.add_error(name if name in self.fields else None, errors)
+        return cleaned
+
+
+# The request attribute carrying the service's refusal to the form shown again.
+REFUSED = "_model_price_refused"
+
 
 @admin.register(ModelPrice)
 class ModelPriceAdmin(admin.ModelAdmin):
     """Saving a changed price creates a new row and deactivates the old one
     (billing.services.model_price_change): a row's prices are never rewritten, so
-    every LLM call keeps the price it was charged at. Inactive rows are history."""
+    every LLM call keeps the price it was charged at. Inactive rows are history.
+
+    The form checks the values by the services' rules (billing.services._price_values:
+    a tier whole or absent, prices not negative, a known counting rule), and what the
+    service still refuses when it writes (an alias priced meanwhile) is shown on its
+    field too (changeform_view), as the form's own errors are."""
 
     list_display = [
         "alias",
@@ -275,7 +316,33 @@ class ModelPriceAdmin(admin.ModelAdmin):
     ]
     list_filter = ["active", "provider"]
     search_fields = ["alias", "provider_model"]
-    fields = ["alias", *PRICE_FIELDS, "active", "created_at"]
+    fieldsets = [
+        (None, {"fields": ["alias", "provider", "provider_model", "active", "created_at"]}),
+        (
+            "Prices",
+            {
+                "fields": ["input_credits_per_mtok", "output_credits_per_mtok"],
+                "description": "Credits per million tokens. Reasoning (thinking) tokens are output.",
+            },
+        ),
+        (
+            "Token classes",
+            {
+                "fields": ["cached_input_credits_per_mtok", "cache_write_credits_per_mtok"],
+                "description": "Credits per million input tokens the provider read from its cache, or wrote "
+                "to it. Empty: the input price.",
+            },
+        ),
+        (
+            "Long-context tier",
+            {
+                "fields": list(TIER_FIELDS),
+                "description": "Credits per million tokens for a call whose input passes the threshold: the "
+                "whole call is priced at them (the cache prices stay). All three fields, or none.",
+            },
+        ),
+        ("Limits & counting", {"fields": ["context_tokens", "max_output_tokens", "counting"]}),
+    ]
     form = ModelPriceForm
     actions = None
 
@@ -289,6 +356,28 @@ class ModelPriceAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request: HttpRequest, obj: ModelPrice | None = None) -> bool:
         return False  # LLM calls point at the price they were charged at
+
+    def get_form(
+        self, request: HttpRequest, obj: ModelPrice | None = None, change: bool = False, **kwargs: object
+    ) -> type[forms.ModelForm]:
+        form = super().get_form(request, obj, change, **kwargs)
+        refused = getattr(request, REFUSED, None)
+        return type(form.__name__, (form,), {"refused": refused}) if refused else form
+
+    def changeform_view(
+        self, request: HttpRequest, object_id: str | None = None, form_url: str = "", extra_context: dict | None = None
+    ) -> HttpResponse:
+        try:
+            return super().changeform_view(request, object_id, form_url, extra_context)
+        except ApplicationError as exc:
+            if request.method != "POST" or getattr(request, REFUSED, None):
+                raise
+            refused = exc.fields or {None: [exc.message]}
+        # save_model's service refused the values: the admin's transaction was rolled
+        # back with the exception, and the same POST is shown again with the refusal on
+        # its field (ModelPriceForm.clean), so nothing is saved.
+        setattr(request, REFUSED, refused)
+        return super().changeform_view(request, object_id, form_url, extra_context)
 
     def save_model(self, request: HttpRequest, obj: ModelPrice, form: forms.ModelForm, change: bool) -> None:
         values = {name: form.cleaned_data[name] for name in PRICE_FIELDS}

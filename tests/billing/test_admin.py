@@ -9,7 +9,8 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
 from billing.models import CreditGrant, CreditTransaction, ModelPrice, Wallet
-from billing.services import model_price_create, wallet_debit, wallet_grant
+from billing.services import PRICE_FIELDS, TIER_FIELDS, model_price_create, wallet_debit, wallet_grant
+from core.exceptions import StateConflict
 from tests.conftest import make_user
 
 pytestmark = pytest.mark.django_db
@@ -169,6 +170,7 @@ def test_a_price_change_in_the_admin_creates_a_new_row_and_keeps_the_old_price(a
         "output_credits_per_mtok": "12.5",
         "context_tokens": "32768",
         "max_output_tokens": "4096",
+        "counting": "bytes",
         "active": "on",
     }
     response = admin_client.post(f"/admin/billing/modelprice/{old.pk}/change/", form)
@@ -197,6 +199,7 @@ def test_unticking_active_withdraws_the_alias_without_a_new_row(admin_client):
         "output_credits_per_mtok": "1",
         "context_tokens": "8192",
         "max_output_tokens": "1024",
+        "counting": "bytes",
     }
     assert admin_client.post(f"/admin/billing/modelprice/{price.pk}/change/", form).status_code == 302
     assert list(ModelPrice.objects.values_list("pk", "active")) == [(price.pk, False)]
@@ -211,12 +214,150 @@ def test_a_new_price_is_added_through_the_admin(admin_client):
         "output_credits_per_mtok": "0.2",
         "context_tokens": "2048",
         "max_output_tokens": "256",
+        "counting": "bytes",
     }
     assert admin_client.post("/admin/billing/modelprice/add/", form).status_code == 302
     duplicate = admin_client.post("/admin/billing/modelprice/add/", form)
     assert duplicate.status_code == 200  # the form shows the error
     price = ModelPrice.objects.get()
     assert (price.alias, price.active, price.output_credits_per_mtok) == ("tiny", True, Decimal("0.2"))
+
+
+PRICE_FORM = {
+    "alias": "opus",
+    "provider": "anthropic",
+    "provider_model": "claude-opus",
+    "input_credits_per_mtok": "1500",
+    "output_credits_per_mtok": "7500",
+    "cached_input_credits_per_mtok": "150",
+    "cache_write_credits_per_mtok": "1875",
+    "tier_threshold_tokens": "200000",
+    "tier_input_credits_per_mtok": "3000",
+    "tier_output_credits_per_mtok": "11250",
+    "context_tokens": "1000000",
+    "max_output_tokens": "32000",
+    "counting": "o200k_base",
+}
+
+
+def fieldsets_of(response) -> list[tuple[str | None, list[str]]]:  # noqa: ANN001
+    return [(fieldset.name, list(fieldset.fields)) for fieldset in response.context["adminform"]]
+
+
+def test_the_price_form_groups_every_price_field_in_its_fieldset(admin_client):
+    response = admin_client.get("/admin/billing/modelprice/add/")
+    assert response.status_code == 200
+    assert fieldsets_of(response) == [
+        (None, ["alias", "provider", "provider_model", "active", "created_at"]),
+        ("Prices", ["input_credits_per_mtok", "output_credits_per_mtok"]),
+        ("Token classes", ["cached_input_credits_per_mtok", "cache_write_credits_per_mtok"]),
+        ("Long-context tier", ["tier_threshold_tokens", "tier_input_credits_per_mtok", "tier_output_credits_per_mtok"]),
+        ("Limits & counting", ["context_tokens", "max_output_tokens", "counting"]),
+    ]
+    # Every field the services take is on the form, so none is left at a default unseen.
+    assert set(PRICE_FIELDS) <= set(response.context["adminform"].form.fields)
+    html = response.content.decode()
+    assert '<option value="o200k_base">o200k_base (GPT-4o, GPT-4.1, GPT-5, o-series)</option>' in html
+    assert '<option value="bytes" selected>UTF-8 bytes</option>' in html
+
+
+def test_a_new_price_with_token_classes_a_tier_and_a_counting_rule_is_added(admin_client):
+    assert admin_client.post("/admin/billing/modelprice/add/", PRICE_FORM).status_code == 302
+    price = ModelPrice.objects.get()
+    assert (price.alias, price.active, price.counting) == ("opus", True, "o200k_base")
+    assert (price.cached_input_credits_per_mtok, price.cache_write_credits_per_mtok) == (
+        Decimal("150"),
+        Decimal("1875"),
+    )
+    assert (price.tier_threshold_tokens, price.tier_input_credits_per_mtok, price.tier_output_credits_per_mtok) == (
+        200000, Decimal("3000"), Decimal("11250"),
+    )  # fmt: skip
+
+
+def test_empty_class_prices_and_no_tier_are_saved_as_empty(admin_client):
+    form = {**PRICE_FORM, "cached_input_credits_per_mtok": "", "cache_write_credits_per_mtok": ""}
+    form.update(dict.fromkeys(TIER_FIELDS, ""))
+    assert admin_client.post("/admin/billing/modelprice/add/", form).status_code == 302
+    price = ModelPrice.objects.get()
+    assert price.cached_input_credits_per_mtok is None and price.cache_write_credits_per_mtok is None
+    assert price.cached_input_price == price.cache_write_price == Decimal("1500")
+    assert (price.tier_threshold_tokens, price.tier_input_credits_per_mtok, price.tier_output_credits_per_mtok) == (
+        None, None, None,
+    )  # fmt: skip
+
+
+def test_changing_a_class_price_makes_a_new_row_through_the_service(admin_client):
+    old = model_price_create(
+        alias="opus", provider="anthropic", provider_model="claude-opus",
+        input_credits_per_mtok=Decimal("1500"), output_credits_per_mtok=Decimal("7500"),
+        context_tokens=1000000, max_output_tokens=32000,
+    )  # fmt: skip
+    form = {**PRICE_FORM, "active": "on"}
+    del form["alias"]
+    assert admin_client.post(f"/admin/billing/modelprice/{old.pk}/change/", form).status_code == 302
+    old.refresh_from_db()
+    new = ModelPrice.objects.get(alias="opus", active=True)
+    assert new.pk != old.pk and not old.active
+    assert (old.cached_input_credits_per_mtok, old.tier_threshold_tokens, old.counting) == (None, None, "bytes")
+    assert (new.cached_input_credits_per_mtok, new.tier_threshold_tokens, new.counting) == (
+        Decimal("150"), 200000, "o200k_base",
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("changes", "field", "message"),
+    [
+        ({"tier_input_credits_per_mtok": ""}, "tier_input_credits_per_mtok", "A tier needs its threshold and both"),
+        ({"tier_threshold_tokens": ""}, "tier_threshold_tokens", "A tier needs its threshold and both"),
+        ({"tier_threshold_tokens": "0"}, "tier_threshold_tokens", "A positive number of tokens, or empty"),
+        ({"cached_input_credits_per_mtok": "-1"}, "cached_input_credits_per_mtok", "A price must not be negative."),
+        ({"cache_write_credits_per_mtok": "-0.5"}, "cache_write_credits_per_mtok", "A price must not be negative."),
+        ({"tier_output_credits_per_mtok": "-2"}, "tier_output_credits_per_mtok", "A price must not be negative."),
+        ({"counting": "words"}, "counting", "Select a valid choice."),
+    ],
+)
+def test_a_refused_price_shows_the_refusal_on_its_field_and_saves_nothing(admin_client, changes, field, message):
+    response = admin_client.post("/admin/billing/modelprice/add/", {**PRICE_FORM, **changes})
+    assert response.status_code == 200
+    form = response.context["adminform"].form
+    assert list(form.errors) == [field]
+    assert message in form.errors[field][0]
+    assert f'id="id_{field}_error"' in response.content.decode()  # shown under the field
+    assert ModelPrice.objects.count() == 0
+
+
+def test_a_refusal_when_the_service_writes_shows_on_its_field_and_saves_nothing(admin_client, monkeypatch):
+    """The form's checks passed, then the service refused as it wrote (another staff
+    member priced the alias meanwhile): the same form comes back, the error on alias."""
+    assert admin_client.post("/admin/billing/modelprice/add/", PRICE_FORM).status_code == 302
+    monkeypatch.setattr("billing.admin.model_price_for_alias", lambda alias: None)  # the form's own check missed it
+    response = admin_client.post("/admin/billing/modelprice/add/", {**PRICE_FORM, "provider_model": "claude-2"})
+    assert response.status_code == 200
+    form = response.context["adminform"].form
+    assert form.errors == {"alias": ["'opus' already has an active price; change that one instead."]}
+    assert form.data["provider_model"] == "claude-2"  # what staff typed is kept
+    assert list(ModelPrice.objects.values_list("provider_model", flat=True)) == ["claude-opus"]
+
+
+def test_a_refusal_without_a_field_is_shown_above_the_form(admin_client, monkeypatch):
+    price = model_price_create(
+        alias="opus", provider="anthropic", provider_model="claude-opus",
+        input_credits_per_mtok=Decimal("1500"), output_credits_per_mtok=Decimal("7500"),
+    )  # fmt: skip
+
+    def deactivated_meanwhile(**kwargs) -> None:  # noqa: ANN003
+        raise StateConflict("An inactive price is history and cannot be changed.")
+
+    monkeypatch.setattr("billing.admin.model_price_change", deactivated_meanwhile)
+    form = {**PRICE_FORM, "active": "on"}
+    response = admin_client.post(f"/admin/billing/modelprice/{price.pk}/change/", form)
+    assert response.status_code == 200
+    assert response.context["adminform"].form.non_field_errors() == [
+        "An inactive price is history and cannot be changed."
+    ]
+    assert list(ModelPrice.objects.values_list("pk", "active", "cached_input_credits_per_mtok")) == [
+        (price.pk, True, None)
+    ]
 
 
 @pytest.mark.parametrize(

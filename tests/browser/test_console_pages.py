@@ -2,6 +2,7 @@
 with nothing collapsed and no sideways scrolling at 1280 px, its form submits, and a
 screenshot of it is saved in the test's temporary folder (`shots/`) to look at."""
 
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
@@ -12,8 +13,10 @@ from selenium.webdriver.support import expected_conditions as EC
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from accounts.services import user_create
-from billing.models import CreditTransaction, Wallet
+from billing.models import CreditTransaction, ModelPrice, Wallet
 from tests.billing.factories import ModelPriceFactory
+from tests.chat.factories import ChatSessionFactory
+from tests.reporting.factories import CallSpec, record_turn
 
 STRIPE_TEST_KEY = "sk_test_" + "0" * 24  # Stripe on (never called here)
 
@@ -193,3 +196,79 @@ def test_the_usage_page_filters_by_email_and_keeps_its_filter_row_aligned_on_err
     assert max(tops.values()) - min(tops.values()) <= 2, f"the filter row is out of line: {tops}"
     assert_usable(browser, shots / "usage-bad-filters.png")
     assert customer.pk
+
+
+def test_the_price_form_groups_its_fields_and_shows_a_refusal_under_its_field(live_server, browser, staff, shots):
+    log_in(browser, live_server, staff)
+    browser.get(f"{live_server.url}/admin/billing/modelprice/add/")
+    form = wait(browser).until(EC.presence_of_element_located((By.ID, "modelprice_form")))
+    headings = [el.text for el in form.find_elements(By.CSS_SELECTOR, "fieldset h2")]
+    assert headings == ["Prices", "Token classes", "Long-context tier", "Limits & counting"]
+    assert_usable(browser, shots / "price-add-1280.png")
+    values = {
+        "alias": "opus", "provider_model": "claude-opus", "input_credits_per_mtok": "1500",
+        "output_credits_per_mtok": "7500", "cached_input_credits_per_mtok": "150", "tier_threshold_tokens": "200000",
+        "tier_input_credits_per_mtok": "3000",
+    }  # fmt: skip
+    for name, value in values.items():
+        field = form.find_element(By.NAME, name)
+        field.clear()
+        field.send_keys(value)
+    Select(form.find_element(By.NAME, "provider")).select_by_value("anthropic")
+    Select(form.find_element(By.NAME, "counting")).select_by_value("o200k_base")
+    form.find_element(By.NAME, "_save").click()
+    # A tier without its output price: the service's refusal, under that field.
+    error = wait(browser).until(
+        EC.presence_of_element_located((By.CSS_SELECTOR, ".field-tier_output_credits_per_mtok .errorlist"))
+    )
+    assert "A tier needs its threshold and both its prices." in error.text
+    browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", error)
+    assert_usable(browser, shots / "price-add-refused-1280.png")
+    field = browser.find_element(By.NAME, "tier_output_credits_per_mtok")
+    field.send_keys("11250")
+    browser.find_element(By.NAME, "_save").click()
+    wait(browser).until(EC.presence_of_element_located((By.CSS_SELECTOR, ".messagelist .success")))
+    price = ModelPrice.objects.get(alias="opus")
+    assert (price.counting, price.cached_input_credits_per_mtok, price.tier_output_credits_per_mtok) == (
+        "o200k_base", Decimal("150"), Decimal("11250"),
+    )  # fmt: skip
+    browser.get(f"{live_server.url}/admin/billing/modelprice/{price.pk}/change/")
+    wait(browser).until(EC.presence_of_element_located((By.ID, "modelprice_form")))
+    assert_usable(browser, shots / "price-change-1280.png")
+
+
+def test_llm_calls_show_their_token_classes_without_sideways_scrolling(live_server, browser, staff, shots):
+    ModelPriceFactory(alias="fast")
+    customer = user_create(email="customer@example.com")
+    [call] = record_turn(
+        session=ChatSessionFactory(user=customer),
+        calls=[
+            CallSpec(
+                "fast", datetime(2025, 1, 10, 12, tzinfo=UTC), 12000, 900,
+                cached_input_tokens=10000, cache_write_tokens=1200, reasoning_tokens=600,
+            )
+        ],
+    )  # fmt: skip
+    log_in(browser, live_server, staff)
+    browser.get(f"{live_server.url}/admin/chat/llmcall/")
+    wait(browser).until(EC.presence_of_element_located((By.ID, "result_list")))
+    cells = {
+        name: browser.find_element(By.CSS_SELECTOR, f"#result_list td.field-{name}")
+        for name in ("tokens_in", "tokens_out")
+    }
+    assert cells["tokens_in"].text.replace("\u00a0", " ").split("\n") in (
+        ["12000", "10000 cached, 1200 cache write"], ["12000", "10000 cached,", "1200 cache write"],
+    )  # fmt: skip
+    assert cells["tokens_out"].text.replace("\u00a0", " ") == "900\n600 reasoning"
+    # The list scrolls inside its box beside the filters (as before the classes); the page does not.
+    browser.execute_script("arguments[0].scrollIntoView({block: 'nearest', inline: 'center'})", cells["tokens_out"])
+    assert_usable(browser, shots / "llmcall-list-1280.png")
+    browser.get(f"{live_server.url}/admin/chat/turn/{call.turn_id}/change/")
+    inline = wait(browser).until(EC.presence_of_element_located((By.ID, "llm_calls-group")))
+    browser.execute_script("arguments[0].scrollIntoView()", inline)
+    assert "600 reasoning" in inline.find_element(By.CSS_SELECTOR, "td.field-tokens_out").text.replace("\u00a0", " ")
+    assert_usable(browser, shots / "turn-calls-inline-1280.png")
+    browser.get(f"{live_server.url}/admin/chat/llmcall/{call.pk}/change/")
+    wait(browser).until(EC.presence_of_element_located((By.ID, "content-main")))
+    assert "10000" in browser.find_element(By.CSS_SELECTOR, ".field-cached_input_tokens").text
+    assert_usable(browser, shots / "llmcall-page-1280.png")
