@@ -15,7 +15,7 @@ by `turn_complete` with one debit (reference = turn id). What differs:
   and the alias's max_output_tokens; the call cannot cost more.
 """
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from functools import partial
 from typing import Any
@@ -37,6 +37,7 @@ from chat.models import ChatSession, Message, Turn
 from chat.services.turns import SESSION_TOUCH_RESOLUTION, turn_hand_over, turns_in_flight_check
 from core import rawsql
 from core.exceptions import field_error
+from core.text import storable
 
 
 @dataclass
@@ -90,6 +91,26 @@ def completion_worst_case(*, request: CompletionRequest) -> tuple[int, Decimal, 
     return limit, ledger_amount(worst), prompt + limit
 
 
+def completion_request_storable(request: CompletionRequest) -> CompletionRequest:
+    """The request as the database can store it (core.text: a NUL becomes U+FFFD) in
+    its messages, tool calls, tool definitions and options; counted and sent as stored."""
+    messages = [
+        replace(
+            message, content=storable(message.content), tool_call_id=storable(message.tool_call_id),
+            tool_calls=tuple(
+                replace(call, id=storable(call.id), name=storable(call.name), arguments=storable(call.arguments),
+                        raw_arguments=storable(call.raw_arguments))
+                for call in message.tool_calls
+            ),
+        )
+        for message in request.messages
+    ]  # fmt: skip
+    return replace(
+        request, messages=messages, tools=storable(request.tools), stop=storable(request.stop),
+        tool_name=storable(request.tool_name), user=storable(request.user),
+    )  # fmt: skip
+
+
 def completion_turn_create(*, user: User, api_key: ApiKey, request: CompletionRequest, hand_over: bool = True) -> Turn:
     """Accepts the request as a queued turn holding its worst case (402 in `block` mode
     when not covered, 429 past the user's turns in flight); it is handed to the worker
@@ -98,6 +119,7 @@ def completion_turn_create(*, user: User, api_key: ApiKey, request: CompletionRe
     (chat.services.turns.turn_hand_over) once it listens to the turn's events, so a
     stream misses none of them; until then it is marked handed over, and the sweep
     sends it after TURN_REDISPATCH_SECONDS should the caller never do it."""
+    request = completion_request_storable(request)
     limit, worst_case, tokens = completion_worst_case(request=request)
     options = {
         "max_tokens": limit, "temperature": request.temperature, "top_p": request.top_p, "stop": request.stop,

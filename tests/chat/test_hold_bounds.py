@@ -28,6 +28,7 @@ from chat.llm.counting import BYTES, CL100K_BASE, O200K_BASE, encoding
 from chat.models import ChatSession, LLMCall, Message, Turn
 from chat.services import turn_create
 from chat.services.completions import CompletionRequest, completion_turn_create
+from core.text import storable
 from tests.fakes.llm_servers import FakeAnthropicServer, FakeOpenAIServer, Reply
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -211,14 +212,18 @@ def test_a_chat_turn_with_any_history_is_never_charged_more_than_its_hold(rule, 
     @given(history=conversations(), content=TEXT.filter(str.strip), prompt=TEXT, split=SPLITS)
     def check(history, content, prompt, split) -> None:  # noqa: ANN001
         upstreams[provider].split = split
-        session = ChatSession.objects.create(user=owner, model_alias=price.alias, system_prompt=prompt[:2000])
+        # As stored: a NUL only ever reaches the database as U+FFFD (the API refuses it in
+        # a chat message; core.text.storable for what a model or a /v1 client sends).
+        prompt, content = storable(prompt[:2000]), storable(content[:32_000])
+        session = ChatSession.objects.create(user=owner, model_alias=price.alias, system_prompt=prompt)
         done = Turn.objects.create(session=session, user=owner, model_alias=price.alias, status="completed")
         Message.objects.bulk_create(
-            Message(session=session, turn=done, role=m.role, content=m.content, tool_call_id=m.tool_call_id,
-                    tool_calls=[call.as_dict() for call in m.tool_calls] or None)
+            Message(session=session, turn=done, role=m.role, content=storable(m.content),
+                    tool_call_id=storable(m.tool_call_id),
+                    tool_calls=storable([call.as_dict() for call in m.tool_calls]) or None)
             for m in history if m.role != "system"
         )  # fmt: skip
-        turn, _ = turn_create(user=owner, session=session, content=content[:32_000])
+        turn, _ = turn_create(user=owner, session=session, content=content)
         assert_settled_within_hold(turn)
 
     check()
