@@ -15,10 +15,10 @@ from billing.selectors import model_price_for_alias
 from billing.services import (
     PRICE_FIELDS,
     TIER_FIELDS,
-    _price_values,
     model_price_change,
     model_price_create,
     model_price_deactivate,
+    model_price_values_clean,
     wallet_grant,
 )
 from billing.stripe import admin as stripe_admin  # noqa: F401  registers the top-up and webhook trigger admins
@@ -280,7 +280,7 @@ class ModelPriceForm(forms.ModelForm):
             # the refusal names its field: a field with an error is left out of the model's
             # constraint checks that follow, which could only say "constraint violated".
             try:
-                _price_values(values)
+                model_price_values_clean(values)
             except ApplicationError as exc:
                 refused = exc.fields or {None: [exc.message]}
         for name, errors in refused.items():
@@ -298,7 +298,7 @@ class ModelPriceAdmin(admin.ModelAdmin):
     (billing.services.model_price_change): a row's prices are never rewritten, so
     every LLM call keeps the price it was charged at. Inactive rows are history.
 
-    The form checks the values by the services' rules (billing.services._price_values:
+    The form checks the values by the services' rules (billing.services.model_price_values_clean:
     a tier whole or absent, prices not negative, a known counting rule), and what the
     service still refuses when it writes (an alias priced meanwhile) is shown on its
     field too (changeform_view), as the form's own errors are."""

@@ -736,7 +736,9 @@ OPTIONAL_PRICES = (
 TIER_FIELDS = ("tier_threshold_tokens", "tier_input_credits_per_mtok", "tier_output_credits_per_mtok")
 
 
-def _price_values(values: dict[str, Any]) -> dict[str, Any]:
+def model_price_values_clean(values: dict[str, Any]) -> dict[str, Any]:
+    """A price row's values checked and normalised by the pricing rules (400 naming the
+    first bad field): what create and change write, and what the admin form checks."""
     cleaned = dict(values)
     if cleaned.get("provider") not in ModelPrice.Provider.values:
         raise field_error("provider", f"One of: {', '.join(ModelPrice.Provider.values)}.")
@@ -791,7 +793,7 @@ def model_price_create(
     alias = alias.strip()
     if not alias:
         raise field_error("alias", "An alias is required.")
-    values = _price_values(
+    values = model_price_values_clean(
         {
             "provider": provider,
             "provider_model": provider_model,
@@ -827,7 +829,7 @@ def model_price_change(*, price: ModelPrice, **changes: Any) -> ModelPrice:
     current = ModelPrice.objects.select_for_update().get(pk=price.pk)
     if not current.active:
         raise StateConflict("An inactive price is history and cannot be changed.")
-    values = _price_values({name: changes.get(name, getattr(current, name)) for name in PRICE_FIELDS})
+    values = model_price_values_clean({name: changes.get(name, getattr(current, name)) for name in PRICE_FIELDS})
     if all(values[name] == getattr(current, name) for name in PRICE_FIELDS):
         return current
     # Deactivate first: at most one active row per alias (a partial unique index).
@@ -853,6 +855,7 @@ def model_price_set(*, alias: str, **values: Any) -> ModelPrice:
 
 __all__ = [
     "model_price_change",
+    "model_price_values_clean",
     "model_price_create",
     "model_price_deactivate",
     "model_price_set",
