@@ -48,12 +48,17 @@ def llm_call_build(
     error: str = "",
     used_fallback: bool = False,
     counted_input: int | None = None,
+    output_limit: int | None = None,
 ) -> LLMCall:
     """An unsaved LLMCall metered at `price`. A failed call (no result) has no usage
     and costs nothing; a partial one (its stream stopped after output) costs what
     came. `counted_input` is the call's input counted with the price's rule (what its
-    hold reserved; billed when the provider reported no usage)."""
-    usage = metered_usage(price=price, result=result, counted_input=counted_input or 0)
+    hold reserved; billed when the provider reported no usage); `output_limit`, the
+    most output it was allowed (the price's max_output_tokens when not given)."""
+    usage = metered_usage(
+        price=price, result=result, counted_input=counted_input or 0,
+        output_limit=output_limit or price.max_output_tokens,
+    )  # fmt: skip
     exact = call_cost(price, usage)
     return LLMCall(
         price=price, purpose=purpose, model_alias=price.alias, provider=price.provider,
@@ -71,12 +76,12 @@ def llm_call_build(
 _WARNED_UNREPORTED: set[str] = set()
 
 
-def metered_usage(*, price: ModelPrice, result: LLMResult | None, counted_input: int) -> TokenUsage:
+def metered_usage(*, price: ModelPrice, result: LLMResult | None, counted_input: int, output_limit: int) -> TokenUsage:
     """What a call is billed for: the provider's report, in every class it reported.
     Where it reported nothing, the input is `counted_input`; where its report may
     lag the output (a stream that stopped early) or is missing, the output is at
     least what the price's rule counts of the text, tool calls and reasoning that
-    arrived."""
+    arrived, up to `output_limit` (the provider stops there, whatever the count)."""
     if result is None:
         return TokenUsage(input_tokens=0, output_tokens=0)
     input_tokens, output_tokens, reasoning = result.input_tokens, result.output_tokens, result.reasoning_tokens
@@ -87,9 +92,9 @@ def metered_usage(*, price: ModelPrice, result: LLMResult | None, counted_input:
             logger.warning("model alias %s: the provider reported no usage; billing the counted tokens", price.alias)
     if result.partial or not result.usage_reported:
         rule = price.counting
-        reasoning = max(reasoning, count_text(result.reasoning_text, rule))
+        reasoning = max(reasoning, min(count_text(result.reasoning_text, rule), output_limit))
         counted = count_output(text=result.text, tool_calls=result.tool_calls, extra=result.unkept_output, rule=rule)
-        output_tokens = max(output_tokens, counted + reasoning)
+        output_tokens = max(output_tokens, min(counted + reasoning, output_limit))
     return TokenUsage(
         input_tokens=input_tokens, output_tokens=output_tokens, reasoning_tokens=min(reasoning, output_tokens),
         cached_input_tokens=min(result.cached_input_tokens, input_tokens),
@@ -146,7 +151,10 @@ def llm_call_run(
         latency = round((time.monotonic() - started) * 1000)
         return None, llm_call_build(price=price, purpose=purpose, latency_ms=latency, error=exc.message)
     latency = round((time.monotonic() - started) * 1000)
-    llm_call = llm_call_build(price=price, purpose=purpose, latency_ms=latency, result=result, counted_input=counted)
+    llm_call = llm_call_build(
+        price=price, purpose=purpose, latency_ms=latency, result=result, counted_input=counted,
+        output_limit=output_limit,
+    )  # fmt: skip
     overrun_check(turn=turn, llm_call=llm_call, counted_input=counted, output_limit=output_limit)
     return result, llm_call
 

@@ -39,7 +39,8 @@ CONVERSATION = [
 
 def metered(result, *, counted_input: int) -> tuple[int, int]:  # noqa: ANN001
     """(input, output) tokens the metering bills for `result` on a `bytes` price."""
-    usage = metered_usage(price=ModelPrice(alias="t", counting="bytes"), result=result, counted_input=counted_input)
+    price = ModelPrice(alias="t", counting="bytes")
+    usage = metered_usage(price=price, result=result, counted_input=counted_input, output_limit=16)
     return usage.input_tokens, usage.output_tokens
 
 
@@ -322,7 +323,9 @@ def test_anthropic_a_stream_cut_after_output_is_billed_at_the_usage_so_far(fake_
     assert "stream ended before the reply was complete" in result.partial
     # message_start reported the input (11) and 1 output token: the text counts more.
     assert (result.input_tokens, result.output_tokens, result.usage_reported) == (11, 1, True)
-    assert metered(result, counted_input=40) == (11, len("partial reply here"))
+    # 18 bytes counted, but the call asked for at most 16 tokens: the provider stopped
+    # there, so the count is capped at the limit (what its hold reserved).
+    assert metered(result, counted_input=40) == (11, 16)
 
 
 def test_anthropic_stop_requested_ends_the_stream_with_what_came(fake_anthropic):
