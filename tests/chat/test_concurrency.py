@@ -67,7 +67,8 @@ def test_fifty_concurrent_turns_on_one_wallet_leave_the_exact_balance(session, f
 def test_block_mode_accepts_only_what_the_wallet_covers(owner, price, settings, parked_turns):
     settings.BILLING_ENFORCEMENT = "block"
     content = "Same question"
-    hold = expected_cost(4 + local_tokens(content), price.max_output_tokens)
+    # The hold counts by the price's rule (bytes): the reply's 8, the message's 8 and its bytes.
+    hold = expected_cost(8 + 8 + len(content), price.max_output_tokens)
     wallet_grant(user=owner, amount=hold * 10, reason="covers ten turns")
     sessions = [ChatSession.objects.create(user=owner, model_alias="fast") for _ in range(N)]
 

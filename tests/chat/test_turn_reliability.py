@@ -23,6 +23,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import replace
 from decimal import Decimal
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -153,7 +154,9 @@ def test_a_turn_accepted_while_the_broker_is_down_runs_once_the_broker_is_back(t
     stack.start(("web", "worker", "beat"))
     try:
         broker.stop()
-        status, body, seconds = _call(stack.port, "POST", f"/api/v1/sessions/{session.pk}/turns", key, {"content": "hi"})
+        status, body, seconds = _call(
+            stack.port, "POST", f"/api/v1/sessions/{session.pk}/turns", key, {"content": "hi"}
+        )
         assert (status, seconds < 2.0) == (202, True), (status, body, seconds)
         turn = Turn.objects.get(pk=body["id"])
         assert (turn.status, turn.dispatched_at) == ("queued", None)  # in the outbox
@@ -226,10 +229,11 @@ def database_refusing(seconds: float) -> Iterator[None]:
                 connection.pool.check()  # this process's idle pooled connections were terminated too
 
 
-def _turn_in_completion(tmp_path: Path, fake: FakeOpenAIServer, email: str, **env: str) -> tuple[Stack, str]:
+def _turn_in_completion(tmp_path: Path, fake: FakeOpenAIServer, email: str, reply: Reply = SLOW,
+                        **env: str) -> tuple[Stack, str]:  # fmt: skip
     """A turn whose reply is about to end, on the Procfile's processes."""
     key, session = _customer(email)
-    fake.script(SLOW)
+    fake.script(reply)
     stack = _stack(tmp_path, _another_redis_db(settings.REDIS_URL), fake, **env)
     stack.start(("web", "worker", "beat"))
     status, body, _ = _call(stack.port, "POST", f"/api/v1/sessions/{session.pk}/turns", key, {"content": "hi"})
@@ -240,9 +244,13 @@ def _turn_in_completion(tmp_path: Path, fake: FakeOpenAIServer, email: str, **en
 
 
 def test_database_connections_killed_at_completion_are_retried_with_the_outcome_in_hand(tmp_path, fake):
-    stack, turn_id = _turn_in_completion(tmp_path, fake, "dbkill@example.com")
+    # The reply lasts about 4 s and the database refuses from 1.5 s to 6.5 s after it
+    # began: its end (and the completion) falls in the outage with seconds to spare on
+    # both sides, however busy the machine.
+    slower = replace(SLOW, chunk_delay=0.2)
+    stack, turn_id = _turn_in_completion(tmp_path, fake, "dbkill@example.com", reply=slower)
     try:
-        with database_refusing(3.0):  # the reply ends (and its completion starts) meanwhile
+        with database_refusing(5.0):
             pass
         wait_for(lambda: _status(turn_id) == "completed", timeout=30)
     finally:
