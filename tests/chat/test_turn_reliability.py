@@ -247,8 +247,12 @@ def test_database_connections_killed_at_completion_are_retried_with_the_outcome_
     # The reply lasts about 4 s and the database refuses from 1.5 s to 6.5 s after it
     # began: its end (and the completion) falls in the outage with seconds to spare on
     # both sides, however busy the machine.
+    # A short pool wait: the completion's connection request fails during the outage
+    # (rather than waiting it out in the pool), so the refusal and the retry happen.
     slower = replace(SLOW, chunk_delay=0.2)
-    stack, turn_id = _turn_in_completion(tmp_path, fake, "dbkill@example.com", reply=slower)
+    stack, turn_id = _turn_in_completion(
+        tmp_path, fake, "dbkill@example.com", reply=slower, DB_POOL_TIMEOUT_SECONDS="1"
+    )
     try:
         with database_refusing(5.0):
             pass
