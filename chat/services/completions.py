@@ -34,7 +34,7 @@ from chat.engine.context import input_budget
 from chat.llm import ChatMessage
 from chat.llm.counting import count_prompt
 from chat.models import ChatSession, Message, Turn
-from chat.services.turns import SESSION_TOUCH_RESOLUTION, turn_hand_over, turns_in_flight_check
+from chat.services.turns import SESSION_TOUCH_RESOLUTION, turn_hand_over_robustly, turns_in_flight_check
 from core import rawsql
 from core.exceptions import field_error
 from core.text import storable
@@ -172,5 +172,5 @@ def _completion_turn_write(
         if session.updated_at is None or timezone.now() - session.updated_at > SESSION_TOUCH_RESOLUTION:
             ChatSession.objects.filter(pk=session.pk).update(updated_at=timezone.now())
         if hand_over:
-            transaction.on_commit(partial(turn_hand_over, turn_id=str(turn.pk)), robust=True)
+            transaction.on_commit(partial(turn_hand_over_robustly, turn_id=str(turn.pk)))
     return turn

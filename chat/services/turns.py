@@ -146,7 +146,7 @@ def turn_create(
             if session.updated_at is None or timezone.now() - session.updated_at > SESSION_TOUCH_RESOLUTION:
                 ChatSession.objects.filter(pk=session.pk).update(updated_at=timezone.now())
             if hand_over:
-                transaction.on_commit(partial(turn_hand_over, turn_id=str(turn.pk)), robust=True)
+                transaction.on_commit(partial(turn_hand_over_robustly, turn_id=str(turn.pk)))
     except IntegrityError:
         reservation.release()
         # A concurrent request with the same key committed first.
@@ -180,9 +180,11 @@ def turn_hand_over(*, turn_id: str) -> bool:
 
 
 def turn_hand_over_robustly(*, turn_id: str) -> None:
-    """turn_hand_over as a robust on-commit hook runs it, for a caller that hands a
-    turn over after its commit: a failure is logged, and the turn waits in the
-    database for the sweep."""
+    """turn_hand_over as a robust on-commit hook would run it: a failure is logged,
+    and the turn waits in the database for the sweep. The accepting transaction's
+    on-commit hook is this (not `on_commit(partial(turn_hand_over), robust=True)`:
+    Django's robust hook logs the callback's __qualname__, which a partial lacks, so
+    its own log line raised and a committed turn answered 500)."""
     try:
         turn_hand_over(turn_id=turn_id)
     except Exception:
