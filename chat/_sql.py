@@ -167,17 +167,18 @@ _OCTETS = {"postgresql": "OCTET_LENGTH({})", "sqlite": "LENGTH(CAST({} AS BLOB))
 def session_history_size(*, session: ChatSession, scan: int) -> tuple[int, int]:
     """The rows of chat.selectors.session_history (no before_message_id): how many,
     and the UTF-8 bytes a prompt could carry of them (content, tool calls as stored
-    JSON, the id of the call a tool result answers). The hold, on every POST
-    turns: 139 vs 831 us (-83%), measured before the bytes were summed."""
+    JSON, the id of the call a tool result answers). The stored JSON of a tool call
+    carries its id, name and arguments plus more than chat.llm.counting's 8 framing
+    tokens of punctuation and keys, so this bounds every rule's count of them. The
+    hold, on every POST turns: 139 vs 831 us (-83%), measured before the bytes were
+    summed."""
     where, params = ["session_id = %s"], [session.pk]
     if session.summary_through_message_id:
         where.append("id > %s")
         params.append(session.summary_through_message_id)
     octets = _OCTETS[connection.vendor].format
     tool_calls = "tool_calls::text" if connection.vendor == "postgresql" else "tool_calls"
-    size = (
-        f"{octets('content')} + {octets('tool_call_id')} + COALESCE({octets(tool_calls)}, 0)"
-    )
+    size = f"{octets('content')} + {octets('tool_call_id')} + COALESCE({octets(tool_calls)}, 0)"
     sql = (
         f"SELECT COUNT(*), SUM(size) FROM (SELECT {size} AS size FROM {Message._meta.db_table} "  # noqa: S608
         f"WHERE {' AND '.join(where)} ORDER BY id DESC LIMIT %s) newest"

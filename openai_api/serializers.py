@@ -13,7 +13,6 @@ from billing.selectors import model_price_for_alias
 from chat.llm import ChatMessage, ToolCallRequest
 from chat.models import CONTENT_MAX_CHARS
 from chat.services.completions import CompletionRequest
-from core.text import storable
 from openai_api.errors import model_not_found
 
 FUNCTION_NAME = r"^[a-zA-Z0-9_-]{1,64}$"
@@ -33,8 +32,8 @@ TEXT_PART = {
 @extend_schema_field({"oneOf": [{"type": "string"}, {"type": "array", "items": TEXT_PART}], "nullable": True})
 class ContentField(serializers.Field):
     """A message's content: a string, a list of text parts, or null (an assistant that
-    only called tools). Parts are joined with newlines; a NUL becomes U+FFFD
-    (core.text: a client may send back a reply's NUL, which PostgreSQL cannot store)."""
+    only called tools). Parts are joined with newlines. (A NUL is made storable with
+    the rest of the request: chat.services.completions.completion_request_storable.)"""
 
     default_error_messages = {
         "invalid": "Must be a string or a list of content parts.",
@@ -58,8 +57,7 @@ class ContentField(serializers.Field):
             self.fail("invalid")
         if text is not None and len(text) > CONTENT_MAX_CHARS:
             self.fail("too_long")
-        # Stored as the database can (a NUL becomes U+FFFD), and counted as stored.
-        return storable(text)
+        return text
 
     def to_representation(self, value: Any) -> Any:
         return value

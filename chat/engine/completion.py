@@ -15,7 +15,7 @@ from chat import leases
 from chat.engine.context import TurnContext, to_chat_messages
 from chat.engine.metering import TurnOutcome, llm_call_run
 from chat.llm import STOPPED_BY_OWNER, CallOptions
-from chat.llm.counting import REPLY_FRAMING_TOKENS, count_message
+from chat.llm.counting import count_prompt
 from chat.models import Message, Turn
 
 
@@ -35,8 +35,7 @@ def completion_outcome(*, turn: Turn, price: ModelPrice) -> TurnOutcome:
     options = turn.completion_options or {}
     rows = list(Message.objects.filter(turn=turn).order_by("id"))
     messages = to_chat_messages(rows)
-    input_tokens = REPLY_FRAMING_TOKENS + sum(count_message(message, price.counting) for message in messages)
-    context = TurnContext(messages=messages, input_tokens=input_tokens, own_rows=rows)
+    context = TurnContext(messages=messages, input_tokens=count_prompt(messages, price.counting), own_rows=rows)
     outcome = TurnOutcome(prior_messages=rows)
     if leases.stop_requested(turn.pk):  # cancelled before the call started (or the lease is gone)
         outcome.cancelled = not leases.lease_lost(turn.pk)

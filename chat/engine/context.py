@@ -19,7 +19,7 @@ from django.db.models import Case, IntegerField, Value, When
 from accounts.models import User
 from billing.models import ModelPrice
 from chat.llm import ChatMessage, ToolCallRequest
-from chat.llm.counting import REPLY_FRAMING_TOKENS, count_message
+from chat.llm.counting import count_message, count_prompt
 from chat.models import ChatSession, Message, Turn, UploadedFile
 from chat.selectors import HISTORY_SCAN, files_for_user, history_completed, turn_messages, user_has_files
 
@@ -110,8 +110,8 @@ def context_build(
     """The prompt for the next call of `turn`. `extra` are messages produced earlier
     in this turn and not yet stored (a tool loop, earlier round-table replies);
     `reserved_tokens` is budget taken by something sent besides the messages (tool
-    definitions, counted with the price's rule); `rows` is `context_rows(turn=turn)` when the caller already read it
-    (a run reads it once for all its calls)."""
+    definitions, counted with the price's rule); `rows` is `context_rows(turn=turn)`
+    when the caller already read it (a run reads it once for all its calls)."""
     session = turn.session
     if rows is None:
         rows = context_rows(turn=turn)
@@ -119,7 +119,7 @@ def context_build(
     own = to_chat_messages(own_rows) + list(extra or ())
     head = head_messages(session=session, system_prompt=system_prompt)
     rule = price.counting
-    used = REPLY_FRAMING_TOKENS + sum(count_message(m, rule) for m in (*head, *own)) + reserved_tokens
+    used = count_prompt([*head, *own], rule) + reserved_tokens
     budget = input_budget(price)
 
     kept: list[tuple[int, ChatMessage, int]] = []

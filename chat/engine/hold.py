@@ -10,7 +10,8 @@ from billing.models import ModelPrice
 from billing.selectors import model_price_for_alias
 from chat.engine.context import head_messages, input_budget
 from chat.engine.metering import call_bound, window_bound
-from chat.llm.counting import MESSAGE_FRAMING_TOKENS, REPLY_FRAMING_TOKENS, count_message, count_text
+from chat.llm import ChatMessage
+from chat.llm.counting import MESSAGE_FRAMING_TOKENS, count_prompt
 from chat.models import ChatSession
 from chat.selectors import participants_for_session, session_history_size, user_has_files
 from chat.tools import tools_for_turn
@@ -88,8 +89,7 @@ def _prompt_tokens(*, session: ChatSession, price: ModelPrice, content: str) -> 
     """A turn's first prompt in tokens of the alias's rule: (what it must hold: system
     prompt, summary and the new message, counted; the session's history on top of
     that, bounded by its UTF-8 bytes, which no rule's count exceeds)."""
-    rule = price.counting
-    head = sum(count_message(message, rule) for message in head_messages(session=session))
-    needed = REPLY_FRAMING_TOKENS + head + MESSAGE_FRAMING_TOKENS + count_text(content, rule)
+    asked = [*head_messages(session=session), ChatMessage(role="user", content=content)]
+    needed = count_prompt(asked, price.counting)
     count, size = session_history_size(session=session)
     return needed, count * MESSAGE_FRAMING_TOKENS + size

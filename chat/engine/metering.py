@@ -95,10 +95,11 @@ def metered_usage(*, price: ModelPrice, result: LLMResult | None, counted_input:
         reasoning = max(reasoning, min(count_text(result.reasoning_text, rule), output_limit))
         counted = count_output(text=result.text, tool_calls=result.tool_calls, extra=result.unkept_output, rule=rule)
         output_tokens = max(output_tokens, min(counted + reasoning, output_limit))
+    # The classes are parts of the totals, never more than what is left of them.
+    cached = min(result.cached_input_tokens, input_tokens)
     return TokenUsage(
         input_tokens=input_tokens, output_tokens=output_tokens, reasoning_tokens=min(reasoning, output_tokens),
-        cached_input_tokens=min(result.cached_input_tokens, input_tokens),
-        cache_write_tokens=min(result.cache_write_tokens, input_tokens - min(result.cached_input_tokens, input_tokens)),
+        cached_input_tokens=cached, cache_write_tokens=min(result.cache_write_tokens, input_tokens - cached),
     )  # fmt: skip
 
 

@@ -116,8 +116,8 @@ def run_context(run: TurnRun, *, price: ModelPrice, system_prompt: str, extra: l
     if key is not None and run.last_context is not None and run.last_context[0] == key:
         return run.last_context[1]
     context = context_build(
-        turn=run.turn, price=price, system_prompt=system_prompt, extra=extra, reserved_tokens=count_tools(tools, price.counting),
-        rows=run.rows,
+        turn=run.turn, price=price, system_prompt=system_prompt, extra=extra,
+        reserved_tokens=count_tools(tools, price.counting), rows=run.rows,
     )  # fmt: skip
     if run.outcome.prior_messages is None:
         run.outcome.prior_messages = context.own_rows

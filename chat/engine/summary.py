@@ -42,7 +42,8 @@ def summarise(run: TurnRun) -> None:
     lines: list[str] = []
     for row in rows:
         line = f"{row['role']}: {row['content']}"
-        # Each line counted apart, with its newline: never less than the joined text's count.
+        # Each line counted apart, with its newline; the call itself is counted whole
+        # (count_prompt below) before the ceiling check.
         room -= count_text(line, rule) + 1
         if room < 0:
             break

@@ -9,9 +9,10 @@ Streaming reads usage from `message_start` (input) and `message_delta` (output,
 cumulative). Usage keeps the classes Anthropic bills apart: `input_tokens` (not
 cached), `cache_read_input_tokens` (about 0.1x) and `cache_creation_input_tokens`
 (about 1.25x) are, together, the call's input; `output_tokens` includes thinking,
-which `output_tokens_details.thinking_tokens` reports apart (reasoning tokens). Thinking streamed as `thinking_delta` is not
-shown, but a Stop ends the stream there too, and it is counted when a stream stops
-before its usage is complete. Retries on 408/409/429/5xx are the SDK's own (LLM_MAX_RETRIES).
+which `output_tokens_details.thinking_tokens` reports apart (reasoning tokens).
+Thinking streamed as `thinking_delta` is not shown, but a Stop ends the stream there
+too, and it is counted when a stream stops before its usage is complete. Retries on
+408/409/429/5xx are the SDK's own (LLM_MAX_RETRIES).
 CallOptions translate: stop -> `stop_sequences` (a `stop_sequence` stop is a normal
 "stop"), tool_choice auto / none / required / function -> {"type": "auto" | "none" |
 "any" | "tool"}, user -> `metadata.user_id`. The Messages API of the pinned SDK takes
@@ -37,6 +38,7 @@ from chat.llm.base import (
     StopRequested,
     ToolCallRequest,
     partial_result,
+    reported,
 )
 from chat.llm.errors import SDK_ERRORS, readable_error
 
@@ -106,21 +108,16 @@ def to_wire_options(options: CallOptions, *, tools_offered: bool) -> dict[str, A
     return params
 
 
-def _tokens(usage: Any, name: str) -> int:
-    value = getattr(usage, name, None)
-    return value if isinstance(value, int) else 0
-
-
 def usage_fields(usage: Any) -> dict[str, int]:
     """The LLMResult token fields of an Anthropic `usage` object: its input is the
     uncached input plus the cache reads and writes."""
-    cached, written = _tokens(usage, "cache_read_input_tokens"), _tokens(usage, "cache_creation_input_tokens")
+    cached, written = reported(usage, "cache_read_input_tokens"), reported(usage, "cache_creation_input_tokens")
     return {
-        "input_tokens": _tokens(usage, "input_tokens") + cached + written,
+        "input_tokens": reported(usage, "input_tokens") + cached + written,
         "cached_input_tokens": cached,
         "cache_write_tokens": written,
-        "output_tokens": _tokens(usage, "output_tokens"),
-        "reasoning_tokens": _tokens(getattr(usage, "output_tokens_details", None), "thinking_tokens"),
+        "output_tokens": reported(usage, "output_tokens"),
+        "reasoning_tokens": reported(getattr(usage, "output_tokens_details", None), "thinking_tokens"),
     }
 
 

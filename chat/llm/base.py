@@ -172,7 +172,16 @@ def estimate_prompt_tokens(messages: Sequence[ChatMessage]) -> int:
     return sum(estimate_message_tokens(message) for message in messages)
 
 
-def partial_result(*, text: str, why: str, unkept_output: str = "", reasoning_text: str = "", **usage: int) -> LLMResult:
+def reported(usage: Any, name: str) -> int:
+    """A token count a provider's usage object (or a part of it, possibly absent)
+    reports under `name`; 0 when it reports none (missing, null, not a number)."""
+    value = getattr(usage, name, None)
+    return value if isinstance(value, int) else 0
+
+
+def partial_result(
+    *, text: str, why: str, unkept_output: str = "", reasoning_text: str = "", **usage: int
+) -> LLMResult:
     """What a stream that stopped early produced: its text (a half-received tool call
     cannot be run, so none is kept, but its arguments were produced: `unkept_output`;
     and `reasoning_text`) and the usage the provider reported so far (`usage`, the
@@ -181,6 +190,5 @@ def partial_result(*, text: str, why: str, unkept_output: str = "", reasoning_te
     input_tokens, output_tokens = usage.pop("input_tokens", 0), usage.pop("output_tokens", 0)
     return LLMResult(
         text=text, finish_reason="stop", partial=why, unkept_output=unkept_output, reasoning_text=reasoning_text,
-        input_tokens=input_tokens,
-        output_tokens=output_tokens, usage_reported=bool(input_tokens), **usage,
+        input_tokens=input_tokens, output_tokens=output_tokens, usage_reported=bool(input_tokens), **usage,
     )  # fmt: skip

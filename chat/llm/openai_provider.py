@@ -35,6 +35,7 @@ from chat.llm.base import (
     StopRequested,
     ToolCallRequest,
     partial_result,
+    reported,
 )
 from chat.llm.counting import arguments_text
 from chat.llm.errors import SDK_ERRORS, readable_error
@@ -222,11 +223,6 @@ def _reasoning_piece(delta: Any) -> str:
     return piece if isinstance(piece, str) else ""
 
 
-def _detail(details: Any, name: str) -> int:
-    value = getattr(details, name, None) if details is not None else None
-    return value if isinstance(value, int) else 0
-
-
 def usage_fields(usage: Any) -> dict[str, int]:
     """The LLMResult token fields of an OpenAI `usage` object (none: {})."""
     if usage is None or usage.prompt_tokens is None:
@@ -235,9 +231,9 @@ def usage_fields(usage: Any) -> dict[str, int]:
     return {
         "input_tokens": usage.prompt_tokens or 0,
         "output_tokens": usage.completion_tokens or 0,
-        "cached_input_tokens": _detail(prompt, "cached_tokens"),
-        "cache_write_tokens": _detail(prompt, "cache_write_tokens"),
-        "reasoning_tokens": _detail(completion, "reasoning_tokens"),
+        "cached_input_tokens": reported(prompt, "cached_tokens"),
+        "cache_write_tokens": reported(prompt, "cache_write_tokens"),
+        "reasoning_tokens": reported(completion, "reasoning_tokens"),
     }
 
 

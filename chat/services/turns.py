@@ -426,8 +426,7 @@ def outcome_charge_only(outcome: TurnOutcome, *, why: str) -> TurnOutcome:
     said (the turn fails with `why`). Calls that returned are never given away."""
     calls = []
     for call in outcome.llm_calls:
-        call.pk, call.id = None, None
-        call.error = storable(call.error)[:500]
+        call.pk, call.id = None, None  # its text was made storable already (turn_complete)
         call._state.adding = True  # noqa: SLF001  a row of the failed transaction, never stored
         calls.append(call)
     return TurnOutcome(llm_calls=calls, error=why, prior_messages=outcome.prior_messages)
