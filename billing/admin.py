@@ -338,7 +338,8 @@ class ModelPriceAdmin(admin.ModelAdmin):
             {
                 "fields": list(TIER_FIELDS),
                 "description": "Credits per million tokens for a call whose input passes the threshold: the "
-                "whole call is priced at them (the cache prices stay). All three fields, or none.",
+                "whole call is priced at them, cache reads and writes raised in proportion to input. All "
+                "three fields, or none.",
             },
         ),
         ("Limits & counting", {"fields": ["context_tokens", "max_output_tokens", "counting"]}),
