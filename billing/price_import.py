@@ -24,7 +24,8 @@ billing.money.credits_per_mtok_from_usd):
   its base price in the tier); no such keys: no tier. An entry with several N is
   skipped with a note (a row has one tier). The map's tiered cache prices
   (`cache_read_input_token_cost_above_200k_tokens`, ...) have no field here:
-  cached tokens of a call past the tier are priced at the base cache prices.
+  past the tier, billing.pricing raises the cache prices in the proportion the
+  tier raises input (which is how those map entries run, 2x for Anthropic).
 - `max_input_tokens` -> context_tokens (the model's context window),
   `max_output_tokens` -> max_output_tokens; absent: the row keeps its own (a new
   row: the model's defaults). `max_tokens` is not read: LiteLLM calls it legacy,
