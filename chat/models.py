@@ -199,6 +199,9 @@ class LLMCall(models.Model):
     model_alias = models.CharField(max_length=64)
     provider = models.CharField(max_length=16)
     provider_model = models.CharField(max_length=128)
+    # The upstream that served or failed it (routing.Upstream.name; kept as text, so
+    # the record outlives a renamed or removed upstream).
+    upstream = models.CharField(max_length=64, blank=True)
     # Token classes as the provider billed them: input counts every input token, of
     # which `cached_input_tokens` were read from its cache and `cache_write_tokens`
     # written to it; output counts every output token, of which `reasoning_tokens`
@@ -214,6 +217,9 @@ class LLMCall(models.Model):
     # Exact cost (ledger precision) and the display figure (usage precision).
     cost = models.DecimalField(max_digits=18, decimal_places=8, default=0)
     credits_burned = models.DecimalField(max_digits=20, decimal_places=4, default=0)
+    # What the upstream charges us for it, by its deployment's cost prices (None: not
+    # recorded): the margin figure.
+    upstream_cost = models.DecimalField(max_digits=18, decimal_places=8, null=True, blank=True)
     latency_ms = models.PositiveIntegerField(default=0)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.OK)
     # Why a failed call failed, readable (never a secret or a request body).

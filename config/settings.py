@@ -57,6 +57,7 @@ INSTALLED_APPS = [
     "chat",
     "reporting",
     "notifications",
+    "routing",
 ]
 
 MIDDLEWARE = [
@@ -314,6 +315,11 @@ ANTHROPIC_API_KEY = env.str("ANTHROPIC_API_KEY", default="")
 ANTHROPIC_BASE_URL = env.str("ANTHROPIC_BASE_URL", default="")
 LLM_TIMEOUT_SECONDS = env.float("LLM_TIMEOUT_SECONDS", default=60.0)
 LLM_MAX_RETRIES = env.int("LLM_MAX_RETRIES", default=2)
+# An upstream failing this many times within the window (its own failures: refused,
+# timed out, 408/409/429/5xx, its key refused) cools down: routing.cooldown.
+UPSTREAM_COOLDOWN_FAILURES = env.int("UPSTREAM_COOLDOWN_FAILURES", default=3)
+UPSTREAM_COOLDOWN_WINDOW_SECONDS = env.float("UPSTREAM_COOLDOWN_WINDOW_SECONDS", default=60.0)
+UPSTREAM_COOLDOWN_SECONDS = env.float("UPSTREAM_COOLDOWN_SECONDS", default=30.0)
 LOCAL_LLM_LATENCY_MS = env.int("LOCAL_LLM_LATENCY_MS", default=0)
 # Words per streamed piece of the `local` provider (1: a piece per word, as a hosted
 # model streams about a token at a time).

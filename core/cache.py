@@ -1,7 +1,7 @@
 """The cache while Redis is away.
 
-Only DRF's throttles and the API keys' rpm/tpm limits (accounts.rate_limits) use
-Django's cache. Django's Redis backend raises when Redis
+Only DRF's throttles, the API keys' rpm/tpm limits (accounts.rate_limits) and the
+upstreams' cooldowns and call slots (routing.cooldown) use Django's cache. Django's Redis backend raises when Redis
 does not answer, which made every throttled request a 500 during a broker outage;
 this one answers "nothing cached" instead and drops writes, so throttling fails open
 for the outage (and says so in the log, once a minute) while the API keeps working.
@@ -71,6 +71,18 @@ end
 return {0, redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')[2]}
 """
 
+# A bounded set of call slots: drop the slots whose lease ran out (a process that
+# died mid-call), then take one if fewer than the limit are held. Returns 1 when taken.
+_SLOT_TAKE = """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', tonumber(ARGV[1]))
+if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[3]) then
+    redis.call('ZADD', KEYS[1], tonumber(ARGV[1]) + tonumber(ARGV[2]), ARGV[4])
+    redis.call('EXPIRE', KEYS[1], math.ceil(tonumber(ARGV[2])))
+    return 1
+end
+return 0
+"""
+
 _clients: dict[tuple, SharedRedisCacheClient] = {}
 _clients_lock = threading.Lock()
 
@@ -78,6 +90,7 @@ _clients_lock = threading.Lock()
 class FailOpenRedisCache(RedisCache):
     _warned_at = 0.0
     _window_script = None  # _WINDOW_TAKE, registered once per process
+    _slot_script = None  # _SLOT_TAKE
 
     def __init__(self, server: str, params: dict) -> None:
         super().__init__(server, params)
@@ -119,6 +132,13 @@ class FailOpenRedisCache(RedisCache):
             self._unavailable(exc)
             return False
 
+    def get_many(self, keys: Any, version: int | None = None) -> dict:  # noqa: ANN401
+        try:
+            return super().get_many(keys, version)
+        except RedisError as exc:
+            self._unavailable(exc)
+            return {}
+
     def delete(self, key: Any, version: int | None = None) -> bool:  # noqa: ANN401
         try:
             return super().delete(key, version)
@@ -147,6 +167,26 @@ class FailOpenRedisCache(RedisCache):
         if answer[0]:
             return None
         return float(answer[1]) if len(answer) > 1 else now  # a rate of 0: the window is always full
+
+    def slot_take(self, key: str, *, token: str, now: float, lease: float, limit: int) -> bool:
+        """Takes one of `limit` slots in `key` for `token`, held for at most `lease`
+        seconds (routing.cooldown: an upstream's concurrent calls). True when taken,
+        and when Redis does not answer (the call goes through)."""
+        client = self._cache.get_client(write=True)
+        script = FailOpenRedisCache._slot_script
+        if script is None:
+            script = FailOpenRedisCache._slot_script = client.register_script(_SLOT_TAKE)
+        try:
+            return bool(script(keys=[self.make_and_validate_key(key)], args=[now, lease, limit, token], client=client))
+        except RedisError as exc:
+            self._unavailable(exc)
+            return True
+
+    def slot_release(self, key: str, *, token: str) -> None:
+        try:
+            self._cache.get_client(write=True).zrem(self.make_and_validate_key(key), token)
+        except RedisError as exc:
+            self._unavailable(exc)
 
     def incr(self, key: Any, delta: int = 1, version: int | None = None) -> int | None:  # noqa: ANN401
         """None when Redis does not answer: the caller lets the request through."""

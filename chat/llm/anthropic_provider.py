@@ -1,4 +1,5 @@
-"""`anthropic` provider: the `anthropic` SDK (Messages API) at ANTHROPIC_BASE_URL.
+"""`anthropic` provider: the `anthropic` SDK (Messages API) at an upstream of kind
+`anthropic` (its host, key, timeout and headers: chat.llm.base.Endpoint).
 
 System messages become the `system` parameter; tool definitions go out as
 `tools=[{"name", "description", "input_schema"}]`; the model's `tool_use` blocks
@@ -12,7 +13,7 @@ cached), `cache_read_input_tokens` (about 0.1x) and `cache_creation_input_tokens
 which `output_tokens_details.thinking_tokens` reports apart (reasoning tokens).
 Thinking streamed as `thinking_delta` is not shown, but a Stop ends the stream there
 too, and it is counted when a stream stops before its usage is complete. Retries on
-408/409/429/5xx are the SDK's own (LLM_MAX_RETRIES).
+408/409/429/5xx are the SDK's own (the upstream's max_retries).
 CallOptions translate: stop -> `stop_sequences` (a `stop_sequence` stop is a normal
 "stop"), tool_choice auto / none / required / function -> {"type": "auto" | "none" |
 "any" | "tool"}, user -> `metadata.user_id`. The Messages API of the pinned SDK takes
@@ -26,12 +27,12 @@ from functools import lru_cache
 from typing import Any
 
 import anthropic
-from django.conf import settings
 
 from chat.llm.base import (
     STOPPED_BY_OWNER,
     CallOptions,
     ChatMessage,
+    Endpoint,
     DeltaCallback,
     LLMResult,
     ProviderError,
@@ -47,17 +48,13 @@ logger = logging.getLogger(__name__)
 STOP_REASONS = {"tool_use": "tool_calls", "max_tokens": "length"}
 
 
-@lru_cache(maxsize=8)
-def _client(base_url: str, api_key: str, timeout: float, max_retries: int) -> anthropic.Anthropic:
+@lru_cache(maxsize=64)
+def _client(endpoint: Endpoint) -> anthropic.Anthropic:
+    # One client (one connection pool) per upstream configuration and process.
     return anthropic.Anthropic(
-        api_key=api_key or "not-needed", base_url=base_url or None, timeout=timeout, max_retries=max_retries
-    )
-
-
-def client() -> anthropic.Anthropic:
-    return _client(
-        settings.ANTHROPIC_BASE_URL, settings.ANTHROPIC_API_KEY, settings.LLM_TIMEOUT_SECONDS, settings.LLM_MAX_RETRIES
-    )
+        api_key=endpoint.api_key or "not-needed", base_url=endpoint.base_url or None, timeout=endpoint.timeout,
+        max_retries=endpoint.max_retries, default_headers=dict(endpoint.headers) or None,
+    )  # fmt: skip
 
 
 def to_wire(messages: Sequence[ChatMessage]) -> tuple[str, list[dict[str, Any]]]:
@@ -124,6 +121,16 @@ def usage_fields(usage: Any) -> dict[str, int]:
 class AnthropicProvider:
     name = "anthropic"
 
+    def __init__(self, endpoint: Endpoint) -> None:
+        self.endpoint = endpoint
+
+    def _client(self) -> anthropic.Anthropic:
+        return _client(self.endpoint)
+
+    def _error(self, exc: Exception) -> ProviderError:
+        endpoint = self.endpoint
+        return readable_error(exc, provider=endpoint.name, timeout=endpoint.timeout, max_retries=endpoint.max_retries)
+
     def complete(
         self,
         *,
@@ -147,11 +154,11 @@ class AnthropicProvider:
                 return self._plain(params)
             return self._stream(params, on_delta)
         except SDK_ERRORS as exc:
-            logger.warning("anthropic call to %s failed: %s", model, exc.__class__.__name__)
-            raise readable_error(exc, provider=self.name) from exc
+            logger.warning("anthropic call to %s at %s failed: %s", model, self.endpoint.name, exc.__class__.__name__)
+            raise self._error(exc) from exc
 
     def _plain(self, params: dict[str, Any]) -> LLMResult:
-        response = client().messages.create(**params)
+        response = self._client().messages.create(**params)
         text, calls = [], []
         for block in response.content:
             if block.type == "text":
@@ -178,7 +185,7 @@ class AnthropicProvider:
             )  # fmt: skip
 
         try:
-            stream = client().messages.create(**params, stream=True)
+            stream = self._client().messages.create(**params, stream=True)
             with stream:
                 for event in stream:
                     if event.type == "message_start":
@@ -211,12 +218,12 @@ class AnthropicProvider:
             if not (text or blocks or thinking):
                 raise
             # Cut off after output: the provider bills what it sent, and so do we.
-            return cut(readable_error(exc, provider=self.name).message)
+            return cut(self._error(exc).message)
         if not stopped:
-            why = f"The {self.name} provider's stream ended before the reply was complete."
+            why = f"The {self.endpoint.name} provider's stream ended before the reply was complete."
             if text or blocks or thinking:
                 return cut(why)
-            raise ProviderError(why)
+            raise ProviderError(why, reason="cut", failover=True)
         calls = tuple(
             ToolCallRequest.from_raw(id=b["id"], name=b["name"], raw="".join(b["json"]))
             for _, b in sorted(blocks.items())

@@ -119,13 +119,32 @@ class CallOptions:
     user: str = ""
 
 
+@dataclass(frozen=True)
+class Endpoint:
+    """Where a call goes and how: an upstream (routing.Upstream) as the providers take
+    it. `base_url` empty: the SDK's own host."""
+
+    name: str
+    kind: str
+    base_url: str = ""
+    api_key: str = field(default="", repr=False)  # never in a log or a repr
+    timeout: float = 60.0
+    max_retries: int = 2
+    headers: tuple[tuple[str, str], ...] = ()
+
+
 class ProviderError(Exception):
     """A provider call that failed for good. `message` is readable and safe to show
-    the user (no key, no request body)."""
+    the user (no key, no request body). `reason` says how, in a word the routing and
+    the metrics use: timeout, connection, http_<status>, credentials, cut, refused.
+    `failover`: the failure is the upstream's, not the request's (connection refused
+    or timed out, 408, 409, 429, 5xx, its key refused): another deployment may serve."""
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, *, reason: str = "refused", failover: bool = False) -> None:
         super().__init__(message)
         self.message = message
+        self.reason = reason
+        self.failover = failover
 
 
 class Provider(Protocol):

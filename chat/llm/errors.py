@@ -43,19 +43,34 @@ def _meaning(status: int) -> str:
     return "had an internal error; try again later" if status >= 500 else "refused the request"
 
 
-def readable_error(exc: Exception, *, provider: str) -> ProviderError:
+# Statuses that are the upstream's trouble, not the request's: another deployment may serve.
+FAILOVER_STATUSES = {401, 403, 408, 409, 429}
+
+
+def _status_reason(status: int) -> str:
+    return "credentials" if status in (401, 403) else f"http_{status}"
+
+
+def readable_error(exc: Exception, *, provider: str, timeout: float | None = None,
+                   max_retries: int | None = None) -> ProviderError:  # fmt: skip
     """What failed and how, for the turn's `error` (and the LLM call's): never the
-    key, the request or what the provider said about them."""
-    attempts = settings.LLM_MAX_RETRIES + 1
+    key, the request or what the provider said about them. `provider`: the
+    upstream's name; `timeout` and `max_retries`: its own (else the settings')."""
+    attempts = (settings.LLM_MAX_RETRIES if max_retries is None else max_retries) + 1
+    waited = settings.LLM_TIMEOUT_SECONDS if timeout is None else timeout
     tries = f"up to {attempts} attempt{'s' if attempts != 1 else ''}"
+    failover = True
     if isinstance(exc, TIMEOUTS):
-        text = f"The {provider} provider did not answer within {settings.LLM_TIMEOUT_SECONDS:g} s ({tries})."
+        text, reason = f"The {provider} provider did not answer within {waited:g} s ({tries}).", "timeout"
     elif isinstance(exc, STATUS_ERRORS):
-        text = f"The {provider} provider answered HTTP {exc.status_code} ({tries}): it {_meaning(exc.status_code)}."
+        status = exc.status_code
+        text = f"The {provider} provider answered HTTP {status} ({tries}): it {_meaning(status)}."
+        reason, failover = _status_reason(status), status in FAILOVER_STATUSES or status >= 500
     elif isinstance(exc, CONNECTION_ERRORS):
-        text = f"Could not reach the {provider} provider ({tries})."
+        text, reason = f"Could not reach the {provider} provider ({tries}).", "connection"
     else:
         text = f"The {provider} provider failed while answering ({exc.__class__.__name__})."
+        reason, failover = "error", False
     said = getattr(exc, "message", None) or str(exc)
     logger.warning("%s provider call failed: %s: %s", provider, exc.__class__.__name__, KEY_SHAPED.sub("[key]", said))
-    return ProviderError(text[:500])
+    return ProviderError(text[:500], reason=reason, failover=failover)

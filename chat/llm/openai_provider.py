@@ -1,5 +1,6 @@
 """`openai` provider: the `openai` SDK against any OpenAI-compatible endpoint
-(OpenAI, OpenRouter, vLLM, Ollama, llama.cpp server, ...) at OPENAI_BASE_URL.
+(OpenAI, OpenRouter, Groq, vLLM, Ollama, llama.cpp server, ...), an upstream of
+kind `openai`.
 
 Streaming asks for usage with `stream_options={"include_usage": True}` (the last
 chunk carries it). Usage is read in every class OpenAI bills: `prompt_tokens` (all
@@ -10,6 +11,7 @@ stream (`delta.reasoning_content`: vLLM, DeepSeek; `delta.reasoning`: OpenRouter
 not shown, but a Stop ends the stream there too, and it is counted when no usage
 came. Tools go out as `tools=[{"type": "function", ...}]`; the model's
 `tool_calls` (streamed in pieces keyed by index) come back as ToolCallRequest.
+The host, key, timeout and headers are the upstream's (chat.llm.base.Endpoint).
 Retries on 408/409/429/5xx and connection errors, with exponential backoff and
 `Retry-After`, are the SDK's own (max_retries = LLM_MAX_RETRIES).
 CallOptions pass through as the API names them: temperature, top_p, stop,
@@ -23,12 +25,12 @@ from functools import lru_cache
 from typing import Any
 
 import openai
-from django.conf import settings
 
 from chat.llm.base import (
     STOPPED_BY_OWNER,
     CallOptions,
     ChatMessage,
+    Endpoint,
     DeltaCallback,
     LLMResult,
     ProviderError,
@@ -45,21 +47,16 @@ logger = logging.getLogger(__name__)
 FINISH_REASONS = {"tool_calls": "tool_calls", "function_call": "tool_calls", "length": "length"}
 
 
-@lru_cache(maxsize=8)
-def _client(base_url: str, api_key: str, timeout: float, max_retries: int) -> openai.OpenAI:
-    # One client (one connection pool) per configuration and process.
+@lru_cache(maxsize=64)
+def _client(endpoint: Endpoint) -> openai.OpenAI:
+    # One client (one connection pool) per upstream configuration and process.
     return openai.OpenAI(
         # Self-hosted compatible servers often need no key; the SDK insists on one.
-        api_key=api_key or "not-needed",
-        base_url=base_url or None,
-        timeout=timeout,
-        max_retries=max_retries,
-    )
-
-
-def client() -> openai.OpenAI:
-    return _client(
-        settings.OPENAI_BASE_URL, settings.OPENAI_API_KEY, settings.LLM_TIMEOUT_SECONDS, settings.LLM_MAX_RETRIES
+        api_key=endpoint.api_key or "not-needed",
+        base_url=endpoint.base_url or None,
+        timeout=endpoint.timeout,
+        max_retries=endpoint.max_retries,
+        default_headers=dict(endpoint.headers) or None,
     )
 
 
@@ -118,6 +115,16 @@ def to_wire_tools(tools: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 class OpenAIProvider:
     name = "openai"
 
+    def __init__(self, endpoint: Endpoint) -> None:
+        self.endpoint = endpoint
+
+    def _client(self) -> openai.OpenAI:
+        return _client(self.endpoint)
+
+    def _error(self, exc: Exception) -> ProviderError:
+        endpoint = self.endpoint
+        return readable_error(exc, provider=endpoint.name, timeout=endpoint.timeout, max_retries=endpoint.max_retries)
+
     def complete(
         self,
         *,
@@ -131,7 +138,7 @@ class OpenAIProvider:
         params: dict[str, Any] = {"model": model, "messages": to_wire_messages(messages)}
         # OpenAI's own API wants max_completion_tokens (reasoning models refuse
         # max_tokens); compatible servers (vLLM, Ollama, llama.cpp) know max_tokens.
-        params["max_tokens" if settings.OPENAI_BASE_URL else "max_completion_tokens"] = max_output_tokens
+        params["max_tokens" if self.endpoint.base_url else "max_completion_tokens"] = max_output_tokens
         if tools:
             params["tools"] = to_wire_tools(tools)
         if options is not None:
@@ -141,11 +148,11 @@ class OpenAIProvider:
                 return self._plain(params)
             return self._stream(params, on_delta)
         except SDK_ERRORS as exc:
-            logger.warning("openai call to %s failed: %s", model, exc.__class__.__name__)
-            raise readable_error(exc, provider=self.name) from exc
+            logger.warning("openai call to %s at %s failed: %s", model, self.endpoint.name, exc.__class__.__name__)
+            raise self._error(exc) from exc
 
     def _plain(self, params: dict[str, Any]) -> LLMResult:
-        response = client().chat.completions.create(**params)
+        response = self._client().chat.completions.create(**params)
         choice = response.choices[0] if response.choices else None
         text = (choice.message.content or "") if choice else ""
         calls = tuple(
@@ -167,7 +174,7 @@ class OpenAIProvider:
         final_usage = False
         finish = ""
         try:
-            stream = client().chat.completions.create(**params, stream=True, stream_options={"include_usage": True})
+            stream = self._client().chat.completions.create(**params, stream=True, stream_options={"include_usage": True})
             with stream:
                 for chunk in stream:
                     if chunk.usage is not None:
@@ -195,13 +202,13 @@ class OpenAIProvider:
             if not (text or pending or reasoning):
                 raise
             # Cut off after output: the provider bills what it sent, and so do we.
-            return self._partial(text, reasoning, pending, usage, readable_error(exc, provider=self.name).message)
+            return self._partial(text, reasoning, pending, usage, self._error(exc).message)
         if not finish and not final_usage:
             # The body ended without a finish reason or its usage: the reply was cut off.
-            why = f"The {self.name} provider's stream ended before the reply was complete."
+            why = f"The {self.endpoint.name} provider's stream ended before the reply was complete."
             if text or pending or reasoning:
                 return self._partial(text, reasoning, pending, usage, why)
-            raise ProviderError(why)
+            raise ProviderError(why, reason="cut", failover=True)
         calls = tuple(
             ToolCallRequest.from_raw(id=slot["id"], name=slot["name"], raw="".join(slot["arguments"]))
             for _, slot in sorted(pending.items())

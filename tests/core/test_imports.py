@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-APPS = ("accounts", "billing", "chat", "core", "reporting", "config", "bench")
+APPS = ("accounts", "billing", "chat", "core", "reporting", "routing", "config", "bench")
 
 
 def _module_name(path: Path) -> str:
