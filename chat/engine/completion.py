@@ -13,7 +13,7 @@ chat.engine.run does."""
 from billing.models import ModelPrice
 from chat import leases
 from chat.engine.context import TurnContext, to_chat_messages
-from chat.engine.metering import TurnOutcome, llm_call_run
+from chat.engine.metering import TurnOutcome, attempts_error, llm_call_run
 from chat.llm import STOPPED_BY_OWNER, CallOptions
 from chat.llm.counting import count_prompt
 from chat.models import Message, Turn
@@ -40,13 +40,13 @@ def completion_outcome(*, turn: Turn, price: ModelPrice) -> TurnOutcome:
     if leases.stop_requested(turn.pk):  # cancelled before the call started (or the lease is gone)
         outcome.cancelled = not leases.lease_lost(turn.pk)
         return outcome
-    result, llm_call = llm_call_run(
+    result, llm_calls = llm_call_run(
         turn=turn, price=price, context=context, tools=options.get("tools") or None,
         max_output_tokens=options.get("max_tokens"), options=call_options(options),
     )  # fmt: skip
-    outcome.llm_calls.append(llm_call)
+    outcome.llm_calls.extend(llm_calls)
     if result is None:
-        outcome.error = llm_call.error
+        outcome.error = attempts_error(llm_calls)
         return outcome
     if result.partial == STOPPED_BY_OWNER:
         outcome.cancelled = True

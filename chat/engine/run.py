@@ -11,7 +11,7 @@ from functools import cached_property
 from billing.models import ModelPrice
 from chat import leases
 from chat.engine.context import ContextRows, TurnContext, context_build, context_rows
-from chat.engine.metering import TurnOutcome, call_bound, llm_call_run
+from chat.engine.metering import TurnOutcome, attempts_error, call_bound, llm_call_run
 from chat.engine.orchestrator_protocol import NEXT_SPEAKER
 from chat.llm import STOPPED_BY_OWNER, ChatMessage, LLMResult
 from chat.llm.counting import count_tools
@@ -64,17 +64,18 @@ class TurnRun:
 
     def call(self, *, price: ModelPrice, context: TurnContext, purpose: str, tools: list[dict] | None = None,
              stream: bool = True, participant: Participant | None = None) -> LLMResult | None:  # fmt: skip
-        result, llm_call = llm_call_run(
+        result, llm_calls = llm_call_run(
             turn=self.turn, price=price, context=context, purpose=purpose, tools=tools or None, stream=stream,
             participant=participant,
         )  # fmt: skip
-        if self.used_fallback and purpose != LLMCall.Purpose.SUMMARY:
-            llm_call.used_fallback = True
+        for llm_call in llm_calls:
+            if self.used_fallback and purpose != LLMCall.Purpose.SUMMARY:
+                llm_call.used_fallback = True
+            self.spent += llm_call.cost if llm_call.billed else Decimal("0")
         self.calls_made += 1
-        self.spent += llm_call.cost if llm_call.billed else Decimal("0")
-        self.outcome.llm_calls.append(llm_call)
+        self.outcome.llm_calls.extend(llm_calls)
         if result is None and not self.outcome.error:
-            self.outcome.error = llm_call.error
+            self.outcome.error = attempts_error(llm_calls)
         elif result is not None and result.partial:
             # What came is kept and charged; the turn ends here, cancelled by its owner
             # or failed with the provider's cut.
