@@ -12,5 +12,7 @@ from routing.selectors import routing_changed
 @receiver([post_save, post_delete], sender=Upstream)
 @receiver([post_save, post_delete], sender=Deployment)
 def routing_rows_changed(**kwargs: object) -> None:
-    # After commit: a process reading now would otherwise keep the old rows.
+    # Now (this process, and a test's transaction that never commits) and again after
+    # commit: a process reading in between would otherwise keep the old rows.
+    routing_changed()
     transaction.on_commit(routing_changed)

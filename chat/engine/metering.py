@@ -257,8 +257,8 @@ def attempts_error(calls: list[LLMCall]) -> str:
     failed = [call for call in calls if call.status == LLMCall.Status.FAILED]
     if len(failed) <= 1:
         return failed[0].error if failed else ""
-    told = "; ".join(f"{call.upstream}: {call.error}" for call in failed)
-    return f"Every deployment of {failed[0].model_alias} failed ({len(failed)} tried). {told}"[:500]
+    told = "; ".join(f"{call.upstream}: {call.error.rstrip('.')}" for call in failed)
+    return f"Every deployment of {failed[0].model_alias} failed ({len(failed)} tried). {told}."[:500]
 
 
 def counted_input(*, price: ModelPrice, context: TurnContext | list[ChatMessage], tools: list[dict] | None) -> int:
