@@ -292,3 +292,30 @@ def test_failed_attempts_cost_nothing_and_keep_their_upstream_in_usage(routed, s
     turn = Turn.objects.get(pk=post_turn(owner_client, session, "Hi").json()["id"])
     failed = turn_calls(turn.pk)[0]
     assert (failed.cost, failed.credits_burned, failed.upstream_cost) == (Decimal("0"), Decimal("0"), None)
+
+
+# --- the Procfile's worker ----------------------------------------------------------------
+
+
+@pytest.mark.worker
+@pytest.mark.postgres
+def test_a_real_worker_fails_over_with_the_key_from_its_own_environment(servers, worker_with_env, owner_client,
+                                                                        funded_owner):  # fmt: skip
+    """The worker process reads the upstreams from the database and each key from the
+    variable its upstream names, in its own environment; one debit, the failure recorded."""
+    make_price("fast", provider="openai", provider_model="gpt-4o-mini")
+    for priority, name in enumerate(("primary", "backup")):
+        Deployment.objects.create(alias="fast", upstream=upstream(name, servers[name]), provider_model="m",
+                                  priority=priority)  # fmt: skip
+    worker_with_env(PARLEY_TEST_PRIMARY_KEY=PRIMARY_KEY, PARLEY_TEST_BACKUP_KEY=BACKUP_KEY, LLM_MAX_RETRIES="0")
+    servers["primary"].script(Error(503))
+    servers["backup"].script(Reply(text="Served by the backup.", input_tokens=25, output_tokens=6))
+    session = ChatSession.objects.create(user=funded_owner, title="Routed", model_alias="fast")
+
+    answer = post_turn(owner_client, session, "Hello worker", prefer="wait=30")
+
+    assert answer.status_code == 201, answer.content
+    assert answer.data["messages"][-1]["content"] == "Served by the backup."
+    assert [(c.upstream, c.status) for c in turn_calls(answer.data["id"])] == [("primary", "failed"), ("backup", "ok")]
+    assert servers["backup"].requests[0].headers["authorization"] == f"Bearer {BACKUP_KEY}"
+    assert len(debits_of(answer.data["id"])) == 1
