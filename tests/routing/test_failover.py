@@ -319,3 +319,35 @@ def test_a_real_worker_fails_over_with_the_key_from_its_own_environment(servers,
     assert [(c.upstream, c.status) for c in turn_calls(answer.data["id"])] == [("primary", "failed"), ("backup", "ok")]
     assert servers["backup"].requests[0].headers["authorization"] == f"Bearer {BACKUP_KEY}"
     assert len(debits_of(answer.data["id"])) == 1
+
+
+# --- every kind of call takes the same routes ---------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["roundtable", "orchestrator"])
+def test_round_tables_and_the_orchestrator_fail_over_like_a_single_reply(mode, servers, owner, owner_client):
+    """Every participant's reply (and the orchestrator's choice) goes through the same
+    routing: the primary answers 503 each time; the built-in `local` upstream serves."""
+    from tests.chat.engine_support import fund, panel  # noqa: PLC0415 (the modes' helpers, beside their one use)
+
+    local = Upstream.objects.create(name="offline", kind="local")
+    for alias in ("gpt", "boss"):
+        make_price(alias, provider="openai", provider_model="m")
+        Deployment.objects.create(alias=alias, upstream=upstream(f"p-{alias}", servers["primary"]),
+                                  provider_model="m", priority=0)  # fmt: skip
+        Deployment.objects.create(alias=alias, upstream=local, provider_model="echo", priority=1)
+    servers["primary"].script(*[Error(503)] * 10)
+    fund(owner)
+    session = ChatSession.objects.create(user=owner, model_alias="gpt")
+    panel(session, ("Analyst", "gpt"), ("Critic", "gpt"), mode=mode,
+          orchestrator_alias="boss" if mode == "orchestrator" else None)  # fmt: skip
+
+    body = owner_client.post(f"/api/v1/sessions/{session.pk}/turns", {"content": "Go"}, format="json").data
+
+    assert body["status"] == "completed", body
+    calls = turn_calls(body["id"])
+    served = [c for c in calls if c.status == "ok"]
+    assert served and all(c.upstream == "offline" for c in served)
+    assert all(c.upstream.startswith("p-") and c.cost == 0 for c in calls if c.status == "failed")
+    assert len(calls) == 2 * len(served)  # each served call came after one failed attempt
+    assert len(debits_of(body["id"])) == 1
