@@ -5,7 +5,9 @@ among equal priorities, and an upstream cooling down (routing.cooldown) after ev
 other. An alias with none is served as before upstreams existed: by the upstream
 named after its price's `provider` (the defaults `openai`, `anthropic`, `local`;
 made from the OPENAI_* / ANTHROPIC_* settings when no such row exists) and the
-price's `provider_model`.
+price's `provider_model`. An alias whose deployments are all inactive (or on
+inactive upstreams) falls back to that route too; one whose fallback upstream is
+inactive has no route, and its calls fail saying so.
 
 The happy path costs one cache round trip per call: each process keeps the rows it
 read, stamped with the routing version (bumped in the cache by every change to an
@@ -17,12 +19,16 @@ import random
 import threading
 import uuid
 from dataclasses import dataclass
+from datetime import datetime
 from decimal import Decimal
 
 from django.core.cache import cache
+from django.db.models import Count, DecimalField, Q, Sum, Value
+from django.db.models.functions import Coalesce
 
 from billing.models import ModelPrice
 from chat.llm import Endpoint, default_endpoint
+from chat.models import LLMCall
 from config.environment import secret
 from routing.cooldown import cooldown_key, cooling_from
 from routing.models import Deployment, Upstream
@@ -87,6 +93,8 @@ def _rows_read(price: ModelPrice) -> list[_Row]:
             for d in deployments
         ]
     upstream = Upstream.objects.filter(name=price.provider).first()
+    if upstream is not None and not upstream.active:
+        return []  # its default upstream was turned off: nothing serves the alias
     kind = upstream.kind if upstream is not None else price.provider
     return [_Row(upstream=upstream, kind=kind, name=price.provider, provider_model=price.provider_model)]
 
@@ -163,3 +171,48 @@ def upstreams_all() -> list[Upstream]:
 
 
 __all__ = ["Route", "endpoint_of", "routes_for", "routing_changed", "upstream_key_set", "upstreams_all"]
+
+
+@dataclass(frozen=True)
+class UpstreamUsage:
+    """An upstream's calls since a time, as the console shows them (credits)."""
+
+    calls: int = 0
+    failures: int = 0
+    charged: Decimal = Decimal("0")  # what the users were charged, every call
+    # The margin is taken only over the calls whose upstream cost was recorded (a
+    # deployment with cost prices; never a failed call): charged on those, less what
+    # they cost us. `costed_calls` below `calls - failures`: some calls had no cost.
+    costed_calls: int = 0
+    costed_charged: Decimal = Decimal("0")
+    upstream_cost: Decimal = Decimal("0")
+
+    @property
+    def margin(self) -> Decimal | None:
+        return self.costed_charged - self.upstream_cost if self.costed_calls else None
+
+
+def upstream_usage(since: datetime) -> dict[str, UpstreamUsage]:
+    """Each upstream's calls since `since`, by its name (LLMCall.upstream), in one
+    grouped query over the calls' created_at index. An upstream without calls is
+    absent: UpstreamUsage() is its figures."""
+    money = DecimalField(max_digits=28, decimal_places=8)
+    zero = Value(Decimal("0"), output_field=money)
+    costed = Q(upstream_cost__isnull=False)
+    rows = (
+        LLMCall.objects.filter(created_at__gte=since)
+        .order_by()  # no Meta ordering in the GROUP BY
+        .values("upstream")
+        .annotate(
+            calls=Count("id"),
+            failures=Count("id", filter=Q(status=LLMCall.Status.FAILED)),
+            charged=Coalesce(Sum("cost", output_field=money), zero),
+            costed_calls=Count("id", filter=costed),
+            costed_charged=Coalesce(Sum("cost", filter=costed, output_field=money), zero),
+            upstream_cost=Coalesce(Sum("upstream_cost", output_field=money), zero),
+        )
+    )
+    return {row.pop("upstream"): UpstreamUsage(**row) for row in rows}
+
+
+__all__ += ["UpstreamUsage", "upstream_usage"]

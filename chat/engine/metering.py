@@ -171,6 +171,9 @@ def llm_call_run(
     output_limit = max_output_tokens or price.max_output_tokens
     routes = routes_for(price)
     db_release()  # nothing holds a database connection while the model answers
+    if not routes:
+        error = f"No active upstream serves the model alias {price.alias}; an operator must enable one."
+        return None, [llm_call_build(price=price, purpose=purpose, latency_ms=0, error=error)]
     calls: list[LLMCall] = []
     for route, slot in _with_slots(routes):
         started = time.monotonic()

@@ -351,3 +351,16 @@ def test_round_tables_and_the_orchestrator_fail_over_like_a_single_reply(mode, s
     assert all(c.upstream.startswith("p-") and c.cost == 0 for c in calls if c.status == "failed")
     assert len(calls) == 2 * len(served)  # each served call came after one failed attempt
     assert len(debits_of(body["id"])) == 1
+
+
+def test_a_turned_off_default_upstream_fails_the_call_saying_so(session, owner_client, transactional_db):  # noqa: ARG001
+    make_price("plain", provider="openai", provider_model="gpt-4o")
+    Upstream.objects.create(name="openai", kind="openai", api_key_env="OPENAI_API_KEY", active=False)
+    session.model_alias = "plain"
+    session.save()
+
+    turn = Turn.objects.get(pk=post_turn(owner_client, session, "Hi").json()["id"])
+
+    assert turn.status == Turn.Status.FAILED
+    assert "No active upstream serves the model alias plain" in turn.error
+    assert wallet_of(session.user).balance == START_BALANCE
