@@ -102,8 +102,10 @@ def _expand(command: str, env: dict[str, str]) -> list[str]:
 
     expanded = re.sub(r"\$\{(\w+)(?::-([^}]*))?\}|\$(\w+)", value, command)
     words = shlex.split(expanded)
+    wrapper = words[:1] if words[0] == "bin/with-metrics" else []  # it runs the rest (metrics' directory)
+    words = words[len(wrapper) :]
     # `celery`, `gunicorn` and the like from this project's virtualenv.
-    return [PYTHON, "-m", words[0], *words[1:]] if words[0] in ("gunicorn", "celery", "uvicorn") else words
+    return [*wrapper, *([PYTHON, "-m"] if words[0] in ("gunicorn", "celery", "uvicorn") else []), *words]
 
 
 SEED_USERS = """

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
+from functools import partial
 from typing import Any
 
 from django.conf import settings
@@ -29,6 +30,7 @@ from django.utils import timezone
 from accounts.models import User
 from billing import _sql, limits
 from billing.dispatch import auto_top_up_send
+from billing.metrics import ledger_debit_observe
 from billing.models import CreditGrant, CreditHold, CreditTransaction, ModelPrice, TransactionKind, Wallet
 from billing.money import format_ledger, ledger_amount, ledger_exact, to_decimal
 from billing.selectors import grants_in_order
@@ -181,6 +183,8 @@ def _post(
         if (found := _replayed(kind=kind, reference=reference, user_id=user_id)) is not None:
             return found
         raise
+    if kind == TransactionKind.DEBIT:  # a new row (a replay returned above), counted once it commits
+        transaction.on_commit(partial(ledger_debit_observe, -amount))
     if amount < 0:
         _balance_fell(user_id=user_id, kind=kind, before=row.balance_after - amount, after=row.balance_after)
     return row

@@ -352,6 +352,15 @@ TURN_REDISPATCH_SECONDS = env.int("TURN_REDISPATCH_SECONDS", default=60)
 TURN_MAX_ATTEMPTS = env.int("TURN_MAX_ATTEMPTS", default=3)
 TURN_COMPLETE_RETRY_SECONDS = env.float("TURN_COMPLETE_RETRY_SECONDS", default=15.0)
 
+# GET /metrics (core.metrics, docs/metrics.md): the bearer token a scraper sends; unset, 404.
+METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
+# prometheus-client's multiprocess mode (the Procfile's bin/with-metrics sets it): the
+# library reads it itself when imported; this copy tells /metrics to sum the directory.
+# Made here too: set for every process (manage.py, beat), it must exist before a metric does.
+PROMETHEUS_MULTIPROC_DIR = env.str("PROMETHEUS_MULTIPROC_DIR", default="")
+if PROMETHEUS_MULTIPROC_DIR:
+    Path(PROMETHEUS_MULTIPROC_DIR).mkdir(parents=True, exist_ok=True)
+
 # --- Logging: never log request bodies or secrets ------------------------------
 LOGGING = {
     "version": 1,

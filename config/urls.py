@@ -3,6 +3,7 @@ from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
+from core.metrics import metrics
 from core.views import home
 
 api_v1 = [
@@ -24,6 +25,8 @@ urlpatterns = [
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),
     path("admin/", admin.site.urls),
     path("stripe/", include("billing.stripe.webhook_urls", namespace="djstripe")),
+    # Prometheus's scrape (404 unless METRICS_TOKEN is set): docs/metrics.md.
+    path("metrics", metrics, name="metrics"),
 ]
 
 if settings.BENCH_ENDPOINTS:

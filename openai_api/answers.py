@@ -17,6 +17,7 @@ from django.http import HttpResponse, JsonResponse
 from chat import streaming
 from chat.api.stream import KEEP_ALIVE, turn_event_items
 from chat.api.turns import turn_detail, turn_wait_handing_over
+from chat.metrics import OPEN_STREAMS
 from chat.models import Turn
 from chat.services.turns import turn_cancel, turn_hand_over, turn_hand_over_robustly
 from core.db import db_read
@@ -104,6 +105,7 @@ async def completion_chunks(
         turn_id=turn.pk, model=turn.model_alias, created=int(turn.created_at.timestamp()), include_usage=include_usage
     )
     finished = False
+    OPEN_STREAMS.inc()
     try:
         yield writer.start()
         final = lambda turn_id: turn_detail(user=user, turn_id=turn_id)  # noqa: E731
@@ -122,6 +124,7 @@ async def completion_chunks(
                         yield line
                     return
     finally:
+        OPEN_STREAMS.dec()
         if not finished:
             await db_read(_stop, turn=turn)
         await db_read(on_close)

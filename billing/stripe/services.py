@@ -64,6 +64,7 @@ from djstripe.settings import djstripe_settings
 
 from accounts.models import User
 from billing.dispatch import auto_top_up_settings_changed
+from billing.metrics import STRIPE_EVENTS
 from billing.models import AutoTopUp, TopUp, TopUpEvent, Wallet
 from billing.money import LEDGER_PLACES, USD_PLACES
 from billing.services import wallet_adjust, wallet_reverse, wallet_topup
@@ -1072,9 +1073,29 @@ def webhook_trigger_process(*, trigger_id: int) -> str:
         WebhookEventTrigger.objects.filter(pk=trigger_id).update(
             exception=f"{exc.__class__.__name__}: {exc}"[:128], traceback=format_exc(), updated=timezone.now()
         )
+        _event_count(body, "failed")
         raise
     logger.info("Stripe event %s (%s), trigger %s: %s", body["id"], body["type"], trigger_id, outcome)
+    _event_count(body, webhook_outcome_kind(outcome))
     return outcome
+
+
+def webhook_outcome_kind(outcome: str) -> str:
+    """What processing returned, as the metric's outcome: `duplicate` (the event was
+    applied or ignored by an earlier delivery), `ignored` (nothing to change: not a
+    top-up's, settled already, older than what is known), `pending` (no top-up has
+    its ids yet) or `applied`, by how this module's outcomes begin."""
+    if outcome.startswith("already "):
+        return "duplicate"
+    if outcome.startswith(("ignored", "not a ", "older than")):
+        return "ignored"
+    return "pending" if outcome.startswith("pending") else "applied"
+
+
+def _event_count(body: dict, outcome: str) -> None:
+    """parley_stripe_events_total: a type Parley does not handle is `other` (bounded labels)."""
+    event_type = body.get("type")
+    STRIPE_EVENTS.labels(type=event_type if event_type in EVENT_HANDLERS else "other", outcome=outcome).inc()
 
 
 # --- endpoints (manage.py register_stripe_webhook) ---------------------------------

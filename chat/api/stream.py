@@ -20,6 +20,7 @@ from rest_framework.views import APIView
 
 from chat import selectors, streaming
 from chat.api.turns import turn_detail
+from chat.metrics import OPEN_STREAMS
 from chat.models import Message, Turn
 from chat.selectors import FINISHED, turn_status
 from core.db import db_read, db_release
@@ -123,6 +124,7 @@ async def turn_events(
     """The SSE body of GET turns/{id}/stream (turn_event_items as server-sent events).
     When the client goes away the body is closed, which unsubscribes at once, and
     `on_close` runs."""
+    OPEN_STREAMS.inc()
     try:
         async with contextlib.aclosing(turn_event_items(turn=turn, final=final)) as items:
             async for name, data in items:
@@ -130,6 +132,7 @@ async def turn_events(
                 if name == "done":
                     return
     finally:
+        OPEN_STREAMS.dec()
         if on_close is not None:
             await db_read(on_close)
 

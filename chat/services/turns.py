@@ -52,6 +52,7 @@ from chat import _sql, dispatch, leases, streaming
 from chat.engine import turn_outcome
 from chat.engine.hold import turn_hold_amount, turn_token_estimate
 from chat.engine.metering import TurnOutcome
+from chat.metrics import TURNS
 from chat.models import CONTENT_MAX_CHARS, ChatSession, LLMCall, Message, ToolCall, Turn
 from chat.outcome_store import outcome_drop, outcome_keep, outcome_kept
 from chat.selectors import FINISHED, turn_for_idempotency_key, turn_status, turns_in_flight
@@ -384,6 +385,7 @@ def turn_complete(*, turn: Turn, outcome: TurnOutcome, lease_token: UUID | None 
             ).update(summary=text, summary_through_message_id=through)
 
         locked.status = _final_status(outcome)
+        transaction.on_commit(TURNS.labels(status=locked.status).inc)  # once: a turn finishes in one commit
         locked.error = "" if outcome.cancelled else outcome.error
         locked.credits_charged = charge
         locked.balance_after = balance
