@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from functools import lru_cache
 from typing import Any
+from urllib.parse import urlsplit
 
 import openai
 
@@ -121,6 +122,10 @@ class OpenAIProvider:
     def _client(self) -> openai.OpenAI:
         return _client(self.endpoint)
 
+    def _is_openai(self) -> bool:
+        """Whether the upstream is OpenAI's own API (its default host, or named)."""
+        return not self.endpoint.base_url or urlsplit(self.endpoint.base_url).hostname == "api.openai.com"
+
     def _error(self, exc: Exception) -> ProviderError:
         endpoint = self.endpoint
         return readable_error(exc, provider=endpoint.name, timeout=endpoint.timeout, max_retries=endpoint.max_retries)
@@ -138,7 +143,7 @@ class OpenAIProvider:
         params: dict[str, Any] = {"model": model, "messages": to_wire_messages(messages)}
         # OpenAI's own API wants max_completion_tokens (reasoning models refuse
         # max_tokens); compatible servers (vLLM, Ollama, llama.cpp) know max_tokens.
-        params["max_tokens" if self.endpoint.base_url else "max_completion_tokens"] = max_output_tokens
+        params["max_completion_tokens" if self._is_openai() else "max_tokens"] = max_output_tokens
         if tools:
             params["tools"] = to_wire_tools(tools)
         if options is not None:

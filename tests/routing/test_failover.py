@@ -18,6 +18,7 @@ import openai
 import pytest
 
 from billing.models import CreditTransaction, TransactionKind
+from chat.llm import ChatMessage
 from chat.models import ChatSession, LLMCall, Turn
 from routing.cooldown import cooldown_clear, slot_release, slot_take, states
 from routing.models import Deployment, Upstream
@@ -364,3 +365,23 @@ def test_a_turned_off_default_upstream_fails_the_call_saying_so(session, owner_c
     assert turn.status == Turn.Status.FAILED
     assert "No active upstream serves the model alias plain" in turn.error
     assert wallet_of(session.user).balance == START_BALANCE
+
+
+@pytest.mark.parametrize(("host", "field"), [("api.openai.com", "max_completion_tokens"), ("127.0.0.1", "max_tokens")])
+def test_openais_own_host_gets_max_completion_tokens_and_compatible_servers_max_tokens(host, field, servers,
+                                                                                       monkeypatch):  # fmt: skip
+    """OpenAI's reasoning models refuse max_tokens; vLLM, Ollama and llama.cpp know only it.
+    The name api.openai.com is made to resolve to the fake server (the network is patched)."""
+    import socket  # noqa: PLC0415 (beside its one use)
+
+    from chat.llm import Endpoint, provider_for  # noqa: PLC0415 (beside its one use)
+
+    resolve = socket.getaddrinfo
+    monkeypatch.setattr(socket, "getaddrinfo", lambda name, *a, **k: resolve(
+        "127.0.0.1" if name == "api.openai.com" else name, *a, **k))  # fmt: skip
+    server = servers["primary"]
+    endpoint = Endpoint(name="u", kind="openai", base_url=f"http://{host}:{server.port}/v1", max_retries=0)
+
+    provider_for(endpoint).complete(model="m", messages=[ChatMessage(role="user", content="Hi")], max_output_tokens=64)
+
+    assert server.requests[-1].body[field] == 64
