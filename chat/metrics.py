@@ -37,7 +37,7 @@ LLM_FIRST_TOKEN_SECONDS = Histogram(
 )  # fmt: skip
 
 # --- turns and streams ------------------------------------------------------------------
-TURNS = Counter("parley_turns_total", "Turns finished, by status (done, failed, cancelled).", ["status"])
+TURNS = Counter("parley_turns_total", "Turns finished, by status (completed, failed, cancelled).", ["status"])
 OPEN_STREAMS = Gauge(
     "parley_open_streams", "Server-sent event streams open now (turn streams and /v1 streams).",
     multiprocess_mode="livesum",
