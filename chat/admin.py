@@ -21,6 +21,7 @@ from django.utils.html import format_html
 from billing.models import ModelPrice
 from chat.models import ChatSession, LLMCall, Message, Participant, ToolCall, Turn
 from chat.tools.registry import REGISTRY
+from routing.selectors import upstreams_all
 
 EXACT_COUNT_BELOW = 100_000
 
@@ -55,6 +56,19 @@ class ModelAliasFilter(admin.SimpleListFilter):
 
     def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
         return queryset.filter(model_alias=self.value()) if self.value() else queryset
+
+
+class UpstreamFilter(admin.SimpleListFilter):
+    """Choices from the upstreams (rows and the kinds' defaults), not a DISTINCT over the calls."""
+
+    title = "upstream"
+    parameter_name = "upstream"
+
+    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list[tuple[str, str]]:
+        return [(name, name) for name in sorted({upstream.name for upstream in upstreams_all()})]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
+        return queryset.filter(upstream=self.value()) if self.value() else queryset
 
 
 class ToolNameFilter(admin.SimpleListFilter):
@@ -233,11 +247,12 @@ class TurnAdmin(ReadOnlyAdmin):
 class LLMCallAdmin(CallTokens, ReadOnlyAdmin):
     list_display = [
         "id", "created_at", "user", "model_alias", "purpose", "status", "tokens_in", "tokens_out", "usage_reported",
-        "credits_burned", "latency_ms", "used_fallback", "turn_link",
+        "credits_burned", "latency_ms", "used_fallback", "upstream", "turn_link",
     ]  # fmt: skip
     list_select_related = ["user"]
     list_filter = [
-        ModelAliasFilter, "purpose", "status", "provider", "usage_reported", "used_fallback", "created_at",
+        ModelAliasFilter, UpstreamFilter, "purpose", "status", "provider", "usage_reported", "used_fallback",
+        "created_at",
     ]  # fmt: skip
     search_fields = ["user__email", "provider_model"]
     allowed_lookups = ("turn__id__exact", "user__id__exact")
