@@ -1,5 +1,5 @@
 """The Django admin as Parley's staff console: its own title, and the index grouped
-by what staff do (users and keys, wallets and ledger, prices, chat, usage) instead of
+by what staff do (users and keys, wallets and ledger, prices, upstreams, chat, usage) instead of
 Django's alphabetical list of apps, where dj-stripe's 40-odd models sat between Chat
 and Reporting. dj-stripe's models form one last section, shown only when Stripe is
 on (billing.stripe.client.stripe_enabled: a secret key is set); their pages stay reachable by URL either way.
@@ -34,6 +34,13 @@ SECTIONS: list[tuple[str, str, list[str], str, dict]] = [
     ),
     ("parley-prices", "Model prices", ["billing.ModelPrice"], "admin:billing_modelprice_changelist", {}),
     (
+        "parley-routing",
+        "Upstreams and routing",
+        ["routing.Upstream", "routing.Deployment"],
+        "admin:app_list",
+        {"app_label": "routing"},
+    ),
+    (
         "parley-chat",
         "Chat",
         ["chat.ChatSession", "chat.Turn", "chat.LLMCall", "chat.ToolCall"],
@@ -48,6 +55,7 @@ APP_SECTIONS = {
     "auth": "parley-users",
     "notifications": "parley-users",
     "billing": "parley-wallets",
+    "routing": "parley-routing",
     "chat": "parley-chat",
     "reporting": "parley-usage",
 }

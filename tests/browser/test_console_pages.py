@@ -81,7 +81,14 @@ def test_the_admin_index_is_the_parley_console_with_usage_in_view(live_server, b
     assert browser.title.startswith("Staff console | Parley staff console")
     assert browser.find_element(By.CSS_SELECTOR, "#site-name").text == "Parley staff console"
     sections = [el.text for el in browser.find_elements(By.CSS_SELECTOR, "#content-main .module caption")]
-    assert sections == ["USERS AND API KEYS", "WALLETS AND LEDGER", "MODEL PRICES", "CHAT", "USAGE"]
+    assert sections == [
+        "USERS AND API KEYS",
+        "WALLETS AND LEDGER",
+        "MODEL PRICES",
+        "UPSTREAMS AND ROUTING",
+        "CHAT",
+        "USAGE",
+    ]
     shortcut = rect(browser, "#console-shortcuts a[href='/admin/reporting/usage/']")
     assert shortcut["bottom"] <= browser.execute_script("return window.innerHeight"), "Usage summary below the fold"
     assert browser.find_element(By.CSS_SELECTOR, "#parley-usage-usage a").text == "Usage summary"
@@ -91,7 +98,7 @@ def test_the_admin_index_is_the_parley_console_with_usage_in_view(live_server, b
     settings.STRIPE_SECRET_KEY = STRIPE_TEST_KEY
     browser.get(f"{live_server.url}/admin/")
     sections = [el.text for el in browser.find_elements(By.CSS_SELECTOR, "#content-main .module caption")]
-    assert sections[-1] == "STRIPE (DJ-STRIPE)" and sections[:5][-1] == "USAGE"
+    assert sections[-1] == "STRIPE (DJ-STRIPE)" and sections[:6][-1] == "USAGE"
     browser.save_screenshot(str(shots / "admin-index-stripe-on.png"))
 
     # "View site" leads to the page that says what this server is.

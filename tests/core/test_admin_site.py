@@ -13,7 +13,7 @@ STRIPE_TEST_KEY = "sk_test_" + "0" * 24  # Stripe on (never called here)
 
 pytestmark = pytest.mark.django_db
 
-PARLEY_SECTIONS = ["Users and API keys", "Wallets and ledger", "Model prices", "Chat", "Usage"]
+PARLEY_SECTIONS = ["Users and API keys", "Wallets and ledger", "Model prices", "Upstreams and routing", "Chat", "Usage"]
 
 
 def sections(settings, stripe: bool) -> tuple[list[str], str]:  # noqa: ANN001
