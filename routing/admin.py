@@ -37,7 +37,6 @@ KEY_HELP = (
     "itself lives in the server's environment: it is never stored here nor shown. Empty: no key."
 )
 # Request headers that carry a key: one belongs in the environment, never in the database.
-SECRET_HEADERS = {"authorization", "proxy-authorization", "x-api-key", "api-key", "x-goog-api-key"}
 NONE = "—"
 
 
@@ -61,8 +60,8 @@ def _utc(timestamp: float, fmt: str = "%H:%M:%S") -> str:
 
 
 class UpstreamForm(forms.ModelForm):
-    """The model's own checks (full_clean: the variable name's pattern, a positive
-    timeout and limit) and the headers' shape."""
+    """The model's own checks (its validators: the variable name's pattern, an
+    http(s) URL, a positive timeout and limit, headers without a key)."""
 
     class Meta:
         model = Upstream
@@ -82,41 +81,9 @@ class UpstreamForm(forms.ModelForm):
             '"https://example.com"}. Not for keys: a key lives in the environment variable above.',
         }
 
-    def clean_base_url(self) -> str:
-        url = self.cleaned_data["base_url"].strip()
-        if url and not url.startswith(("http://", "https://")):
-            raise forms.ValidationError("An http:// or https:// URL, or empty for the kind's default host.")
-        return url
-
-    # The model's constraints refuse these too; said here, under the field, in words.
-    def clean_timeout_seconds(self) -> float | None:
-        value = self.cleaned_data["timeout_seconds"]
-        if value is not None and value <= 0:
-            raise forms.ValidationError("More than 0 seconds, or empty for LLM_TIMEOUT_SECONDS.")
-        return value
-
-    def clean_max_concurrent(self) -> int | None:
-        value = self.cleaned_data["max_concurrent"]
-        if value is not None and value <= 0:
-            raise forms.ValidationError("At least 1, or empty for no limit.")
-        return value
-
     def clean_headers(self) -> dict:
-        headers = self.cleaned_data["headers"]
-        if headers in (None, ""):
-            return {}
-        if not isinstance(headers, dict):
-            raise forms.ValidationError('A JSON object of header names and values, e.g. {"X-Title": "Parley"}.')
-        for name, value in headers.items():
-            if not isinstance(value, str) or not name.strip():
-                raise forms.ValidationError(f"Header {name!r}: a name and a text value (a JSON string).")
-            if any(char in name + value for char in "\r\n"):
-                raise forms.ValidationError(f"Header {name!r}: no line breaks.")
-            if name.strip().lower() in SECRET_HEADERS:
-                raise forms.ValidationError(
-                    f"Header {name!r} carries a key: name its environment variable above instead."
-                )
-        return headers
+        # An emptied box is no extra headers; the model's validator checks the rest.
+        return self.cleaned_data["headers"] or {}
 
 
 class DeploymentForm(forms.ModelForm):

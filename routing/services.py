@@ -34,7 +34,6 @@ DEPLOYMENT_FIELDS = ("priority", "weight", "cost_input_credits_per_mtok", "cost_
 # without deployments is served by the one its price's `provider` names.
 DEFAULT_UPSTREAMS = ("openai", "anthropic", "local")
 # Request headers that carry a key: a key lives in the environment, never in a row.
-SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "x-api-key", "api-key", "x-goog-api-key"})
 NO_KEYS_HERE = "Keys are never stored: put the key in an environment variable and name that variable in api_key_env."
 
 # The models file's keys (docs/models-file.md). A model's price fields are
@@ -107,30 +106,16 @@ def _refused(exc: ValidationError) -> ApplicationError:
 # --- upstreams ----------------------------------------------------------------------
 
 
-def _headers_clean(headers: Any) -> dict[str, str]:
-    if headers is None:
-        return {}
-    if not isinstance(headers, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in headers.items()):
-        raise field_error("headers", "A mapping of header names to strings (quote a number).")
-    secret = sorted(name for name in headers if name.strip().lower() in SECRET_HEADERS)
-    if secret:
-        raise field_error("headers", f"{', '.join(secret)} would hold a key. {NO_KEYS_HERE}")
-    return dict(headers)
-
-
 def _upstream_clean(upstream: Upstream) -> None:
-    """The model's validators (kind, slug name, environment variable name, lengths)
-    and its two constraints, said in words rather than by the constraint's name. The
-    name's uniqueness is the caller's: it looked the row up by name."""
-    upstream.headers = _headers_clean(upstream.headers)
+    """The model's validators (kind, slug name, environment variable name, an http(s)
+    URL, a positive timeout and limit, headers without a key). The name's uniqueness
+    is the caller's: it looked the row up by name."""
+    if upstream.headers is None:
+        upstream.headers = {}
     try:
         upstream.full_clean(validate_unique=False, validate_constraints=False)
     except ValidationError as exc:
         raise _refused(exc)
-    if upstream.timeout_seconds is not None and upstream.timeout_seconds <= 0:
-        raise field_error("timeout_seconds", "A positive number of seconds, or empty for LLM_TIMEOUT_SECONDS.")
-    if upstream.max_concurrent is not None and upstream.max_concurrent <= 0:
-        raise field_error("max_concurrent", "At least 1, or empty for no limit.")
 
 
 def _upstream_values(upstream: Upstream) -> dict[str, Any]:

@@ -286,7 +286,7 @@ upstreams:
         (UPSTREAMS.replace("api_key_env: OPENAI_API_KEY", f"api_key: {SECRET}") + "models:" + MODEL,
          "upstreams[0] (name primary): api_key: Keys are never stored"),
         (UPSTREAMS.replace("}", ", headers: {Authorization: Bearer x}}") + "models:" + MODEL,
-         "upstreams[0] (name primary): headers: Authorization would hold a key"),
+         "upstreams[0] (name primary): headers: Header 'Authorization' carries a key"),
         (UPSTREAMS.replace("}", ", timeout_seconds: 0}") + "models:" + MODEL,
          "upstreams[0] (name primary): timeout_seconds: A positive number of seconds"),
         (UPSTREAMS.replace("name: primary", "name: pri mary") + "models:" + MODEL,
