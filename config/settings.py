@@ -185,6 +185,14 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 
 # --- API ---------------------------------------------------------------------
+# How many proxies in front append to X-Forwarded-For (core.throttling.client_address,
+# the address throttles count by). 0: none, the socket's peer is the client and the
+# header is ignored (a client can write anything in it). n: the n-th entry from the
+# right, what the outermost trusted proxy saw. Beside SECURE_PROXY_SSL_HEADER in
+# README's settings table.
+TRUSTED_PROXY_COUNT = env.int("TRUSTED_PROXY_COUNT", default=0)
+if TRUSTED_PROXY_COUNT < 0:
+    raise ImproperlyConfigured("TRUSTED_PROXY_COUNT must be 0 (no proxy in front) or more.")
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["accounts.authentication.ApiKeyAuthentication"],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
@@ -202,6 +210,8 @@ REST_FRAMEWORK = {
         "anon": env.str("THROTTLE_ANON_RATE", default="60/min"),
         "user": env.str("THROTTLE_USER_RATE", default="600/min"),
     },
+    # Stock DRF throttles read this; Parley's own (core.throttling) read TRUSTED_PROXY_COUNT.
+    "NUM_PROXIES": TRUSTED_PROXY_COUNT,
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "core.exceptions.exception_handler",
     "TEST_REQUEST_DEFAULT_FORMAT": "json",
@@ -376,7 +386,8 @@ if not DEBUG:
     CSRF_COOKIE_SECURE = env.bool("CSRF_COOKIE_SECURE", default=True)
 # The header by which the TLS-terminating proxy in front says a request came over
 # https; trust it only behind such a proxy (a client reaching the app directly could
-# send it). Empty: no such proxy. Default: X-Forwarded-Proto when DEBUG is off.
+# send it). Empty: no such proxy. Default: X-Forwarded-Proto when DEBUG is off. The
+# client's address behind such proxies: TRUSTED_PROXY_COUNT, in the API section.
 _proxy_header = env.str("SECURE_PROXY_SSL_HEADER", default="" if DEBUG else "X-Forwarded-Proto").strip()
 if _proxy_header:
     SECURE_PROXY_SSL_HEADER = ("HTTP_" + _proxy_header.upper().replace("-", "_"), "https")

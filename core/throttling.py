@@ -1,8 +1,41 @@
 """DRF's user and anonymous throttles, same rates and answers, with the window kept
 in Redis in one atomic round trip when the cache is Redis (core.cache); with any
-other cache (the embedded default's local memory) they are DRF's own."""
+other cache (the embedded default's local memory) they are DRF's own.
 
+An anonymous client is told apart by its address, client_address: the socket's peer,
+or what the trusted proxies in front say (TRUSTED_PROXY_COUNT), never what the client
+says itself. DRF's own get_ident takes the whole X-Forwarded-For when NUM_PROXIES is
+unset, so a client sending a new header per request had a new window each time; with
+NUM_PROXIES set it takes the leftmost entry when the header is short, which the
+client wrote. (REST_FRAMEWORK's NUM_PROXIES is set to the same count, for any stock
+DRF throttle.)"""
+
+from django.conf import settings
+from django.http import HttpRequest
 from rest_framework import throttling
+
+
+def client_address(request: HttpRequest) -> str | None:
+    """The address a request came from. TRUSTED_PROXY_COUNT 0: the socket's peer
+    (REMOTE_ADDR), X-Forwarded-For ignored. n: the n-th entry from the right of
+    X-Forwarded-For, the address the outermost of the n trusted proxies saw (each
+    proxy appends the peer it saw, so entries to its left are the client's own
+    words); REMOTE_ADDR when the header has fewer entries (the request did not come
+    through them all)."""
+    remote_addr = request.META.get("REMOTE_ADDR")
+    count = settings.TRUSTED_PROXY_COUNT
+    if count <= 0:
+        return remote_addr
+    entries = [entry.strip() for entry in request.META.get("HTTP_X_FORWARDED_FOR", "").split(",")]
+    entries = [entry for entry in entries if entry]
+    if len(entries) < count:
+        return remote_addr
+    return entries[-count]
+
+
+class ClientAddressMixin:
+    def get_ident(self, request) -> str | None:  # noqa: ANN001
+        return client_address(request)
 
 
 class RedisWindowMixin:
@@ -26,9 +59,9 @@ class RedisWindowMixin:
         return max(self.duration - (self.now - self.oldest), 0.0)
 
 
-class UserRateThrottle(RedisWindowMixin, throttling.UserRateThrottle):
+class UserRateThrottle(ClientAddressMixin, RedisWindowMixin, throttling.UserRateThrottle):
     pass
 
 
-class AnonRateThrottle(RedisWindowMixin, throttling.AnonRateThrottle):
+class AnonRateThrottle(ClientAddressMixin, RedisWindowMixin, throttling.AnonRateThrottle):
     pass
