@@ -64,7 +64,7 @@ MIDDLEWARE = [
     # Outermost, so it sees every answer under /api/ (Django's own 404, 413 and 500
     # pages included, DEBUG on or off) and gives it the shared JSON error body.
     "core.middleware.ApiErrorBodyMiddleware",
-    # A chunked body (no Content-Length) under /api/: read within the size limit, given its length.
+    # A chunked body (no Content-Length) under /api/ and /v1/: read within the size limit, given its length.
     "core.middleware.ChunkedBodyMiddleware",
     "django.middleware.security.SecurityMiddleware",
     # Serves the admin and Swagger UI assets (bundled, never from a CDN) under gunicorn too.
@@ -200,7 +200,9 @@ REST_FRAMEWORK = {
     "PAGE_SIZE": 50,
     # The API documents JSON bodies only: a form-encoded or multipart body is a 415
     # naming its media type (uploads, chat/files_api.py, set their own parsers).
-    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    # core.parsers: DRF's JSON parser, refusing a NUL, a lone surrogate or nesting past
+    # 64 levels (a 400 naming where).
+    "DEFAULT_PARSER_CLASSES": ["core.parsers.JSONParser"],
     "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
     "DEFAULT_THROTTLE_CLASSES": [
         "core.throttling.AnonRateThrottle",

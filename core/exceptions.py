@@ -78,9 +78,12 @@ def error_body(code: str, message: str, fields: dict[str, list[str]] | None = No
     return {"error": error}
 
 
+def request_too_large_message() -> str:
+    return f"The request body is larger than {settings.DATA_UPLOAD_MAX_MEMORY_SIZE} bytes."
+
+
 def request_too_large_body() -> dict:
-    limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
-    return error_body("request_too_large", f"The request body is larger than {limit} bytes.")
+    return error_body("request_too_large", request_too_large_message())
 
 
 def exception_handler(exc: Exception, context: dict) -> Response | None:

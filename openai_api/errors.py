@@ -6,15 +6,23 @@ The project's own errors map as follows: a missing or unknown key is 401
 `invalid_api_key`; an unknown alias 404 `model_not_found`; invalid input 400
 `invalid_request_error` naming the `param`; billing's refusal (402 in the chat API)
 429 `insufficient_quota`, as OpenAI answers an exhausted quota; a fair-use limit 429
-`rate_limit_exceeded` with Retry-After."""
+`rate_limit_exceeded` with Retry-After; a body over DATA_UPLOAD_MAX_MEMORY_SIZE 413
+`request_too_large`."""
 
 from typing import Any
 
+from django.core.exceptions import RequestDataTooBig
 from django.http import JsonResponse
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 
-from core.exceptions import ApplicationError, InsufficientCredits, ServiceUnavailable, TooManyRequests
+from core.exceptions import (
+    ApplicationError,
+    InsufficientCredits,
+    ServiceUnavailable,
+    TooManyRequests,
+    request_too_large_message,
+)
 
 INVALID_REQUEST = "invalid_request_error"
 
@@ -76,6 +84,8 @@ def as_openai_error(exc: Exception) -> OpenAIError | None:
     """The OpenAI error for an exception a view raised; None for a crash."""
     if isinstance(exc, OpenAIError):
         return exc
+    if isinstance(exc, RequestDataTooBig):  # Django counts it a SuspiciousOperation (400)
+        return OpenAIError(request_too_large_message(), status_code=413, code="request_too_large")
     if isinstance(exc, exceptions.NotAuthenticated | exceptions.AuthenticationFailed):
         message = str(exc.detail)
         if isinstance(exc, exceptions.NotAuthenticated):

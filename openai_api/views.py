@@ -9,7 +9,6 @@ from django.http import HttpResponse, StreamingHttpResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework.negotiation import DefaultContentNegotiation
-from rest_framework.parsers import JSONParser
 from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -19,6 +18,7 @@ from billing.selectors import model_prices_active
 from chat import streaming
 from chat.services.completions import completion_turn_create
 from core.db import db_release
+from core.parsers import NulStorableJSONParser
 from openai_api import answers, errors
 from openai_api.serializers import ChatCompletionRequestSerializer, ChatCompletionSerializer, ModelListSerializer
 
@@ -36,7 +36,8 @@ class AnyAccept(DefaultContentNegotiation):
 class OpenAIView(APIView):
     api_key_scope = "openai"  # accounts.authentication: keys need the `openai` scope here
     renderer_classes = [JSONRenderer]
-    parser_classes = [JSONParser]
+    # A NUL is stored as U+FFFD (chat.services.completions); a lone surrogate or deep nesting is a 400.
+    parser_classes = [NulStorableJSONParser]
     content_negotiation_class = AnyAccept
 
     def get_exception_handler(self):  # noqa: ANN201
