@@ -26,6 +26,21 @@ logger = logging.getLogger(__name__)
 # one of them (the SDK already retried it, and the turn fails with a readable error
 # instead), and the completion retries by itself with the outcome in hand.
 RETRIED = (OperationalError, InterfaceError, redis.ConnectionError)
+FAILED_FOR_GOOD = "The turn could not be run; nothing was charged for it."
+
+
+def _turn_failed_for_good(turn_id: str | None, exc: BaseException, *, traceback: bool = False) -> None:
+    """A run that raised something no retry mends (a bug): the turn fails, its hold
+    released and nothing charged, instead of staying "running" with its hold."""
+    if not turn_id:
+        return
+    logger.error(
+        "run_turn %s failed for good: %s", turn_id, exc.__class__.__name__, exc_info=exc if traceback else None
+    )
+    try:
+        turn_fail(turn_id=turn_id, error=FAILED_FOR_GOOD)
+    except Exception:  # the database may be what is down; the task is logged anyway
+        logger.exception("could not mark turn %s failed", turn_id)
 
 
 class TurnTask(Task):
@@ -37,12 +52,7 @@ class TurnTask(Task):
             # the sweep hands it over again once they are back.
             logger.error("run_turn %s gave up for now: %s", turn_id, exc.__class__.__name__)
             return
-        if turn_id:
-            logger.error("run_turn %s failed for good: %s", turn_id, exc.__class__.__name__)
-            try:
-                turn_fail(turn_id=turn_id, error="The turn could not be run; nothing was charged for it.")
-            except Exception:  # the database may be what is down; the task is logged anyway
-                logger.exception("could not mark turn %s failed", turn_id)
+        _turn_failed_for_good(turn_id, exc)
 
 
 @shared_task(
@@ -59,7 +69,19 @@ class TurnTask(Task):
     time_limit=960,
 )
 def run_turn(self, turn_id: str) -> None:  # noqa: ANN001
-    turn_run(turn_id=turn_id)
+    try:
+        turn_run(turn_id=turn_id)
+    except RETRIED:
+        raise
+    except Exception as exc:
+        if not self.request.is_eager:
+            raise  # a worker's run: on_failure fails the turn
+        # An eager run (the embedded default) has no on_failure (Celery skips it when
+        # eager runs propagate: CELERY_TASK_EAGER_PROPAGATES) and no sweep to take the
+        # turn over once its lease runs out: it fails its turn here, with the
+        # traceback in the log, and the request answers with that failed turn (as
+        # billing's charge_auto_top_up gives up by itself when eager).
+        _turn_failed_for_good(turn_id, exc, traceback=True)
 
 
 @shared_task(ignore_result=True, name="chat.sweep_turns", acks_late=False)
