@@ -53,8 +53,8 @@ class TransactionKind(models.TextChoices):
     REFUND = "refund"
     REVERSAL = "reversal"
     ADJUSTMENT = "adjustment"
-    # What was left of a CreditGrant when it expired (less the part turns in flight
-    # held); reference: the grant's id (see billing.services.grant_expire).
+    # What was left of a CreditGrant when it expired, written by the sweep or by the
+    # first debit that found it due; reference: the grant's id (billing.services.grant_expire).
     EXPIRY = "expiry"
 
 
@@ -141,8 +141,8 @@ class CreditGrant(models.Model):
     remaining = models.DecimalField(**LEDGER_DIGITS)
     promotional = models.BooleanField(default=False)
     expires_at = models.DateTimeField(null=True, blank=True)
-    # When the expiry sweep wrote its first `expiry` row (it leaves the part turns in
-    # flight hold, and expires what they leave of it on a later pass).
+    # When its `expiry` row was written (by the sweep, or by a debit that found it due
+    # first). Lots expired before expiry took everything left may have a second row.
     expired_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 

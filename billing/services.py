@@ -215,7 +215,10 @@ def _post_orm(
 ) -> CreditTransaction:
     """Any database but PostgreSQL (which runs billing._sql.ledger_post, the same rule
     in one statement): lock the wallet row, write the ledger row, update the caches.
-    (SQLite also keeps the arithmetic in Python: it would do it in floats.)"""
+    (SQLite also keeps the arithmetic in Python: it would do it in floats.) A debit
+    of a wallet with grants left comes here on every database: it expires the lots
+    past their expires_at first (their `expiry` rows come before the debit's), then
+    takes from the others in order."""
     # A savepoint when the caller is already in a transaction (the turn completion):
     # a repeated reference then rolls back only this write.
     with transaction.atomic(savepoint=savepoint):
@@ -227,7 +230,14 @@ def _post_orm(
             )
         grants_remaining = None
         if kind == TransactionKind.DEBIT and wallet.grants_remaining > 0:
-            grants_remaining = wallet.grants_remaining - _grants_consume(wallet=wallet, amount=-amount)
+            # Lots past their expires_at are expired first (whether or not the sweep
+            # ran): an expired credit is never spent. A wallet without grants (the
+            # common case, and on PostgreSQL the one-statement path) asks nothing more.
+            lots, now = _open_grants_locked(wallet), timezone.now()
+            if due := [lot for lot in lots if _lot_due(lot, now)]:
+                _lots_expire_locked(wallet=wallet, user_id=user_id, lots=due, now=now)
+                lots = [lot for lot in lots if lot.remaining > 0]
+            grants_remaining = wallet.grants_remaining - _grants_consume(lots=lots, amount=-amount)
         balance = wallet.balance + amount
         row = CreditTransaction.objects.create(
             wallet=wallet,
@@ -436,13 +446,14 @@ def _grant_set_remaining(lot: CreditGrant, remaining: Decimal, **extra: Any) -> 
     lot.remaining = remaining
 
 
-def _grants_consume(*, wallet: Wallet, amount: Decimal) -> Decimal:
-    """Takes up to `amount` from the wallet's lots in order (the caller holds the
-    wallet lock, writes the debit's ledger row in the same transaction and lowers
-    grants_remaining by what this returns: what the lots gave). The rest of the debit
-    falls on the rest of the balance."""
+def _grants_consume(*, lots: list[CreditGrant], amount: Decimal) -> Decimal:
+    """Takes up to `amount` from the wallet's open lots, in order and none of them due
+    to expire (the caller holds the wallet lock, has expired the due ones, writes the
+    debit's ledger row in the same transaction and lowers grants_remaining by what this
+    returns: what the lots gave). The rest of the debit falls on the rest of the
+    balance."""
     taken = ZERO
-    for lot in _open_grants_locked(wallet):
+    for lot in lots:
         if taken == amount:
             break
         share = min(lot.remaining, amount - taken)
@@ -451,60 +462,72 @@ def _grants_consume(*, wallet: Wallet, amount: Decimal) -> Decimal:
     return taken
 
 
-def held_shares(*, lots: list[CreditGrant], held: Decimal) -> dict[int, Decimal]:
-    """How much of the wallet's `held` falls on each lot: holds are notionally drawn
-    in the order debits use credits, so the worst case of the turns in flight is
-    placed on the first lots first (what the lots cannot cover falls on the rest of
-    the balance). `lots` in order."""
-    shares, left = {}, max(held, ZERO)
-    for lot in lots:
-        shares[lot.pk] = min(lot.remaining, left)
-        left -= shares[lot.pk]
-    return shares
+def _lot_due(lot: CreditGrant, now: datetime) -> bool:
+    return lot.expires_at is not None and lot.expires_at <= now and lot.remaining > 0
 
 
 def _expiry_reference(lot: CreditGrant) -> str:
-    # The first expiry row of a lot (expired_at is set with it) is keyed by its id; a
-    # later one (what turns in flight left of the held part) also by what was left
-    # before it, which only goes down: the same pass run twice has the same key, two
-    # passes never do.
+    # The first expiry row of a lot (expired_at is set with it) is keyed by its id. A
+    # lot expired before expiry took everything left kept the part turns in flight
+    # held; its later row is also keyed by what was left before it, which only goes
+    # down: the same pass run twice has the same key, two passes never do.
     return str(lot.pk) if lot.expired_at is None else f"{lot.pk}:{lot.remaining}"
 
 
+def _lots_expire_locked(
+    *, wallet: Wallet, user_id: int, lots: list[CreditGrant], now: datetime
+) -> list[CreditTransaction]:
+    """Expires everything left of each of `lots` (all due; the caller holds the wallet
+    lock, and saves the wallet row after: this moves wallet.balance and
+    wallet.grants_remaining in memory only): one `expiry` ledger row (negative) each,
+    the lot's remaining to zero. What turns in flight hold of an expired lot is not kept for
+    them: an expired credit is never spent, so those turns are paid from the rest of
+    the balance (a debit is never refused; the overdraft rules bound it). Returns the
+    rows written."""
+    rows = []
+    for lot in lots:
+        expiring, reference = lot.remaining, _expiry_reference(lot)
+        before, after = wallet.balance, wallet.balance - expiring
+        try:
+            with transaction.atomic():
+                row = CreditTransaction.objects.create(
+                    wallet=wallet,
+                    kind=TransactionKind.EXPIRY,
+                    amount=-expiring,
+                    balance_after=after,
+                    reference=reference,
+                    reason=f"Grant {lot.pk} expired ({format_ledger(expiring)} of {format_ledger(lot.amount)} unused)",
+                )
+        except IntegrityError:
+            # The lot says this expiry has not happened, the ledger says it has: never twice.
+            raise StateConflict(f"Expiry {reference!r} is already on the ledger but grant {lot.pk} disagrees.")
+        first_row = {"expired_at": now} if lot.expired_at is None else {}
+        _grant_set_remaining(lot, ZERO, **first_row)
+        wallet.balance, wallet.grants_remaining = after, wallet.grants_remaining - expiring
+        _balance_fell(user_id=user_id, kind=TransactionKind.EXPIRY, before=before, after=after)
+        rows.append(row)
+    return rows
+
+
 def grant_expire(*, grant_id: int, now: datetime | None = None) -> CreditTransaction | None:
-    """Expires what is left of a lot whose expires_at has passed, less the part the
-    turns in flight hold (held_shares): one `expiry` ledger row (negative), the lot's
-    remaining down to that held part, in one transaction under the wallet lock. A later
-    pass expires what the settled turns did not use of the held part. Returns the row,
-    or None when there was nothing (more) to expire. Safe to run twice or at once:
-    everything is re-read under the lock, and the reference is unique."""
+    """Expires everything left of a lot whose expires_at has passed: one `expiry`
+    ledger row (negative) and the lot's remaining to zero, in one transaction under
+    the wallet lock. Returns the row, or None when there was nothing to expire (used
+    up, expired already, by this sweep or by a debit of the wallet, or not yet due).
+    Safe to run twice or at once: everything is re-read under the lock, and the
+    reference is unique. A debit does the same first for the lots it finds due
+    (_post_orm), so the sweep only makes the balance say it sooner."""
     now = now or timezone.now()
     user_id = CreditGrant.objects.filter(pk=grant_id).values_list("wallet__user_id", flat=True).first()
     if user_id is None:
         return None
     with transaction.atomic():
         wallet = _locked_wallet(user_id)
-        lots = _open_grants_locked(wallet)
-        lot = next((lot for lot in lots if lot.pk == grant_id), None)
-        if lot is None or lot.expires_at is None or lot.expires_at > now:
-            return None  # used up, expired already, or not yet due
-        expiring = lot.remaining - held_shares(lots=lots, held=wallet.held)[lot.pk]
-        if expiring <= 0:
-            return None  # all of it is held: a later pass expires what the turns leave
-        reference = _expiry_reference(lot)
-        if CreditTransaction.objects.filter(kind=TransactionKind.EXPIRY, reference=reference).exists():
-            # The lot says this pass has not run, the ledger says it has: never twice.
-            raise StateConflict(f"Expiry {reference!r} is already on the ledger but grant {lot.pk} disagrees.")
-        row = _post(
-            user_id=user_id,
-            kind=TransactionKind.EXPIRY,
-            amount=-expiring,
-            reference=reference,
-            reason=f"Grant {lot.pk} expired ({format_ledger(expiring)} of {format_ledger(lot.amount)} unused)",
-        )
-        first_row = {"expired_at": now} if lot.expired_at is None else {}
-        _grant_set_remaining(lot, lot.remaining - expiring, **first_row)
-        Wallet.objects.filter(pk=wallet.pk).update(grants_remaining=F("grants_remaining") - expiring)
+        lot = CreditGrant.objects.filter(pk=grant_id, wallet_id=wallet.pk).first()
+        if lot is None or not _lot_due(lot, now):
+            return None
+        [row] = _lots_expire_locked(wallet=wallet, user_id=user_id, lots=[lot], now=now)
+        _wallet_save(wallet, balance=wallet.balance, held=wallet.held, grants_remaining=wallet.grants_remaining)
         return row
 
 
@@ -869,7 +892,6 @@ __all__ = [
     "wallet_grant",
     "grant_expire",
     "grants_expire_due",
-    "held_shares",
     "wallet_hold_place",
     "wallet_hold_release",
     "wallet_refund",

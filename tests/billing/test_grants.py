@@ -1,5 +1,6 @@
-"""Promotional and expiring grants: the order credits are used in, expiry (and the
-part turns in flight hold), and the ledger still explaining every balance and lot."""
+"""Promotional and expiring grants: the order credits are used in, expiry (all that
+is left, even what turns in flight hold), and the ledger still explaining every
+balance and lot. A debit expiring due lots itself: test_expiry_at_debit.py."""
 
 from datetime import timedelta
 from decimal import Decimal
@@ -38,6 +39,14 @@ D = Decimal
 
 def days(n: float):  # noqa: ANN201
     return timezone.now() + timedelta(days=n)
+
+
+def travel(monkeypatch, delta: timedelta) -> None:  # noqa: ANN001
+    """Time passes by `delta` for every clock Django and the services read. (A test
+    cannot move a lot's expires_at into the past instead: on PostgreSQL the database
+    refuses any change to a lot but its remaining and expired_at.)"""
+    real_now = timezone.now
+    monkeypatch.setattr(timezone, "now", lambda: real_now() + delta)
 
 
 def remaining(row: CreditTransaction) -> Decimal:
@@ -104,11 +113,11 @@ def test_take_backs_and_refunds_touch_no_grant(owner):
     assert_books_balance(owner)
 
 
-def test_expiry_writes_one_row_for_what_is_left_and_running_it_again_changes_nothing(owner):
+def test_expiry_writes_one_row_for_what_is_left_and_running_it_again_changes_nothing(owner, monkeypatch):
     wallet_topup(user=owner, amount=D("10"), reference="pi_1")
     grant = wallet_grant(user=owner, amount=D("8"), reason="trial", promotional=True, expires_at=days(1))
     wallet_debit(user=owner, amount=D("3"), reference="turn-1")
-    CreditGrant.objects.filter(transaction=grant).update(expires_at=timezone.now() - timedelta(seconds=1))
+    travel(monkeypatch, timedelta(days=1, seconds=1))
 
     assert expire_grants() == 1
     assert expire_grants() == 0  # the beat task run twice
@@ -138,66 +147,61 @@ def test_a_grant_not_yet_due_does_not_expire(owner):
     assert remaining(grant) == D("4") and not CreditTransaction.objects.filter(kind="expiry").exists()
 
 
-def test_the_part_held_by_turns_in_flight_does_not_expire_until_they_settle(owner):
+def test_an_expiry_takes_all_that_is_left_even_the_part_turns_in_flight_hold(owner):
+    """An expired credit is never spent (issue 29), so keeping the held part for the
+    turns in flight would only keep it on the balance: the sweep expires it all, and
+    the turns settle against the rest of the balance."""
     wallet_topup(user=owner, amount=D("5"), reference="pi_1")
     grant = wallet_grant(user=owner, amount=D("10"), reason="trial", promotional=True, expires_at=days(1))
-    wallet_hold_place(user=owner, amount=D("4"), reference="turn-1")  # falls on the grant (used first)
+    wallet_hold_place(user=owner, amount=D("4"), reference="turn-1")  # would have fallen on the grant
 
     assert grants_expire_due(now=days(2)) == 1
     lot = CreditGrant.objects.get(transaction=grant)
-    assert lot.remaining == D("4")
-    assert CreditTransaction.objects.get(kind="expiry").amount == D("-6")
-    assert grants_expire_due(now=days(2)) == 0  # still held: nothing more
+    assert lot.remaining == D("0")
+    assert grants_expire_due(now=days(2)) == 0
 
-    # The turn settles for less than its worst case, from the held part of the grant ...
     wallet_debit(user=owner, amount=D("3"), reference="turn-1", release_hold="turn-1")
-    assert remaining(grant) == D("1")
-    # ... and the next sweep expires what it did not use, once.
-    assert grants_expire_due(now=days(2)) == 1
+    assert remaining(grant) == D("0")
     assert grants_expire_due(now=days(2)) == 0
     rows = list(CreditTransaction.objects.filter(kind="expiry").order_by("id").values_list("amount", "reference"))
-    assert rows == [(D("-6"), str(lot.pk)), (D("-1"), f"{lot.pk}:1.00000000")]
+    assert rows == [(D("-10"), str(lot.pk))]
     wallet = assert_books_balance(owner)
-    assert (wallet.balance, wallet.held, wallet.grants_remaining) == (D("5"), D("0"), D("0"))
+    assert (wallet.balance, wallet.held, wallet.grants_remaining) == (D("2"), D("0"), D("0"))
 
 
-def test_holds_fall_on_grants_in_the_order_debits_use_them(owner):
-    """Promotional never-expiring credits are used before expiring ones that are not
-    promotional, so a hold of 5 falls 3 on the promotional grant and 2 on the expiring
-    one: 8 of its 10 expire."""
-    wallet_grant(user=owner, amount=D("3"), reason="promo", promotional=True)
+def test_the_sweep_leaves_a_promotional_grant_that_never_expires(owner):
+    promo = wallet_grant(user=owner, amount=D("3"), reason="promo", promotional=True)
     expiring = wallet_grant(user=owner, amount=D("10"), reason="goodwill", expires_at=days(1))
     wallet_topup(user=owner, amount=D("20"), reference="pi_1")
     wallet_hold_place(user=owner, amount=D("5"), reference="turn-1")
-    grants_expire_due(now=days(2))
-    assert remaining(expiring) == D("2")
-    assert CreditTransaction.objects.get(kind="expiry").amount == D("-8")
+    assert grants_expire_due(now=days(2)) == 1
+    assert (remaining(expiring), remaining(promo)) == (D("0"), D("3"))
+    assert CreditTransaction.objects.get(kind="expiry").amount == D("-10")
     wallet_hold_release(user=owner, reference="turn-1")
-    grants_expire_due(now=days(2))
-    assert remaining(expiring) == D("0")
+    assert grants_expire_due(now=days(2)) == 0
     assert assert_books_balance(owner).balance == D("23")
 
 
-def test_a_hold_beyond_the_grants_falls_on_bought_credits(owner):
+def test_a_turn_in_flight_when_its_grant_expires_is_paid_from_bought_credits(owner):
     grant = wallet_grant(user=owner, amount=D("2"), reason="trial", expires_at=days(1))
     wallet_topup(user=owner, amount=D("10"), reference="pi_1")
     wallet_hold_place(user=owner, amount=D("7"), reference="turn-1")
-    assert grants_expire_due(now=days(2)) == 0  # all of the grant is held
-    assert remaining(grant) == D("2")
+    assert grants_expire_due(now=days(2)) == 1
+    assert remaining(grant) == D("0")
     wallet_debit(user=owner, amount=D("7"), reference="turn-1", release_hold="turn-1")
     assert remaining(grant) == D("0")
-    assert assert_books_balance(owner).balance == D("5")
+    assert assert_books_balance(owner).balance == D("3")
 
 
 def test_reconcile_reports_a_grant_the_ledger_does_not_explain(owner):
     grant = wallet_grant(user=owner, amount=D("4"), reason="trial", promotional=True)
     wallet_debit(user=owner, amount=D("1"), reference="turn-1")
     lot = CreditGrant.objects.get(transaction=grant)
-    CreditGrant.objects.filter(pk=lot.pk).update(remaining=D("3.5"))  # written around billing.services
-    Wallet.objects.filter(user=owner).update(grants_remaining=D("3.5"))
+    CreditGrant.objects.filter(pk=lot.pk).update(remaining=D("2.5"))  # written around billing.services
+    Wallet.objects.filter(user=owner).update(grants_remaining=D("2.5"))
 
     assert grant_ledger_problems(wallet=owner.wallet) == [
-        f"grant {lot.pk}: remaining 3.50000000 != 3.00000000 by the ledger"
+        f"grant {lot.pk}: remaining 2.50000000 != 3.00000000 by the ledger"
     ]
     out = StringIO()
     with pytest.raises(CommandError):
@@ -314,9 +318,9 @@ def test_grant_credits_command_makes_a_promotional_expiring_grant(owner):
         call_command("grant_credits", owner.email, "1", "--reason", "x", "--expires-at", "2020-01-01T00:00Z")
 
 
-def test_expire_grants_command_expires_what_is_due(owner):
-    grant = wallet_grant(user=owner, amount=D("4"), reason="trial", expires_at=days(1))
-    CreditGrant.objects.filter(transaction=grant).update(expires_at=timezone.now() - timedelta(seconds=1))
+def test_expire_grants_command_expires_what_is_due(owner, monkeypatch):
+    wallet_grant(user=owner, amount=D("4"), reason="trial", expires_at=days(1))
+    travel(monkeypatch, timedelta(days=1, seconds=1))
     out = StringIO()
     call_command("expire_grants", stdout=out)
     call_command("expire_grants", stdout=out)
@@ -357,15 +361,15 @@ def test_beat_runs_the_expiry_sweep_every_grant_expiry_sweep_seconds():
     assert app.tasks["billing.expire_grants"].run() == 0  # the task beat sends is the sweep
 
 
-def test_a_grant_all_held_at_expiry_writes_nothing_until_the_turns_settle(owner):
+def test_a_grant_all_held_at_expiry_expires_at_once(owner):
     grant = wallet_grant(user=owner, amount=D("2"), reason="trial", expires_at=days(1))
     wallet_topup(user=owner, amount=D("10"), reference="pi_1")
     wallet_hold_place(user=owner, amount=D("3"), reference="turn-1")
-    assert grants_expire_due(now=days(2)) == 0
-    lot = CreditGrant.objects.get(transaction=grant)
-    assert (lot.remaining, lot.expired_at) == (D("2"), None)
-    wallet_debit(user=owner, amount=D("0.5"), reference="turn-1", release_hold="turn-1")
     assert grants_expire_due(now=days(2)) == 1
+    lot = CreditGrant.objects.get(transaction=grant)
+    assert (lot.remaining, lot.expired_at is not None) == (D("0"), True)
+    wallet_debit(user=owner, amount=D("0.5"), reference="turn-1", release_hold="turn-1")
+    assert grants_expire_due(now=days(2)) == 0
     row = CreditTransaction.objects.get(kind="expiry")
-    assert (row.amount, row.reference) == (D("-1.5"), str(lot.pk))
-    assert assert_books_balance(owner).balance == D("10")
+    assert (row.amount, row.reference) == (D("-2"), str(lot.pk))
+    assert assert_books_balance(owner).balance == D("9.5")
