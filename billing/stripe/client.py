@@ -186,6 +186,24 @@ def payment_intent_retrieve(*, payment_intent_id: str) -> stripe.PaymentIntent:
     return stripe.PaymentIntent.retrieve(payment_intent_id, **_api_options())
 
 
+def payment_intent_find(*, customer_id: str, metadata: dict[str, str], created_gte: int) -> stripe.PaymentIntent | None:
+    """The customer's PaymentIntent made at or after `created_gte` (Unix seconds, by
+    Stripe's clock) whose metadata holds all of `metadata`, or None; a read, safe
+    anywhere. Stripe's list, newest first, 100 at a time: unlike Stripe's search
+    (`PaymentIntent.search`, eventually consistent: "don't use search in read-after-
+    write flows", up to an hour behind in an outage) it shows a PaymentIntent made a
+    moment ago, which is what looking up a lost answer needs."""
+    params: dict[str, Any] = {"customer": customer_id, "created": {"gte": created_gte}, "limit": 100}
+    while True:
+        page = stripe.PaymentIntent.list(**params, **_api_options())
+        for intent in page.data:
+            if all((intent.metadata or {}).get(key) == value for key, value in metadata.items()):
+                return intent
+        if not page.has_more or not page.data:
+            return None
+        params["starting_after"] = page.data[-1].id
+
+
 def webhook_endpoint_create(*, url: str, enabled_events: list[str], metadata: dict[str, str]) -> stripe.WebhookEndpoint:
     _outside_transaction("Creating a webhook endpoint")
     return stripe.WebhookEndpoint.create(

@@ -47,6 +47,7 @@ admin's re-run action and the sweeper task enqueue.
 
 import json
 import logging
+from datetime import timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from traceback import format_exc
 from typing import Any
@@ -894,9 +895,21 @@ def auto_top_up_claim(*, user_id: int) -> TopUp | None:
 AUTO_TOP_UP_TRANSIENT = (stripe.APIConnectionError, stripe.RateLimitError, stripe.APIError, stripe.IdempotencyError)
 
 
+# Stripe keeps an idempotency key's first answer for at least 24 hours. A charge sent
+# later than this after its claim (the sweep re-sends a claim still waiting for its
+# charge) looks its PaymentIntent up first: past the window the key alone no longer
+# proves that Stripe made none. (An hour's margin for clocks and a late first attempt;
+# the claim's time is before any attempt's, so the margin only grows.)
+IDEMPOTENCY_KEY_TRUSTED = timedelta(hours=23)
+# How much earlier than our claim Stripe's clock may stamp its PaymentIntent.
+STRIPE_CLOCK_SKEW = timedelta(minutes=10)
+
+
 def auto_top_up_charge(*, topup_id: int) -> str:
     """Charges the saved card off-session for a claimed auto top-up (status created),
     under the TopUp's idempotency key: a retried task makes no second PaymentIntent.
+    A claim older than IDEMPOTENCY_KEY_TRUSTED first looks its PaymentIntent up at
+    Stripe and adopts it if there is one: one claim never makes two PaymentIntents.
     Must run outside any transaction. A decline fails the top-up and turns auto
     top-up off; other Stripe errors propagate for the task to retry."""
     topup = TopUp.objects.select_related("user").filter(pk=topup_id, mode=Mode.AUTO).first()
@@ -904,6 +917,9 @@ def auto_top_up_charge(*, topup_id: int) -> str:
         return "skipped: not a claimed auto top-up waiting for its charge"
     row = AutoTopUp.objects.get(user_id=topup.user_id)
     try:
+        key_may_have_expired = timezone.now() - topup.created_at >= IDEMPOTENCY_KEY_TRUSTED
+        if key_may_have_expired and (found := _auto_top_up_intent_find(topup, row)) is not None:
+            return _auto_top_up_adopt(topup, found)
         intent = client.payment_intent_create_off_session(
             customer_id=row.customer_id,
             payment_method_id=row.payment_method_id,
@@ -924,6 +940,31 @@ def auto_top_up_charge(*, topup_id: int) -> str:
         return f"auto top-up {topup.pk} refused: auto top-up turned off"
     _payment_intent_record(topup, intent.id)
     return f"auto top-up {topup.pk}: PaymentIntent {intent.id} {intent.status}"
+
+
+def _auto_top_up_intent_find(topup: TopUp, row: AutoTopUp) -> stripe.PaymentIntent | None:
+    """The PaymentIntent this claim made at Stripe, if any: among the customer's made
+    since the claim, the one whose metadata names this top-up and its user (what the
+    charge puts on it), for this top-up's amount in USD. Raises stripe.StripeError when
+    Stripe cannot be asked."""
+    intent = client.payment_intent_find(
+        customer_id=row.customer_id,
+        metadata={"parley_topup_id": str(topup.pk), "parley_user_id": str(topup.user_id)},
+        created_gte=int((topup.created_at - STRIPE_CLOCK_SKEW).timestamp()),
+    )
+    if intent is not None and (intent.amount != topup.amount_cents or str(intent.currency).lower() != "usd"):
+        # Nothing of ours makes this; never adopted, and no second one is made either.
+        raise TopUpMismatch(f"PaymentIntent {intent.id} names auto top-up {topup.pk} but not its amount.")
+    return intent
+
+
+def _auto_top_up_adopt(topup: TopUp, intent: stripe.PaymentIntent) -> str:
+    """Records a PaymentIntent the claim made whose answer was lost, as if Stripe had
+    answered: the top-up is pending and keeps its claim, and Stripe's events settle it
+    like any other (payment_intent.succeeded credits it once, by its id)."""
+    _payment_intent_record(topup, intent.id)
+    logger.warning("Auto top-up %s: adopted PaymentIntent %s (%s) found at Stripe", topup.pk, intent.id, intent.status)
+    return f"auto top-up {topup.pk}: adopted PaymentIntent {intent.id} {intent.status}"
 
 
 def _auto_top_up_declined(topup: TopUp, exc: stripe.CardError) -> str:
@@ -953,12 +994,30 @@ def _auto_top_up_failed(topup: TopUp, *, reason: str, disable: bool, payment_int
             AutoTopUp.objects.filter(user_id=locked.user_id).update(last_error=reason[:255], updated_at=timezone.now())
 
 
-def auto_top_up_give_up(*, topup_id: int, error: str) -> None:
-    """An auto top-up Stripe never answered (the task's retries ran out): failed, and
-    the claim freed, so a later debit can try again. Auto top-up stays on."""
+def auto_top_up_give_up(*, topup_id: int, error: str) -> str:
+    """The charge task's retries ran out without an answer from Stripe. The answer may
+    be what was lost, not the request: the PaymentIntent is looked up at Stripe first
+    (by customer and the claim's metadata) and adopted if found (pending, the claim
+    kept, credited by payment_intent.succeeded). Stripe has none: the top-up is failed
+    and the claim freed, so a later debit can try again; auto top-up stays on. Stripe
+    cannot even be asked: nothing is decided; the claim stays, `last_error` says why,
+    and the sweep sends the charge again (it looks up first once the key may have
+    expired), so one claim never makes two PaymentIntents."""
     topup = TopUp.objects.filter(pk=topup_id, mode=Mode.AUTO, status=Status.CREATED).first()
-    if topup is not None:
-        _auto_top_up_failed(topup, reason=error, disable=False)
+    if topup is None:
+        return "skipped: not a claimed auto top-up waiting for its charge"
+    try:
+        found = _auto_top_up_intent_find(topup, AutoTopUp.objects.get(user_id=topup.user_id))
+    except stripe.StripeError as exc:
+        logger.warning("Auto top-up %s: Stripe cannot be asked (%s); the claim stays", topup.pk, exc.__class__.__name__)
+        AutoTopUp.objects.filter(user_id=topup.user_id, in_flight=topup).update(
+            last_error=error[:255], updated_at=timezone.now()
+        )
+        return f"auto top-up {topup.pk}: kept (Stripe cannot be asked whether it made the PaymentIntent)"
+    if found is not None:
+        return _auto_top_up_adopt(topup, found)
+    _auto_top_up_failed(topup, reason=error, disable=False)
+    return f"auto top-up {topup.pk}: failed (Stripe made no PaymentIntent)"
 
 
 # --- webhooks ------------------------------------------------------------------

@@ -121,9 +121,10 @@ def charge_auto_top_up(self, topup_id: int) -> str:  # noqa: ANN001
         return auto_top_up_charge(topup_id=topup_id)
     except AUTO_TOP_UP_TRANSIENT as exc:  # a decline or a refusal is no error here: the service handles it
         if self.request.retries >= AUTO_TOP_UP_MAX_RETRIES or self.request.is_eager:
-            # Given up: the claim is freed so that a later debit (or the sweep) tries again.
-            auto_top_up_give_up(topup_id=topup_id, error=f"Stripe unreachable: {exc.__class__.__name__}")
-            return "gave up"
+            # Given up: unless Stripe made the PaymentIntent, the claim is freed so that a
+            # later debit (or the sweep) tries again.
+            # It looks the PaymentIntent up first: the answer may be what was lost.
+            return auto_top_up_give_up(topup_id=topup_id, error=f"Stripe unreachable: {exc.__class__.__name__}")
         raise self.retry(exc=exc, countdown=min(600, 5 * 2**self.request.retries))
 
 

@@ -15,6 +15,8 @@ JSON errors (`resource_missing` 404, a 401 for a wrong key), and an
     POST /v1/payment_intents          GET /v1/payment_intents/{id}
          (with confirm=true, off_session=true and a saved payment_method: charged at
          once, or a 402 card_error for a card made to decline)
+    GET  /v1/payment_intents          (the list: `customer`, `created` as a timestamp
+         or gt/gte/lt/lte, `limit` 1-100, `starting_after`; newest first, `has_more`)
     POST /v1/checkout/sessions        GET /v1/checkout/sessions/{id}   (payment and setup mode)
     GET  /v1/setup_intents/{id}
     GET  /v1/charges/{id}  /v1/refunds/{id}  /v1/disputes/{id}
@@ -39,7 +41,12 @@ dispute) is driven from Python and returns the event payload Stripe would send:
     event = server.dispute_event(dp_id, "charge.dispute.funds_reinstated")
     body, header = sign_event(event, secret)   # a real Stripe-Signature: t=...,v1=HMAC-SHA256("t.body")
 
-`server.fail_next(n, status=500)` makes the next n API calls fail; `server.requests`
+`server.fail_next(n, status=500)` makes the next n API calls fail (`method=` only
+those of one method); `server.lose_next(n)` carries the next n POSTs out and loses
+their answers (the connection closes before a byte of the answer: the client sees a
+dropped connection, as for a timeout, though Stripe did the work);
+`server.forget_idempotency_keys()` is Stripe's 24 hours passing (a key used before
+no longer replays its first answer); `server.requests`
 records every call (method, path, params, Stripe-Version, Idempotency-Key). Run as
 its own process (`python -m tests.fakes.stripe_server`), it prints its URL and key,
 and `POST /_fake/pay/{pi_id}` stands in for `pay()`.
@@ -47,11 +54,13 @@ and `POST /_fake/pay/{pi_id}` stands in for `pay()`.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import hmac
 import json
 import secrets
+import socket
 import threading
 import time
 from dataclasses import dataclass, field
@@ -60,6 +69,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 API_VERSION = "2026-05-27.dahlia"
+LOST = 0  # dispatch's status for an answer to drop (lose_next)
 
 
 def sign_payload(payload: str, secret: str, timestamp: int | None = None) -> str:
@@ -117,6 +127,14 @@ class Fault:
     remaining: int
     status: int
     path_prefix: str
+    method: str | None = None  # None: any
+
+    def takes(self, method: str, path: str) -> bool:
+        """Whether this call is one of the fault's (and if so, counts it)."""
+        if self.remaining <= 0 or not path.startswith(self.path_prefix) or self.method not in (None, method):
+            return False
+        self.remaining -= 1
+        return True
 
 
 @dataclass
@@ -126,6 +144,8 @@ class FakeStripe:
     objects: dict[str, dict[str, dict]] = field(default_factory=dict)
     requests: list[RecordedRequest] = field(default_factory=list)
     faults: list[Fault] = field(default_factory=list)
+    # Calls carried out whose answers are dropped (lose_next); status unused.
+    losses: list[Fault] = field(default_factory=list)
     idempotent: dict[str, tuple[int, dict]] = field(default_factory=dict)
     lock: threading.RLock = field(default_factory=threading.RLock)
     url: str = ""
@@ -171,6 +191,13 @@ class FakeStripe:
                 for hook in list(fake.hooks):
                     hook(method, split.path, params)
                 status, body = fake.dispatch(method, split.path, params, self.headers)
+                if status == LOST:
+                    # Done at "Stripe", the answer never arrives: the client sees the
+                    # connection drop (requests: RemoteDisconnected).
+                    self.close_connection = True
+                    with contextlib.suppress(OSError):
+                        self.connection.shutdown(socket.SHUT_RDWR)
+                    return
                 data = json.dumps(body).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
@@ -198,14 +225,29 @@ class FakeStripe:
             self.objects.clear()
             self.requests.clear()
             self.faults.clear()
+            self.losses.clear()
             self.idempotent.clear()
             self.hooks.clear()
             self.declining.clear()
             self.endpoint_secrets.clear()
 
-    def fail_next(self, count: int, *, status: int = 500, path_prefix: str = "/v1/") -> None:
+    def fail_next(self, count: int, *, status: int = 500, path_prefix: str = "/v1/", method: str | None = None) -> None:
         with self.lock:
-            self.faults.append(Fault(count, status, path_prefix))
+            self.faults.append(Fault(count, status, path_prefix, method))
+
+    def lose_next(self, count: int, *, path_prefix: str = "/v1/", method: str = "POST") -> None:
+        """The next `count` matching calls are carried out (objects made, the
+        Idempotency-Key's answer stored) and their answers lost. The stripe client
+        retries a dropped connection (stripe.max_network_retries times, under the same
+        key): lose 1 + that many for the caller to see the answer lost for good."""
+        with self.lock:
+            self.losses.append(Fault(count, LOST, path_prefix, method))
+
+    def forget_idempotency_keys(self) -> None:
+        """Stripe's idempotency window (24 hours) has passed for every key used so far:
+        a request under one of them is a new request."""
+        with self.lock:
+            self.idempotent.clear()
 
     def calls(self, method: str | None = None, path_prefix: str = "") -> list[RecordedRequest]:
         with self.lock:
@@ -229,15 +271,17 @@ class FakeStripe:
             if headers.get("Authorization") != f"Bearer {self.api_key}":
                 return 401, _error("invalid_request_error", "Invalid API Key provided.", code="api_key_invalid")
             for fault in self.faults:
-                if fault.remaining > 0 and path.startswith(fault.path_prefix):
-                    fault.remaining -= 1
+                if fault.takes(method, path):
                     return fault.status, _error("api_error", "The fake Stripe failed on purpose.")
             key = headers.get("Idempotency-Key")
             if method == "POST" and key and key in self.idempotent:
-                return copy.deepcopy(self.idempotent[key])
-            status, body = self._route(method, path, params)
-            if method == "POST" and key and status < 500:
-                self.idempotent[key] = (status, copy.deepcopy(body))
+                status, body = copy.deepcopy(self.idempotent[key])
+            else:
+                status, body = self._route(method, path, params)
+                if method == "POST" and key and status < 500:
+                    self.idempotent[key] = (status, copy.deepcopy(body))
+            if any(loss.takes(method, path) for loss in self.losses):
+                return LOST, {}
             return status, body
 
     def _route(self, method: str, path: str, params: dict) -> tuple[int, dict]:
@@ -252,6 +296,8 @@ class FakeStripe:
             return self._create_confirmed_payment_intent(params)
         if resource == "account" and method == "GET":
             return 200, self.account()
+        if resource == "payment_intents" and len(parts) == 2 and method == "GET":
+            return self._list_payment_intents(params)
         if len(parts) == 2 and method == "POST":
             create = {
                 "customers": self._create_customer,
@@ -401,12 +447,45 @@ class FakeStripe:
             },
         )
 
-    def create_payment_intent(self, *, amount: int, currency: str = "usd", metadata: dict | None = None) -> dict:
+    def _list_payment_intents(self, params: dict) -> tuple[int, dict]:
+        """GET /v1/payment_intents: newest first (here: last made first), filtered by
+        `customer` and `created` (a timestamp, or gt/gte/lt/lte), `limit` (1-100,
+        default 10) at a time after `starting_after`."""
+        try:
+            limit = int(params.get("limit") or 10)
+        except ValueError:
+            limit = 0
+        if not 1 <= limit <= 100:
+            return 400, _error("invalid_request_error", "This value must be between 1 and 100.", param="limit")
+        created = params.get("created")
+        bounds = created if isinstance(created, dict) else ({"gte": created, "lte": created} if created else {})
+        tests = {"gt": int.__gt__, "gte": int.__ge__, "lt": int.__lt__, "lte": int.__le__}
+        intents = [
+            intent
+            for intent in reversed(list(self.objects.get("payment_intents", {}).values()))
+            if params.get("customer") in (None, intent["customer"])
+            and all(tests[op](intent["created"], int(value)) for op, value in bounds.items() if op in tests)
+        ]
+        if after := params.get("starting_after"):
+            ids = [intent["id"] for intent in intents]
+            if after not in ids:
+                return 400, _error("invalid_request_error", f"No such payment_intent: '{after}'",
+                                   code="resource_missing", param="starting_after")  # fmt: skip
+            intents = intents[ids.index(after) + 1 :]
+        return 200, {
+            "object": "list",
+            "data": copy.deepcopy(intents[:limit]),
+            "has_more": len(intents) > limit,
+            "url": "/v1/payment_intents",
+        }
+
+    def create_payment_intent(
+        self, *, amount: int, currency: str = "usd", metadata: dict | None = None, customer: str | None = None
+    ) -> dict:
         """A PaymentIntent made outside Parley (another integration on the same account)."""
         with self.lock:
-            return copy.deepcopy(
-                self._create_payment_intent({"amount": amount, "currency": currency, "metadata": metadata or {}})
-            )
+            params = {"amount": amount, "currency": currency, "metadata": metadata or {}, "customer": customer}
+            return copy.deepcopy(self._create_payment_intent(params))
 
     def _create_webhook_endpoint(self, params: dict) -> dict:
         # Stripe shows the signing secret in the create call's answer only.

@@ -246,7 +246,8 @@ def test_a_payment_failed_event_for_an_auto_top_up_turns_it_off(stripe_on, webho
 def test_stripe_unreachable_frees_the_claim_and_keeps_auto_top_up_on(stripe_on, webhooks, funded, buyer_client):
     save_card(buyer_client, stripe_on, webhooks)
     turn_on(buyer_client)
-    stripe_on.fail_next(10, status=500, path_prefix="/v1/payment_intents")
+    # The creates fail; the look-up before giving up answers that Stripe made none.
+    stripe_on.fail_next(10, status=500, path_prefix="/v1/payment_intents", method="POST")
 
     debit(funded, "200", "turn-1")
 
