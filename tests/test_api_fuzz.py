@@ -2,8 +2,13 @@
 sends, no request ends in a 500 and every answer matches the schema. It covers
 each endpoint later issues add, with no change here."""
 
+import json
+import re
+from decimal import Decimal
+
 import pytest
 import schemathesis
+from django.test import Client
 from hypothesis import HealthCheck, settings
 from schemathesis.checks import (
     content_type_conformance,
@@ -11,7 +16,12 @@ from schemathesis.checks import (
     status_code_conformance,
 )
 
+from accounts.models import User, all_scopes
+from accounts.services import api_key_create
+from billing.services import wallet_grant
+from chat.models import ChatSession, Participant
 from config.wsgi import application
+from tests.chat.conftest import make_price
 from tests.conftest import client_for, make_user
 from tests.fakes.stripe_server import FakeStripe
 
@@ -83,3 +93,100 @@ def test_no_request_ends_in_a_500_or_breaks_the_schema(case, fuzz_auth):
     case.call_and_validate(
         checks=[no_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
     )
+
+
+# --- text no database can store, and nesting nothing should walk -----------------------
+# Explicit cases beside the generated ones (hypothesis rarely writes these): every
+# operation taking a JSON body, under /api/v1 and /v1, gets a NUL, a lone surrogate and
+# 50,000 levels of nesting in each of its fields, and in each text and key of a valid
+# example where one is given here (so the text reaches the service behind the parser).
+# core.parsers answers 400 naming the field; /v1 stores a NUL in message content,
+# tool schemas and stops as U+FFFD. Never a 5xx.
+
+BAD_TEXTS = ("a\x00b", "a\ud800b")
+DEEP = "@deep@"  # replaced, in the body's text, by 50,000 nested lists
+VALID = {
+    "/v1/chat/completions": {
+        "model": "fast", "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}],
+        "stop": ["x"], "user": "u",
+        "tools": [{"type": "function", "function": {
+            "name": "f", "description": "d", "parameters": {"type": "object", "properties": {"q": {"type": "string"}}},
+        }}],
+    },
+    "/api/v1/sessions": {"title": "t", "system_prompt": "p"},
+    "/api/v1/sessions/{session_id}": {"title": "t", "system_prompt": "p"},
+    "/api/v1/sessions/{session_id}/turns": {"content": "hi"},
+    "/api/v1/sessions/{session_id}/participants": {"name": "n", "model_alias": "fast", "system_prompt": "p"},
+    "/api/v1/auth/keys": {"name": "k"},
+    "/api/v1/auth/register": {"email": "new@example.com", "password": "a long password 123"},
+}  # fmt: skip
+
+
+def _json_operations() -> list[tuple[str, str, list[str]]]:
+    """(method, path, the request body's property names) of every operation taking JSON."""
+    raw = schema.raw_schema
+    found = []
+    for path, item in raw["paths"].items():
+        for method, operation in item.items():
+            content = operation.get("requestBody", {}).get("content", {}) if isinstance(operation, dict) else {}
+            if method in ("post", "put", "patch") and "application/json" in content:
+                body = content["application/json"]["schema"]
+                if "$ref" in body:
+                    body = raw["components"]["schemas"][body["$ref"].rsplit("/", 1)[1]]
+                found.append((method, path, sorted(body.get("properties", {}))))
+    return found
+
+
+def _one_bad(value, bad: str):  # noqa: ANN001, ANN202
+    """Copies of `value`, each with one of its texts made `bad`, or a key added that is."""
+    if isinstance(value, str):
+        yield bad
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            for changed in _one_bad(item, bad):
+                yield [*value[:index], changed, *value[index + 1 :]]
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            for changed in _one_bad(item, bad):
+                yield {**value, key: changed}
+        yield {**value, f"key {bad}": "x"}
+
+
+def _bad_bodies(path: str, properties: list[str]) -> list[str]:
+    valid = VALID.get(path, {})
+    bodies = [{**valid, name: bad} for name in properties for bad in BAD_TEXTS]
+    bodies += [changed for bad in BAD_TEXTS for changed in _one_bad(valid, bad)]
+    bodies += [{**valid, name: DEEP} for name in properties]
+    deep = "[" * 50_000 + "]" * 50_000
+    return [json.dumps(body).replace(f'"{DEEP}"', deep) for body in bodies] + [deep]
+
+
+@pytest.fixture
+def bad_body_objects(fuzz_auth, settings):  # noqa: ANN001, ANN201
+    """A key with every scope (key management included) of the fuzz user, the objects
+    the paths name (the user's own), credits, the `fast` alias, registration open."""
+    settings.ALLOW_REGISTRATION = True
+    user = User.objects.get(email="fuzz@example.com")
+    key, raw_key = api_key_create(user=user, name="bad bodies", scopes=all_scopes())
+    wallet_grant(user=user, amount=Decimal("100"), reason="fuzz credits")
+    make_price("fast")
+    session = ChatSession.objects.create(user=user, title="fuzz", model_alias="fast", mode="roundtable")
+    participant = Participant.objects.create(session=session, name="p", model_alias="fast")
+    ids = {"session_id": session.pk, "participant_id": participant.pk, "user_id": user.pk, "key_id": key.pk}
+    return f"Bearer {raw_key}", ids
+
+
+# Committed data: a plain /v1 answer waits for its turn on another thread.
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize(("method", "path", "properties"), _json_operations(), ids=lambda v: str(v)[:60])
+def test_a_nul_a_lone_surrogate_or_deep_nesting_is_never_a_5xx(method, path, properties, bad_body_objects):
+    auth, ids = bad_body_objects
+    client = Client(HTTP_AUTHORIZATION=auth, raise_request_exception=False)
+    url = re.sub(r"\{(\w+)\}", lambda m: str(ids.get(m.group(1), 0)), path)
+    answers = []
+    for body in _bad_bodies(path, properties):
+        response = getattr(client, method)(url, body, content_type="application/json")
+        answers.append(response.status_code)
+        assert response.status_code < 500, f"{method.upper()} {path} answered {response.status_code}: {body[:200]}"
+        assert response["Content-Type"].startswith("application/json")
+    assert 400 in answers  # the bad text reached the parser, not only a refusal before it
