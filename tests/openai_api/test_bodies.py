@@ -269,3 +269,48 @@ def test_a_nul_where_a_replacement_character_can_stand_is_stored_as_one(base_url
     elif where is not None:
         assert FFFD in json.dumps(turn.completion_options[where], ensure_ascii=False)
         assert "\x00" not in json.dumps(turn.completion_options, ensure_ascii=False)
+
+
+# --- on the Procfile's own web process (gunicorn's ASGI worker) ------------------------
+
+
+@pytest.mark.postgres
+@pytest.mark.redis
+@pytest.mark.worker
+def test_on_the_procfile_stack_a_chunked_body_is_read_and_bad_bodies_are_4xx_without_an_error_logged(
+    tmp_path, owner, raw_key, fast
+):  # fmt: skip
+    from django.conf import settings
+
+    from bench.stack import Stack
+    from tests.chat.test_open_streams import _own_redis_db
+    from tests.conftest import _worker_env
+
+    env = {**_worker_env(), "REDIS_URL": _own_redis_db(settings.REDIS_URL)}
+    env.pop("DEBUG")
+    log = tmp_path / "procfile.log"
+    stack = Stack(env, log)
+    stack.start(("web", "worker"))
+    base_url = f"http://127.0.0.1:{stack.port}/v1"
+    headers = {"Authorization": f"Bearer {raw_key}", "Content-Type": "application/json"}
+    try:
+        with httpx2.Client(timeout=60, headers=headers) as client:
+            small = json.dumps({"model": "fast", "messages": HELLO}).encode()
+            read = client.post(f"{base_url}/chat/completions", content=chunked(small, 7))
+            over = json.dumps({"model": "fast", "messages": [{"role": "user", "content": "z" * (3 * MIB)}]}).encode()
+            chunked_over = client.post(f"{base_url}/chat/completions", content=chunked(over))
+            sized_over = client.post(f"{base_url}/chat/completions", content=over)
+        refused = {name: post_text(base_url, raw_key, text) for name, (text, _) in REFUSED.items()}
+    finally:
+        stack.stop()
+
+    assert read.status_code == 200, read.text
+    assert read.json()["choices"][0]["message"]["content"] == "Echo: Hello"
+    for answer in (chunked_over, sized_over):
+        assert answer.status_code == 413, answer.text
+        assert openai_error(answer)["code"] == "request_too_large"
+    assert {name: (answer.status_code, answer.json()["error"]["param"]) for name, answer in refused.items()} == {
+        name: (400, param) for name, (_, param) in REFUSED.items()
+    }
+    assert " ERROR " not in log.read_text() and "Traceback" not in log.read_text()
+    assert Turn.objects.count() == 1
