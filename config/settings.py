@@ -341,9 +341,19 @@ MAX_UPLOAD_BYTES = env.int("MAX_UPLOAD_BYTES", default=5 * 1024 * 1024)
 # bounds; an upload past one is refused with a 400 saying which.
 UPLOAD_EXTRACT_TIMEOUT_SECONDS = env.float("UPLOAD_EXTRACT_TIMEOUT_SECONDS", default=10.0)
 UPLOAD_EXTRACT_MEMORY_MB = env.int("UPLOAD_EXTRACT_MEMORY_MB", default=512)
+# CPU time of the child (RLIMIT_CPU, whole seconds): bounds the work even when the
+# machine is so busy that the wall-time limit alone would let it burn longer.
+UPLOAD_EXTRACT_CPU_SECONDS = env.int("UPLOAD_EXTRACT_CPU_SECONDS", default=5)
+# Extractions running at once in one web process; a further upload waits for a place
+# up to UPLOAD_EXTRACT_WAIT_SECONDS, then is refused (429 with Retry-After).
+UPLOAD_EXTRACT_CONCURRENCY = env.int("UPLOAD_EXTRACT_CONCURRENCY", default=2)
+UPLOAD_EXTRACT_WAIT_SECONDS = env.float("UPLOAD_EXTRACT_WAIT_SECONDS", default=2.0)
 PDF_MAX_PAGES = env.int("PDF_MAX_PAGES", default=500)
 # The page content a PDF's text is read from, inflated, summed over its pages.
 PDF_MAX_DECODED_BYTES = env.int("PDF_MAX_DECODED_BYTES", default=32 * 1024 * 1024)
+# Operations (each operator and each operand) in that page content, summed over its
+# pages: counted before pypdf parses any of it (chat/extraction.py).
+PDF_MAX_CONTENT_OPERATIONS = env.int("PDF_MAX_CONTENT_OPERATIONS", default=500_000)
 WEB_SEARCH_URL = env.str("WEB_SEARCH_URL", default="")
 WEB_SEARCH_TIMEOUT_SECONDS = env.float("WEB_SEARCH_TIMEOUT_SECONDS", default=10.0)
 MAX_TOOL_ROUNDS = env.int("MAX_TOOL_ROUNDS", default=4)

@@ -1,8 +1,11 @@
 """Uploads API (`files`): thin views over chat.services.files. Under the ASGI web
 process (core.asgi) an upload's text is read by its child process while the event
-loop waits: no thread of the pool is held for it."""
+loop waits: no thread of the pool is held for it, nor while it waits for a place
+among the process's UPLOAD_EXTRACT_CONCURRENCY extractions."""
 
 import asyncio
+import time
+from contextlib import asynccontextmanager
 from functools import partial
 
 import django_filters
@@ -25,16 +28,20 @@ from chat.services.files import (
     file_delete,
     file_extract,
     file_extraction_answer,
+    file_extraction_busy,
     file_extraction_command,
+    file_extraction_slots,
     file_extraction_timed_out,
     file_store,
 )
 from core.db import db_read
-from core.exceptions import ApplicationError, error_body, field_error
+from core.exceptions import ApplicationError, TooManyRequests, error_body, field_error
 from core.pagination import BIGINT_MAX
 
 # Room for the multipart boundaries, part headers and the `session` field.
 MULTIPART_OVERHEAD_BYTES = 64 * 1024
+# How often the event loop looks for a free extraction place while an upload waits.
+SLOT_POLL_SECONDS = 0.05
 
 
 def _session_for_upload(request: Request, session_id: int) -> ChatSession:
@@ -92,7 +99,9 @@ class FileListCreateView(generics.ListAPIView):
                 _store_after_extraction, response, owner=request.user, upload=checked, session=session
             )
         else:  # WSGI (runserver, the test client): this thread waits for the child
-            response.data = _store(owner=request.user, upload=checked, text=file_extract(upload=checked), session=session)
+            response.data = _store(
+                owner=request.user, upload=checked, text=file_extract(upload=checked), session=session
+            )
         return response
 
 
@@ -100,8 +109,28 @@ def _store(**kwargs) -> dict:  # noqa: ANN003  file_store's arguments
     return UploadedFileSerializer(file_store(**kwargs)).data
 
 
+@asynccontextmanager
+async def _extraction_slot():  # noqa: ANN202
+    """file_extraction_slots' place, waited for on the event loop: polled, since a
+    thread's wait would block the loop (a place frees within a child's run anyway)."""
+    deadline = time.monotonic() + settings.UPLOAD_EXTRACT_WAIT_SECONDS
+    while not file_extraction_slots.try_take():
+        if time.monotonic() >= deadline:
+            raise file_extraction_busy()
+        await asyncio.sleep(SLOT_POLL_SECONDS)
+    try:
+        yield
+    finally:
+        file_extraction_slots.give_back()
+
+
 async def _extract_on_event_loop(upload: CheckedUpload) -> str:
     """chat.services.files.file_extract, waited for on the event loop."""
+    async with _extraction_slot():
+        return await _run_extraction(upload)
+
+
+async def _run_extraction(upload: CheckedUpload) -> str:
     child = await asyncio.create_subprocess_exec(
         *file_extraction_command(upload=upload),
         stdin=asyncio.subprocess.PIPE,
@@ -129,6 +158,8 @@ async def _store_after_extraction(response: Response, *, owner, upload: CheckedU
     except ApplicationError as exc:  # what the view's exception handler would have answered
         response.status_code = exc.status_code
         response.data = error_body(exc.code, exc.message, exc.fields)
+        if isinstance(exc, TooManyRequests):
+            response["Retry-After"] = str(exc.retry_after)
     response.content = response.rendered_content  # rendered in the thread before the wait
     return response
 

@@ -4,9 +4,12 @@ Invariants:
 - A file is stored only when every check passed: allowed type (declared content type,
   file name extension and the bytes themselves agree), size within MAX_UPLOAD_BYTES,
   text that decodes (or a PDF pypdf can read). A refused upload leaves no row.
-- Text is extracted in a child process bounded in time, memory, PDF pages and
-  inflated bytes (chat/extraction.py); an upload past a bound is refused (400 naming
-  `file`, saying which bound), never half-stored.
+- Text is extracted in a child process bounded in time, CPU time, memory, PDF pages,
+  inflated bytes and content operations (chat/extraction.py); an upload past a bound
+  is refused (400 naming `file`, saying which bound), never half-stored.
+- At most UPLOAD_EXTRACT_CONCURRENCY children run at once in a process; an upload
+  that finds no place within UPLOAD_EXTRACT_WAIT_SECONDS is refused with 429 and
+  Retry-After (file_extraction_slots).
 - Only the extracted text is kept (in the row); the raw bytes are never written to
   disk, so deleting the row deletes everything.
 """
@@ -14,17 +17,23 @@ Invariants:
 import hashlib
 import json
 import logging
+import math
+import signal
 import subprocess
 import sys
+import threading
 import unicodedata
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePath
 
 from django.conf import settings
 
 from accounts.models import User
+from chat.extraction import cpu_limit_message
 from chat.models import ChatSession, UploadedFile
-from core.exceptions import field_error
+from core.exceptions import TooManyRequests, field_error
 
 logger = logging.getLogger(__name__)
 
@@ -121,8 +130,10 @@ def file_extraction_command(*, upload: CheckedUpload) -> list[str]:
         "content_type": upload.content_type,
         "max_pages": settings.PDF_MAX_PAGES,
         "max_decoded_bytes": settings.PDF_MAX_DECODED_BYTES,
+        "max_operations": settings.PDF_MAX_CONTENT_OPERATIONS,
         "max_chars": EXTRACTED_TEXT_MAX_CHARS,
         "memory_bytes": settings.UPLOAD_EXTRACT_MEMORY_MB * 1024 * 1024,
+        "cpu_seconds": settings.UPLOAD_EXTRACT_CPU_SECONDS,
     }
     return [sys.executable, "-m", "chat.extraction", json.dumps(limits)]
 
@@ -138,6 +149,11 @@ def file_extraction_answer(*, stdout: bytes, stderr: bytes, returncode: int | No
     try:
         answer = json.loads(stdout)
     except ValueError:
+        if returncode in (-signal.SIGXCPU, -signal.SIGKILL):
+            # Its CPU limit, before its own handler could answer (the kernel sends
+            # SIGKILL at the hard limit; the time limit's kill never gets here).
+            logger.info("refused an upload whose extraction passed its CPU limit")
+            raise _reject(cpu_limit_message(settings.UPLOAD_EXTRACT_CPU_SECONDS))
         # Killed by its memory cap, or crashed: stderr goes to the log, not to the client.
         logger.warning("upload extraction exited %s: %s", returncode, stderr[-2000:].decode(errors="replace"))
         raise _reject("The file could not be read within the limits for uploads.")
@@ -146,22 +162,77 @@ def file_extraction_answer(*, stdout: bytes, stderr: bytes, returncode: int | No
     return answer["text"][:EXTRACTED_TEXT_MAX_CHARS]
 
 
+class ExtractionSlots:
+    """The places for extraction children in this process: at most
+    UPLOAD_EXTRACT_CONCURRENCY taken at once (read at each take, so a changed setting
+    applies to the next upload). A thread waits for a place (`slot`); the event loop
+    polls `try_take` instead (chat.api.files), holding no thread."""
+
+    def __init__(self) -> None:
+        self._free = threading.Condition()
+        self.taken = 0
+
+    def _has_room(self) -> bool:
+        return self.taken < settings.UPLOAD_EXTRACT_CONCURRENCY
+
+    def try_take(self) -> bool:
+        with self._free:
+            if not self._has_room():
+                return False
+            self.taken += 1
+            return True
+
+    def give_back(self) -> None:
+        with self._free:
+            self.taken -= 1
+            self._free.notify()
+
+    @contextmanager
+    def slot(self) -> Iterator[None]:
+        """Holds a place while the block runs; 429 when none came free in time."""
+        with self._free:
+            if not self._free.wait_for(self._has_room, timeout=settings.UPLOAD_EXTRACT_WAIT_SECONDS):
+                raise file_extraction_busy()
+            self.taken += 1
+        try:
+            yield
+        finally:
+            self.give_back()
+
+
+file_extraction_slots = ExtractionSlots()
+
+
+def file_extraction_busy() -> Exception:
+    """The 429 for an upload that found no place for its extraction in time. Retry-After:
+    the longest a running extraction can keep its place (its CPU limit, on a machine
+    that is not overloaded)."""
+    limit, retry_after = settings.UPLOAD_EXTRACT_CONCURRENCY, max(1, math.ceil(settings.UPLOAD_EXTRACT_CPU_SECONDS))
+    logger.info("refused an upload: %d extractions already running", limit)
+    return TooManyRequests(
+        f"{limit} uploads are being read at once already, the limit; try again in {retry_after} s.",
+        retry_after=retry_after,
+    )
+
+
 def file_extract(*, upload: CheckedUpload) -> str:
     """The upload's text, read by the child process (chat/extraction.py: bounded in
-    time, memory, PDF pages and inflated bytes). This thread only waits, without the
-    GIL; under the ASGI web process the upload view waits on the event loop instead
-    and holds no thread at all."""
-    try:
-        child = subprocess.run(  # noqa: S603  our own module, arguments we built
-            file_extraction_command(upload=upload),
-            input=upload.data,
-            capture_output=True,
-            timeout=settings.UPLOAD_EXTRACT_TIMEOUT_SECONDS,
-            cwd=PROJECT_ROOT,
-            check=False,
-        )
-    except subprocess.TimeoutExpired:  # subprocess.run has killed the child
-        raise file_extraction_timed_out()
+    time, CPU time, memory, PDF pages, inflated bytes and content operations), once
+    it has a place (file_extraction_slots). This thread only waits, without the GIL;
+    under the ASGI web process the upload view waits on the event loop instead and
+    holds no thread at all."""
+    with file_extraction_slots.slot():
+        try:
+            child = subprocess.run(  # noqa: S603  our own module, arguments we built
+                file_extraction_command(upload=upload),
+                input=upload.data,
+                capture_output=True,
+                timeout=settings.UPLOAD_EXTRACT_TIMEOUT_SECONDS,
+                cwd=PROJECT_ROOT,
+                check=False,
+            )
+        except subprocess.TimeoutExpired:  # subprocess.run has killed the child
+            raise file_extraction_timed_out()
     return file_extraction_answer(stdout=child.stdout, stderr=child.stderr, returncode=child.returncode)
 
 
@@ -176,9 +247,7 @@ def file_check(*, name: str, declared_type: str | None, data: bytes) -> CheckedU
     if not data:
         raise _reject("The file is empty.")
     content_type = _resolve_type(name=clean_name, declared=_declared(declared_type))
-    return CheckedUpload(
-        name=clean_name, content_type=content_type, data=data, sha256=hashlib.sha256(data).hexdigest()
-    )
+    return CheckedUpload(name=clean_name, content_type=content_type, data=data, sha256=hashlib.sha256(data).hexdigest())
 
 
 def file_session_check(*, owner: User, session: ChatSession | None) -> None:

@@ -79,3 +79,39 @@ def make_pdf_bomb(*, pages: int = 600, decoded_bytes: int = 70 * 1024 * 1024) ->
         out += f"{offset:010d} 00000 n \n".encode()
     out += f"trailer\n<< /Size {len(objects) + 1} /Root 1 0 R >>\nstartxref\n{xref_at}\n%%EOF\n".encode()
     return bytes(out)
+
+
+def make_pdf_of_operations(
+    *, pages: int = 3, operation: bytes = b"BT ET\n", decoded_bytes: int = 9 * 1024 * 1024
+) -> bytes:
+    """`pages` pages, each with its own Flate stream of `operation` repeated (together
+    `decoded_bytes` of page content) and one `(x) Tj` at its end, so pypdf parses the
+    stream (it skips one without a text-showing operator). With the defaults: 3 pages
+    of a million empty text objects each, about 15 KB of file that took pypdf 12 s."""
+    import zlib
+
+    repeats = decoded_bytes // pages // len(operation)
+    body = zlib.compress(operation * repeats + b"BT /F1 12 Tf 72 720 Td (x) Tj ET\n", 9)
+    page_ids = [4 + 2 * i for i in range(pages)]
+    objects: list[bytes] = [
+        b"<< /Type /Catalog /Pages 2 0 R >>",
+        f"<< /Type /Pages /Kids [{' '.join(f'{pid} 0 R' for pid in page_ids)}] /Count {pages} >>".encode(),
+        b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
+    ]
+    for pid in page_ids:
+        objects.append(
+            b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Resources << /Font << /F1 3 0 R >> >> "
+            b"/Contents %d 0 R >>" % (pid + 1)
+        )
+        objects.append(b"<< /Length %d /Filter /FlateDecode >>\nstream\n" % len(body) + body + b"\nendstream")
+    out = bytearray(b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n")
+    offsets = []
+    for number, obj in enumerate(objects, start=1):
+        offsets.append(len(out))
+        out += f"{number} 0 obj\n".encode() + obj + b"\nendobj\n"
+    xref_at = len(out)
+    out += f"xref\n0 {len(objects) + 1}\n".encode() + b"0000000000 65535 f \n"
+    for offset in offsets:
+        out += f"{offset:010d} 00000 n \n".encode()
+    out += f"trailer\n<< /Size {len(objects) + 1} /Root 1 0 R >>\nstartxref\n{xref_at}\n%%EOF\n".encode()
+    return bytes(out)
