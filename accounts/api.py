@@ -3,12 +3,13 @@ from django.shortcuts import get_object_or_404
 from drf_spectacular.utils import extend_schema
 from rest_framework import generics, status
 from rest_framework.exceptions import NotFound
-from rest_framework.permissions import AllowAny
+from rest_framework.permissions import AllowAny, IsAuthenticated
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts.models import ApiKey, User
+from accounts.permissions import KeysScope
 from accounts.selectors import api_keys_for_user
 from accounts.serializers import (
     AccountLimitsSerializer,
@@ -46,7 +47,15 @@ class RegisterView(APIView):
 
 
 class ApiKeyCreateView(APIView):
-    @extend_schema(request=ApiKeyCreateSerializer, responses={201: ApiKeyCreatedSerializer})
+    permission_classes = [IsAuthenticated, KeysScope]
+    keys_scope_methods = ("POST",)
+
+    @extend_schema(
+        request=ApiKeyCreateSerializer,
+        responses={201: ApiKeyCreatedSerializer},
+        description="Makes a key (scopes chat and openai unless `scopes` says otherwise). An API key needs the "
+        "`keys` scope for this (403 naming it).",
+    )
     def post(self, request: Request) -> Response:
         serializer = ApiKeyCreateSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
@@ -69,6 +78,9 @@ class ApiKeyListView(generics.ListAPIView):
 
 
 class ApiKeyDetailView(APIView):
+    permission_classes = [IsAuthenticated, KeysScope]
+    keys_scope_methods = ("PATCH",)
+
     def _key(self, request: Request, key_id: int) -> ApiKey:
         return get_object_or_404(api_keys_for_user(user=request.user), pk=key_id)
 
@@ -79,7 +91,8 @@ class ApiKeyDetailView(APIView):
     @extend_schema(
         request=ApiKeyLimitsSerializer,
         responses={200: ApiKeySerializer},
-        description="Changes the key's limits: only the fields sent; null clears a limit. 422 for a revoked key.",
+        description="Changes the key's limits: only the fields sent; null clears a limit. 422 for a revoked key. "
+        "An API key needs the `keys` scope for this (403 naming it).",
     )
     def patch(self, request: Request, key_id: int) -> Response:
         api_key = self._key(request, key_id)
@@ -93,6 +106,9 @@ class ApiKeyDetailView(APIView):
 
 
 class AccountLimitsView(APIView):
+    permission_classes = [IsAuthenticated, KeysScope]
+    keys_scope_methods = ("PATCH",)
+
     @extend_schema(responses={200: AccountLimitsSerializer})
     def get(self, request: Request) -> Response:
         return Response(AccountLimitsSerializer(_limits_body(request.user)).data)
@@ -100,7 +116,8 @@ class AccountLimitsView(APIView):
     @extend_schema(
         request=SpendCapSerializer,
         responses={200: AccountLimitsSerializer},
-        description="Sets the account's spending cap: only the fields sent; null clears it.",
+        description="Sets the account's spending cap: only the fields sent; null clears it. An API key needs the "
+        "`keys` scope for this (403 naming it).",
     )
     def patch(self, request: Request) -> Response:
         serializer = SpendCapSerializer(data=request.data)

@@ -22,14 +22,25 @@ class SpendWindow(models.TextChoices):
 
 
 class ApiKeyScope(models.TextChoices):
-    """What a key may call: `chat` is the /api/v1 API, `openai` the /v1 endpoint."""
+    """What a key may call: `chat` is the /api/v1 API, `openai` the /v1 endpoint.
+    `keys` guards whatever raises what keys may spend (accounts.permissions.KeysScope):
+    making keys, changing a key's limits or scopes, the account's spending cap, saving
+    a card and turning on auto top-up. Without it a budgeted key cannot lift its own
+    budget. Only API keys have scopes; a logged-in user (the staff console) has none."""
 
     CHAT = "chat", "chat: the /api/v1 API"
     OPENAI = "openai", "openai: the OpenAI-compatible /v1 endpoint"
+    KEYS = "keys", "keys: make keys, change key limits and scopes, the account cap, cards, auto top-up"
 
 
 def all_scopes() -> list[str]:
+    """Every scope: the key `issue_api_key`, `seed_demo` and registration hand out."""
     return list(ApiKeyScope.values)
+
+
+def default_scopes() -> list[str]:
+    """A new key's scopes when none are asked for: it may call both APIs, not manage keys."""
+    return [ApiKeyScope.CHAT.value, ApiKeyScope.OPENAI.value]
 
 
 class UserManager(BaseUserManager["User"]):
@@ -101,7 +112,11 @@ class ApiKey(models.Model):
         help_text="Tokens accepted per UTC minute (each request's prompt estimate plus its most output).",
     )  # fmt: skip
     expires_at = models.DateTimeField(null=True, blank=True)
-    scopes = models.JSONField(default=all_scopes, help_text='Any of "chat" (/api/v1) and "openai" (/v1).')
+    scopes = models.JSONField(
+        default=default_scopes,
+        help_text='Any of "chat" (/api/v1), "openai" (/v1) and "keys" (key limits and scopes, the account cap, '
+        "cards, auto top-up).",
+    )
 
     class Meta:
         verbose_name = "API key"

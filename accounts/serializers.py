@@ -103,7 +103,9 @@ class ApiKeyLimitsSerializer(serializers.Serializer):
     )
     scopes = serializers.ListField(
         child=serializers.ChoiceField(choices=ApiKeyScope.choices), min_length=1, required=False,
-        help_text="chat (the /api/v1 API), openai (the /v1 endpoint); default both. Else 403 naming the scope.",
+        help_text="chat (the /api/v1 API), openai (the /v1 endpoint), keys (making keys, changing key limits and "
+        "scopes, the account cap, saving a card, auto top-up; only a caller with keys may give it); default chat "
+        "and openai. Else 403 naming the scope.",
     )  # fmt: skip
 
 

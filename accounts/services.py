@@ -8,7 +8,7 @@ from django.contrib.auth.models import Group, Permission
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from accounts.models import ApiKey, ApiKeyScope, SpendWindow, User
+from accounts.models import ApiKey, ApiKeyScope, SpendWindow, User, all_scopes
 from accounts.permissions import STAFF_GROUP, STAFF_GROUP_PERMISSIONS
 from billing.services import wallet_create, wallet_grant
 from core.exceptions import StateConflict, field_error
@@ -59,7 +59,9 @@ def user_register(*, email: str, password: str, key_name: str) -> tuple[User, Ap
             promotional=True,
             expires_at=timezone.now() + timedelta(days=days) if days else None,
         )
-    api_key, raw_key = api_key_create(user=user, name=key_name)
+    # The account's first key is its only credential on the API (there is no login
+    # there): every scope, `keys` included, so it can make the narrower keys apps get.
+    api_key, raw_key = api_key_create(user=user, name=key_name, scopes=all_scopes())
     return user, api_key, raw_key
 
 
@@ -119,7 +121,8 @@ def limit_values_clean(values: dict[str, Any], *, allowed: tuple[str, ...]) -> d
 
 def api_key_create(*, user: User, name: str, **limits: Any) -> tuple[ApiKey, str]:  # noqa: ANN401
     """Returns the key row and the raw key; the raw key is not stored anywhere.
-    `limits`: any of API_KEY_LIMIT_FIELDS."""
+    `limits`: any of API_KEY_LIMIT_FIELDS; without `scopes` the key gets chat and
+    openai (accounts.models.default_scopes), not `keys`."""
     values = limit_values_clean(limits, allowed=API_KEY_LIMIT_FIELDS)
     raw_key = KEY_PREFIX + secrets.token_urlsafe(32)
     api_key = ApiKey.objects.create(

@@ -24,7 +24,8 @@ ERROR_STATUSES = {
     "402": "Not enough available credits (enforcement `block`, or past the overdraft limit), or over an API key's "
     "budget or the account's spending cap (`spend_limit_exceeded`; the message names the limit, what is spent or "
     "held and when it resets).",
-    "403": "Not allowed (staff only), or the API key lacks the scope of this API (`chat`; the message names it).",
+    "403": "Not allowed (staff only), or the API key lacks the scope this needs (`chat`; `keys` to make keys, change "
+    "limits or scopes, save a card or turn on auto top-up; the message names it).",
     "404": "Not found, or not yours.",
     "405": "Method not allowed.",
     "406": "The Accept header asks only for formats the endpoint cannot produce.",

@@ -92,9 +92,11 @@ def console(db) -> Client:  # noqa: ANN001
     return client
 
 
-def client_for(user) -> APIClient:  # noqa: ANN001
+def client_for(user, **limits) -> APIClient:  # noqa: ANN001, ANN003
+    """A client with a new API key of `user`: scopes chat and openai unless `limits`
+    says otherwise (`scopes=all_scopes()` for a test of key management)."""
     client = APIClient()
-    _, raw_key = api_key_create(user=user, name="test")
+    _, raw_key = api_key_create(user=user, name="test", **limits)
     client.credentials(HTTP_AUTHORIZATION=f"Bearer {raw_key}")
     return client
 

@@ -73,9 +73,10 @@ def stripe_on(fake_stripe, settings):  # noqa: ANN001, ANN201
 
 @pytest.fixture
 def fuzz_auth(db, keep_test_connection, stripe_on):  # noqa: ANN001, ANN201
-    # A superuser, so the fuzz reaches every staff endpoint's own logic (grants need a permission).
+    # A superuser, so the fuzz reaches every staff endpoint's own logic (grants need a permission),
+    # with a key of every scope, so it reaches the key management endpoints' (`keys`) too.
     user = make_user("fuzz@example.com", staff=True, is_superuser=True)
-    client = client_for(user)
+    client = client_for(user, scopes=all_scopes())
     return client._credentials["HTTP_AUTHORIZATION"]
 
 

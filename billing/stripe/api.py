@@ -5,10 +5,12 @@ from decimal import Decimal
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_field
 from rest_framework import generics, serializers, status
+from rest_framework.permissions import IsAuthenticated
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from accounts.permissions import KeysScope
 from billing.models import TopUp
 from billing.money import format_ledger, format_usd
 from billing.serializers import AutoTopUpSerializer
@@ -180,7 +182,11 @@ class AutoTopUpView(APIView):
     the saved card is charged `amount_usd` off-session (one charge in flight at most),
     credited by Stripe's webhook. PUT turns it on (400 naming `card` without a saved
     card), DELETE turns it off. A declined card turns it off and `disabled_reason`
-    says why."""
+    says why. An API key needs the `keys` scope to PUT (403 naming it): it charges a
+    card; turning it off does not."""
+
+    permission_classes = [IsAuthenticated, KeysScope]
+    keys_scope_methods = ("PUT",)
 
     @extend_schema(responses={200: AutoTopUpSerializer})
     def get(self, request: Request) -> Response:
@@ -202,7 +208,11 @@ class AutoTopUpView(APIView):
 class CardSetupView(APIView):
     """Saves a card for auto top-up: answers the `url` of a Stripe-hosted Checkout page
     in setup mode (nothing is charged); the card is kept when Stripe reports the
-    session completed. Only the latest session started saves its card."""
+    session completed. Only the latest session started saves its card. An API key
+    needs the `keys` scope (403 naming it)."""
+
+    permission_classes = [IsAuthenticated, KeysScope]
+    keys_scope_methods = ("POST",)
 
     @extend_schema(request=CardSetupRequestSerializer, responses={201: CardSetupSerializer})
     def post(self, request: Request) -> Response:

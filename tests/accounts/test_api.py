@@ -3,7 +3,7 @@ from django.core.management import call_command
 from django.db import connection
 from rest_framework.test import APIClient
 
-from accounts.models import ApiKey, User
+from accounts.models import ApiKey, User, all_scopes
 from accounts.services import api_key_create, hash_api_key
 from tests.conftest import client_for
 
@@ -75,7 +75,7 @@ def test_key_list_shows_own_keys_without_secrets(owner, other_user):
 
 
 def test_create_key_shows_the_secret_once(owner):
-    client = client_for(owner)
+    client = client_for(owner, scopes=all_scopes())
     response = client.post("/api/v1/auth/keys", {"name": "ci"}, format="json")
     assert response.status_code == 201
     raw_key = response.json()["key"]
@@ -86,7 +86,7 @@ def test_create_key_shows_the_secret_once(owner):
 
 
 def test_create_key_without_name_is_400_naming_the_field(owner):
-    response = client_for(owner).post("/api/v1/auth/keys", {}, format="json")
+    response = client_for(owner, scopes=all_scopes()).post("/api/v1/auth/keys", {}, format="json")
     assert response.status_code == 400
     assert "name" in response.json()["error"]["fields"]
 

@@ -8,12 +8,20 @@ import pytest
 from django.utils import timezone
 from rest_framework.test import APIClient
 
-from accounts.models import ApiKey, User
+from accounts.models import ApiKey, User, all_scopes
 from accounts.services import api_key_create, api_key_revoke
 from billing.limits import spend_limits_for, window_end, window_start
 from billing.services import wallet_debit, wallet_grant, wallet_hold_place
+from tests.conftest import client_for
 
 pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def owner_client(owner) -> APIClient:  # noqa: ANN001
+    """The owner's own key, with every scope: these tests manage keys and the cap,
+    which needs `keys` (tests/accounts/test_keys_scope.py tests the refusals)."""
+    return client_for(owner, scopes=all_scopes())
 
 
 def client_with(raw_key: str) -> APIClient:

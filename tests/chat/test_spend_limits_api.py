@@ -8,6 +8,7 @@ from decimal import Decimal
 import pytest
 from rest_framework.test import APIClient
 
+from accounts.models import all_scopes
 from accounts.services import api_key_create, user_spend_cap_set
 from billing.models import CreditHold, CreditTransaction, SpendCounter
 from chat.engine.hold import turn_token_estimate
@@ -110,10 +111,12 @@ def test_past_the_keys_tpm_a_turn_is_429_naming_it(funded_owner, price):
 
 def test_a_refused_turn_does_not_use_up_the_rpm(session, funded_owner):
     fresh_minute()
-    client, api_key = key_client(funded_owner, rpm=1, budget_credits=Decimal("0"))
+    # `keys` too: the key lifts its own budget below.
+    client, api_key = key_client(funded_owner, rpm=1, budget_credits=Decimal("0"), scopes=all_scopes())
     assert post_turn(client, session, "over budget").status_code == 402
     assert post_turn(client, session, "").status_code == 400  # refused before any limit
-    client.patch(f"/api/v1/users/me/keys/{api_key.pk}", {"budget_credits": None}, format="json")
+    lifted = client.patch(f"/api/v1/users/me/keys/{api_key.pk}", {"budget_credits": None}, format="json")
+    assert lifted.status_code == 200, lifted.content
     assert post_turn(client, session, "now allowed").status_code == 201
     assert post_turn(client, session, "one too many").status_code == 429
 

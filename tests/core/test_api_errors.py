@@ -106,9 +106,10 @@ def _asgi_post(path: str, body: bytes, headers: list[tuple[bytes, bytes]]) -> tu
 
 @pytest.mark.django_db(transaction=True)
 def test_a_chunked_json_body_is_read_and_one_over_the_limit_is_a_json_413(owner):
+    from accounts.models import all_scopes
     from accounts.services import api_key_create
 
-    _, raw_key = api_key_create(user=owner, name="chunked")
+    _, raw_key = api_key_create(user=owner, name="chunked", scopes=all_scopes())  # POST auth/keys needs `keys`
     headers = [(b"authorization", f"Bearer {raw_key}".encode()), (b"content-type", b"application/json")]
 
     status, _, content = _asgi_post("/api/v1/auth/keys", json.dumps({"name": "sent in chunks"}).encode(), headers)

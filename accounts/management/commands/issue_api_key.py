@@ -1,13 +1,13 @@
 from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 
-from accounts.models import User
+from accounts.models import User, all_scopes
 from accounts.permissions import STAFF_GROUP_PERMISSIONS
 from accounts.services import api_key_create, user_create, user_make_staff
 
 
 class Command(BaseCommand):
-    help = "Print a new API key for EMAIL (the only time the key is shown)."
+    help = "Print a new API key for EMAIL (the only time the key is shown), with every scope: chat, openai, keys."
 
     def add_arguments(self, parser) -> None:  # noqa: ANN001
         parser.add_argument("email")
@@ -33,5 +33,6 @@ class Command(BaseCommand):
                 f"{user.email} is staff and in the group '{group.name}', which holds "
                 f"{', '.join(STAFF_GROUP_PERMISSIONS)}: what the staff API endpoints ask for."
             )
-        _, raw_key = api_key_create(user=user, name=name)
+        # Every scope, `keys` included: the operator hands out narrower keys made with it.
+        _, raw_key = api_key_create(user=user, name=name, scopes=all_scopes())
         self.stdout.write(raw_key)

@@ -3,7 +3,7 @@ from decimal import Decimal
 from django.core.management.base import BaseCommand
 from django.db import transaction
 
-from accounts.models import ApiKey, User
+from accounts.models import ApiKey, User, all_scopes
 from accounts.services import api_key_create, api_key_revoke, user_create
 from billing.services import model_price_set, wallet_grant
 
@@ -52,7 +52,7 @@ class Command(BaseCommand):
         earlier = list(ApiKey.objects.filter(user=user, name=DEMO_KEY_NAME, revoked_at__isnull=True))
         for api_key in earlier:
             api_key_revoke(api_key=api_key)
-        _, raw_key = api_key_create(user=user, name=DEMO_KEY_NAME)
+        _, raw_key = api_key_create(user=user, name=DEMO_KEY_NAME, scopes=all_scopes())  # chat, openai, keys
         self.stdout.write(f"Prices:    {', '.join(price['alias'] for price in DEMO_PRICES)} (local provider)")
         self.stdout.write(f"Demo user: {DEMO_EMAIL} ({grant.amount} credits granted once)")
         if earlier:

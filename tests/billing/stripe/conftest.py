@@ -9,6 +9,7 @@ from django.db import connection
 from django.test import TestCase
 from djstripe.models import WebhookEndpoint
 
+from accounts.models import all_scopes
 from billing.stripe.services import webhook_endpoint_register_local, webhook_path
 from tests.conftest import client_for
 from tests.fakes.stripe_server import FakeStripe, sign_event
@@ -96,7 +97,8 @@ def webhooks(client, endpoint: WebhookEndpoint) -> Webhooks:  # noqa: ANN001
 
 @pytest.fixture
 def buyer_client(owner):  # noqa: ANN001, ANN201
-    return client_for(owner)
+    # Every scope: saving a card and turning auto top-up on need `keys`.
+    return client_for(owner, scopes=all_scopes())
 
 
 def balance_of(user) -> Decimal:  # noqa: ANN001
