@@ -16,11 +16,13 @@ Each is a 400 naming where it is, as a serializer names a field: the text's path
 the body's field it is under (`tools`); the /api/ handler and openai_api's turn that
 into `fields` and `param`. A body nested as a whole (a bare `[[[...]]]`) names none.
 
-A body without `\\u` escapes can hold neither a NUL nor a surrogate (raw control
-characters are not valid JSON), and one with at most MAX_DEPTH brackets cannot be too
-deep, so most bodies are returned as parsed, without a walk.
+Only a `\\u` escape can put a NUL or a surrogate in the data (raw, neither is valid
+JSON in a string), and a body with at most MAX_DEPTH brackets cannot be too deep: a
+body with none of these is returned as parsed, and a walk looks only for what the
+text may hold.
 """
 
+import json as stdlib_json
 import re
 from typing import Any
 
@@ -32,8 +34,10 @@ from rest_framework.utils import json
 MAX_DEPTH = 64
 NUL = "\x00"
 SURROGATE = re.compile("[\ud800-\udfff]")
-# Tokens that matter for nesting: a string (a key when a colon follows) or a bracket.
-TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"(\s*:)?|[\[\]{}]')
+NUL_ESCAPE = "\\u0000"
+SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+_DECODER = stdlib_json.JSONDecoder()
+_SPACE = re.compile(r"[ \t\n\r]*")
 
 NUL_MESSAGE = "Null characters are not allowed."  # DRF's CharField says the same
 SURROGATE_MESSAGE = "Contains a lone surrogate (a \\ud800-\\udfff escape without its pair): not valid Unicode."
@@ -50,17 +54,14 @@ def _refuse(path: str, message: str) -> ValidationError:
 
 
 class _Walk:
-    def __init__(self, *, allow_nul: bool) -> None:
-        self.allow_nul = allow_nul
+    def __init__(self, *, nul: bool, surrogates: bool) -> None:
+        self.nul, self.surrogates = nul, surrogates  # what to look for
 
     def text(self, value: str, path: str) -> None:
-        if value.isascii():
-            if NUL in value and not self.allow_nul:
-                raise _refuse(path, NUL_MESSAGE)
-        elif SURROGATE.search(value):
-            raise _refuse(path, SURROGATE_MESSAGE)
-        elif NUL in value and not self.allow_nul:
+        if self.nul and NUL in value:
             raise _refuse(path, NUL_MESSAGE)
+        if self.surrogates and not value.isascii() and SURROGATE.search(value):
+            raise _refuse(path, SURROGATE_MESSAGE)
 
     def __call__(self, value: Any, path: str = "", depth: int = 0, top: str = "") -> None:
         """Raises ValidationError naming the first unstorable text (by its path) or
@@ -81,20 +82,23 @@ class _Walk:
 
 
 def _too_deep_under(text: str) -> str:
-    """The top-level key under which `text` (which the JSON parser found too deep to
-    parse) nests deeper than MAX_DEPTH; "" when the body as a whole does."""
-    depth, key = 0, ""
-    for token in TOKEN.finditer(text):
-        first = token.group()[0]
-        if first in "[{":
-            depth += 1
-            if depth > MAX_DEPTH:
-                return key
-        elif first in "]}":
-            depth -= 1
-        elif depth == 1 and token.group(1):  # a key of the body's object
-            key = _shown(json.loads(token.group()[: token.start(1) - token.start()]))
-    return key
+    """The key of the body's object whose value (which the JSON parser found too deep
+    to parse) nests past the bound; "" when the body as a whole does. Each value is
+    decoded on its own by the C decoder: as fast as the parse itself."""
+    pos, key = _SPACE.match(text).end(), None
+    if not text.startswith("{", pos):
+        return ""
+    pos += 1
+    try:
+        while True:
+            key, pos = _DECODER.raw_decode(text, _SPACE.match(text, pos).end())
+            pos = _SPACE.match(text, pos).end() + 1  # past the colon
+            _, pos = _DECODER.raw_decode(text, _SPACE.match(text, pos).end())
+            pos = _SPACE.match(text, pos).end() + 1  # past the comma
+    except RecursionError:
+        return _shown(key) if isinstance(key, str) else ""
+    except ValueError:  # the end of the object, or not JSON past the deep part
+        return ""
 
 
 class JSONParser(DRFJSONParser):
@@ -110,8 +114,11 @@ class JSONParser(DRFJSONParser):
             raise _refuse(_too_deep_under(text), DEPTH_MESSAGE) from None
         except ValueError as exc:  # not JSON, or not in the encoding
             raise ParseError(f"JSON parse error - {exc}") from None
-        if "\\u" in text or text.count("[") + text.count("{") > MAX_DEPTH:
-            _Walk(allow_nul=self.allow_nul)(data)
+        # Only an escape can put a NUL or a surrogate in the data (raw, they are not JSON).
+        nul = not self.allow_nul and NUL_ESCAPE in text
+        surrogates = SURROGATE_ESCAPE.search(text) is not None
+        if nul or surrogates or text.count("[") + text.count("{") > MAX_DEPTH:
+            _Walk(nul=nul, surrogates=surrogates)(data)
         return data
 
 

@@ -97,6 +97,10 @@ def test_the_parser_names_the_path_of_the_first_bad_text():
     assert refused_at(f'["{SURROGATE}"]') == {"[0]": [refused_at(f'["{SURROGATE}"]')["[0]"][0]]}
 
 
+def test_an_escaped_backslash_before_u0000_or_ud800_is_plain_text():
+    assert parse('{"a": "\\\\u0000 \\\\ud800"}') == {"a": "\\u0000 \\ud800"}
+
+
 def test_the_v1_parser_keeps_a_nul_and_refuses_the_rest():
     v1 = NulStorableJSONParser()
     assert parse('{"a": "x\\u0000", "b\\u0000": 1}', v1) == {"a": "x\x00", "b\x00": 1}
