@@ -1,6 +1,7 @@
 import uuid
 from decimal import Decimal
 
+import pgtrigger
 from django.conf import settings
 from django.db import models
 from django.db.models import Q
@@ -67,7 +68,10 @@ REFERENCED_KINDS = (TransactionKind.DEBIT, TransactionKind.TOPUP, TransactionKin
 
 
 class CreditTransaction(models.Model):
-    """One row per balance change. Append-only: no code path updates or deletes it."""
+    """One row per balance change. Append-only: no code path updates or deletes it, and
+    on PostgreSQL the database refuses it too (a trigger: an UPDATE or DELETE of a row
+    raises; a correction is a new row). The triggers fire on those statements only: an
+    INSERT, the ledger's hot path, runs none."""
 
     # No index of its own: billing_txn_wallet_created starts with wallet (every ledger
     # row written updates each index, and the hot wallet writes while holding its lock).
@@ -119,6 +123,9 @@ class CreditTransaction(models.Model):
             # (debits, top-ups) have no actor and then cost this index nothing.
             models.Index(fields=["actor"], condition=Q(actor__isnull=False), name="billing_txn_actor"),
         ]
+        triggers = [
+            pgtrigger.Protect(name="ledger_append_only", operation=pgtrigger.Update | pgtrigger.Delete),
+        ]
 
     def __str__(self) -> str:
         return f"{self.kind} {self.amount} ({self.reference or 'no ref'})"
@@ -132,7 +139,11 @@ class CreditGrant(models.Model):
     `remaining` moves only under the wallet lock: down by debits (the share each one
     took from this lot) and by `expiry` ledger rows; it never goes up. What the ledger
     says (the grant row, the debits in order, the expiry rows) must explain it:
-    `reconcile_wallets` replays it (billing.selectors.grant_ledger_problems)."""
+    `reconcile_wallets` replays it (billing.selectors.grant_ledger_problems).
+
+    On PostgreSQL the database refuses anything else (triggers): a lot is never
+    deleted; of its columns only `remaining` changes, and only down, and `expired_at`,
+    only from empty (billing.services: _grant_set_remaining, from a debit or an expiry)."""
 
     wallet = models.ForeignKey(Wallet, on_delete=models.PROTECT, related_name="grants")
     # The `grant` ledger row that brought these credits.
@@ -161,6 +172,16 @@ class CreditGrant(models.Model):
             models.CheckConstraint(
                 condition=Q(expired_at__isnull=True) | Q(expires_at__isnull=False),
                 name="billing_creditgrant_expired_only_if_expiring",
+            ),
+        ]
+        triggers = [
+            pgtrigger.Protect(name="lot_never_deleted", operation=pgtrigger.Delete),
+            pgtrigger.ReadOnly(name="lot_moves_only_remaining", exclude=["remaining", "expired_at"]),
+            pgtrigger.Protect(
+                name="lot_remaining_only_down",
+                operation=pgtrigger.Update,
+                condition=pgtrigger.Q(new__remaining__gt=pgtrigger.F("old__remaining"))
+                | pgtrigger.Q(old__expired_at__isnull=False, new__expired_at__df=pgtrigger.F("old__expired_at")),
             ),
         ]
         indexes = [
@@ -463,7 +484,13 @@ class TopUpEvent(models.Model):
     Stripe call) and applied to its top-up once. One the handlers cannot match yet (a
     refund or dispute before its top-up has the PaymentIntent or charge id) stays
     `pending` with what it said, and is applied when its top-up appears (when the
-    top-up learns the id, or by the sweeper)."""
+    top-up learns the id, or by the sweeper).
+
+    On PostgreSQL the database keeps the record as Stripe said it (triggers): never
+    deleted; what the event said (its id, type, time, ids and data) never changes; only
+    a pending event changes, and only in what applying it moves (`state`, `outcome`,
+    `topup`, `applied_at`: billing.stripe.services._event_apply and _event_close). An
+    applied or ignored event is final."""
 
     class State(models.TextChoices):
         PENDING = "pending"
@@ -493,6 +520,15 @@ class TopUpEvent(models.Model):
                 fields=["payment_intent_id"], condition=Q(state="pending"), name="billing_topupevent_pending_pi"
             ),
             models.Index(fields=["charge_id"], condition=Q(state="pending"), name="billing_topupevent_pending_ch"),
+        ]
+        triggers = [
+            pgtrigger.Protect(name="event_never_deleted", operation=pgtrigger.Delete),
+            pgtrigger.ReadOnly(name="event_keeps_what_stripe_said", exclude=["state", "outcome", "topup", "applied_at"]),
+            pgtrigger.Protect(
+                name="event_final_once_applied",
+                operation=pgtrigger.Update,
+                condition=~pgtrigger.Q(old__state="pending"),
+            ),
         ]
 
     def __str__(self) -> str:

@@ -51,6 +51,7 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "djstripe",
+    "pgtrigger",  # billing's ledger triggers (Meta.triggers): the database refuses rewriting history
     "core",
     "accounts",
     "billing",

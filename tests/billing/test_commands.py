@@ -122,14 +122,21 @@ def test_reconcile_recomputes_a_drifted_held(owner, settings):
 
 
 def test_reconcile_reports_a_balance_after_it_cannot_repair(owner):
-    row = wallet_grant(user=owner, amount=Decimal("5"), reason="r")
+    wallet_grant(user=owner, amount=Decimal("5"), reason="r")
+    # Two rows written around the service (a ledger row cannot be rewritten: on
+    # PostgreSQL the database refuses it): they cancel out, the last one's balance_after is wrong.
     with connection.cursor() as cursor:
-        cursor.execute("UPDATE billing_credittransaction SET balance_after = 4 WHERE id = %s", [row.pk])
+        for amount, balance_after in ((1, 6), (-1, 4)):
+            cursor.execute(
+                "INSERT INTO billing_credittransaction (wallet_id, kind, amount, balance_after, reason, created_at)"
+                " VALUES (%s, 'adjustment', %s, %s, 'sneaky', CURRENT_TIMESTAMP)",
+                [owner.wallet.pk, amount, balance_after],
+            )
     out = StringIO()
     with pytest.raises(CommandError, match="still drift"):
         call_command("reconcile_wallets", "--fix", stdout=out)
     assert "NOT FIXED" in out.getvalue() and "last balance_after 4.00000000" in out.getvalue()
-    assert CreditTransaction.objects.count() == 1
+    assert CreditTransaction.objects.count() == 3  # --fix appended nothing: the sum is right
 
 
 # --- seed_demo ----------------------------------------------------------------------
