@@ -523,7 +523,9 @@ class TopUpEvent(models.Model):
         ]
         triggers = [
             pgtrigger.Protect(name="event_never_deleted", operation=pgtrigger.Delete),
-            pgtrigger.ReadOnly(name="event_keeps_what_stripe_said", exclude=["state", "outcome", "topup", "applied_at"]),
+            pgtrigger.ReadOnly(
+                name="event_keeps_what_stripe_said", exclude=["state", "outcome", "topup", "applied_at"]
+            ),
             pgtrigger.Protect(
                 name="event_final_once_applied",
                 operation=pgtrigger.Update,
