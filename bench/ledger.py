@@ -156,6 +156,11 @@ def create_tables() -> None:
     with connection.schema_editor() as editor:
         for model in models:
             editor.create_model(model)
+    # The ledger's triggers, as billing's migration 0007 installs them in production
+    # (imported here, after django.setup(): pgtrigger needs the app registry).
+    import pgtrigger
+
+    pgtrigger.install(*(f"{m._meta.label}:{t.name}" for m in models for t in getattr(m._meta, "triggers", ())))
 
 
 def bench(args: argparse.Namespace) -> None:
