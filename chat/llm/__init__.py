@@ -22,7 +22,6 @@ from chat.llm.base import (
 )
 from chat.llm.local import LocalProvider
 
-
 # The settings each kind's default upstream is made of (the upstreams named after
 # the kinds, as ModelPrice.provider names them).
 DEFAULT_HOSTS = {"openai": ("OPENAI_BASE_URL", "OPENAI_API_KEY"), "anthropic": ("ANTHROPIC_BASE_URL", "ANTHROPIC_API_KEY")}
