@@ -82,7 +82,7 @@ def active(alias: str) -> ModelPrice:
 def routes(alias: str) -> list[tuple]:
     return list(
         Deployment.objects.filter(alias=alias)
-        .order_by("priority")
+        .order_by("priority", "id")
         .values_list("upstream__name", "provider_model", "priority", "weight", "cost_input_credits_per_mtok")
     )
 
