@@ -81,6 +81,12 @@ def call_cost(*, input_tokens: int, output_tokens: int, input_price: Decimal, ou
     return (Decimal(input_tokens) * input_price + Decimal(output_tokens) * output_price) / MILLION
 
 
+def format_price(value: Decimal) -> str:
+    """A price as written: its own places and no trailing zeros, never an exponent
+    (0.15, 7.5, 1500)."""
+    return f"{value.normalize():f}"
+
+
 def _plain(value: Decimal) -> str:
     # `+ 0` turns a negative zero into 0, so nothing ever reads "-0.00000000".
     return f"{value + 0:f}"

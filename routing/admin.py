@@ -24,7 +24,7 @@ from django.utils.html import escape, format_html
 from django.utils.safestring import mark_safe
 from django.utils.text import Truncator
 
-from billing.money import format_usage
+from billing.money import format_price, format_usage
 from billing.selectors import model_price_for_alias
 from chat.llm import DEFAULT_HOSTS
 from routing.cooldown import UpstreamState, cooldown_clear, states
@@ -44,7 +44,7 @@ def _price(value: Decimal | None) -> str:
     """A price as entered (0.15, not 0.15000000): every place it has, none it has not."""
     if value is None:
         return NONE
-    return f"{value.normalize():f}"
+    return format_price(value)
 
 
 def _margin(value: Decimal | None) -> str:

@@ -27,7 +27,7 @@ from django.db.models import Count, DecimalField, Q, Sum, Value
 from django.db.models.functions import Coalesce
 
 from billing.models import ModelPrice
-from chat.llm import Endpoint, default_endpoint
+from chat.llm import DEFAULT_HOSTS, Endpoint, default_endpoint
 from chat.models import LLMCall
 from config.environment import secret
 from routing.cooldown import cooldown_key, cooling_from
@@ -163,8 +163,8 @@ def upstreams_all() -> list[Upstream]:
     rows = list(Upstream.objects.all())
     named = {row.name for row in rows}
     defaults = [
-        Upstream(name=kind, kind=kind, api_key_env=key_env)
-        for kind, key_env in (("openai", "OPENAI_API_KEY"), ("anthropic", "ANTHROPIC_API_KEY"), ("local", ""))
+        Upstream(name=kind, kind=kind, api_key_env=DEFAULT_HOSTS.get(kind, ("", ""))[1])
+        for kind in Upstream.Kind.values
         if kind not in named
     ]
     return rows + defaults

@@ -12,6 +12,7 @@ Keys are never stored: an upstream names the environment variable holding its ke
 and a header that carries a key is refused.
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -20,7 +21,7 @@ from django.core.exceptions import ValidationError
 from django.db import models, transaction
 
 from billing.models import ModelPrice
-from billing.money import to_decimal
+from billing.money import format_price, to_decimal
 from billing.services import PRICE_FIELDS, model_price_deactivate, model_price_set, model_price_values_clean
 from core.exceptions import ApplicationError, field_error
 from routing.models import Deployment, Upstream
@@ -32,7 +33,7 @@ UPSTREAM_FIELDS = (
 DEPLOYMENT_FIELDS = ("priority", "weight", "cost_input_credits_per_mtok", "cost_output_credits_per_mtok", "active")
 # The upstreams routing's migration 0002 makes, named after the kinds: an alias
 # without deployments is served by the one its price's `provider` names.
-DEFAULT_UPSTREAMS = ("openai", "anthropic", "local")
+DEFAULT_UPSTREAMS = tuple(Upstream.Kind.values)  # the upstreams named after the kinds
 # Request headers that carry a key: a key lives in the environment, never in a row.
 NO_KEYS_HERE = "Keys are never stored: put the key in an environment variable and name that variable in api_key_env."
 
@@ -85,7 +86,7 @@ def _shown(value: Any) -> str:
     if value is None:
         return "none"
     if isinstance(value, Decimal):
-        return f"{value.normalize():f}"
+        return format_price(value)
     if isinstance(value, str):
         return repr(value)
     return str(value)
@@ -456,6 +457,22 @@ def _model_read(index: int, value: Any, problems: list[str]) -> _ModelEntry | No
     return _ModelEntry(where, alias, prices, provider, provider_model, deployments)
 
 
+def _entries_read(data: dict, key: str, read: Callable[[int, Any, list[str]], Any], ident: str,
+                  problems: list[str]) -> list:  # fmt: skip
+    """The entries of the list `key`, each read by `read`; one whose `ident` field
+    repeats an earlier entry's is a problem."""
+    entries: list = []
+    for index, value in enumerate(_list(data, key, problems)):
+        entry = read(index, value, problems)
+        if entry is None:
+            continue
+        twin = next((e for e in entries if getattr(e, ident) == getattr(entry, ident)), None)
+        if twin is not None:
+            problems.append(f"{entry.where}: {ident}: {getattr(entry, ident)!r} is already {twin.where}")
+        entries.append(entry)
+    return entries
+
+
 def _file_read(data: Any, *, prune: bool) -> tuple[list[_UpstreamEntry], list[_ModelEntry]]:
     """The file's entries, each checked on its own (the database is not read)."""
     if not isinstance(data, dict):
@@ -469,24 +486,8 @@ def _file_read(data: Any, *, prune: bool) -> tuple[list[_UpstreamEntry], list[_M
         # Pruning by a file that lacks a list would remove every row of that kind.
         problems.append("--prune removes what the file leaves out: the file must have both `upstreams` and `models` "
                         "(an empty list to remove them all)")  # fmt: skip
-    upstreams: list[_UpstreamEntry] = []
-    for index, value in enumerate(_list(data, "upstreams", problems)):
-        upstream = _upstream_read(index, value, problems)
-        if upstream is None:
-            continue
-        twin = next((u for u in upstreams if u.name == upstream.name), None)
-        if twin is not None:
-            problems.append(f"{upstream.where}: name: {upstream.name!r} is already {twin.where}")
-        upstreams.append(upstream)
-    models_: list[_ModelEntry] = []
-    for index, value in enumerate(_list(data, "models", problems)):
-        model = _model_read(index, value, problems)
-        if model is None:
-            continue
-        twin = next((m for m in models_ if m.alias == model.alias), None)
-        if twin is not None:
-            problems.append(f"{model.where}: alias: {model.alias!r} is already {twin.where}")
-        models_.append(model)
+    upstreams = _entries_read(data, "upstreams", _upstream_read, "name", problems)
+    models_ = _entries_read(data, "models", _model_read, "alias", problems)
     if problems:
         raise ModelsFileError(problems)
     return upstreams, models_

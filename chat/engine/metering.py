@@ -8,8 +8,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
 
+from billing import money
 from billing.models import ModelPrice
-from billing.money import MILLION, ledger_amount, usage_amount
+from billing.money import ledger_amount, usage_amount
 from billing.pricing import TokenUsage, call_cost, cost_bound
 from chat import metrics, streaming
 from chat.engine.context import TurnContext, input_budget
@@ -122,10 +123,11 @@ def upstream_cost(route: Route, usage: TokenUsage) -> Decimal | None:
     """What the deployment's upstream charges us for `usage` (None: not recorded)."""
     if route.cost_input_credits_per_mtok is None and route.cost_output_credits_per_mtok is None:
         return None
-    exact = (
-        usage.input_tokens * (route.cost_input_credits_per_mtok or 0)
-        + usage.output_tokens * (route.cost_output_credits_per_mtok or 0)
-    ) / MILLION
+    exact = money.call_cost(
+        input_tokens=usage.input_tokens, output_tokens=usage.output_tokens,
+        input_price=route.cost_input_credits_per_mtok or Decimal("0"),
+        output_price=route.cost_output_credits_per_mtok or Decimal("0"),
+    )  # fmt: skip
     return ledger_amount(exact)
 
 

@@ -57,6 +57,7 @@ def provider_for(endpoint: Endpoint | str) -> Provider:
 
 
 __all__ = [
+    "DEFAULT_HOSTS",
     "CallOptions",
     "ChatMessage",
     "DeltaCallback",

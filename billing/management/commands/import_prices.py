@@ -3,6 +3,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
 
+from billing.money import format_price
 from billing.price_import import PriceImportError, PriceUpdate, price_map_import, price_map_read
 from core.exceptions import ApplicationError
 
@@ -11,7 +12,7 @@ def _shown(value: Any) -> str:
     if value is None:
         return "none"
     if isinstance(value, Decimal):
-        return f"{value.normalize():f}"
+        return format_price(value)
     return str(value)
 
 

@@ -8,6 +8,7 @@ from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
 
 from billing.models import ModelPrice
+from billing.money import format_price
 from routing.models import Deployment, Upstream
 from routing.services import DEPLOYMENT_FIELDS, MODEL_PRICE_KEYS, PLAIN_DEPLOYMENT, UPSTREAM_FIELDS
 
@@ -28,7 +29,7 @@ class _Dumper(yaml.SafeDumper):
 
 
 def _decimal(dumper: _Dumper, value: Decimal) -> yaml.ScalarNode:
-    text = f"{value.normalize():f}"  # "f": 1500, never 1.5E+3
+    text = format_price(value)
     return dumper.represent_scalar("tag:yaml.org,2002:float" if "." in text else "tag:yaml.org,2002:int", text)
 
 
