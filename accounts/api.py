@@ -1,6 +1,6 @@
 from django.conf import settings
 from django.shortcuts import get_object_or_404
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import generics, status
 from rest_framework.exceptions import NotFound
 from rest_framework.permissions import AllowAny, IsAuthenticated
@@ -8,22 +8,33 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from accounts.models import ApiKey, User
+from accounts.models import ApiKey, EndUser, User
 from accounts.permissions import KeysScope
-from accounts.selectors import api_keys_for_user
+from accounts.selectors import api_keys_for_user, end_users_for_user
 from accounts.serializers import (
     AccountLimitsSerializer,
     ApiKeyCreatedSerializer,
     ApiKeyCreateSerializer,
     ApiKeyLimitsSerializer,
     ApiKeySerializer,
+    EndUserOverrideSerializer,
+    EndUserSerializer,
     RegisteredSerializer,
     RegisterSerializer,
     SpendCapSerializer,
     UserSerializer,
 )
-from accounts.services import api_key_create, api_key_limits_set, api_key_revoke, user_register, user_spend_cap_set
-from billing.limits import account_spend, api_keys_spend
+from accounts.services import (
+    api_key_create,
+    api_key_limits_set,
+    api_key_revoke,
+    end_user_override_clear,
+    end_user_override_set,
+    user_register,
+    user_spend_cap_set,
+)
+from billing.limits import account_spend, api_keys_spend, end_users_spend
+from core.exceptions import field_error
 
 
 def _created_key_body(api_key, raw_key: str) -> dict:  # noqa: ANN001
@@ -103,6 +114,63 @@ class ApiKeyDetailView(APIView):
     @extend_schema(request=None, responses={200: ApiKeySerializer}, description="Revokes the key.")
     def delete(self, request: Request, key_id: int) -> Response:
         return Response(ApiKeySerializer(api_key_revoke(api_key=self._key(request, key_id))).data)
+
+
+class EndUserListView(generics.ListAPIView):
+    serializer_class = EndUserSerializer
+    queryset = EndUser.objects.none()  # for the schema; requests use get_queryset
+
+    @extend_schema(
+        parameters=[OpenApiParameter("api_key", int, description="Only this key's end users.")],
+        description="The end users your keys' requests named (the OpenAI `user` field or the X-OpenWebUI-User-Id "
+        "header), with the budget that applies and their spend in its window.",
+    )
+    def get(self, request: Request, *args, **kwargs) -> Response:  # noqa: ANN002, ANN003
+        return super().get(request, *args, **kwargs)
+
+    def get_queryset(self):  # noqa: ANN201
+        api_key = self.request.query_params.get("api_key")
+        if api_key is not None and not api_key.isdigit():
+            raise field_error("api_key", "An API key id (a number).")
+        return end_users_for_user(user=self.request.user, api_key_id=int(api_key) if api_key else None)
+
+    def get_serializer(self, *args, **kwargs):  # noqa: ANN002, ANN003, ANN201
+        # Every end user's spend of the page in one query.
+        if args:
+            kwargs.setdefault("context", self.get_serializer_context())["spend"] = end_users_spend(
+                end_users=list(args[0])
+            )
+        return super().get_serializer(*args, **kwargs)
+
+
+class EndUserDetailView(APIView):
+    permission_classes = [IsAuthenticated, KeysScope]
+    keys_scope_methods = ("PUT", "DELETE")
+
+    def _end_user(self, request: Request, end_user_id: int) -> EndUser:
+        return get_object_or_404(end_users_for_user(user=request.user), pk=end_user_id)
+
+    @extend_schema(responses={200: EndUserSerializer})
+    def get(self, request: Request, end_user_id: int) -> Response:
+        return Response(EndUserSerializer(self._end_user(request, end_user_id)).data)
+
+    @extend_schema(
+        request=EndUserOverrideSerializer, responses={200: EndUserSerializer},
+        description="Overrides this end user's budget or blocks them: only the fields sent. An API key needs the "
+        "`keys` scope for this (403 naming it).",
+    )  # fmt: skip
+    def put(self, request: Request, end_user_id: int) -> Response:
+        end_user = self._end_user(request, end_user_id)
+        serializer = EndUserOverrideSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        return Response(EndUserSerializer(end_user_override_set(end_user=end_user, **serializer.validated_data)).data)
+
+    @extend_schema(
+        request=None, responses={200: EndUserSerializer},
+        description="Removes the override and any block: the key's end-user budget applies again.",
+    )  # fmt: skip
+    def delete(self, request: Request, end_user_id: int) -> Response:
+        return Response(EndUserSerializer(end_user_override_clear(end_user=self._end_user(request, end_user_id))).data)
 
 
 class AccountLimitsView(APIView):

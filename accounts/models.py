@@ -103,6 +103,13 @@ class ApiKey(models.Model):
         max_digits=18, decimal_places=8, null=True, blank=True, validators=[MinValueValidator(0)]
     )
     budget_window = models.CharField(max_length=8, choices=SpendWindow.choices, null=True, blank=True)
+    # The budget of EACH end user the key's requests name (EndUser), per window (null:
+    # lifetime); an end user's own override wins. Null: end users are not limited.
+    end_user_budget_credits = models.DecimalField(
+        max_digits=18, decimal_places=8, null=True, blank=True, validators=[MinValueValidator(0)],
+        help_text="Credits each end user of this key may spend or hold per window (null: no end-user budget).",
+    )  # fmt: skip
+    end_user_budget_window = models.CharField(max_length=8, choices=SpendWindow.choices, null=True, blank=True)
     rpm = models.PositiveIntegerField(
         "requests per minute (rpm)", null=True, blank=True, validators=[MinValueValidator(1)],
         help_text="Turns or completions accepted per UTC minute.",
@@ -128,6 +135,10 @@ class ApiKey(models.Model):
                 name="accounts_apikey_budget_not_negative",
             ),
             models.CheckConstraint(condition=~Q(rpm=0) & ~Q(tpm=0), name="accounts_apikey_rates_positive"),
+            models.CheckConstraint(
+                condition=Q(end_user_budget_credits__isnull=True) | Q(end_user_budget_credits__gte=0),
+                name="accounts_apikey_end_user_budget_not_negative",
+            ),
         ]
 
     def __str__(self) -> str:
@@ -143,3 +154,39 @@ class ApiKey(models.Model):
     @property
     def has_rate_limits(self) -> bool:
         return self.rpm is not None or self.tpm is not None
+
+
+class EndUser(models.Model):
+    """A person a key's requests speak for: a front end's user (Open WebUI's
+    `X-OpenWebUI-User-Id`, the OpenAI `user` field), named by the client, never
+    logged in here. One row per (key, the client's id), made on first use. The key's
+    `end_user_budget_*` applies to each end user separately (billing.limits); the
+    owner may override one end user's budget or block them."""
+
+    api_key = models.ForeignKey(ApiKey, on_delete=models.CASCADE, related_name="end_users")
+    external_id = models.CharField(max_length=256, help_text="The id the client sends for this person.")
+    created_at = models.DateTimeField(auto_now_add=True)
+    # The owner's override (null: the key's end-user budget applies).
+    budget_credits = models.DecimalField(
+        max_digits=18, decimal_places=8, null=True, blank=True, validators=[MinValueValidator(0)]
+    )
+    budget_window = models.CharField(max_length=8, choices=SpendWindow.choices, null=True, blank=True)
+    blocked = models.BooleanField(default=False)
+
+    class Meta:
+        verbose_name = "end user"
+        ordering = ["api_key", "external_id"]
+        constraints = [
+            models.UniqueConstraint(fields=["api_key", "external_id"], name="accounts_enduser_key_external_unique"),
+            models.CheckConstraint(
+                condition=Q(budget_credits__isnull=True) | Q(budget_credits__gte=0),
+                name="accounts_enduser_budget_not_negative",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.external_id
+
+    @property
+    def has_override(self) -> bool:
+        return self.budget_credits is not None

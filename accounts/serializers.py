@@ -4,9 +4,9 @@ from django.contrib.auth.password_validation import validate_password
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from accounts.models import ApiKey, ApiKeyScope, SpendWindow, User
+from accounts.models import ApiKey, ApiKeyScope, EndUser, SpendWindow, User
 from billing.fields import MoneyField
-from billing.limits import WindowSpend, api_keys_spend
+from billing.limits import WindowSpend, api_keys_spend, end_user_budget, end_users_spend
 from billing.money import format_ledger
 from core.fields import StrictCharField
 
@@ -56,7 +56,8 @@ class ApiKeySerializer(serializers.ModelSerializer):
         model = ApiKey
         fields = [
             "id", "name", "prefix", "created_at", "last_used_at", "revoked_at",
-            "budget_credits", "budget_window", "rpm", "tpm", "expires_at", "scopes", "spent", "held", "resets_at",
+            "budget_credits", "budget_window", "end_user_budget_credits", "end_user_budget_window", "rpm", "tpm",
+            "expires_at", "scopes", "spent", "held", "resets_at",
         ]  # fmt: skip
         read_only_fields = fields
 
@@ -88,6 +89,16 @@ class ApiKeyLimitsSerializer(serializers.Serializer):
     budget_window = serializers.ChoiceField(
         choices=SpendWindow.choices, allow_null=True, required=False,
         help_text="day, week (from Monday) or month, UTC, reset at the window's start; null: a lifetime budget.",
+    )  # fmt: skip
+    end_user_budget_credits = serializers.DecimalField(
+        max_digits=18, decimal_places=8, min_value=Decimal("0"), allow_null=True, required=False,
+        help_text="Credits EACH end user of this key (the OpenAI `user` field, or the X-OpenWebUI-User-Id header) "
+        "may spend or hold per end_user_budget_window; null: end users are not limited. Over it: 402 (chat API) "
+        "or 429 insufficient_quota (/v1) for that end user only.",
+    )  # fmt: skip
+    end_user_budget_window = serializers.ChoiceField(
+        choices=SpendWindow.choices, allow_null=True, required=False,
+        help_text="day, week (from Monday) or month, UTC; null: a lifetime budget per end user.",
     )  # fmt: skip
     rpm = serializers.IntegerField(
         min_value=1, max_value=RATE_MAX, allow_null=True, required=False,
@@ -147,6 +158,71 @@ class AccountLimitsSerializer(serializers.Serializer):
     resets_at = serializers.DateTimeField(
         allow_null=True, read_only=True, help_text="When the window ends (UTC); null for a lifetime cap."
     )
+
+
+class EndUserSerializer(serializers.ModelSerializer):
+    """An end user of one of the caller's keys, with the budget that applies to them
+    (their override, else the key's end-user budget) and their spend in its window
+    (for life when they have no budget). The view reads every row's spend in one
+    query (context["spend"])."""
+
+    api_key_id = serializers.IntegerField(read_only=True)
+    api_key_name = serializers.CharField(source="api_key.name", read_only=True)
+    override = serializers.BooleanField(source="has_override", read_only=True, help_text="A budget of their own.")
+    budget_credits = serializers.SerializerMethodField(help_text="The budget that applies; null: none.")
+    budget_window = serializers.SerializerMethodField(help_text="Its window; null: lifetime.")
+    spent = serializers.SerializerMethodField(help_text="Credits charged in the current window.")
+    held = serializers.SerializerMethodField(help_text="Credits held in the current window (requests in flight).")
+    resets_at = serializers.SerializerMethodField(help_text="When the window ends (UTC); null for lifetime.")
+
+    class Meta:
+        model = EndUser
+        fields = [
+            "id", "external_id", "api_key_id", "api_key_name", "created_at", "override", "blocked",
+            "budget_credits", "budget_window", "spent", "held", "resets_at",
+        ]  # fmt: skip
+        read_only_fields = fields
+
+    def _spend(self, end_user: EndUser) -> WindowSpend:
+        spend = self.context.get("spend")
+        if spend is None or end_user.pk not in spend:
+            spend = end_users_spend(end_users=[end_user])
+        return spend[end_user.pk]
+
+    @extend_schema_field({**MONEY_SCHEMA, "nullable": True})
+    def get_budget_credits(self, end_user: EndUser) -> str | None:
+        budget = end_user_budget(api_key=end_user.api_key, end_user=end_user)[0]
+        return None if budget is None else format_ledger(budget)
+
+    @extend_schema_field({"type": "string", "enum": SpendWindow.values, "nullable": True})
+    def get_budget_window(self, end_user: EndUser) -> str | None:
+        return end_user_budget(api_key=end_user.api_key, end_user=end_user)[1]
+
+    @extend_schema_field(MONEY_SCHEMA)
+    def get_spent(self, end_user: EndUser) -> str:
+        return format_ledger(self._spend(end_user).spent)
+
+    @extend_schema_field(MONEY_SCHEMA)
+    def get_held(self, end_user: EndUser) -> str:
+        return format_ledger(self._spend(end_user).held)
+
+    @extend_schema_field({"type": "string", "format": "date-time", "nullable": True})
+    def get_resets_at(self, end_user: EndUser) -> str | None:
+        resets_at = self._spend(end_user).resets_at
+        return None if resets_at is None else serializers.DateTimeField().to_representation(resets_at)
+
+
+class EndUserOverrideSerializer(serializers.Serializer):
+    """PUT users/me/end-users/{id}: the end user's own budget, or a block."""
+
+    budget_credits = serializers.DecimalField(
+        max_digits=18, decimal_places=8, min_value=Decimal("0"), allow_null=True, required=False,
+        help_text="Their own budget per budget_window (0 spends nothing); null: the key's end-user budget applies.",
+    )  # fmt: skip
+    budget_window = serializers.ChoiceField(
+        choices=SpendWindow.choices, allow_null=True, required=False, help_text="day, week or month, UTC; null: lifetime."
+    )
+    blocked = serializers.BooleanField(required=False, help_text="Refuse every request for them (402 / 429).")
 
 
 class RegisteredSerializer(serializers.Serializer):

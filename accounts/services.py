@@ -8,7 +8,7 @@ from django.contrib.auth.models import Group, Permission
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from accounts.models import ApiKey, ApiKeyScope, SpendWindow, User, all_scopes
+from accounts.models import ApiKey, ApiKeyScope, EndUser, SpendWindow, User, all_scopes
 from accounts.permissions import STAFF_GROUP, STAFF_GROUP_PERMISSIONS
 from billing.services import wallet_create, wallet_grant
 from core.exceptions import StateConflict, field_error
@@ -89,7 +89,10 @@ def user_make_staff(*, user: User) -> Group:
 
 
 # The limits a key can carry (billing.limits, accounts.rate_limits), all optional.
-API_KEY_LIMIT_FIELDS = ("budget_credits", "budget_window", "rpm", "tpm", "expires_at", "scopes")
+API_KEY_LIMIT_FIELDS = (
+    "budget_credits", "budget_window", "end_user_budget_credits", "end_user_budget_window", "rpm", "tpm",
+    "expires_at", "scopes",
+)  # fmt: skip
 SPEND_CAP_FIELDS = ("spend_cap_credits", "spend_cap_window")
 
 
@@ -100,10 +103,10 @@ def limit_values_clean(values: dict[str, Any], *, allowed: tuple[str, ...]) -> d
     if unknown:
         raise field_error(sorted(unknown)[0], "Not a limit field.")
     cleaned = dict(values)
-    for name in ("budget_credits", "spend_cap_credits"):
+    for name in ("budget_credits", "end_user_budget_credits", "spend_cap_credits"):
         if cleaned.get(name) is not None and cleaned[name] < 0:
             raise field_error(name, "A budget must not be negative.")
-    for name in ("budget_window", "spend_cap_window"):
+    for name in ("budget_window", "end_user_budget_window", "spend_cap_window"):
         if cleaned.get(name) is not None and cleaned[name] not in SpendWindow.values:
             raise field_error(name, f"One of: {', '.join(SpendWindow.values)}, or null for a lifetime budget.")
     for name in ("rpm", "tpm"):
@@ -168,3 +171,51 @@ def api_key_touch(*, api_key: ApiKey) -> None:
     if api_key.last_used_at is None or now - api_key.last_used_at > LAST_USED_RESOLUTION:
         ApiKey.objects.filter(pk=api_key.pk).update(last_used_at=now)
         api_key.last_used_at = now
+
+
+# --- end users -------------------------------------------------------------------------
+
+END_USER_ID_MAX = 256
+END_USER_FIELDS = ("budget_credits", "budget_window", "blocked")
+
+
+def end_user_named(*, api_key: ApiKey | None, external_id: str, field: str) -> EndUser | None:
+    """The key's end user the request names (made on first use), or None when it names
+    none or comes without a key (a console session speaks for itself). `field` is what
+    a too-long id is reported as (`user`, or the header's name)."""
+    if api_key is None or not external_id:
+        return None
+    if len(external_id) > END_USER_ID_MAX:
+        raise field_error(field, f"An end user's id has at most {END_USER_ID_MAX} characters.")
+    found = EndUser.objects.filter(api_key=api_key, external_id=external_id).first()
+    if found is not None:
+        return found
+    try:
+        with transaction.atomic():
+            return EndUser.objects.create(api_key=api_key, external_id=external_id)
+    except IntegrityError:  # a concurrent first request made it
+        return EndUser.objects.get(api_key=api_key, external_id=external_id)
+
+
+def end_user_override_set(*, end_user: EndUser, **changes: Any) -> EndUser:  # noqa: ANN401
+    """Overrides one end user's budget (PUT users/me/end-users/{id}): `budget_credits`
+    (null: the key's end-user budget applies again) per `budget_window` (null:
+    lifetime), and `blocked` (every request for them refused)."""
+    unknown = set(changes) - set(END_USER_FIELDS)
+    if unknown:
+        raise field_error(sorted(unknown)[0], "Not an end-user field.")
+    if changes.get("budget_credits") is not None and changes["budget_credits"] < 0:
+        raise field_error("budget_credits", "A budget must not be negative.")
+    if changes.get("budget_window") is not None and changes["budget_window"] not in SpendWindow.values:
+        raise field_error("budget_window", f"One of: {', '.join(SpendWindow.values)}, or null for a lifetime budget.")
+    if changes:
+        EndUser.objects.filter(pk=end_user.pk).update(**changes)
+        for name, value in changes.items():
+            setattr(end_user, name, value)
+    return end_user
+
+
+def end_user_override_clear(*, end_user: EndUser) -> EndUser:
+    """DELETE users/me/end-users/{id}: the override goes (the key's end-user budget
+    applies again) and a block is lifted; what they spent still counts."""
+    return end_user_override_set(end_user=end_user, budget_credits=None, budget_window=None, blocked=False)

@@ -1,5 +1,5 @@
-"""Spend limits: an API key's credit budget and an account's spending cap, each per
-window (a UTC day, a Monday-to-Sunday week, a calendar month) or for the key's
+"""Spend limits: an end user's budget on an API key, an API key's credit budget and
+an account's spending cap, each per window (a UTC day, a Monday-to-Sunday week, a calendar month) or for the key's
 lifetime.
 
 Invariants:
@@ -11,7 +11,7 @@ Invariants:
   new window is a new row that starts at zero: a window always resets, with no job
   (LiteLLM's #5651/#7129/#22013).
 - Every counter write runs under the user's wallet row lock, taken first; then the
-  key's counter, then the account's (the fixed lock order).
+  end user's counter, the key's, then the account's (the fixed lock order).
 - A hold records its counters; settling it (a debit, a release) moves the held
   amount out of them and the charge into `spent`, in the settling transaction,
   even when the window has ended since (a turn counts in the window it started in).
@@ -25,7 +25,7 @@ from decimal import Decimal
 from django.db.models import F
 from django.utils import timezone
 
-from accounts.models import ApiKey, SpendWindow, User
+from accounts.models import ApiKey, EndUser, SpendWindow, User
 from billing.models import CreditHold, SpendCounter
 from core.exceptions import InsufficientCredits
 
@@ -36,8 +36,9 @@ PER = {SpendWindow.DAY: "per day", SpendWindow.WEEK: "per week", SpendWindow.MON
 
 
 class SpendLimitExceeded(InsufficientCredits):
-    """A key's budget or an account's cap refused a turn: 402 on the chat API, 429
-    `insufficient_quota` on /v1 (openai_api.errors maps InsufficientCredits)."""
+    """An end user's or a key's budget, or an account's cap, refused a turn (or the
+    end user is blocked): 402 on the chat API, 429 `insufficient_quota` on /v1
+    (openai_api.errors maps InsufficientCredits)."""
 
     code = "spend_limit_exceeded"
 
@@ -77,24 +78,53 @@ def window_end(window: str | None, start: datetime) -> datetime | None:
 class SpendLimit:
     user_id: int
     api_key_id: int | None  # None: the account's cap
-    label: str  # "API key 'ci' budget" or "Account spending cap"
-    budget: Decimal
+    label: str  # "End user 'ada' budget on API key 'ci'", "API key 'ci' budget" or "Account spending cap"
+    budget: Decimal | None  # None: counted, never refused (an end user with no budget)
     window: str | None
+    end_user_id: int | None = None  # set: one end user's budget on the key
 
     def counter_key(self, now: datetime) -> dict:
         return {
             "user_id": self.user_id,
             "api_key_id": self.api_key_id,
+            "end_user_id": self.end_user_id,
             "window": self.window or "",
             "window_start": window_start(self.window, now),
         }
 
+    @property
+    def hold_field(self) -> str:
+        """The CreditHold field that records this limit's counter."""
+        if self.end_user_id is not None:
+            return "end_user_counter_id"
+        return "key_counter_id" if self.api_key_id is not None else "cap_counter_id"
 
-def spend_limits_for(*, user: User, api_key: ApiKey | None) -> list[SpendLimit]:
-    """The limits a turn of this user through this key counts against, in lock order
-    (the key's, then the account's). Read from the rows authentication loaded: a
-    request with no limit set pays no query for this."""
+
+def end_user_budget(*, api_key: ApiKey, end_user: EndUser) -> tuple[Decimal | None, str | None]:
+    """(budget, window) of one end user of the key: the owner's override, else the
+    key's end-user budget; (None, None) when neither is set."""
+    if end_user.budget_credits is not None:
+        return end_user.budget_credits, end_user.budget_window
+    return api_key.end_user_budget_credits, api_key.end_user_budget_window
+
+
+def end_user_label(*, api_key: ApiKey, end_user: EndUser) -> str:
+    return f"End user '{end_user.external_id}' of API key '{api_key.name}'"
+
+
+def spend_limits_for(*, user: User, api_key: ApiKey | None, end_user: EndUser | None = None) -> list[SpendLimit]:
+    """The limits a turn of this user through this key (for this end user) counts
+    against, in lock order (the end user's, the key's, then the account's). Read from
+    the rows authentication loaded: a request with no limit set pays no query for
+    this. A blocked end user is refused here, before anything is written."""
     limits = []
+    if api_key is not None and end_user is not None:
+        if end_user.blocked:
+            raise SpendLimitExceeded(f"{end_user_label(api_key=api_key, end_user=end_user)} is blocked by its owner.")
+        # Counted even without a budget (for life), so the owner sees each person's spend.
+        budget, window = end_user_budget(api_key=api_key, end_user=end_user)
+        label = f"{end_user_label(api_key=api_key, end_user=end_user)}: budget"
+        limits.append(SpendLimit(user.pk, api_key.pk, label, budget, window, end_user.pk))
     if api_key is not None and api_key.budget_credits is not None:
         limits.append(
             SpendLimit(user.pk, api_key.pk, f"API key '{api_key.name}' budget", api_key.budget_credits,
@@ -126,7 +156,7 @@ def spend_limits_hold(*, hold: CreditHold, limits: Sequence[SpendLimit], now: da
     caller's transaction then rolls back the wallet's hold too). The caller holds the
     user's wallet lock (billing.services.wallet_hold_place): counters are created and
     moved only under it, so get_or_create cannot race, and the counter rows are
-    locked in the order of `limits` (key, then account)."""
+    locked in the order of `limits` (end user, key, then account)."""
     now = now or timezone.now()
     amount = hold.amount
     counters: dict[str, int] = {}
@@ -134,17 +164,17 @@ def spend_limits_hold(*, hold: CreditHold, limits: Sequence[SpendLimit], now: da
         key = limit.counter_key(now)
         counter, _ = SpendCounter.objects.select_for_update().get_or_create(**key)
         used = counter.spent + counter.held
-        if used + amount > limit.budget:
+        if limit.budget is not None and used + amount > limit.budget:
             raise _refusal(limit, used=used, amount=amount, now=now)
         SpendCounter.objects.filter(pk=counter.pk).update(held=F("held") + amount)
-        counters["key_counter_id" if limit.api_key_id else "cap_counter_id"] = counter.pk
+        counters[limit.hold_field] = counter.pk
     CreditHold.objects.filter(pk=hold.pk).update(**counters)
     for name, value in counters.items():
         setattr(hold, name, value)
 
 
 def spend_counters_settle(*, counter_ids: Iterable[int | None], held: Decimal, charge: Decimal) -> None:
-    """A hold of `held` closed with `charge` spent (0 when released): moves both
+    """A hold of `held` closed with `charge` spent (0 when released): moves its
     counters in one statement. The caller holds the wallet lock. (PostgreSQL's
     settling debit does the same inside billing._sql's statement.)"""
     ids = [pk for pk in counter_ids if pk is not None]
@@ -175,7 +205,9 @@ def api_keys_spend(*, api_keys: Sequence[ApiKey], now: datetime | None = None) -
     starts = {window_start(window, now) for window in (None, *SpendWindow.values)}
     counters = {
         (c.api_key_id, c.window, c.window_start): c
-        for c in SpendCounter.objects.filter(api_key__in=[k.pk for k in api_keys], window_start__in=starts)
+        for c in SpendCounter.objects.filter(
+            api_key__in=[k.pk for k in api_keys], end_user__isnull=True, window_start__in=starts
+        )
     }
     return {
         key.pk: _spend(
@@ -185,6 +217,23 @@ def api_keys_spend(*, api_keys: Sequence[ApiKey], now: datetime | None = None) -
         )
         for key in api_keys
     }
+
+
+def end_users_spend(*, end_users: Sequence[EndUser], now: datetime | None = None) -> dict[int, WindowSpend]:
+    """Each end user's spend in its current budget window (its override's, else its
+    key's: `end_user.api_key` loaded), in one query; for life when it has no budget."""
+    now = now or timezone.now()
+    starts = {window_start(window, now) for window in (None, *SpendWindow.values)}
+    counters = {
+        (c.end_user_id, c.window, c.window_start): c
+        for c in SpendCounter.objects.filter(end_user__in=[u.pk for u in end_users], window_start__in=starts)
+    }
+    spend = {}
+    for end_user in end_users:
+        window = end_user_budget(api_key=end_user.api_key, end_user=end_user)[1]
+        counter = counters.get((end_user.pk, window or "", window_start(window, now)))
+        spend[end_user.pk] = _spend(counter, window, now)
+    return spend
 
 
 def account_spend(*, user: User, now: datetime | None = None) -> WindowSpend:

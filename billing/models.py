@@ -214,11 +214,15 @@ class SpendCounter(models.Model):
     and holds in one window (billing.limits). Keyed by the window's start, so a new
     window is a new row starting at zero: nothing has to reset it. A key's counter
     has `api_key` set; an account's has only `user`. Written only under the user's
-    wallet lock (lock order: wallet, key counter, account counter)."""
+    wallet lock (lock order: wallet, end-user counter, key counter, account counter)."""
 
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+", db_index=False)
     api_key = models.ForeignKey(
         "accounts.ApiKey", on_delete=models.CASCADE, null=True, blank=True, related_name="+", db_index=False
+    )
+    # An end user's counter has `end_user` (and its key) set.
+    end_user = models.ForeignKey(
+        "accounts.EndUser", on_delete=models.CASCADE, null=True, blank=True, related_name="+", db_index=False
     )
     # "" for a lifetime counter (its window_start is the epoch), else day/week/month.
     window = models.CharField(max_length=8, blank=True)
@@ -231,8 +235,13 @@ class SpendCounter(models.Model):
             # Also the indexes of the counter look-ups (a key's, an account's).
             models.UniqueConstraint(
                 fields=["api_key", "window", "window_start"],
-                condition=Q(api_key__isnull=False),
+                condition=Q(api_key__isnull=False, end_user__isnull=True),
                 name="billing_spendcounter_key_window_unique",
+            ),
+            models.UniqueConstraint(
+                fields=["end_user", "window", "window_start"],
+                condition=Q(end_user__isnull=False),
+                name="billing_spendcounter_end_user_window_unique",
             ),
             models.UniqueConstraint(
                 fields=["user", "window", "window_start"],
@@ -243,7 +252,10 @@ class SpendCounter(models.Model):
         ]
 
     def __str__(self) -> str:
-        owner = f"key {self.api_key_id}" if self.api_key_id else f"account {self.user_id}"
+        if self.end_user_id:
+            owner = f"end user {self.end_user_id}"
+        else:
+            owner = f"key {self.api_key_id}" if self.api_key_id else f"account {self.user_id}"
         return f"{owner} {self.window or 'lifetime'} from {self.window_start:%Y-%m-%d}: {self.spent} + {self.held}"
 
 
@@ -264,6 +276,9 @@ class CreditHold(models.Model):
     # The limits this hold also counts against (billing.limits), in the window it was
     # placed in: its settlement moves the same counters, even after the window ended.
     key_counter = models.ForeignKey(
+        SpendCounter, on_delete=models.PROTECT, null=True, blank=True, related_name="+", db_index=False
+    )
+    end_user_counter = models.ForeignKey(
         SpendCounter, on_delete=models.PROTECT, null=True, blank=True, related_name="+", db_index=False
     )
     cap_counter = models.ForeignKey(
@@ -293,6 +308,13 @@ class ModelPrice(models.Model):
         OPENAI = "openai"
         ANTHROPIC = "anthropic"
 
+    class Kind(models.TextChoices):
+        """What the alias serves: chat completions, or embeddings (/v1/embeddings,
+        billed per input token at the input price)."""
+
+        CHAT = "chat"
+        EMBEDDING = "embedding"
+
     class Counting(models.TextChoices):
         # chat.llm.counting: how a call's tokens are counted where the provider says nothing.
         BYTES = "bytes", "UTF-8 bytes"
@@ -300,6 +322,7 @@ class ModelPrice(models.Model):
         CL100K_BASE = "cl100k_base", "cl100k_base (GPT-4, GPT-3.5)"
 
     alias = models.CharField(max_length=64)
+    kind = models.CharField(max_length=16, choices=Kind.choices, default=Kind.CHAT)
     provider = models.CharField(max_length=16, choices=Provider.choices)
     provider_model = models.CharField(max_length=128)
     input_credits_per_mtok = models.DecimalField(max_digits=18, decimal_places=8)

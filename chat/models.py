@@ -90,6 +90,12 @@ class Turn(models.Model):
     # the reply is charged at it.
     price = models.ForeignKey("billing.ModelPrice", on_delete=models.PROTECT, null=True, blank=True, related_name="+")
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
+    # Who the request spoke for (an API key's end user) and what for (the client's
+    # label: `title`, `tags`...): usage breaks totals down by both.
+    end_user = models.ForeignKey(
+        "accounts.EndUser", on_delete=models.SET_NULL, null=True, blank=True, related_name="+", db_index=False
+    )
+    purpose = models.CharField(max_length=32, blank=True)
     error = models.TextField(blank=True)
     credits_charged = models.DecimalField(max_digits=18, decimal_places=8, null=True, blank=True)
     balance_after = models.DecimalField(max_digits=18, decimal_places=8, null=True, blank=True)
@@ -184,6 +190,7 @@ class LLMCall(models.Model):
         SUMMARY = "summary"
         ORCHESTRATE = "orchestrate"
         TOOL_FOLLOWUP = "tool_followup"
+        EMBEDDING = "embedding"
 
     class Status(models.TextChoices):
         OK = "ok"

@@ -1,9 +1,9 @@
 """Parley settings: the one place that reads the environment.
 
 With no environment at all this is the embedded default (SQLite file, eager
-Celery tasks, the offline `local` provider, Stripe off, DEBUG on). Setting
-`DATABASE_URL` and `REDIS_URL` switches to PostgreSQL and a Redis broker with no
-code change. The defaults are the ones README.md's settings table lists.
+Celery tasks, turns run in the web process, the offline `local` provider, Stripe
+off, DEBUG on). Setting `DATABASE_URL` and `REDIS_URL` switches to PostgreSQL and a
+Redis broker with no code change. The defaults are the ones README.md's settings table lists.
 """
 
 import re
@@ -159,6 +159,14 @@ CELERY_BROKER_URL = REDIS_URL or "memory://"
 if REDIS_URL.startswith("redis://"):
     CELERY_BROKER_TRANSPORT = "core.broker:Transport"
 CELERY_TASK_ALWAYS_EAGER = env.bool("CELERY_TASK_ALWAYS_EAGER", default=not REDIS_URL)
+# Without a broker (the embedded default) turns run in the web process itself, off the
+# request's thread, on a pool of TURN_THREADS threads, and their pieces reach the
+# process's streams as they come (chat.dispatch, chat.streaming; docs/embedded-default.md).
+# Off: an eager configuration runs a turn inside the request that accepted it.
+TURNS_IN_PROCESS = env.bool("TURNS_IN_PROCESS", default=not REDIS_URL)
+TURN_THREADS = env.int("TURN_THREADS", default=8)
+if TURN_THREADS < 1:
+    raise ImproperlyConfigured("TURN_THREADS must be 1 or more.")
 CELERY_TASK_EAGER_PROPAGATES = True
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
@@ -365,6 +373,9 @@ WEB_THREADS = env.int("WEB_THREADS", default=6)
 # Fair use (429 with Retry-After beyond them): turns queued or running, open streams.
 MAX_CONCURRENT_TURNS_PER_USER = env.int("MAX_CONCURRENT_TURNS_PER_USER", default=16)
 MAX_STREAMS_PER_USER = env.int("MAX_STREAMS_PER_USER", default=32)
+# The header that names a request's end user when the body does not (the OpenAI
+# `user` field): Open WebUI's, with ENABLE_FORWARD_USER_INFO_HEADERS (accounts.attribution).
+END_USER_HEADER = env.str("END_USER_HEADER", default="X-OpenWebUI-User-Id")
 # Turn reliability (chat.services.turns, chat.leases): a running turn's lease, renewed
 # every third of it; the beat sweep's period; when a handed-over turn that has not
 # started is handed over again; how often a turn may be taken over before it is

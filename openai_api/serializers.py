@@ -191,8 +191,20 @@ class ChatCompletionRequestSerializer(serializers.Serializer):
     stop = StopField(required=False, allow_null=True)
     tools = ToolSerializer(many=True, required=False, allow_null=True, max_length=MAX_TOOLS)
     tool_choice = ToolChoiceField(required=False, allow_null=True)
-    user = serializers.CharField(required=False, allow_blank=True, max_length=256)
+    user = serializers.CharField(
+        required=False, allow_blank=True, max_length=256,
+        help_text="The end user this request is for: counted against the key's end-user budget, shown in usage.",
+    )  # fmt: skip
+    metadata = serializers.DictField(
+        child=serializers.CharField(max_length=512, allow_blank=True), required=False, allow_null=True,
+        help_text='Up to 16 key-value labels; `purpose` (e.g. "title") is what usage breaks totals down by.',
+    )  # fmt: skip
     n = serializers.IntegerField(required=False, allow_null=True)
+
+    def validate_metadata(self, value: dict | None) -> dict | None:
+        if value and len(value) > 16:
+            raise serializers.ValidationError("At most 16 keys.")
+        return value
 
     def validate_n(self, value: int | None) -> int | None:
         if value not in (None, 1):

@@ -14,6 +14,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from accounts.attribution import request_attribution
 from billing.selectors import model_prices_active
 from chat import streaming
 from chat.services.completions import completion_turn_create
@@ -80,12 +81,18 @@ class ChatCompletionsView(OpenAIView):
         serializer = ChatCompletionRequestSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         completion = serializer.completion_request()
+        data = serializer.validated_data
+        attribution = request_attribution(
+            request, end_user=data.get("user") or "", purpose=(data.get("metadata") or {}).get("purpose", ""),
+            end_user_field="user", purpose_field="metadata.purpose",
+        )  # fmt: skip
         if not serializer.validated_data.get("stream"):
             # Under ASGI the wait hands the turn over once it listens (answers.answer_now_or_later).
             hand_over = not getattr(request, "waits_on_event_loop", False)
             turn = completion_turn_create(
-                user=request.user, api_key=request.auth, request=completion, hand_over=hand_over
-            )
+                user=request.user, api_key=request.auth, request=completion, attribution=attribution,
+                hand_over=hand_over,
+            )  # fmt: skip
             return answers.answer_now_or_later(request=request, turn=turn)
 
         user = request.user
@@ -99,7 +106,9 @@ class ChatCompletionsView(OpenAIView):
 
         try:
             # Handed to the worker by the stream once it listens (answers.completion_chunks).
-            turn = completion_turn_create(user=user, api_key=request.auth, request=completion, hand_over=False)
+            turn = completion_turn_create(
+                user=user, api_key=request.auth, request=completion, attribution=attribution, hand_over=False
+            )
         except BaseException:
             close()
             raise

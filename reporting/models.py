@@ -5,7 +5,7 @@ from django.db import models
 
 
 class UsageDaily(models.Model):
-    """Rollup of LLM calls per (day, user, model alias, source), kept exact in the same
+    """Rollup of LLM calls per (day, user, model alias, source, end user, purpose), kept exact in the same
     transaction that records each call. Rebuild with `manage.py rebuild_usage_rollups`.
     `source` is the calls' session's (chat.ChatSession.Source): the chat API or the
     OpenAI-compatible endpoint."""
@@ -14,6 +14,11 @@ class UsageDaily(models.Model):
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
     model_alias = models.CharField(max_length=64)
     source = models.CharField(max_length=16, default="chat")
+    # The turn's end user (accounts.EndUser id; 0: none named) and the client's label of
+    # the request (chat.Turn.purpose; "": none). A plain number, not a foreign key: the
+    # unique key below must treat "none" as one value, which NULL is not.
+    end_user_id = models.BigIntegerField(default=0)
+    purpose = models.CharField(max_length=32, blank=True, default="")
     calls = models.PositiveIntegerField(default=0)
     # The token classes of chat.LLMCall, summed: cached and cache-write tokens are part
     # of input_tokens, reasoning tokens part of output_tokens.
@@ -28,8 +33,8 @@ class UsageDaily(models.Model):
         verbose_name = "daily usage rollup"
         constraints = [
             models.UniqueConstraint(
-                fields=["day", "user", "model_alias", "source"],
-                name="reporting_usagedaily_day_user_alias_source_unique",
+                fields=["day", "user", "model_alias", "source", "end_user_id", "purpose"],
+                name="reporting_usagedaily_key_unique",
             ),
         ]
         indexes = [

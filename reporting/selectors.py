@@ -15,9 +15,10 @@ from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from typing import Any, Literal
 
-from django.db.models import Count, DateField, F, QuerySet, Sum
-from django.db.models.functions import TruncDate, TruncMonth, TruncWeek
+from django.db.models import Count, DateField, F, QuerySet, Sum, Value
+from django.db.models.functions import Coalesce, TruncDate, TruncMonth, TruncWeek
 
+from accounts.models import EndUser
 from chat.models import LLMCall
 from reporting.models import UsageDaily
 
@@ -43,6 +44,8 @@ class UsageFilters:
     to_date: date | None = None
     bucket: Bucket = "day"
     source: str | None = None
+    end_user_id: int | None = None
+    purpose: str | None = None
 
 
 def zero_figures() -> dict[str, Any]:
@@ -57,10 +60,46 @@ def _figures(row: dict) -> dict[str, Any]:
     }
 
 
-def _summarize(rows: QuerySet, *, aggregates: dict[str, Any], bucket_expr: Any, filters: UsageFilters) -> dict:
-    """Four grouped queries (by model, by user, by bucket, by source: `rows` carries a
-    `source` field or annotation); the totals are the sum of the by-model rows, so they
-    agree with the breakdowns by construction."""
+def _filtered(rows: QuerySet, filters: UsageFilters, purpose_field: str = "purpose") -> QuerySet:
+    """The filters every summary shares on `source`, `end_user_id` and the purpose
+    (fields or annotations of `rows`); the caller filters users, aliases and days."""
+    if filters.source is not None:
+        rows = rows.filter(source=filters.source)
+    if filters.end_user_id is not None:
+        rows = rows.filter(end_user_id=filters.end_user_id)
+    if filters.purpose is not None:
+        rows = rows.filter(**{purpose_field: filters.purpose})
+    return rows
+
+
+def _by_end_user(rows: QuerySet, aggregates: dict[str, Any]) -> list[dict]:
+    """Totals per end user (end_user_id null: requests that named none), with each end
+    user's id as the client sent it and their key's name (one more query)."""
+    grouped = list(rows.values("end_user_id").annotate(**aggregates).order_by("end_user_id"))
+    names = {
+        end_user.pk: end_user
+        for end_user in EndUser.objects.filter(pk__in=[row["end_user_id"] for row in grouped]).select_related("api_key")
+    }
+    answer = []
+    for row in grouped:
+        end_user = names.get(row["end_user_id"])
+        answer.append({
+            "end_user_id": row["end_user_id"] or None,
+            "external_id": end_user.external_id if end_user else None,
+            "api_key_name": end_user.api_key.name if end_user else None,
+            **_figures(row),
+        })  # fmt: skip
+    return answer
+
+
+def _summarize(
+    rows: QuerySet, *, aggregates: dict[str, Any], bucket_expr: Any, filters: UsageFilters,
+    purpose_field: str = "purpose",
+) -> dict:  # fmt: skip
+    """Six grouped queries (by model, user, bucket, source, end user and purpose: `rows`
+    carries `source`, `end_user_id` and `purpose` fields or annotations); the totals
+    are the sum of the by-model rows, so they agree with the breakdowns by
+    construction."""
     by_model = [
         {"model_alias": row["model_alias"], **_figures(row)}
         for row in rows.values("model_alias").annotate(**aggregates).order_by("model_alias")
@@ -80,6 +119,10 @@ def _summarize(rows: QuerySet, *, aggregates: dict[str, Any], bucket_expr: Any, 
         {"source": row["source"], **_figures(row)}
         for row in rows.values("source").annotate(**aggregates).order_by("source")
     ]
+    by_purpose = [
+        {"purpose": row[purpose_field], **_figures(row)}
+        for row in rows.values(purpose_field).annotate(**aggregates).order_by(purpose_field)
+    ]
     totals = zero_figures()
     for row in by_model:
         for name in FIGURES:
@@ -91,11 +134,15 @@ def _summarize(rows: QuerySet, *, aggregates: dict[str, Any], bucket_expr: Any, 
         "to_date": filters.to_date,
         "bucket": filters.bucket,
         "source": filters.source,
+        "end_user_id": filters.end_user_id,
+        "purpose": filters.purpose,
         "totals": totals,
         "by_model": by_model,
         "by_user": by_user,
         "by_bucket": by_bucket,
         "by_source": by_source,
+        "by_end_user": _by_end_user(rows, aggregates),
+        "by_purpose": by_purpose,
     }
 
 
@@ -107,12 +154,12 @@ def usage_summary(
     to_date: date | None = None,
     bucket: Bucket = "day",
     source: str | None = None,
+    end_user_id: int | None = None,
+    purpose: str | None = None,
 ) -> dict:
     """The summary served to staff and users, from the daily rollups."""
-    filters = UsageFilters(user_id, model_alias, from_date, to_date, bucket, source)
-    rows = UsageDaily.objects.all()
-    if source is not None:
-        rows = rows.filter(source=source)
+    filters = UsageFilters(user_id, model_alias, from_date, to_date, bucket, source, end_user_id, purpose)
+    rows = _filtered(UsageDaily.objects.all(), filters)
     if user_id is not None:
         rows = rows.filter(user_id=user_id)
     if model_alias is not None:
@@ -138,13 +185,17 @@ def usage_summary_from_calls(
     to_date: date | None = None,
     bucket: Bucket = "day",
     source: str | None = None,
+    end_user_id: int | None = None,
+    purpose: str | None = None,
 ) -> dict:
     """The same summary aggregated from the raw LLM calls: the reference the rollups
     must equal exactly."""
-    filters = UsageFilters(user_id, model_alias, from_date, to_date, bucket, source)
-    rows = LLMCall.objects.annotate(source=F("turn__session__source"))
-    if source is not None:
-        rows = rows.filter(source=source)
+    filters = UsageFilters(user_id, model_alias, from_date, to_date, bucket, source, end_user_id, purpose)
+    rows = LLMCall.objects.annotate(
+        source=F("turn__session__source"), end_user_id=Coalesce("turn__end_user_id", Value(0)),
+        turn_purpose=F("turn__purpose"),  # LLMCall.purpose is the call's own (reply, summary...)
+    )  # fmt: skip
+    rows = _filtered(rows, filters, purpose_field="turn_purpose")
     if user_id is not None:
         rows = rows.filter(user_id=user_id)
     if model_alias is not None:
@@ -160,4 +211,6 @@ def usage_summary_from_calls(
         "month": TruncMonth("created_at", tzinfo=UTC, output_field=DateField()),
     }[bucket]
     aggregates = {"calls": Count("id"), **{name: Sum(name) for name in TOKENS}, "credits": Sum("credits_burned")}
-    return _summarize(rows, aggregates=aggregates, bucket_expr=bucket_expr, filters=filters)
+    return _summarize(
+        rows, aggregates=aggregates, bucket_expr=bucket_expr, filters=filters, purpose_field="turn_purpose"
+    )

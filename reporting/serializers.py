@@ -21,6 +21,13 @@ class UsageQuerySerializer(serializers.Serializer):
         required=False,
         help_text="Only calls of the chat API (chat) or the OpenAI-compatible /v1 (openai).",
     )
+    end_user_id = serializers.IntegerField(
+        required=False, min_value=1, max_value=BIGINT_MAX,
+        help_text="Only this end user's usage (an id from GET users/me/end-users).",
+    )  # fmt: skip
+    purpose = serializers.RegexField(
+        r"^[A-Za-z0-9_.:-]{1,32}$", required=False, help_text="Only requests labelled with this purpose (e.g. title)."
+    )
     format = serializers.ChoiceField(choices=["json", "csv"], default="json", help_text="csv: a CSV attachment.")
 
     def validate(self, attrs: dict) -> dict:
@@ -70,6 +77,16 @@ class UsageBySourceSerializer(UsageFiguresSerializer):
     source = serializers.ChoiceField(choices=SOURCES, help_text="chat: the chat API; openai: the /v1 endpoint.")
 
 
+class UsageByEndUserSerializer(UsageFiguresSerializer):
+    end_user_id = serializers.IntegerField(allow_null=True, help_text="null: requests that named no end user.")
+    external_id = serializers.CharField(allow_null=True, help_text="The id the client sent for them.")
+    api_key_name = serializers.CharField(allow_null=True, help_text="The key whose end user they are.")
+
+
+class UsageByPurposeSerializer(UsageFiguresSerializer):
+    purpose = serializers.CharField(help_text='The label the client gave (X-Parley-Purpose); "": none.')
+
+
 class UsageSummarySerializer(serializers.Serializer):
     user_id = serializers.IntegerField(allow_null=True)
     model_alias = serializers.CharField(allow_null=True)
@@ -77,8 +94,12 @@ class UsageSummarySerializer(serializers.Serializer):
     to_date = serializers.DateField(allow_null=True)
     bucket = serializers.ChoiceField(choices=BUCKETS)
     source = serializers.CharField(allow_null=True, help_text="The `source` filter asked for, if any.")
+    end_user_id = serializers.IntegerField(allow_null=True, help_text="The `end_user_id` filter, if any.")
+    purpose = serializers.CharField(allow_null=True, help_text="The `purpose` filter, if any.")
     totals = UsageFiguresSerializer()
     by_model = UsageByModelSerializer(many=True)
     by_user = UsageByUserSerializer(many=True)
     by_bucket = UsageByBucketSerializer(many=True)
     by_source = UsageBySourceSerializer(many=True)
+    by_end_user = UsageByEndUserSerializer(many=True)
+    by_purpose = UsageByPurposeSerializer(many=True)

@@ -1,8 +1,8 @@
 """Writes of the usage rollups.
 
-Invariant: for every (UTC day, user, model alias, source), UsageDaily holds exactly
+Invariant: for every (UTC day, user, model alias, source, end user, purpose), UsageDaily holds exactly
 the count and sums (each token class, credits) of the LLMCall rows of that key (the source is the call's
-session's: chat API or OpenAI-compatible endpoint). `usage_rollup_add` keeps it so inside the
+session's: chat API or OpenAI-compatible endpoint; the end user and purpose its turn's). `usage_rollup_add` keeps it so inside the
 transaction that records the calls (chat's turn completion); `usage_rollups_rebuild`
 recomputes a date range from the raw calls.
 
@@ -25,6 +25,8 @@ ROLLUP_TABLE = UsageDaily._meta.db_table
 CALL_TABLE = LLMCall._meta.db_table
 TURN_TABLE = Turn._meta.db_table
 SESSION_TABLE = ChatSession._meta.db_table
+# A rollup row's key (its unique constraint): the turn's end user (0: none) and purpose.
+KEY = ("day", "user_id", "model_alias", "source", "end_user_id", "purpose")
 
 
 def _utc_day_sql() -> str:
@@ -46,15 +48,15 @@ def _insert_aggregated(*, where: str, params: list, additive: bool) -> int:
     figures = ("calls", *TOKENS, "credits")
     sums = ", ".join(f"SUM(c.{name})" for name in TOKENS)
     sql = (
-        f"INSERT INTO {ROLLUP_TABLE} (day, user_id, model_alias, source, {', '.join(figures)}) "  # noqa: S608
-        f"SELECT {_utc_day_sql()}, c.user_id, c.model_alias, s.source, COUNT(*), {sums}, "
-        f"SUM(c.credits_burned) FROM {CALL_TABLE} c "
+        f"INSERT INTO {ROLLUP_TABLE} ({', '.join(KEY)}, {', '.join(figures)}) "  # noqa: S608
+        f"SELECT {_utc_day_sql()}, c.user_id, c.model_alias, s.source, COALESCE(t.end_user_id, 0), t.purpose, "
+        f"COUNT(*), {sums}, SUM(c.credits_burned) FROM {CALL_TABLE} c "
         f"JOIN {TURN_TABLE} t ON t.id = c.turn_id JOIN {SESSION_TABLE} s ON s.id = t.session_id "
-        f"WHERE {where} GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4"
+        f"WHERE {where} GROUP BY 1, 2, 3, 4, 5, 6 ORDER BY 1, 2, 3, 4, 5, 6"
     )
     if additive:
         # Increments, not overwrites: concurrent turns for the same row never lose an update.
-        sql += " ON CONFLICT (day, user_id, model_alias, source) DO UPDATE SET " + ", ".join(
+        sql += f" ON CONFLICT ({', '.join(KEY)}) DO UPDATE SET " + ", ".join(
             f"{name} = {ROLLUP_TABLE}.{name} + excluded.{name}" for name in figures
         )
     with connection.cursor() as cursor:
@@ -63,7 +65,7 @@ def _insert_aggregated(*, where: str, params: list, additive: bool) -> int:
 
 
 def usage_rollup_add(*, llm_calls: Iterable[LLMCall]) -> None:
-    """Adds saved LLM calls to their (UTC day, user, alias, source) rollup rows. Call it in the
+    """Adds saved LLM calls to their (UTC day, user, alias, source, end user, purpose) rollup rows. Call it in the
     transaction that inserts the calls, once per call: a call added twice counts twice."""
     pks = {call.pk for call in llm_calls}
     if None in pks:

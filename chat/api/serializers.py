@@ -38,6 +38,15 @@ class SessionWriteSerializer(serializers.Serializer):
 class TurnCreateSerializer(serializers.Serializer):
     content = StrictCharField(max_length=CONTENT_MAX_CHARS, trim_whitespace=False)
     model_alias = StrictCharField(max_length=64, allow_blank=True, required=False)
+    end_user = StrictCharField(
+        max_length=256, required=False, allow_blank=True,
+        help_text="The end user this turn is for (through an API key): counted against the key's end-user budget. "
+        "Else the X-OpenWebUI-User-Id header.",
+    )  # fmt: skip
+    purpose = StrictCharField(
+        max_length=32, required=False, allow_blank=True,
+        help_text="A label usage breaks totals down by (e.g. title); else the X-Parley-Purpose header.",
+    )  # fmt: skip
 
     def validate_content(self, value: str) -> str:
         if not value.strip():

@@ -16,6 +16,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from accounts.attribution import request_attribution
 from chat import selectors, streaming
 from chat.api.serializers import TurnCreateSerializer, TurnDetailSerializer, TurnSerializer, turn_detail_payload
 from chat.api.sessions import session_or_404
@@ -145,9 +146,14 @@ class SessionTurnsView(generics.ListAPIView):
         serializer.is_valid(raise_exception=True)
         wait = _prefer_wait(request)
         waits_on_event_loop = bool(wait) and getattr(request, "waits_on_event_loop", False)
+        data = dict(serializer.validated_data)
+        attribution = request_attribution(
+            request, end_user=data.pop("end_user", ""), purpose=data.pop("purpose", ""),
+            end_user_field="end_user", purpose_field="purpose",
+        )  # fmt: skip
         turn, created = turn_create(
-            user=request.user, session=session, idempotency_key=key, api_key=request.auth,
-            hand_over=not waits_on_event_loop, **serializer.validated_data,
+            user=request.user, session=session, idempotency_key=key, api_key=request.auth, attribution=attribution,
+            hand_over=not waits_on_event_loop, **data,
         )  # fmt: skip
         response = Response(status=status.HTTP_202_ACCEPTED)
         if waits_on_event_loop:

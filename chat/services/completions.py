@@ -23,6 +23,7 @@ from typing import Any
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from accounts.attribution import NO_ATTRIBUTION, Attribution
 from accounts.models import ApiKey, User
 from accounts.rate_limits import api_key_rate_reserve
 from billing.limits import SpendLimit, spend_limits_for
@@ -111,7 +112,10 @@ def completion_request_storable(request: CompletionRequest) -> CompletionRequest
     )  # fmt: skip
 
 
-def completion_turn_create(*, user: User, api_key: ApiKey, request: CompletionRequest, hand_over: bool = True) -> Turn:
+def completion_turn_create(
+    *, user: User, api_key: ApiKey, request: CompletionRequest, attribution: Attribution = NO_ATTRIBUTION,
+    hand_over: bool = True,
+) -> Turn:  # fmt: skip
     """Accepts the request as a queued turn holding its worst case (402 in `block` mode
     when not covered, 429 past the user's turns in flight); it is handed to the worker
     when it commits (the outbox of chat.services.turns: the sweep sends it again when
@@ -126,14 +130,14 @@ def completion_turn_create(*, user: User, api_key: ApiKey, request: CompletionRe
         "tools": request.tools, "tool_choice": request.tool_choice, "tool_name": request.tool_name,
         "user": request.user,
     }  # fmt: skip
-    spend_limits = spend_limits_for(user=user, api_key=api_key)
+    spend_limits = spend_limits_for(user=user, api_key=api_key, end_user=attribution.end_user)
     # Taken outside the transaction (a cache, never a lock), given back on refusal.
     reservation = api_key_rate_reserve(api_key=api_key, tokens=tokens)
     try:
         session = completion_session(user=user, api_key=api_key)
         return _completion_turn_write(
             user=user, session=session, request=request, options=options, worst_case=worst_case,
-            spend_limits=spend_limits, hand_over=hand_over,
+            spend_limits=spend_limits, attribution=attribution, hand_over=hand_over,
         )  # fmt: skip
     except BaseException:
         reservation.release()
@@ -142,11 +146,12 @@ def completion_turn_create(*, user: User, api_key: ApiKey, request: CompletionRe
 
 def _completion_turn_write(
     *, user: User, session: ChatSession, request: CompletionRequest, options: dict, worst_case: Decimal,
-    spend_limits: list[SpendLimit], hand_over: bool,
+    spend_limits: list[SpendLimit], attribution: Attribution, hand_over: bool,
 ) -> Turn:  # fmt: skip
     with transaction.atomic():
         turn = Turn(
             session=session, user=user, model_alias=request.price.alias, price=request.price,
+            end_user=attribution.end_user, purpose=attribution.purpose,
             completion_options=options, dispatched_at=timezone.now(),  # cleared if the send fails
         )  # fmt: skip
         rawsql.insert([turn])

@@ -11,7 +11,8 @@ compare-and-set:
   and the beat sweep (`turns_sweep`, every TURN_SWEEP_SECONDS) hands the turn over
   once the broker is back: the database, not the broker, is the record of what must
   run.
-- `turn_run` (the worker): claims the turn with a lease (queued -> running, or a
+- `turn_run` (the worker; without a broker, a thread of the web process:
+  chat.dispatch): claims the turn with a lease (queued -> running, or a
   running turn whose lease ran out because its worker died), which chat.leases
   renews while it works, so no second worker runs a live turn whatever the broker
   delivers; then chat.engine runs the session's mode outside any transaction, then
@@ -41,6 +42,7 @@ from django.db import DatabaseError, IntegrityError, transaction
 from django.db.models import Q
 from django.utils import timezone
 
+from accounts.attribution import NO_ATTRIBUTION, Attribution
 from accounts.models import ApiKey, User
 from accounts.rate_limits import api_key_rate_reserve
 from billing.limits import spend_limits_for
@@ -95,6 +97,7 @@ def turn_create(
     model_alias: str | None = None,
     idempotency_key: str | None = None,
     api_key: ApiKey | None = None,
+    attribution: Attribution = NO_ATTRIBUTION,
     hand_over: bool = True,
 ) -> tuple[Turn, bool]:
     """Accepts a turn: (turn, created). With an Idempotency-Key already used by this
@@ -122,7 +125,7 @@ def turn_create(
         raise field_error("model_alias", f"'{alias}' is not an active model alias.")
     worst_case = turn_worst_case_cost(session=session, price=price, content=content)
     tokens = turn_token_estimate(session=session, price=price, content=content) if api_key and api_key.tpm else 0
-    spend_limits = spend_limits_for(user=user, api_key=api_key)
+    spend_limits = spend_limits_for(user=user, api_key=api_key, end_user=attribution.end_user)
 
     # Taken outside the transaction (a cache, never a lock), given back on refusal.
     reservation = api_key_rate_reserve(api_key=api_key, tokens=tokens)
@@ -130,6 +133,7 @@ def turn_create(
         with transaction.atomic():
             turn = Turn(
                 session=session, user=user, model_alias=price.alias, price=price, idempotency_key=idempotency_key,
+                end_user=attribution.end_user, purpose=attribution.purpose,
                 dispatched_at=timezone.now(),  # cleared below if the send fails
             )  # fmt: skip
             rawsql.insert([turn])
@@ -392,7 +396,7 @@ def turn_complete(*, turn: Turn, outcome: TurnOutcome, lease_token: UUID | None 
         locked.low_balance = is_low_balance(balance)
         locked.finished_at = timezone.now()
         rawsql.update(locked, ["status", "error", "credits_charged", "balance_after", "low_balance", "finished_at"])
-        if streaming.enabled():
+        if streaming.live():
             prior = outcome.prior_messages
             if prior is None:
                 prior = list(Message.objects.filter(turn=locked).exclude(pk__in=[m.pk for m in outcome.messages]))

@@ -5,6 +5,8 @@ from decimal import Decimal
 
 import pytest
 
+from accounts.models import EndUser
+from accounts.services import api_key_create
 from billing.money import call_cost, ledger_amount, usage_amount
 from tests.billing.factories import ModelPriceFactory
 from tests.chat.factories import ChatSessionFactory
@@ -26,6 +28,10 @@ class Recorded:
     cached_input_tokens: int = 0
     cache_write_tokens: int = 0
     reasoning_tokens: int = 0
+    end_user_id: int | None = None
+    external_id: str | None = None
+    api_key_name: str | None = None
+    purpose: str = ""
 
     @property
     def day(self) -> date:
@@ -70,10 +76,24 @@ def usage_data(db) -> dict:  # noqa: ANN001
             alias="tiny", input_credits_per_mtok=Decimal("0.37"), output_credits_per_mtok=Decimal("1.11")
         ),
     }
+    # Two end users on user0's key and one on user1's (one external id on both keys),
+    # and the labels a front end gives its background requests.
+    keys = {user.pk: api_key_create(user=user, name=f"key{i}")[0] for i, user in enumerate(users)}
+    end_users = {
+        users[0].pk: [EndUser.objects.create(api_key=keys[users[0].pk], external_id=name) for name in ("ada", "bob")],
+        users[1].pk: [EndUser.objects.create(api_key=keys[users[1].pk], external_id="ada")],
+        users[2].pk: [],
+    }
     recorded: list[Recorded] = []
 
     def turn(user, specs: list[CallSpec]) -> None:  # noqa: ANN001
-        record_turn(session=sessions[user.pk], calls=specs)
+        end_user = rng.choice([None, *end_users[user.pk]])
+        purpose = rng.choice(["", "", "title", "tags"])
+        record_turn(session=sessions[user.pk], calls=specs, end_user=end_user, purpose=purpose)
+        labels = {
+            "end_user_id": end_user.pk if end_user else None, "external_id": end_user.external_id if end_user else None,
+            "api_key_name": end_user.api_key.name if end_user else None, "purpose": purpose,
+        }  # fmt: skip
         for spec in specs:
             price = prices[spec.alias]
             cost = ledger_amount(
@@ -87,7 +107,7 @@ def usage_data(db) -> dict:  # noqa: ANN001
             recorded.append(
                 Recorded(
                     user.pk, user.email, spec.alias, spec.at, spec.input_tokens, spec.output_tokens, usage_amount(cost),
-                    spec.cached_input_tokens, spec.cache_write_tokens, spec.reasoning_tokens,
+                    spec.cached_input_tokens, spec.cache_write_tokens, spec.reasoning_tokens, **labels,
                 )
             )  # fmt: skip
 
@@ -116,4 +136,4 @@ def usage_data(db) -> dict:  # noqa: ANN001
         turn(rng.choice(users), [random_spec(at)])
     # One turn whose calls fall on both sides of midnight.
     turn(users[0], [random_spec(_at(2025, 1, 14, 23, 59, 59, 900000)), random_spec(_at(2025, 1, 15, 0, 0, 0, 100000))])
-    return {"users": users, "recorded": recorded, "prices": prices}
+    return {"users": users, "recorded": recorded, "prices": prices, "end_users": end_users}

@@ -43,11 +43,13 @@ def price_for(alias: str) -> ModelPrice:
     return ModelPrice.objects.get(alias=alias, active=True)
 
 
-def record_turn(*, session: ChatSession, calls: list[CallSpec], rollup: bool = True) -> list[LLMCall]:
-    """One completed turn: its LLM calls and, unless `rollup` is off, their rollup, in
-    one transaction like the completion."""
+def record_turn(
+    *, session: ChatSession, calls: list[CallSpec], rollup: bool = True, end_user=None, purpose: str = ""  # noqa: ANN001
+) -> list[LLMCall]:
+    """One completed turn (for `end_user`, labelled `purpose`): its LLM calls and,
+    unless `rollup` is off, their rollup, in one transaction like the completion."""
     with transaction.atomic():
-        turn = TurnFactory(session=session, user=session.user)
+        turn = TurnFactory(session=session, user=session.user, end_user=end_user, purpose=purpose)
         rows = []
         for spec in calls:
             price = price_for(spec.alias)

@@ -44,11 +44,15 @@ def add(figures: dict, call) -> None:  # noqa: ANN001
     figures["credits"] += call.credits
 
 
-def expected_summary(recorded, *, user_id, model_alias, from_date, to_date, bucket) -> dict:  # noqa: ANN001
+def expected_summary(
+    recorded, *, user_id, model_alias, from_date, to_date, bucket, end_user_id=None, purpose=None  # noqa: ANN001
+) -> dict:
     chosen = [
         call
         for call in recorded
         if (user_id is None or call.user_id == user_id)
+        and (end_user_id is None or call.end_user_id == end_user_id)
+        and (purpose is None or call.purpose == purpose)
         and (model_alias is None or call.alias == model_alias)
         and (from_date is None or call.day >= from_date)
         and (to_date is None or call.day <= to_date)
@@ -61,6 +65,8 @@ def expected_summary(recorded, *, user_id, model_alias, from_date, to_date, buck
         return dict(sorted(groups.items()))
 
     emails = {call.user_id: call.email for call in recorded}
+    end_users = {call.end_user_id: (call.external_id, call.api_key_name) for call in recorded}
+    by_end_user = grouped(lambda c: c.end_user_id or 0)
     totals = zero_figures()
     for call in chosen:
         add(totals, call)
@@ -77,6 +83,14 @@ def expected_summary(recorded, *, user_id, model_alias, from_date, to_date, buck
         # Every recorded call is of a chat session (the OpenAI endpoint's: tests/openai_api).
         "source": None,
         "by_source": [{"source": "chat", **totals}] if totals["calls"] else [],
+        "end_user_id": end_user_id,
+        "purpose": purpose,
+        "by_end_user": [
+            {"end_user_id": k or None, "external_id": end_users[k or None][0], "api_key_name": end_users[k or None][1],
+             **v}
+            for k, v in by_end_user.items()
+        ],  # fmt: skip
+        "by_purpose": [{"purpose": k, **v} for k, v in grouped(lambda c: c.purpose).items()],
     }
 
 
@@ -94,6 +108,23 @@ def test_rollup_summary_equals_raw_aggregation_for_every_filter_and_bucket(usage
         assert from_rollups == expected_summary(recorded, **filters), filters
         checked += 1
     assert checked == 3 * 4 * len(RANGES) * 3
+
+
+def test_rollup_summary_equals_raw_aggregation_per_end_user_and_purpose(usage_data):
+    users, recorded, end_users = usage_data["users"], usage_data["recorded"], usage_data["end_users"]
+    ada, bob = end_users[users[0].pk]
+    assert {call.end_user_id for call in recorded} >= {None, ada.pk, bob.pk}
+    assert {call.purpose for call in recorded} == {"", "title", "tags"}
+    for user_id, end_user_id, purpose, (start, end) in product(
+        [None, users[0].pk], [None, ada.pk, bob.pk], [None, "title", ""], RANGES[:3]
+    ):
+        filters = {
+            "user_id": user_id, "model_alias": None, "from_date": start, "to_date": end, "bucket": "day",
+            "end_user_id": end_user_id, "purpose": purpose,
+        }  # fmt: skip
+        from_rollups = usage_summary(**filters)
+        assert from_rollups == usage_summary_from_calls(**filters), filters
+        assert from_rollups == expected_summary(recorded, **filters), filters
 
 
 def test_the_generated_data_reaches_every_edge_the_comparison_is_about(usage_data):
