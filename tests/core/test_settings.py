@@ -77,7 +77,7 @@ def test_without_debug_the_service_refuses_to_start_without_secret_key():
     assert "SECRET_KEY and ALLOWED_HOSTS" in result.stderr
 
 
-# README "Production": the HTTPS settings a deployment sets (with SECRET_KEY,
+# docs/production.md, "Behind a proxy, over HTTPS": the HTTPS settings a deployment sets (with SECRET_KEY,
 # ALLOWED_HOSTS, DATABASE_URL and REDIS_URL of its own).
 PRODUCTION_HTTPS = {
     "SECURE_SSL_REDIRECT": "on",
@@ -106,9 +106,9 @@ def test_check_deploy_is_clean_with_the_documented_production_settings():
     result = _check_deploy(PRODUCTION_HTTPS)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "no issues" in result.stdout
-    readme = (ROOT / "README.md").read_text()
+    guide = (ROOT / "docs" / "production.md").read_text()
     for name, value in PRODUCTION_HTTPS.items():
-        assert f"{name}={value}" in readme, name
+        assert f"{name}={value}" in guide, name
 
 
 def test_check_deploy_names_what_is_missing_without_them():
