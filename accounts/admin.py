@@ -12,7 +12,8 @@ from accounts.services import (
     user_create,
 )
 from billing.limits import WindowSpend, account_spend, api_keys_spend
-from billing.money import format_ledger
+from billing.money import format_ledger, format_price
+from core.admin_display import clipped, timestamp_column
 from core.exceptions import ApplicationError
 
 
@@ -110,7 +111,8 @@ class ApiKeyAdminForm(forms.ModelForm):
 @admin.register(ApiKey)
 class ApiKeyAdmin(admin.ModelAdmin):
     form = ApiKeyAdminForm
-    list_display = ["name", "prefix", "user", "created_at", "expires_at", "budget", "revoked_at"]
+    # One line per row at 1280 px (tests/browser/test_console_lists.py).
+    list_display = ["key_name", "prefix", "user_email", "created", "last_used", "expires", "budget", "revoked"]
     list_filter = ["revoked_at"]
     search_fields = ["name", "prefix", "user__email"]
     list_select_related = ["user"]
@@ -132,11 +134,26 @@ class ApiKeyAdmin(admin.ModelAdmin):
     ]
     actions = ["revoke_keys"]
 
+    # Days are enough to tell when a key was made, expires or was revoked; last use to the minute.
+    created = timestamp_column("created_at", "created at", day=True)
+    last_used = timestamp_column("last_used_at", "last used")
+    expires = timestamp_column("expires_at", "expires at", day=True)
+    revoked = timestamp_column("revoked_at", "revoked at", day=True)
+
+    @admin.display(description="name", ordering="name")
+    def key_name(self, obj: ApiKey) -> str:
+        return clipped(obj.name, width="13em")
+
+    @admin.display(description="user", ordering="user__email")
+    def user_email(self, obj: ApiKey) -> str:
+        return clipped(obj.user.email, width="11em")
+
     @admin.display(description="Budget")
     def budget(self, obj: ApiKey) -> str:
         if obj.budget_credits is None:
             return "-"
-        return f"{format_ledger(obj.budget_credits)} / {obj.budget_window or 'lifetime'}"
+        # As written (1000, not 1000.00000000): the list keeps one line per key.
+        return f"{format_price(obj.budget_credits)} / {obj.budget_window or 'lifetime'}"
 
     @admin.display(description="Spent this window")
     def spend_this_window(self, obj: ApiKey) -> str:

@@ -22,6 +22,7 @@ from billing.services import (
     wallet_grant,
 )
 from billing.stripe import admin as stripe_admin  # noqa: F401  registers the top-up and webhook trigger admins
+from core.admin_display import clipped, timestamp_column
 from core.exceptions import ApplicationError
 
 RECENT_ROWS = 20
@@ -206,7 +207,12 @@ class WalletAdmin(admin.ModelAdmin):
 class CreditTransactionAdmin(admin.ModelAdmin):
     """The ledger, read-only: no add, change or delete (not even in bulk)."""
 
-    list_display = ["id", "created_at", "wallet", "kind", "amount", "balance_after", "reference", "actor", "reason"]
+    # One line per row at 1280 px (tests/browser/test_console_lists.py): the wallet as its
+    # owner's email, long text cut to its column with the whole in a tooltip. The row's
+    # date links to it (its id is in the page's address), and sorts along the id.
+    list_display = [
+        "created", "user_email", "kind", "amount", "balance_after", "reference_text", "actor_email", "reason_text",
+    ]  # fmt: skip
     list_select_related = ["wallet__user", "actor"]
     list_filter = ["kind"]
     search_fields = ["reference", "wallet__user__email", "reason"]
@@ -214,6 +220,24 @@ class CreditTransactionAdmin(admin.ModelAdmin):
     fields = ["wallet", *LEDGER_FIELDS]
     readonly_fields = fields
     actions = None
+
+    created = timestamp_column("created_at", "created at", ordering="id")
+
+    @admin.display(description="user", ordering="wallet__user__email")
+    def user_email(self, obj: CreditTransaction) -> str:
+        return clipped(obj.wallet.user.email, width="12em")
+
+    @admin.display(description="reference", ordering="reference")
+    def reference_text(self, obj: CreditTransaction) -> str:
+        return clipped(obj.reference, width="10em")
+
+    @admin.display(description="actor", ordering="actor__email")
+    def actor_email(self, obj: CreditTransaction) -> str:
+        return clipped(obj.actor.email if obj.actor else None, width="9em")
+
+    @admin.display(description="reason")
+    def reason_text(self, obj: CreditTransaction) -> str:
+        return clipped(obj.reason, width="10em")
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False

@@ -21,6 +21,7 @@ from django.utils.html import format_html
 from billing.models import ModelPrice
 from chat.models import ChatSession, LLMCall, Message, Participant, ToolCall, Turn
 from chat.tools.registry import REGISTRY
+from core.admin_display import clipped, timestamp_column
 from routing.selectors import upstreams_all
 
 EXACT_COUNT_BELOW = 100_000
@@ -214,9 +215,11 @@ class ToolCallInline(ReadOnlyInline):
 
 @admin.register(Turn)
 class TurnAdmin(ReadOnlyAdmin):
+    # One line per row at 1280 px (tests/browser/test_console_lists.py): long text cut
+    # to its column with the whole in a tooltip, how long the turn took instead of when it ended.
     list_display = [
-        "short_id", "created_at", "user", "session_link", "status", "models", "credits_charged",
-        "balance_after", "low_balance", "finished_at",
+        "short_id", "created", "user_email", "session_link", "status", "models", "credits_charged",
+        "balance_after", "low_balance", "took",
     ]  # fmt: skip
     list_select_related = ["user", "session"]
     # The aliases of each turn's calls: one more query per page, whatever its length.
@@ -230,9 +233,22 @@ class TurnAdmin(ReadOnlyAdmin):
     def short_id(self, obj: Turn) -> str:
         return str(obj.pk)[:8]
 
+    created = timestamp_column("created_at", "created at")
+
+    @admin.display(description="user", ordering="user__email")
+    def user_email(self, obj: Turn) -> str:
+        return clipped(obj.user.email, width="10em")
+
     @admin.display(description="session", ordering="session_id")
     def session_link(self, obj: Turn) -> str:
-        return _link("chatsession", obj.session_id, obj.session)
+        return _link("chatsession", obj.session_id, clipped(obj.session, width="7em"))
+
+    @admin.display(description="took")
+    def took(self, obj: Turn) -> str:
+        if obj.finished_at is None:
+            return "-"
+        seconds = (obj.finished_at - obj.created_at).total_seconds()
+        return format_html('<span title="finished {}">{} s</span>', obj.finished_at.isoformat(), f"{seconds:.1f}")
 
     def get_queryset(self, request: HttpRequest) -> QuerySet:
         return super().get_queryset(request).prefetch_related(self.list_prefetch)
@@ -240,7 +256,8 @@ class TurnAdmin(ReadOnlyAdmin):
     @admin.display(description="models", ordering="model_alias")
     def models(self, obj: Turn) -> str:
         """Every alias that took part (a round table's speakers), else the turn's own."""
-        return ", ".join(dict.fromkeys(call.model_alias for call in obj.llm_calls.all())) or obj.model_alias
+        aliases = ", ".join(dict.fromkeys(call.model_alias for call in obj.llm_calls.all())) or obj.model_alias
+        return clipped(aliases, width="9em")
 
 
 @admin.register(LLMCall)
