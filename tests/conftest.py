@@ -23,9 +23,12 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.fixture(autouse=True)
 def _test_defaults(settings, monkeypatch) -> Iterator[None]:  # noqa: ANN001
-    """Every test starts on eager tasks and generous throttles; worker tests opt out.
-    DRF reads throttle rates once, at import, so the class attribute is patched."""
+    """Every test starts on eager tasks run inside the request (not in the web
+    process's turn pool: tests/chat/test_in_process.py opts in) and generous
+    throttles; worker tests opt out. DRF reads throttle rates once, at import, so the
+    class attribute is patched."""
     settings.CELERY_TASK_ALWAYS_EAGER = True
+    settings.TURNS_IN_PROCESS = False
     celery_app.conf.task_always_eager = True
     monkeypatch.setattr(SimpleRateThrottle, "THROTTLE_RATES", {"anon": "10000/min", "user": "100000/min"})
     yield
