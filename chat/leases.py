@@ -18,8 +18,11 @@ at every streamed piece):
 - the lease was lost (this process stalled past it and another worker took the
   turn over): this run's outcome would not be written anyway.
 
-Eager configurations (the embedded default) run a turn inside the request that
-accepted it: nothing can cancel or take it over meanwhile, so no keeper runs.
+Turns run in the web process (TURNS_IN_PROCESS, the embedded default: chat.dispatch)
+hold their leases the same way, with the same keeper; the Stop reaches them without
+Redis, as `cancel_wake` sets the lease's flag in this process directly. Eager
+configurations without it (the test suite's default) run a turn inside the request
+that accepted it: nothing can cancel or take it over meanwhile, so no keeper runs.
 """
 
 import contextlib
@@ -66,7 +69,7 @@ def lease_hold(lease: Lease) -> None:
     """Registers a lease this process just claimed, for renewal and cancellation."""
     with _lock:
         _held[lease.turn_id] = lease
-    if not settings.CELERY_TASK_ALWAYS_EAGER:
+    if not settings.CELERY_TASK_ALWAYS_EAGER or settings.TURNS_IN_PROCESS:
         _keeper_start()
 
 
@@ -158,7 +161,10 @@ def _keep() -> None:
 
 def cancel_wake(turn_id: UUID | str) -> None:
     """Tells the worker holding `turn_id` to stop now (best effort: the renewal reads
-    Turn.cancel_requested_at anyway)."""
+    Turn.cancel_requested_at anyway): this process's own run at once (turns run in
+    the web process, where the Stop and the client that leaves a stream arrive), any
+    other process's through Redis."""
+    cancel_received(str(turn_id))
     if not streaming.enabled():
         return
     try:

@@ -23,10 +23,13 @@ before; not when it hands the turn over itself), every RECHECK_SECONDS (a `done`
 lost with a Redis hiccup) and after the pub/sub connection was re-made; each check
 borrows a database connection for one query and gives it back (core.db.db_read).
 
-Without Redis (the embedded default) there is nothing to subscribe to: waiters poll
-the database, and the stream replays a finished turn from it. Under WSGI (runserver)
-Django drains the async bodies before answering, which changes nothing there: eager
-turns have finished before anyone reads them.
+Without Redis, turns run in the web process (TURNS_IN_PROCESS, the embedded default:
+chat.dispatch), so their events need no broker: `publish` hands each one to this
+process's waiters (`LocalHub`) on their own event loops (`call_soon_threadsafe`),
+and the rest is as above (the database checked after listening and every
+RECHECK_SECONDS). With neither Redis nor in-process turns (eager turns run inside
+the request, the test suite's default) waiters poll the database, and the stream
+replays a finished turn from it.
 """
 
 import asyncio
@@ -64,7 +67,14 @@ STREAM_MAX_SECONDS = 600.0
 
 
 def enabled() -> bool:
+    """Redis is there: events go through its pub/sub (and other processes hear them)."""
     return bool(settings.REDIS_URL)
+
+
+def live() -> bool:
+    """Turn events reach waiters as they happen: through Redis, or (turns run in this
+    process) straight from the turn's thread. Else waiters poll the database."""
+    return enabled() or settings.TURNS_IN_PROCESS
 
 
 @lru_cache(maxsize=4)
@@ -143,11 +153,13 @@ publisher = Publisher()
 
 
 def publish(turn_id: UUID | str, event: str, data: dict[str, Any] | None = None) -> None:
-    """Hands the event to the process's publisher (it returns at once)."""
-    if not enabled():
-        return
+    """Hands the event to the process's publisher (it returns at once); without Redis,
+    to this process's own waiters (turns run here: TURNS_IN_PROCESS)."""
     name = pieces_channel(turn_id) if event == "delta" else channel(turn_id)
-    publisher.put(settings.REDIS_URL, name, json.dumps({"event": event, "data": data or {}}))
+    if enabled():
+        publisher.put(settings.REDIS_URL, name, json.dumps({"event": event, "data": data or {}}))
+    elif settings.TURNS_IN_PROCESS:
+        local_hub.deliver(name, event, data or {})
 
 
 def publish_done(*, turn: Turn, messages: list[Message], llm_calls: list[LLMCall], tool_calls: list[ToolCall]) -> None:
@@ -200,6 +212,8 @@ class Hub:
         """The turn's events in one queue: `reset` and `done`, and with `pieces` its
         `delta`s too (a stream)."""
         names = (channel(turn_id), pieces_channel(turn_id)) if pieces else (channel(turn_id),)
+        if not enabled():
+            return local_hub.listen(names)
         if threading.current_thread() is threading.main_thread():
             return self._listen_shared(names)
         return self._listen_alone(names)
@@ -294,6 +308,53 @@ class Hub:
 hub = Hub()
 
 
+class LocalHub:
+    """Without Redis: the waiters of this process on each turn channel, fed by
+    `publish` from the threads that run turns here (TURNS_IN_PROCESS). Each waiter is
+    a queue on its own event loop (the server's, or a sync caller's bridged with
+    async_to_sync), handed each event with `call_soon_threadsafe`: a turn's thread
+    never touches a loop's queue itself, and the loop runs the hand-overs in the order
+    they were made (a turn's pieces, then its `done`). An event nobody waits for is
+    dropped; the database stays the truth (waiters check it after listening and
+    every RECHECK_SECONDS)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.waiters: dict[str, set[tuple[asyncio.AbstractEventLoop, asyncio.Queue]]] = {}
+
+    def deliver(self, name: str, event: str, data: dict[str, Any]) -> None:
+        with self.lock:
+            waiters = list(self.waiters.get(name, ()))
+        if not waiters:
+            return
+        # What a Redis subscriber would read: JSON's types, a copy the turn's thread
+        # no longer touches (its rows may change after `done`).
+        item = (event, json.loads(json.dumps(data)))
+        for loop, queue in waiters:
+            with contextlib.suppress(RuntimeError):  # its loop has closed: that waiter is gone
+                loop.call_soon_threadsafe(queue.put_nowait, item)
+
+    @contextlib.asynccontextmanager
+    async def listen(self, names: tuple[str, ...]) -> AsyncIterator[asyncio.Queue]:
+        waiter = (asyncio.get_running_loop(), asyncio.Queue())
+        with self.lock:
+            for name in names:
+                self.waiters.setdefault(name, set()).add(waiter)
+        try:
+            yield waiter[1]
+        finally:
+            with self.lock:
+                for name in names:
+                    waiters = self.waiters.get(name)
+                    if waiters is not None:
+                        waiters.discard(waiter)
+                        if not waiters:
+                            del self.waiters[name]
+
+
+local_hub = LocalHub()
+
+
 async def finished(turn_id: UUID | str) -> bool:
     """Has the turn finished (or gone)? One read on a pooled connection."""
     return await db_read(turn_status, turn_id=turn_id) in (*FINISHED, None)
@@ -319,7 +380,7 @@ async def turn_wait(
     (a turn not yet given to the worker) is awaited once this listens: the turn
     cannot finish before, so no read is needed to learn whether it already did."""
     deadline = time.monotonic() + timeout
-    if not enabled():
+    if not live():
         if hand_over is not None:
             await hand_over()
         while not await finished(turn_id):

@@ -1,5 +1,6 @@
 """GET turns/{id}/stream: the server-sent events a client reads, fed by the turn's
-pub/sub channel (chat.streaming) or, without Redis, replayed from the database."""
+pub/sub channel (chat.streaming: Redis, or this process's hub when turns run here) or,
+with neither, replayed from the database."""
 
 import asyncio
 import contextlib
@@ -64,14 +65,15 @@ async def turn_event_items(
     """A turn's events as (name, data): `status`, then `delta` (and `reset`) while the
     reply is produced, then one `done` carrying the turn (`final(turn_id=...)`, with
     its status); KEEP_ALIVE after HEARTBEAT_SECONDS of silence. A finished turn, or any
-    turn without Redis, is replayed from the database once finished. It runs on the
-    event loop and holds no database connection between its reads; closing it
-    unsubscribes at once. (GET turns/{id}/stream renders these as server-sent events;
-    the OpenAI-compatible endpoint, openai_api, as completion chunks.) `ready` hands
-    a queued turn to the worker once the reader listens: no event is lost, and the
-    turn's status needs no read."""
+    turn when events are not live (eager turns, no Redis), is replayed from the
+    database once finished. It runs on the event loop and holds no database
+    connection between its reads; closing it unsubscribes at once. (GET
+    turns/{id}/stream renders these as server-sent events; the OpenAI-compatible
+    endpoint, openai_api, as completion chunks.) `ready` hands a queued turn to the
+    worker once the reader listens: no event is lost, and the turn's status needs no
+    read."""
     deadline = time.monotonic() + streaming.STREAM_MAX_SECONDS
-    if turn.status in FINISHED or not streaming.enabled():
+    if turn.status in FINISHED or not streaming.live():
         if ready is not None:
             await ready()
         while not await streaming.finished(turn.pk) and time.monotonic() < deadline:

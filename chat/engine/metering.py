@@ -156,7 +156,7 @@ def llm_call_run(
     messages = context.messages if isinstance(context, TurnContext) else context
     first_output: list[float] = []  # when this attempt's first piece came
     on_delta = None
-    if stream and streaming.enabled():
+    if stream and streaming.live():
         turn_id = turn.pk
         who = {"participant": participant.pk, "participant_name": participant.name} if participant else {}
 

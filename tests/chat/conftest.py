@@ -224,15 +224,16 @@ def fake_anthropic_server(settings) -> Iterator[FakeAnthropicServer]:  # noqa: A
 
 
 def calls_stream(monkeypatch, enabled: bool = True) -> list[tuple[str, dict]]:  # noqa: ANN001
-    """Whether the turn's calls stream, whatever this run's services: with Redis they
-    do, on the embedded default they are plain; llm_call_run's `streaming` is made to
-    answer `enabled` (what it would publish is kept in the list returned)."""
+    """Whether the turn's calls stream, whatever this run's services: with Redis or
+    turns in process they do, with eager turns in the request they are plain;
+    llm_call_run's `streaming` is made to answer `enabled` (what it would publish is
+    kept in the list returned)."""
     published: list[tuple[str, dict]] = []
 
     def publish(turn_id, event: str, data: dict | None = None) -> None:  # noqa: ANN001
         published.append((event, data or {}))
 
-    monkeypatch.setattr(metering, "streaming", SimpleNamespace(enabled=lambda: enabled, publish=publish))
+    monkeypatch.setattr(metering, "streaming", SimpleNamespace(live=lambda: enabled, publish=publish))
     return published
 
 
