@@ -16,7 +16,7 @@ from schemathesis.checks import (
     status_code_conformance,
 )
 
-from accounts.models import User, all_scopes
+from accounts.models import EndUser, User, all_scopes
 from accounts.services import api_key_create
 from billing.services import wallet_grant
 from chat.models import ChatSession, Participant
@@ -165,7 +165,7 @@ def _bad_bodies(path: str, properties: list[str]) -> list[str]:
 @pytest.fixture
 def bad_body_objects(fuzz_auth, settings):  # noqa: ANN001, ANN201
     """A key with every scope (key management included) of the fuzz user, the objects
-    the paths name (the user's own), credits, the `fast` alias, registration open."""
+    the paths name (the user's own: a session, a participant, a key, an end user), credits, the `fast` alias, registration open."""
     settings.ALLOW_REGISTRATION = True
     user = User.objects.get(email="fuzz@example.com")
     key, raw_key = api_key_create(user=user, name="bad bodies", scopes=all_scopes())
@@ -173,7 +173,11 @@ def bad_body_objects(fuzz_auth, settings):  # noqa: ANN001, ANN201
     make_price("fast")
     session = ChatSession.objects.create(user=user, title="fuzz", model_alias="fast", mode="roundtable")
     participant = Participant.objects.create(session=session, name="p", model_alias="fast")
-    ids = {"session_id": session.pk, "participant_id": participant.pk, "user_id": user.pk, "key_id": key.pk}
+    end_user = EndUser.objects.create(api_key=key, external_id="fuzz person")
+    ids = {
+        "session_id": session.pk, "participant_id": participant.pk, "user_id": user.pk, "key_id": key.pk,
+        "end_user_id": end_user.pk,
+    }  # fmt: skip
     return f"Bearer {raw_key}", ids
 
 
