@@ -1,5 +1,4 @@
-"""The OpenAI-compatible endpoint under /v1 (README "Use Parley from any OpenAI
-client"): GET /v1/models and POST /v1/chat/completions, in OpenAI's request,
+"""The OpenAI-compatible endpoint under /v1 (docs/openai-clients.md): GET /v1/models and POST /v1/chat/completions, in OpenAI's request,
 response, chunk and error shapes, so the `openai` SDK, agent frameworks and chat
 front ends work against Parley unchanged.
 

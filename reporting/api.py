@@ -1,4 +1,4 @@
-"""Usage endpoints (README "Usage reporting"): thin views over reporting.selectors."""
+"""Usage endpoints (docs/usage-and-console.md): thin views over reporting.selectors."""
 
 from types import SimpleNamespace
 

@@ -20,7 +20,7 @@ from tests.conftest import client_for, staff_with
 pytestmark = pytest.mark.django_db
 
 WALLET, SUMMARY = "/api/v1/admin/wallets/{}", "/api/v1/admin/usage/summary"
-# Each staff endpoint and every permission it needs (README "Staff API permissions").
+# Each staff endpoint and every permission it needs (docs/usage-and-console.md, "Staff API permissions").
 ENDPOINTS = [
     ("get", WALLET, ("billing.view_wallet", "billing.view_credittransaction")),
     ("post", WALLET + "/grant", ("billing.view_wallet", "billing.grant_credits")),
