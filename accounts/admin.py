@@ -1,17 +1,24 @@
+import threading
+
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.auth.admin import UserAdmin as BaseUserAdmin
 from django.contrib.auth.forms import UserChangeForm, UserCreationForm
+from django.http import HttpRequest
+from django.urls import reverse
+from django.utils.html import format_html
 
-from accounts.models import ApiKey, ApiKeyScope, User
+from accounts.models import ApiKey, ApiKeyScope, EndUser, User
 from accounts.services import (
     API_KEY_LIMIT_FIELDS,
+    END_USER_FIELDS,
     SPEND_CAP_FIELDS,
     api_key_revoke,
+    end_user_override_set,
     limit_values_clean,
     user_create,
 )
-from billing.limits import WindowSpend, account_spend, api_keys_spend
+from billing.limits import WindowSpend, account_spend, api_keys_spend, end_user_budget, end_users_spend
 from billing.money import format_ledger, format_price
 from core.admin_display import clipped, timestamp_column
 from core.exceptions import ApplicationError
@@ -118,7 +125,9 @@ class ApiKeyAdmin(admin.ModelAdmin):
     list_select_related = ["user"]
     # revoked_at is read-only: a revoked key stays revoked (a leaked key cannot be
     # revived by clearing the date); keys are revoked with the list's action.
-    readonly_fields = ["user", "prefix", "created_at", "last_used_at", "revoked_at", "spend_this_window"]
+    readonly_fields = [
+        "user", "prefix", "created_at", "last_used_at", "revoked_at", "spend_this_window", "end_users_link",
+    ]  # fmt: skip
     fieldsets = [
         (None, {"fields": ["user", "name", "prefix", "created_at", "last_used_at", "revoked_at"]}),
         (
@@ -129,6 +138,15 @@ class ApiKeyAdmin(admin.ModelAdmin):
                 ],  # fmt: skip
                 "description": "All optional. Budget: credits spent or held per window (UTC; weeks start on "
                 "Monday; empty window: lifetime). rpm/tpm: requests and estimated tokens per minute.",
+            },
+        ),
+        (
+            "End users",
+            {
+                "fields": ["end_user_budget_credits", "end_user_budget_window", "end_users_link"],
+                "description": "The people a front end's requests name (the OpenAI user field, or the "
+                "X-OpenWebUI-User-Id header). The budget applies to each of them separately; one end user's "
+                "own budget or block is set on their page.",
             },
         ),
     ]
@@ -161,6 +179,14 @@ class ApiKeyAdmin(admin.ModelAdmin):
             return "-"
         return _spend_text(api_keys_spend(api_keys=[obj])[obj.pk])
 
+    @admin.display(description="End users")
+    def end_users_link(self, obj: ApiKey) -> str:
+        if obj.pk is None:
+            return "-"
+        count = obj.end_users.count()
+        url = reverse("admin:accounts_enduser_changelist") + f"?api_key__id__exact={obj.pk}"
+        return format_html('<a href="{}">{} end user{}</a>', url, count, "" if count == 1 else "s")
+
     @admin.action(description="Revoke the selected API keys", permissions=["change"])
     def revoke_keys(self, request, queryset) -> None:  # noqa: ANN001
         revoked = 0
@@ -171,3 +197,97 @@ class ApiKeyAdmin(admin.ModelAdmin):
 
     def has_add_permission(self, request) -> bool:  # noqa: ANN001
         return False  # keys are issued by the API or `manage.py issue_api_key`, which show the secret once
+
+
+class EndUserAdminForm(forms.ModelForm):
+    class Meta:
+        model = EndUser
+        fields = list(END_USER_FIELDS)
+
+
+@admin.register(EndUser)
+class EndUserAdmin(admin.ModelAdmin):
+    """A key's end users: who spent what in their window, and the owner's override or
+    block (set here through accounts.services, as the API sets them)."""
+
+    form = EndUserAdminForm
+    _page = threading.local()  # the list page's spend, read while it renders on this thread
+    list_display = ["external", "key_link", "owner", "first_seen", "budget", "spent", "state"]
+    list_filter = ["blocked"]
+    search_fields = ["external_id", "api_key__name", "api_key__prefix", "api_key__user__email"]
+    list_select_related = ["api_key__user"]
+    allowed_lookups = ("api_key__id__exact",)
+    readonly_fields = ["external_id", "api_key", "created_at", "spend_this_window", "turns_link"]
+    fieldsets = [
+        (None, {"fields": ["external_id", "api_key", "created_at", "spend_this_window", "turns_link"]}),
+        (
+            "Override",
+            {
+                "fields": list(END_USER_FIELDS),
+                "description": "Empty budget: the key's end-user budget applies. Blocked: every request for this "
+                "person is refused (402 on the chat API, 429 on /v1).",
+            },
+        ),
+    ]
+
+    def lookup_allowed(self, lookup: str, value: str, request: HttpRequest | None = None) -> bool:
+        return lookup in self.allowed_lookups or super().lookup_allowed(lookup, value, request)
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False  # made by the requests that name them
+
+    def changelist_view(self, request: HttpRequest, extra_context: dict | None = None):  # noqa: ANN201
+        response = super().changelist_view(request, extra_context)
+        changelist = getattr(response, "context_data", {}).get("cl")
+        if changelist is not None:  # every row's spend in one query, for this thread's rendering
+            self._page.spend = end_users_spend(end_users=list(changelist.result_list))
+        return response
+
+    @admin.display(description="end user", ordering="external_id")
+    def external(self, obj: EndUser) -> str:
+        return clipped(obj.external_id, width="20em")
+
+    @admin.display(description="API key", ordering="api_key__name")
+    def key_link(self, obj: EndUser) -> str:
+        url = reverse("admin:accounts_apikey_change", args=[obj.api_key_id])
+        return format_html('<a href="{}">{}</a>', url, clipped(obj.api_key.name, width="10em"))
+
+    @admin.display(description="owner", ordering="api_key__user__email")
+    def owner(self, obj: EndUser) -> str:
+        return clipped(obj.api_key.user.email, width="11em")
+
+    first_seen = timestamp_column("created_at", "first seen")
+
+    @admin.display(description="budget")
+    def budget(self, obj: EndUser) -> str:
+        budget, window = end_user_budget(api_key=obj.api_key, end_user=obj)
+        if budget is None:
+            return "-"
+        mine = " (own)" if obj.has_override else ""
+        return f"{format_price(budget)} / {window or 'lifetime'}{mine}"
+
+    @admin.display(description="spent this window")
+    def spent(self, obj: EndUser) -> str:
+        spend = getattr(self._page, "spend", {}).get(obj.pk) or end_users_spend(end_users=[obj])[obj.pk]
+        return format_ledger(spend.spent)
+
+    @admin.display(description="state", ordering="blocked")
+    def state(self, obj: EndUser) -> str:
+        # A word, not Django's red cross for "not blocked", which reads as a failure.
+        return "blocked" if obj.blocked else "ok"
+
+    @admin.display(description="Spent this window")
+    def spend_this_window(self, obj: EndUser) -> str:
+        return _spend_text(end_users_spend(end_users=[obj])[obj.pk])
+
+    @admin.display(description="Turns")
+    def turns_link(self, obj: EndUser) -> str:
+        url = reverse("admin:chat_turn_changelist") + f"?end_user__id__exact={obj.pk}"
+        return format_html('<a href="{}">Their turns</a>', url)
+
+    def save_model(self, request: HttpRequest, obj: EndUser, form: forms.ModelForm, change: bool) -> None:
+        changes = {name: form.cleaned_data[name] for name in form.changed_data if name in END_USER_FIELDS}
+        try:
+            end_user_override_set(end_user=EndUser.objects.get(pk=obj.pk), **changes)
+        except ApplicationError as exc:  # the form's field checks come first; the service has the last word
+            self.message_user(request, exc.message, messages.ERROR)

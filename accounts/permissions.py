@@ -18,6 +18,7 @@ scope (the views list the methods in `keys_scope_methods`):
 | POST auth/keys | making a key |
 | PATCH users/me/keys/{id} | a key's limits and scopes |
 | PATCH users/me/limits | the account's spending cap |
+| PUT, DELETE users/me/end-users/{id} | an end user's own budget or block |
 | POST users/me/auto-top-up/card | saving a card |
 | PUT users/me/auto-top-up | turning auto top-up on (or changing it) |
 

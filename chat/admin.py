@@ -226,7 +226,7 @@ class TurnAdmin(ReadOnlyAdmin):
     list_prefetch = Prefetch("llm_calls", queryset=LLMCall.objects.only("id", "turn_id", "model_alias").order_by("id"))
     list_filter = ["status", ModelAliasFilter, "low_balance", "created_at"]
     search_fields = ["user__email", "session__title", "idempotency_key"]
-    allowed_lookups = ("session__id__exact", "user__id__exact")
+    allowed_lookups = ("session__id__exact", "user__id__exact", "end_user__id__exact", "purpose__exact")
     inlines = [MessageInline, LLMCallInline, ToolCallInline]
 
     @admin.display(description="turn", ordering="id")
