@@ -249,7 +249,7 @@ def test_issue_api_key_prints_a_key_with_every_scope(owner):
 def test_seed_demo_prints_a_key_with_every_scope(db):
     out = io.StringIO()
     call_command("seed_demo", stdout=out)
-    [raw_key] = [line.split()[-1] for line in out.getvalue().splitlines() if line.startswith("API key:")]
+    [raw_key] = [line.split()[2] for line in out.getvalue().splitlines() if line.startswith("API key:")]
     assert ApiKey.objects.get(key_hash=hash_api_key(raw_key)).scopes == ["chat", "openai", "keys"]
 
 
