@@ -15,11 +15,13 @@ class ChatSession(models.Model):
         ORCHESTRATOR = "orchestrator"
 
     class Source(models.TextChoices):
-        """Where the session's turns come from: the chat API, or the OpenAI-compatible
-        endpoint (openai_api), where each request carries its own context."""
+        """Where the session's turns come from: the chat API, the OpenAI-compatible
+        endpoint (openai_api), where each request carries its own context, or its
+        embeddings (POST /v1/embeddings: a turn per request, one LLM call, no reply)."""
 
         CHAT = "chat", "Chat API"
         OPENAI = "openai", "OpenAI endpoint"
+        EMBEDDINGS = "embeddings", "Embeddings endpoint"
 
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="chat_sessions")
     title = models.CharField(max_length=200, blank=True)
@@ -36,7 +38,8 @@ class ChatSession(models.Model):
     # rollups keep matching the raw calls after a user deletes a conversation.
     deleted_at = models.DateTimeField(null=True, blank=True)
     source = models.CharField(max_length=16, choices=Source.choices, default=Source.CHAT)
-    # source == openai: the API key whose requests the session holds (one session per key).
+    # source openai or embeddings: the API key whose requests the session holds (one
+    # session per key and source).
     api_key = models.ForeignKey(
         "accounts.ApiKey", on_delete=models.SET_NULL, null=True, blank=True, related_name="openai_sessions"
     )
@@ -46,7 +49,8 @@ class ChatSession(models.Model):
         verbose_name = "chat session"
         constraints = [
             models.UniqueConstraint(
-                fields=["api_key"], condition=Q(source="openai"), name="chat_session_openai_api_key_unique"
+                fields=["api_key", "source"], condition=Q(source__in=["openai", "embeddings"]),
+                name="chat_session_api_key_source_unique",
             ),
         ]
         indexes = [

@@ -9,11 +9,13 @@ from typing import Any
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from billing.models import ModelPrice
 from billing.selectors import model_price_for_alias
+from chat.engine.embedding import MAX_INPUTS, EmbeddingRequest
 from chat.llm import ChatMessage, ToolCallRequest
 from chat.models import CONTENT_MAX_CHARS
 from chat.services.completions import CompletionRequest
-from openai_api.errors import model_not_found
+from openai_api.errors import OpenAIError, model_not_found
 
 FUNCTION_NAME = r"^[a-zA-Z0-9_-]{1,64}$"
 MAX_MESSAGES = 1024
@@ -226,6 +228,11 @@ class ChatCompletionRequestSerializer(serializers.Serializer):
         price = model_price_for_alias(alias=data["model"])
         if price is None:
             raise model_not_found(data["model"])
+        if price.kind != ModelPrice.Kind.CHAT:
+            raise OpenAIError(
+                f"`{price.alias}` is an {price.kind} model: use it with /v1/embeddings, or name a chat model.",
+                param="model", code="invalid_value",
+            )  # fmt: skip
         one = MessageSerializer()
         choice, tool_name = data.get("tool_choice") or (None, "")
         return CompletionRequest(
@@ -243,6 +250,78 @@ class ChatCompletionRequestSerializer(serializers.Serializer):
             temperature=data.get("temperature"), top_p=data.get("top_p"), stop=data.get("stop") or [],
             tool_choice=choice, tool_name=tool_name, user=data.get("user", ""),
         )  # fmt: skip
+
+
+@extend_schema_field(
+    {
+        "oneOf": [
+            {"type": "string"},
+            {"type": "array", "items": {"type": "string"}, "maxItems": MAX_INPUTS},
+            {"type": "array", "items": {"type": "integer"}},
+            {"type": "array", "items": {"type": "array", "items": {"type": "integer"}}, "maxItems": MAX_INPUTS},
+        ]
+    }
+)
+class EmbeddingInputField(serializers.Field):
+    """`input`: a string, a list of strings, a token array or a list of token arrays
+    (as OpenAI takes them); as a list of inputs, each a string or a token array."""
+
+    default_error_messages = {
+        "invalid": "Must be a string, a list of strings, an array of token ids or a list of arrays of token ids.",
+        "empty": "Must not be empty (nor any of its strings or token arrays).",
+        "too_many": f"At most {MAX_INPUTS} inputs a request.",
+        "token": "Token ids are integers from 0.",
+    }
+
+    @staticmethod
+    def _tokens(value: Any) -> bool:
+        return isinstance(value, list) and all(isinstance(t, int) and not isinstance(t, bool) for t in value)
+
+    def to_internal_value(self, data: Any) -> list:
+        if isinstance(data, str):
+            inputs: list = [data]
+        elif isinstance(data, list) and data and self._tokens(data):
+            inputs = [data]
+        elif isinstance(data, list) and (
+            all(isinstance(item, str) for item in data) or all(self._tokens(item) for item in data)
+        ):
+            inputs = data
+        else:
+            self.fail("invalid")
+        if not inputs or any(len(item) == 0 for item in inputs):
+            self.fail("empty")
+        if len(inputs) > MAX_INPUTS:
+            self.fail("too_many")
+        if any(isinstance(item, list) and min(item) < 0 for item in inputs):
+            self.fail("token")
+        return inputs
+
+    def to_representation(self, value: Any) -> Any:
+        return value
+
+
+class EmbeddingRequestSerializer(serializers.Serializer):
+    model = serializers.CharField(max_length=64)
+    input = EmbeddingInputField()
+    encoding_format = serializers.ChoiceField(choices=["float", "base64"], required=False, default="float")
+    dimensions = serializers.IntegerField(
+        required=False, allow_null=True, min_value=1, max_value=8192,
+        help_text="The vectors' length, for models that take it (the local model: any; OpenAI's text-embedding-3).",
+    )  # fmt: skip
+    user = serializers.CharField(
+        required=False, allow_blank=True, max_length=256,
+        help_text="The end user this request is for: counted against the key's end-user budget, shown in usage.",
+    )  # fmt: skip
+
+    def embedding_request(self) -> EmbeddingRequest:
+        """The validated request; 404 when `model` is not an active alias."""
+        data = self.validated_data
+        price = model_price_for_alias(alias=data["model"])
+        if price is None:
+            raise model_not_found(data["model"])
+        return EmbeddingRequest(
+            price=price, inputs=data["input"], dimensions=data.get("dimensions"), user=data.get("user", "")
+        )
 
 
 # --- answers, for the OpenAPI document (openai_api.shapes builds them) ---------------
@@ -307,3 +386,22 @@ class ModelSerializer(serializers.Serializer):
 class ModelListSerializer(serializers.Serializer):
     object = serializers.CharField(default="list")
     data = ModelSerializer(many=True)
+
+
+class EmbeddingSerializer(serializers.Serializer):
+    object = serializers.CharField(default="embedding")
+    index = serializers.IntegerField()
+    embedding = serializers.JSONField(help_text="The vector: floats, or with encoding_format base64 a base64 "
+                                      "string of little-endian float32.")  # fmt: skip
+
+
+class EmbeddingUsageSerializer(serializers.Serializer):
+    prompt_tokens = serializers.IntegerField()
+    total_tokens = serializers.IntegerField()
+
+
+class EmbeddingListSerializer(serializers.Serializer):
+    object = serializers.CharField(default="list")
+    data = EmbeddingSerializer(many=True)
+    model = serializers.CharField()
+    usage = EmbeddingUsageSerializer()

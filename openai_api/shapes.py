@@ -3,7 +3,9 @@
 `chat.completion.chunk` events of a stream (openai-python's types/chat are the
 reference for every field)."""
 
+import base64
 import json
+import struct
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -151,3 +153,28 @@ class ChunkWriter:
             lines.append(self._line([], usage=usage(turn), turn=turn))
         lines.append("data: [DONE]\n\n")
         return lines
+
+
+# --- embeddings ---------------------------------------------------------------------------
+
+
+def embedding_vector(vector: list[float], encoding_format: str) -> list[float] | str:
+    """A vector as the client asked: floats, or base64 of little-endian float32 (what
+    the openai SDK asks for by default, and decodes)."""
+    if encoding_format == "base64":
+        return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode("ascii")
+    return vector
+
+
+def embedding_list(*, vectors: list[list[float]], model: str, prompt_tokens: int, encoding_format: str) -> bytes:
+    """The `list` of `embedding` objects, as JSON bytes."""
+    body = {
+        "object": "list",
+        "data": [
+            {"object": "embedding", "index": index, "embedding": embedding_vector(vector, encoding_format)}
+            for index, vector in enumerate(vectors)
+        ],
+        "model": model,
+        "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
+    }
+    return json.dumps(body, separators=(",", ":")).encode()

@@ -18,10 +18,17 @@ from accounts.attribution import request_attribution
 from billing.selectors import model_prices_active
 from chat import streaming
 from chat.services.completions import completion_turn_create
+from chat.services.embeddings import embedding_routes_for, embedding_turn_create
 from core.db import db_release
 from core.parsers import NulStorableJSONParser
-from openai_api import answers, errors
-from openai_api.serializers import ChatCompletionRequestSerializer, ChatCompletionSerializer, ModelListSerializer
+from openai_api import answers, embeddings, errors
+from openai_api.serializers import (
+    ChatCompletionRequestSerializer,
+    ChatCompletionSerializer,
+    EmbeddingListSerializer,
+    EmbeddingRequestSerializer,
+    ModelListSerializer,
+)
 
 TAGS = ["OpenAI-compatible (/v1)"]
 
@@ -48,7 +55,7 @@ class OpenAIView(APIView):
 class ModelListView(OpenAIView):
     @extend_schema(
         tags=TAGS, operation_id="openai_models_list", responses={200: ModelListSerializer},
-        description="The active model aliases, as OpenAI lists models.",
+        description="The active model aliases, as OpenAI lists models: chat models and embedding models.",
     )  # fmt: skip
     def get(self, request: Request) -> Response:
         aliases = {}
@@ -123,3 +130,32 @@ class ChatCompletionsView(OpenAIView):
         response["Cache-Control"] = "no-cache"
         response["X-Accel-Buffering"] = "no"
         return response
+
+
+class EmbeddingsView(OpenAIView):
+    @extend_schema(
+        tags=TAGS, operation_id="openai_embeddings_create", request=EmbeddingRequestSerializer,
+        responses={200: OpenApiResponse(
+            EmbeddingListSerializer,
+            description="A `list` of `embedding` objects, in the inputs' order. Headers: X-Parley-Turn (the turn "
+            "id), X-Parley-Credits-Charged.",
+        )},
+        description="Embeddings in OpenAI's shapes: one Parley turn (source `embeddings`) held at its inputs' "
+        "tokens counted with the alias's rule, charged once at the provider's reported tokens and the alias's "
+        "input price (reference = turn id). `model` is an alias of kind embedding from GET /v1/models.",
+    )  # fmt: skip
+    def post(self, request: Request) -> HttpResponse:
+        serializer = EmbeddingRequestSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        embedding = serializer.embedding_request()
+        attribution = request_attribution(
+            request, end_user=embedding.user, end_user_field="user", purpose_field="metadata.purpose"
+        )
+        routes = embedding_routes_for(embedding.price)
+        turn, count, lease = embedding_turn_create(
+            user=request.user, api_key=request.auth, request=embedding, attribution=attribution
+        )
+        return embeddings.answer(
+            http_request=request, turn=turn, request=embedding, count=count, routes=routes, lease=lease,
+            encoding_format=serializer.validated_data["encoding_format"],
+        )  # fmt: skip

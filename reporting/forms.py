@@ -30,7 +30,17 @@ class UsageFilterForm(forms.Form):
     source = forms.ChoiceField(
         required=False, label="Source",
         # Short labels: the filter row stays one line at 1280 px (the By source table says more).
-        choices=[("", "All"), *((s, {"chat": "Chat API", "openai": "/v1"}[s]) for s in SOURCES)],
+        choices=[("", "All"), *((s, {"chat": "Chat API", "openai": "/v1", "embeddings": "/v1/embeddings"}[s]) for s in SOURCES)],
+    )  # fmt: skip
+
+    end_user = forms.IntegerField(
+        required=False, min_value=1, max_value=BIGINT_MAX, label="End user (id)",
+        widget=forms.NumberInput(attrs={"style": "width: 6em"}),
+    )  # fmt: skip
+    purpose = forms.RegexField(
+        regex=r"^[A-Za-z0-9_.:-]{1,32}$", required=False, max_length=32, label="Purpose",
+        widget=forms.TextInput(attrs={"size": 8, "placeholder": "title"}),
+        error_messages={"invalid": "1-32 letters, digits, '_', '.', ':' or '-'."},
     )  # fmt: skip
 
     def __init__(self, *args, **kwargs) -> None:
@@ -75,4 +85,6 @@ class UsageFilterForm(forms.Form):
             "to_date": data["to_date"],
             "bucket": data["bucket"] or "day",
             "source": data["source"] or None,
+            "end_user_id": data["end_user"],
+            "purpose": data["purpose"] or None,
         }

@@ -31,9 +31,9 @@ TOKENS = ("input_tokens", "cached_input_tokens", "cache_write_tokens", "output_t
 FIGURES = ("calls", *TOKENS, "credits")
 
 
-# Where the calls came from: the chat API or the OpenAI-compatible endpoint
-# (chat.models.ChatSession.Source).
-SOURCES: tuple[str, ...] = ("chat", "openai")
+# Where the calls came from: the chat API, the OpenAI-compatible endpoint, or its
+# embeddings (chat.models.ChatSession.Source).
+SOURCES: tuple[str, ...] = ("chat", "openai", "embeddings")
 
 
 @dataclass(frozen=True)

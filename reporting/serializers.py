@@ -19,7 +19,8 @@ class UsageQuerySerializer(serializers.Serializer):
     source = serializers.ChoiceField(
         choices=SOURCES,
         required=False,
-        help_text="Only calls of the chat API (chat) or the OpenAI-compatible /v1 (openai).",
+        help_text="Only calls of the chat API (chat), the OpenAI-compatible /v1 (openai) or its /v1/embeddings "
+        "(embeddings).",
     )
     end_user_id = serializers.IntegerField(
         required=False, min_value=1, max_value=BIGINT_MAX,
@@ -74,7 +75,9 @@ class UsageByBucketSerializer(UsageFiguresSerializer):
 
 
 class UsageBySourceSerializer(UsageFiguresSerializer):
-    source = serializers.ChoiceField(choices=SOURCES, help_text="chat: the chat API; openai: the /v1 endpoint.")
+    source = serializers.ChoiceField(
+        choices=SOURCES, help_text="chat: the chat API; openai: the /v1 endpoint; embeddings: /v1/embeddings."
+    )
 
 
 class UsageByEndUserSerializer(UsageFiguresSerializer):

@@ -94,6 +94,21 @@ class LLMResult:
     reasoning_text: str = ""
 
 
+# An embeddings input: a text, or a token array (ids of the model's tokenizer).
+EmbeddingInput = str | list[int]
+
+
+@dataclass(frozen=True)
+class EmbeddingResult:
+    """An embeddings call's answer: one vector per input, in the inputs' order, and
+    the input tokens the provider reported (`usage_reported` False: none came, the
+    metering bills the count)."""
+
+    vectors: list[list[float]]
+    input_tokens: int
+    usage_reported: bool = True
+
+
 class StopRequested(Exception):
     """Raised by an `on_delta` callback to stop a stream (the owner cancelled the
     turn): the provider ends the call and returns what it received so far as a

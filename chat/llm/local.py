@@ -20,9 +20,20 @@ Offered the orchestrator's `next_speaker` function, it coordinates deterministic
 it picks the participants in the order of the function's id list, one per reply
 given since the user's message, then ends (null). So round tables and orchestrated
 panels run offline too.
+
+Embeddings (`embed`, `aembed`: POST /v1/embeddings) are unit vectors made by feature
+hashing: each lower-cased word and each pair of neighbouring words (a token array:
+each id and each pair) adds +-1 at a place chosen by its BLAKE2b digest. The same
+text always gives the same vector, in every process; texts that share words are
+closer (cosine) than texts that share none. DEFAULT_DIMENSIONS places unless the
+request asks for `dimensions`. Usage: a text's tokens as `estimate_tokens` counts
+them, a token array's length.
 """
 
+import asyncio
+import hashlib
 import json
+import math
 import re
 import time
 from collections.abc import Sequence
@@ -36,6 +47,8 @@ from chat.llm.base import (
     CallOptions,
     ChatMessage,
     DeltaCallback,
+    EmbeddingInput,
+    EmbeddingResult,
     LLMResult,
     StopRequested,
     ToolCallRequest,
@@ -48,6 +61,39 @@ TOOL_REQUEST = re.compile(r"\[\[tool\s+(?P<name>[A-Za-z0-9_\-]+)\s*(?P<args>\{.*
 # The orchestrator's function (chat.engine.orchestrator_protocol.NEXT_SPEAKER; not imported: the
 # provider layer does not depend on the chat models).
 NEXT_SPEAKER = "next_speaker"
+
+DEFAULT_DIMENSIONS = 256
+WORD = re.compile(r"\w+")
+# Embedding this many input tokens or more runs off the event loop (aembed): a bigger
+# request would keep the loop from other requests for a millisecond or more.
+ON_LOOP_TOKENS = 2000
+
+
+def _features(item: EmbeddingInput) -> list[str]:
+    """What a vector is made of: words and neighbouring pairs (ids for a token array).
+    An input without a word (punctuation only) is one feature, itself."""
+    words = [str(token) for token in item] if isinstance(item, list) else WORD.findall(item.lower())
+    if not words:
+        return [str(item)]
+    return words + [f"{first} {second}" for first, second in zip(words, words[1:], strict=False)]
+
+
+def local_vector(item: EmbeddingInput, dimensions: int = DEFAULT_DIMENSIONS) -> list[float]:
+    """The local model's unit vector for one input (feature hashing, module docstring)."""
+    vector = [0.0] * dimensions
+    for feature in _features(item):
+        digest = int.from_bytes(hashlib.blake2b(feature.encode("utf-8", "surrogatepass"), digest_size=8).digest())
+        vector[digest % dimensions] += 1.0 if digest >> 63 else -1.0
+    norm = math.sqrt(sum(value * value for value in vector))
+    if norm == 0:  # every feature cancelled out: still a unit vector, still the input's own
+        vector[int.from_bytes(hashlib.blake2b(str(item).encode("utf-8", "surrogatepass"), digest_size=8).digest())
+               % dimensions] = 1.0  # fmt: skip
+        return vector
+    return [value / norm for value in vector]
+
+
+def local_tokens(item: EmbeddingInput) -> int:
+    return len(item) if isinstance(item, list) else estimate_tokens(item)
 
 
 class LocalProvider:
@@ -109,6 +155,28 @@ class LocalProvider:
                     return partial_result(text=said, why=STOPPED_BY_OWNER, input_tokens=input_tokens)
         return LLMResult(
             text=reply, input_tokens=input_tokens, output_tokens=estimate_tokens(reply), finish_reason=finish_reason
+        )
+
+    def embed(self, *, model: str, inputs: Sequence[EmbeddingInput], dimensions: int | None = None,
+              user: str = "") -> EmbeddingResult:  # fmt: skip
+        self._sleep(settings.LOCAL_LLM_LATENCY_MS)
+        return self._vectors(inputs, dimensions)
+
+    async def aembed(self, *, model: str, inputs: Sequence[EmbeddingInput], dimensions: int | None = None,
+                     user: str = "") -> EmbeddingResult:  # fmt: skip
+        if settings.LOCAL_LLM_LATENCY_MS > 0:
+            await asyncio.sleep(settings.LOCAL_LLM_LATENCY_MS / 1000)
+        tokens = sum(local_tokens(item) for item in inputs)
+        if tokens < ON_LOOP_TOKENS:
+            return self._vectors(inputs, dimensions, tokens=tokens)
+        return await asyncio.get_running_loop().run_in_executor(None, self._vectors, inputs, dimensions, tokens)
+
+    @staticmethod
+    def _vectors(inputs: Sequence[EmbeddingInput], dimensions: int | None, tokens: int | None = None) -> EmbeddingResult:
+        size = dimensions or DEFAULT_DIMENSIONS
+        return EmbeddingResult(
+            vectors=[local_vector(item, size) for item in inputs],
+            input_tokens=sum(local_tokens(item) for item in inputs) if tokens is None else tokens,
         )
 
     @staticmethod

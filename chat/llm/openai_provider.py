@@ -16,9 +16,16 @@ Retries on 408/409/429/5xx and connection errors, with exponential backoff and
 `Retry-After`, are the SDK's own (max_retries = LLM_MAX_RETRIES).
 CallOptions pass through as the API names them: temperature, top_p, stop,
 tool_choice ("auto" | "none" | "required" | {"type": "function", ...}), user.
+
+Embeddings (`embed`, and `aembed` on the event loop with the SDK's AsyncOpenAI, one
+client per upstream and loop) ask for floats whatever the client asked (Parley
+encodes base64 itself), with `dimensions` and `user` when given; usage is the
+answer's `prompt_tokens`.
 """
 
+import asyncio
 import logging
+import weakref
 from collections.abc import Sequence
 from dataclasses import replace
 from functools import lru_cache
@@ -32,6 +39,8 @@ from chat.llm.base import (
     CallOptions,
     ChatMessage,
     DeltaCallback,
+    EmbeddingInput,
+    EmbeddingResult,
     Endpoint,
     LLMResult,
     ProviderError,
@@ -59,6 +68,23 @@ def _client(endpoint: Endpoint) -> openai.OpenAI:
         max_retries=endpoint.max_retries,
         default_headers=dict(endpoint.headers) or None,
     )
+
+
+# AsyncOpenAI clients per event loop: an httpx connection pool belongs to the loop it
+# was made on (a test's asyncio.run makes a new one each time).
+_async_clients: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[Endpoint, openai.AsyncOpenAI]]" = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _async_client(endpoint: Endpoint) -> openai.AsyncOpenAI:
+    clients = _async_clients.setdefault(asyncio.get_running_loop(), {})
+    if endpoint not in clients:
+        clients[endpoint] = openai.AsyncOpenAI(
+            api_key=endpoint.api_key or "not-needed", base_url=endpoint.base_url or None, timeout=endpoint.timeout,
+            max_retries=endpoint.max_retries, default_headers=dict(endpoint.headers) or None,
+        )  # fmt: skip
+    return clients[endpoint]
 
 
 def to_wire_messages(messages: Sequence[ChatMessage]) -> list[dict[str, Any]]:
@@ -155,6 +181,42 @@ class OpenAIProvider:
         except SDK_ERRORS as exc:
             logger.warning("openai call to %s at %s failed: %s", model, self.endpoint.name, exc.__class__.__name__)
             raise self._error(exc) from exc
+
+    @staticmethod
+    def _embedding_params(model: str, inputs: Sequence[EmbeddingInput], dimensions: int | None,
+                          user: str) -> dict[str, Any]:  # fmt: skip
+        params: dict[str, Any] = {"model": model, "input": list(inputs), "encoding_format": "float"}
+        if dimensions:
+            params["dimensions"] = dimensions
+        if user:
+            params["user"] = user
+        return params
+
+    @staticmethod
+    def _embedding_result(response: Any) -> EmbeddingResult:
+        vectors = [list(item.embedding) for item in sorted(response.data, key=lambda item: item.index)]
+        tokens = getattr(response.usage, "prompt_tokens", None) if response.usage is not None else None
+        reported_ = isinstance(tokens, int)
+        return EmbeddingResult(vectors=vectors, input_tokens=tokens if reported_ else 0, usage_reported=reported_)
+
+    def embed(self, *, model: str, inputs: Sequence[EmbeddingInput], dimensions: int | None = None,
+              user: str = "") -> EmbeddingResult:  # fmt: skip
+        try:
+            response = self._client().embeddings.create(**self._embedding_params(model, inputs, dimensions, user))
+        except SDK_ERRORS as exc:
+            logger.warning("openai embeddings of %s at %s failed: %s", model, self.endpoint.name, exc.__class__.__name__)
+            raise self._error(exc) from exc
+        return self._embedding_result(response)
+
+    async def aembed(self, *, model: str, inputs: Sequence[EmbeddingInput], dimensions: int | None = None,
+                     user: str = "") -> EmbeddingResult:  # fmt: skip
+        client = _async_client(self.endpoint)
+        try:
+            response = await client.embeddings.create(**self._embedding_params(model, inputs, dimensions, user))
+        except SDK_ERRORS as exc:
+            logger.warning("openai embeddings of %s at %s failed: %s", model, self.endpoint.name, exc.__class__.__name__)
+            raise self._error(exc) from exc
+        return self._embedding_result(response)
 
     def _plain(self, params: dict[str, Any]) -> LLMResult:
         response = self._client().chat.completions.create(**params)

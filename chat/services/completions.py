@@ -58,19 +58,22 @@ class CompletionRequest:
     user: str = ""
 
 
-def completion_session(*, user: User, api_key: ApiKey) -> ChatSession:
-    """The session that holds the key's requests, made on first use."""
-    found = ChatSession.objects.filter(api_key=api_key, source=ChatSession.Source.OPENAI).first()
+def completion_session(
+    *, user: User, api_key: ApiKey, source: ChatSession.Source = ChatSession.Source.OPENAI
+) -> ChatSession:
+    """The session that holds the key's requests of `source` (its completions, or its
+    embeddings: chat.services.embeddings), made on first use."""
+    found = ChatSession.objects.filter(api_key=api_key, source=source).first()
     if found is not None:
         return found
     try:
         with transaction.atomic():
             return ChatSession.objects.create(
-                user=user, api_key=api_key, source=ChatSession.Source.OPENAI,
-                title=f"OpenAI endpoint ({api_key.name or api_key.prefix})"[:200],
+                user=user, api_key=api_key, source=source,
+                title=f"{ChatSession.Source(source).label} ({api_key.name or api_key.prefix})"[:200],
             )  # fmt: skip
     except IntegrityError:  # a concurrent first request made it
-        return ChatSession.objects.get(api_key=api_key, source=ChatSession.Source.OPENAI)
+        return ChatSession.objects.get(api_key=api_key, source=source)
 
 
 def completion_worst_case(*, request: CompletionRequest) -> tuple[int, Decimal, int]:

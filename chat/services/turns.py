@@ -66,6 +66,10 @@ from reporting.services import usage_rollup_add
 
 logger = logging.getLogger(__name__)
 
+# Why an embeddings turn taken over by a worker fails (chat.services.embeddings; not
+# imported: that module builds on this one).
+EMBEDDINGS_INTERRUPTED = "The embeddings request was interrupted (its web process stopped); nothing was charged."
+
 # A session's updated_at (its place in "most recently active") moves at most this
 # often, which keeps an UPDATE off most turn requests.
 SESSION_TOUCH_RESOLUTION = timedelta(seconds=60)
@@ -108,7 +112,7 @@ def turn_create(
     (if it never does, the sweep sends the turn TURN_REDISPATCH_SECONDS later)."""
     if idempotency_key and (existing := turn_for_idempotency_key(user=user, key=idempotency_key)) is not None:
         return _check_replay(existing, session=session, content=content), False
-    if session.source == ChatSession.Source.OPENAI:
+    if session.source != ChatSession.Source.CHAT:
         raise StateConflict(
             "This session holds an API key's requests to the OpenAI-compatible endpoint (/v1); "
             "post chat turns to a chat session."
@@ -123,6 +127,8 @@ def turn_create(
     price = model_price_for_alias(alias=alias)
     if price is None:
         raise field_error("model_alias", f"'{alias}' is not an active model alias.")
+    if price.kind != ModelPrice.Kind.CHAT:
+        raise field_error("model_alias", f"'{alias}' is an {price.kind} model; a turn needs a chat model.")
     worst_case = turn_worst_case_cost(session=session, price=price, content=content)
     tokens = turn_token_estimate(session=session, price=price, content=content) if api_key and api_key.tpm else 0
     spend_limits = spend_limits_for(user=user, api_key=api_key, end_user=attribution.end_user)
@@ -263,10 +269,16 @@ def turn_run(*, turn_id: UUID | str) -> Turn | None:
 def _turn_produce(turn: Turn) -> TurnOutcome:
     """What this run writes: an earlier run's kept outcome (the database failed at
     its completion), nothing for a turn cancelled before it ran, else a new run."""
+    embeddings = turn.session.source == ChatSession.Source.EMBEDDINGS
     if turn.attempts > 1:
         if (kept := outcome_kept(turn.pk)) is not None:
             return kept
-        streaming.publish(turn.pk, "reset", {"attempt": turn.attempts})
+        if not embeddings:
+            streaming.publish(turn.pk, "reset", {"attempt": turn.attempts})
+    if embeddings:
+        # Its web process died mid-call (its lease lapsed): the call is not made again
+        # here, and nothing is charged (chat.services.embeddings).
+        return TurnOutcome(error=EMBEDDINGS_INTERRUPTED)
     if turn.cancel_requested_at is not None:
         return TurnOutcome(cancelled=True)
     price = turn.price or model_price_for_alias(alias=turn.model_alias)

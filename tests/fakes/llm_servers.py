@@ -1,5 +1,5 @@
-"""Scriptable fake model servers: an OpenAI-compatible `/v1/chat/completions` and an
-Anthropic `/v1/messages`, each a stdlib `ThreadingHTTPServer` on 127.0.0.1 in a
+"""Scriptable fake model servers: an OpenAI-compatible `/v1/chat/completions` (and
+`/v1/embeddings`: a `Reply`'s input_tokens are its usage) and an Anthropic `/v1/messages`, each a stdlib `ThreadingHTTPServer` on 127.0.0.1 in a
 daemon thread, spoken to by the real `openai` / `anthropic` SDKs.
 
 Script what the next requests get, in order; when the script is empty the server
@@ -43,8 +43,10 @@ fakes: `input_tokens` is all input, of it `cached_input_tokens` and
   the current API sends them).
 """
 
+import base64
 import json
 import math
+import struct
 import threading
 import time
 from collections import deque
@@ -226,6 +228,8 @@ class FakeLLMServer:
                 self._send_json(handler, 404, {"error": {"message": f"no route {handler.path}"}})
             elif isinstance(response, Error):
                 self._send_json(handler, response.status, self._error_body(response), response.headers)
+            elif isinstance(response, Reply) and handler.path.rstrip("/").endswith("/embeddings"):
+                self._send_json(handler, 200, self._embedding_body(response, body))
             elif body.get("stream"):
                 self._send_events(handler, self._stream_events(response, body))
             elif isinstance(response, Reply):
@@ -289,10 +293,18 @@ class FakeLLMServer:
     def _stream_events(self, response: Any, request: dict) -> Any:
         raise NotImplementedError
 
+    def _embedding_body(self, reply: Reply, request: dict) -> dict:
+        raise NotImplementedError
+
 
 def _share(total: int, done: int, count: int) -> int:
     """Of `total` tokens spread over `count` pieces, those of the first `done`."""
     return math.ceil(total * done / count) if count else total
+
+
+def fake_embedding(item: str | list[int], size: int) -> list[float]:
+    """The fake OpenAI server's vector for one input: its length first, then ones."""
+    return [float(len(item)), *([1.0] * (size - 1))][:size]
 
 
 # What Anthropic sends to verify a thinking block (opaque to clients).
@@ -307,7 +319,28 @@ class FakeOpenAIServer(FakeLLMServer):
         return f"http://127.0.0.1:{self.port}/v1"
 
     def _route_ok(self, path: str) -> bool:
-        return path.rstrip("/").endswith("/chat/completions")
+        return path.rstrip("/").endswith(("/chat/completions", "/embeddings"))
+
+    def _embedding_body(self, reply: Reply, request: dict) -> dict:
+        """POST /v1/embeddings as OpenAI answers it (`CreateEmbeddingResponse`): one
+        `embedding` per input, floats or (`encoding_format` base64, the SDK's default)
+        base64 of little-endian float32; usage `prompt_tokens` and `total_tokens`
+        (the reply's input_tokens; `include_usage` False: no usage). A vector is
+        fake_embedding of its input, `dimensions` long (default 8)."""
+        inputs = request.get("input")
+        if isinstance(inputs, str) or (isinstance(inputs, list) and inputs and isinstance(inputs[0], int)):
+            inputs = [inputs]
+        size = request.get("dimensions") or 8
+        data = []
+        for index, item in enumerate(inputs or []):
+            vector = fake_embedding(item, size)
+            if request.get("encoding_format") == "base64":
+                vector = base64.b64encode(struct.pack(f"<{size}f", *vector)).decode()
+            data.append({"object": "embedding", "index": index, "embedding": vector})
+        body: dict[str, Any] = {"object": "list", "data": data, "model": request.get("model", "fake")}
+        if reply.include_usage:
+            body["usage"] = {"prompt_tokens": reply.input_tokens, "total_tokens": reply.input_tokens}
+        return body
 
     def _stops(self, request: dict) -> list[str]:
         stop = request.get("stop") or []
