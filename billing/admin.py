@@ -89,13 +89,14 @@ class RecentRowsFormSet(BaseInlineFormSet):
 class RecentTransactionsInline(admin.TabularInline):
     model = CreditTransaction
     formset = RecentRowsFormSet
-    fields = LEDGER_FIELDS
-    readonly_fields = LEDGER_FIELDS
+    fields = ["created", *LEDGER_FIELDS[1:]]  # the date in one line (core.admin_display.timestamp)
+    readonly_fields = fields
     ordering = ["-created_at", "-id"]
     extra = 0
     max_num = 0
     can_delete = False
     verbose_name_plural = f"Recent transactions (latest {RECENT_ROWS})"
+    created = timestamp_column("created_at", "created at")
 
     def has_add_permission(self, request: HttpRequest, obj: Wallet | None = None) -> bool:
         return False
@@ -114,8 +115,9 @@ class WalletAdmin(admin.ModelAdmin):
     list_display = ["user", "balance", "held", "available_credits", "updated_at"]
     list_select_related = ["user"]
     search_fields = ["user__email"]
-    fields = ["user", "balance", "held", "available_credits", "grants_remaining", "created_at", "updated_at"]
-    readonly_fields = fields
+    # The figures side by side, so the grant form below them is in view as the page opens.
+    fields = ["user", ("balance", "held", "available_credits", "grants_remaining"), ("created_at", "updated_at")]
+    readonly_fields = ["user", "balance", "held", "available_credits", "grants_remaining", "created_at", "updated_at"]
     inlines = [GrantsInline, RecentTransactionsInline]
 
     @admin.display(description="available")

@@ -1,4 +1,5 @@
-"""The Django admin as Parley's staff console: its own title, and the index grouped
+"""The Django admin as Parley's staff console: its own title, an index that opens on
+the dashboard's figures (core.dashboard), and below them the admin's sections grouped
 by what staff do (users and keys, wallets and ledger, prices, upstreams, chat, usage) instead of
 Django's alphabetical list of apps, where dj-stripe's 40-odd models sat between Chat
 and Reporting. dj-stripe's models form one last section, shown only when Stripe is
@@ -13,6 +14,7 @@ from django.template.response import TemplateResponse
 from django.urls import reverse
 
 from billing.stripe.client import stripe_enabled
+from core.dashboard import dashboard_cards
 
 # (section label, title, models as "app_label.ModelName" in display order, URL of the
 # section heading as a URL name and its arguments). A model not named here (a new
@@ -89,7 +91,8 @@ class ParleyAdminSite(admin.AdminSite):
             if model.get("admin_url")
         }
         shortcuts = [{"name": name, "url": urls[model]} for model, name in SHORTCUTS if model in urls]
-        return super().index(request, {"shortcuts": shortcuts, **(extra_context or {})})
+        context = {"shortcuts": shortcuts, "dashboard": dashboard_cards(request)}
+        return super().index(request, {**context, **(extra_context or {})})
 
     def get_app_list(self, request: HttpRequest, app_label: str | None = None) -> list[dict]:
         # One app's own page (/admin/billing/) keeps Django's view of that app.

@@ -122,8 +122,10 @@ def test_the_grant_form_on_the_wallet_page_is_full_width_and_grants(live_server,
     form = wait(browser).until(EC.presence_of_element_located((By.CSS_SELECTOR, "form#grant_form")))
     assert form.size["width"] >= 300, form.size
     assert rect(browser, "#grant_form textarea")["width"] >= 300
-    # Below the wallet's own details, not beside them.
+    # Below the wallet's own details, not beside them, and above its grants and ledger rows.
     assert rect(browser, "#grant_form")["top"] >= rect(browser, "#wallet_form")["bottom"]
+    assert rect(browser, "#grant_form")["bottom"] <= rect(browser, "#grants-group")["top"]
+    assert rect(browser, "#grants-group")["bottom"] <= rect(browser, "#transactions-group")["top"]
     form.find_element(By.NAME, "amount").send_keys("12.5")
     form.find_element(By.NAME, "reason").send_keys("Goodwill after the outage")
     browser.execute_script("arguments[0].scrollIntoView()", form)
