@@ -3,7 +3,8 @@
 With no environment at all this is the embedded default (SQLite file, eager
 Celery tasks, turns run in the web process, the offline `local` provider, Stripe
 off, DEBUG on). Setting `DATABASE_URL` and `REDIS_URL` switches to PostgreSQL and a
-Redis broker with no code change. The defaults are the ones README.md's settings table lists.
+Redis broker with no code change. docs/configuration.md lists every variable read
+here, with its default and meaning (tests/core/test_docs.py checks none is missing).
 """
 
 import re
@@ -198,7 +199,7 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 # the address throttles count by). 0: none, the socket's peer is the client and the
 # header is ignored (a client can write anything in it). n: the n-th entry from the
 # right, what the outermost trusted proxy saw. Beside SECURE_PROXY_SSL_HEADER in
-# README's settings table.
+# docs/configuration.md.
 TRUSTED_PROXY_COUNT = env.int("TRUSTED_PROXY_COUNT", default=0)
 if TRUSTED_PROXY_COUNT < 0:
     raise ImproperlyConfigured("TRUSTED_PROXY_COUNT must be 0 (no proxy in front) or more.")
@@ -404,7 +405,7 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
 }
 
-# --- HTTPS (README "Production"; `manage.py check --deploy` is clean with them) ------
+# --- HTTPS (docs/production.md; `manage.py check --deploy` is clean with them) ------
 if not DEBUG:
     SESSION_COOKIE_SECURE = env.bool("SESSION_COOKIE_SECURE", default=True)
     CSRF_COOKIE_SECURE = env.bool("CSRF_COOKIE_SECURE", default=True)
