@@ -73,6 +73,11 @@ class UsageAdmin(admin.ModelAdmin):
             row["filter_url"] = _query(params, user=row["email"], user_id=None)
         for row in summary["by_source"]:
             row["filter_url"] = _query(params, source=row["source"])
+        for row in summary["by_end_user"]:
+            row["filter_url"] = _query(params, end_user=row["end_user_id"]) if row["end_user_id"] else None
+        for row in summary["by_purpose"]:
+            row["filter_url"] = _query(params, purpose=row["purpose"]) if row["purpose"] else None
+        end_user = next((r for r in summary["by_end_user"] if r["end_user_id"] == summary["end_user_id"]), None)
         try:
             user_url = reverse("admin:accounts_user_change", args=[user.pk]) if user else None
         except NoReverseMatch:
@@ -86,4 +91,7 @@ class UsageAdmin(admin.ModelAdmin):
             "clear_user_url": _query(params, user=None, user_id=None),
             "clear_model_url": _query(params, model_alias=None),
             "clear_source_url": _query(params, source=None),
+            "filtered_end_user": end_user,
+            "clear_end_user_url": _query(params, end_user=None),
+            "clear_purpose_url": _query(params, purpose=None),
         }
