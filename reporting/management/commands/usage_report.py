@@ -35,6 +35,8 @@ class Command(BaseCommand):
         parser.add_argument("--bucket", choices=BUCKETS, default="day")
         parser.add_argument("--user", help="Only this user (email or id).")
         parser.add_argument("--model", help="Only this model alias.")
+        parser.add_argument("--end-user", type=int, help="Only this end user (their id: GET users/me/end-users).")
+        parser.add_argument("--purpose", help="Only requests labelled with this purpose (e.g. title).")
         parser.add_argument("--csv", action="store_true", help="Print CSV (the API's format=csv) instead of tables.")
 
     def handle(self, *args, **options) -> None:
@@ -48,6 +50,8 @@ class Command(BaseCommand):
             from_date=start,
             to_date=end,
             bucket=options["bucket"],
+            end_user_id=options["end_user"],
+            purpose=options["purpose"],
         )
         if options["csv"]:
             self.stdout.write(usage_summary_csv(summary), ending="")
@@ -62,6 +66,8 @@ class Command(BaseCommand):
             f"credits {format_usage(totals['credits'])}",
             *_table("By model", ("model_alias",), summary["by_model"]),
             *_table("By user", ("user_id", "email"), summary["by_user"]),
+            *_table("By end user", ("end_user_id", "external_id"), summary["by_end_user"]),
+            *_table("By purpose", ("purpose",), summary["by_purpose"]),
             *_table(f"By {options['bucket']}", ("bucket",), summary["by_bucket"]),
         ]
         self.stdout.write("\n".join(lines))
