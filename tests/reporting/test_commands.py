@@ -102,17 +102,8 @@ def test_report_rejects_bad_options_naming_them(db, args, message):
 
 
 def test_usage_report_filters_and_breaks_down_by_end_user_and_purpose(owner):
-    from datetime import UTC, datetime
-    from decimal import Decimal
-    from io import StringIO
-
-    from django.core.management import call_command
-
     from accounts.models import EndUser
     from accounts.services import api_key_create
-    from tests.billing.factories import ModelPriceFactory
-    from tests.chat.factories import ChatSessionFactory
-    from tests.reporting.factories import CallSpec, record_turn
 
     ModelPriceFactory(alias="fast", input_credits_per_mtok=Decimal("150"), output_credits_per_mtok=Decimal("600"))
     ada = EndUser.objects.create(api_key=api_key_create(user=owner, name="k")[0], external_id="ada")
@@ -120,10 +111,10 @@ def test_usage_report_filters_and_breaks_down_by_end_user_and_purpose(owner):
     record_turn(session=session, calls=[CallSpec("fast", when, 1000, 100)], end_user=ada, purpose="title")
     record_turn(session=session, calls=[CallSpec("fast", when, 10, 1)])
 
-    out = StringIO()
+    out = io.StringIO()
     call_command("usage_report", "--from", "2025-01-01", "--to", "2025-01-31", stdout=out)
     assert "By end user" in out.getvalue() and "By purpose" in out.getvalue()
-    out = StringIO()
+    out = io.StringIO()
     call_command("usage_report", "--from", "2025-01-01", "--to", "2025-01-31", "--end-user", str(ada.pk),
                  "--purpose", "title", stdout=out)  # fmt: skip
     assert "Totals: calls 1, input tokens 1000" in out.getvalue()
