@@ -86,17 +86,39 @@ class RecentRowsFormSet(BaseInlineFormSet):
         return self._recent
 
 
-class RecentTransactionsInline(admin.TabularInline):
+class LedgerCells:
+    """Ledger rows' cells in one line each (the ledger list, a wallet's recent rows):
+    long text cut to its column, the whole in its tooltip (core.admin_display)."""
+
+    created = timestamp_column("created_at", "created at")
+
+    @admin.display(description="user", ordering="wallet__user__email")
+    def user_email(self, obj: CreditTransaction) -> str:
+        return clipped(obj.wallet.user.email, width="12em")
+
+    @admin.display(description="reference", ordering="reference")
+    def reference_text(self, obj: CreditTransaction) -> str:
+        return clipped(obj.reference, width="10em")
+
+    @admin.display(description="actor", ordering="actor__email")
+    def actor_email(self, obj: CreditTransaction) -> str:
+        return clipped(obj.actor.email if obj.actor else None, width="9em")
+
+    @admin.display(description="reason")
+    def reason_text(self, obj: CreditTransaction) -> str:
+        return clipped(obj.reason, width="10em")
+
+
+class RecentTransactionsInline(LedgerCells, admin.TabularInline):
     model = CreditTransaction
     formset = RecentRowsFormSet
-    fields = ["created", *LEDGER_FIELDS[1:]]  # the date in one line (core.admin_display.timestamp)
+    fields = ["created", "kind", "amount", "balance_after", "reference_text", "reason_text", "actor_email"]
     readonly_fields = fields
     ordering = ["-created_at", "-id"]
     extra = 0
     max_num = 0
     can_delete = False
     verbose_name_plural = f"Recent transactions (latest {RECENT_ROWS})"
-    created = timestamp_column("created_at", "created at")
 
     def has_add_permission(self, request: HttpRequest, obj: Wallet | None = None) -> bool:
         return False
@@ -206,7 +228,7 @@ class WalletAdmin(admin.ModelAdmin):
 
 
 @admin.register(CreditTransaction)
-class CreditTransactionAdmin(admin.ModelAdmin):
+class CreditTransactionAdmin(LedgerCells, admin.ModelAdmin):
     """The ledger, read-only: no add, change or delete (not even in bulk)."""
 
     # One line per row at 1280 px (tests/browser/test_console_lists.py): the wallet as its
@@ -224,22 +246,6 @@ class CreditTransactionAdmin(admin.ModelAdmin):
     actions = None
 
     created = timestamp_column("created_at", "created at", ordering="id")
-
-    @admin.display(description="user", ordering="wallet__user__email")
-    def user_email(self, obj: CreditTransaction) -> str:
-        return clipped(obj.wallet.user.email, width="12em")
-
-    @admin.display(description="reference", ordering="reference")
-    def reference_text(self, obj: CreditTransaction) -> str:
-        return clipped(obj.reference, width="10em")
-
-    @admin.display(description="actor", ordering="actor__email")
-    def actor_email(self, obj: CreditTransaction) -> str:
-        return clipped(obj.actor.email if obj.actor else None, width="9em")
-
-    @admin.display(description="reason")
-    def reason_text(self, obj: CreditTransaction) -> str:
-        return clipped(obj.reason, width="10em")
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False

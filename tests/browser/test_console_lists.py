@@ -18,7 +18,7 @@ from selenium.webdriver.support.ui import WebDriverWait
 
 from accounts.models import ApiKey
 from accounts.services import api_key_create, api_key_limits_set, api_key_revoke, user_create
-from billing.models import TopUp
+from billing.models import TopUp, Wallet
 from billing.services import wallet_debit, wallet_grant, wallet_topup
 from chat.models import Turn
 from routing.cooldown import failure_record
@@ -32,7 +32,6 @@ pytestmark = pytest.mark.browser
 PASSWORD = "console-pass-4821"
 WIDTH, HEIGHT = 1280, 900
 ONE_LINE_PX = 40
-ROLLUP = False  # TEMP
 # The changelist table against its box (Django's `.results`, which scrolls sideways
 # when the table is wider), and each row's height.
 MEASURE = """
@@ -75,6 +74,7 @@ def shots(tmp_path: Path) -> Path:
 def console(transactional_db, settings, live_server, browser, plain_http_cookies):  # noqa: ANN001, ANN201
     """A staff member logged in at 1280 x 900, and a few weeks of realistic rows."""
     settings.UPSTREAM_COOLDOWN_FAILURES = 1
+    settings.STRIPE_SECRET_KEY = "sk_test_" + "0" * 24  # Stripe on (never called here)
     staff = user_create(email="boss@example.com", password=PASSWORD, is_staff=True, is_superuser=True)
     ModelPriceFactory(alias="fast")
     ModelPriceFactory(alias="claude-sonnet-4-5-extended-thinking")
@@ -88,13 +88,11 @@ def console(transactional_db, settings, live_server, browser, plain_http_cookies
         wallet_debit(user=user, amount=Decimal("0.01234567"), reference=f"turn:{Turn().pk}:reply:settle")
         session = ChatSessionFactory(user=user, title="A fairly long session title about quarterly planning")
         for alias in ("fast", "claude-sonnet-4-5-extended-thinking"):
-            record_turn(
-                session=session, calls=[CallSpec(alias, timezone.now() - timedelta(hours=n), 1200, 300)], rollup=ROLLUP
-            )
+            record_turn(session=session, calls=[CallSpec(alias, timezone.now() - timedelta(hours=n), 1200, 300)])
         Turn.objects.filter(session=session).update(
             credits_charged=Decimal("1.23456789"), balance_after=Decimal("2624.1")
         )
-        failed = record_turn(session=session, calls=[CallSpec("fast", timezone.now(), 10, 0)], rollup=ROLLUP)[0].turn
+        failed = record_turn(session=session, calls=[CallSpec("fast", timezone.now(), 10, 0)])[0].turn
         Turn.objects.filter(pk=failed.pk).update(status=Turn.Status.FAILED, finished_at=timezone.now())
         key, _ = api_key_create(user=user, name=f"Production backend for the {n}th integration (eu-west-1)")
         api_key_limits_set(api_key=key, budget_credits=Decimal("1000"), budget_window="month")
@@ -148,3 +146,51 @@ def test_the_ledger_turns_and_api_key_lists_fit_1280_px_one_line_per_row(live_se
     # What a cell cut off is in its tooltip.
     titles = [el.get_attribute("title") for el in browser.find_elements(By.CSS_SELECTOR, "td.field-user_email .clip")]
     assert sorted(titles) == sorted(LONG_EMAILS)
+
+
+def test_the_dashboard_and_the_wallet_page_at_1280_px(live_server, browser, console, shots):
+    browser.set_window_size(WIDTH, HEIGHT)
+    browser.get(f"{live_server.url}/admin/")
+    dashboard = wait(browser).until(EC.presence_of_element_located((By.ID, "dashboard")))
+    assert browser.save_screenshot(str(shots / "dashboard.png"))
+    cards = [el.get_attribute("id") for el in dashboard.find_elements(By.CSS_SELECTOR, ".card")]
+    assert cards == [
+        "dashboard-credits", "dashboard-top-ups", "dashboard-spend", "dashboard-active-users",
+        "dashboard-failing-turns", "dashboard-stripe", "dashboard-upstreams",
+    ]  # fmt: skip
+    # The figures are in view as the page opens; the sections follow them.
+    assert (
+        browser.execute_script("return document.querySelector('#dashboard-upstreams').getBoundingClientRect().bottom")
+        <= HEIGHT
+    )
+    assert browser.find_elements(By.CSS_SELECTOR, "#content-main .module caption")
+    assert browser.find_element(By.CSS_SELECTOR, "#dashboard-failing-turns .figure").text == "4"
+    assert browser.find_element(By.CSS_SELECTOR, "#dashboard-upstreams .figure").text == "1"
+    scroll_width, client_width = browser.execute_script(
+        "return [document.documentElement.scrollWidth, document.documentElement.clientWidth]"
+    )
+    assert scroll_width <= client_width
+    # A figure leads to its list.
+    browser.find_element(By.CSS_SELECTOR, "#dashboard-failing-turns .figure").click()
+    wait(browser).until(EC.presence_of_element_located((By.ID, "result_list")))
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#result_list tbody tr")) == 4
+    browser.get(f"{live_server.url}/admin/")
+    wait(browser).until(EC.presence_of_element_located((By.ID, "dashboard")))
+    whole_page(browser, shots / "dashboard-whole.png")
+
+    wallet = Wallet.objects.get(user=console["users"][0])
+    browser.set_window_size(WIDTH, HEIGHT)
+    browser.get(f"{live_server.url}/admin/billing/wallet/{wallet.pk}/change/")
+    form = wait(browser).until(EC.presence_of_element_located((By.ID, "grant_form")))
+    assert form.rect["y"] + form.rect["height"] <= HEIGHT, "the grant form is below the fold"
+    ledger = browser.find_element(By.ID, "transactions-group")
+    assert ledger.rect["y"] >= form.rect["y"] + form.rect["height"]
+    assert browser.save_screenshot(str(shots / "wallet.png"))
+    whole_page(browser, shots / "wallet-whole.png")
+
+
+def whole_page(browser: WebDriver, shot: Path) -> None:
+    """A screenshot of the whole page at 1280 px (the window made as tall as the page)."""
+    height = browser.execute_script("return document.documentElement.scrollHeight")
+    browser.set_window_size(WIDTH, min(max(height + 140, HEIGHT), 4000))
+    assert browser.save_screenshot(str(shot))
