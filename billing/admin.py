@@ -296,6 +296,14 @@ class ModelPriceForm(forms.ModelForm):
     # (None: the form as a whole). ModelPriceAdmin sets it on the form it shows again.
     refused: dict[str | None, list[str]] = {}
 
+    def __init__(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003
+        super().__init__(*args, **kwargs)
+        if "kind" in self.fields:
+            self.fields["kind"].required = False  # left out: chat, as in the models file
+
+    def clean_kind(self) -> str:
+        return self.cleaned_data.get("kind") or ModelPrice.Kind.CHAT
+
     def clean_alias(self) -> str:
         alias = self.cleaned_data["alias"].strip()
         # Shown on the form here; model_price_create refuses it too (and the database).
@@ -337,6 +345,7 @@ class ModelPriceAdmin(admin.ModelAdmin):
 
     list_display = [
         "alias",
+        "kind",
         "provider",
         "provider_model",
         "input_credits_per_mtok",
@@ -346,10 +355,10 @@ class ModelPriceAdmin(admin.ModelAdmin):
         "active",
         "created_at",
     ]
-    list_filter = ["active", "provider"]
+    list_filter = ["active", "kind", "provider"]
     search_fields = ["alias", "provider_model"]
     fieldsets = [
-        (None, {"fields": ["alias", "provider", "provider_model", "active", "created_at"]}),
+        (None, {"fields": ["alias", "kind", "provider", "provider_model", "active", "created_at"]}),
         (
             "Prices",
             {

@@ -30,7 +30,9 @@ billing.money.credits_per_mtok_from_usd):
   `max_output_tokens` -> max_output_tokens; absent: the row keeps its own (a new
   row: the model's defaults). `max_tokens` is not read: LiteLLM calls it legacy,
   the output limit for some entries and the input limit for others.
-- `mode`: only "chat" entries are priced; others are skipped with a note.
+- `mode`: "chat" entries are priced as chat models, "embedding" entries as
+  embedding models (kind embedding: /v1/embeddings; an output price the map leaves
+  out is 0); others are skipped with a note.
 - `litellm_provider`: see PROVIDERS. It chooses the provider of a new row and of a
   provider_model match; an alias match takes the entry whatever its provider.
 - counting: the OpenAI encoding for OpenAI's model families (by the model's name),
@@ -69,8 +71,10 @@ PROVIDERS = {
 # is o3-mini). o200k_base first: "gpt-4o" and "gpt-4.1" also start with "gpt-4".
 # gpt-oss uses o200k_harmony, o200k_base with more special tokens: the same text tokens.
 O200K_NAMES = re.compile(r"^(gpt-4o|chatgpt-4o|gpt-4\.1|gpt-4\.5|gpt-5|gpt-oss|o\d+(-|$))")
-CL100K_NAMES = re.compile(r"^(gpt-4|gpt-3\.5-turbo)")
+CL100K_NAMES = re.compile(r"^(gpt-4|gpt-3\.5-turbo|text-embedding-3|text-embedding-ada-002)")
 
+# The map's modes priced here, and the kind of row each becomes.
+MODES = {"chat": ModelPrice.Kind.CHAT, "embedding": ModelPrice.Kind.EMBEDDING}
 TIER_KEY = re.compile(r"^(input|output)_cost_per_token_above_(\d+)k_tokens$")
 PRICE_KEYS = {
     "input_credits_per_mtok": "input_cost_per_token",
@@ -198,15 +202,18 @@ def entry_values(key: str, entry: Any, *, factor: Decimal) -> dict[str, Any] | s
     if not isinstance(entry, dict):
         return "not an object"
     mode = entry.get("mode")
-    if mode != "chat":
-        return f"mode is {mode!r}; only chat entries are priced"
-    missing = [name for name in ("input_cost_per_token", "output_cost_per_token") if entry.get(name) is None]
+    if mode not in MODES:
+        return f"mode is {mode!r}; only chat and embedding entries are priced"
+    needed = ("input_cost_per_token", "output_cost_per_token") if mode == "chat" else ("input_cost_per_token",)
+    missing = [name for name in needed if entry.get(name) is None]
     if missing:
         return f"no {' or '.join(missing)}"
-    values: dict[str, Any] = {}
+    values: dict[str, Any] = {"kind": MODES[mode]}
     for target, name in PRICE_KEYS.items():
         usd = entry.get(name)
         values[target] = None if usd is None else credits_per_mtok_from_usd(_usd(key, name, usd), factor=factor)
+    if values["output_credits_per_mtok"] is None:  # an embedding model produces no output tokens
+        values["output_credits_per_mtok"] = Decimal(0)
     tiers: dict[int, dict[str, Decimal]] = {}
     for name, usd in entry.items():
         found = TIER_KEY.match(name)

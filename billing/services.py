@@ -750,6 +750,7 @@ PRICE_FIELDS = (
     "context_tokens",
     "max_output_tokens",
     "counting",
+    "kind",
 )
 # Prices that may be left empty (None): the class prices default to the input price,
 # and a row without a tier has none of the tier's three fields.
@@ -766,6 +767,9 @@ def model_price_values_clean(values: dict[str, Any]) -> dict[str, Any]:
     """A price row's values checked and normalised by the pricing rules (400 naming the
     first bad field): what create and change write, and what the admin form checks."""
     cleaned = dict(values)
+    cleaned["kind"] = cleaned.get("kind") or ModelPrice.Kind.CHAT
+    if cleaned["kind"] not in ModelPrice.Kind.values:
+        raise field_error("kind", f"One of: {', '.join(ModelPrice.Kind.values)}.")
     if cleaned.get("provider") not in ModelPrice.Provider.values:
         raise field_error("provider", f"One of: {', '.join(ModelPrice.Provider.values)}.")
     if not str(cleaned.get("provider_model") or "").strip():
@@ -811,11 +815,12 @@ def model_price_create(
     tier_input_credits_per_mtok: Decimal | int | str | None = None,
     tier_output_credits_per_mtok: Decimal | int | str | None = None,
     counting: str = ModelPrice.Counting.BYTES,
+    kind: str = ModelPrice.Kind.CHAT,
 ) -> ModelPrice:
     """The first active price of an alias (to change one, use model_price_change).
     The cached and cache-write prices default to the input price; a tier is its
     threshold and both its prices, or none; `counting` is how input is counted
-    (ModelPrice.Counting)."""
+    (ModelPrice.Counting); `kind`, what it serves (chat, or embeddings)."""
     alias = alias.strip()
     if not alias:
         raise field_error("alias", "An alias is required.")
@@ -833,6 +838,7 @@ def model_price_create(
             "context_tokens": context_tokens,
             "max_output_tokens": max_output_tokens,
             "counting": counting,
+            "kind": kind,
         }
     )
     try:

@@ -248,7 +248,7 @@ def test_the_price_form_groups_every_price_field_in_its_fieldset(admin_client):
     response = admin_client.get("/admin/billing/modelprice/add/")
     assert response.status_code == 200
     assert fieldsets_of(response) == [
-        (None, ["alias", "provider", "provider_model", "active", "created_at"]),
+        (None, ["alias", "kind", "provider", "provider_model", "active", "created_at"]),
         ("Prices", ["input_credits_per_mtok", "output_credits_per_mtok"]),
         ("Token classes", ["cached_input_credits_per_mtok", "cache_write_credits_per_mtok"]),
         ("Long-context tier", ["tier_threshold_tokens", "tier_input_credits_per_mtok", "tier_output_credits_per_mtok"]),
@@ -259,6 +259,17 @@ def test_the_price_form_groups_every_price_field_in_its_fieldset(admin_client):
     html = response.content.decode()
     assert '<option value="o200k_base">o200k_base (GPT-4o, GPT-4.1, GPT-5, o-series)</option>' in html
     assert '<option value="bytes" selected>UTF-8 bytes</option>' in html
+    assert '<option value="chat" selected>Chat</option>' in html
+
+
+def test_an_embedding_price_keeps_its_kind_when_its_price_changes(admin_client):
+    assert admin_client.post("/admin/billing/modelprice/add/", {**PRICE_FORM, "kind": "embedding"}).status_code == 302
+    old = ModelPrice.objects.get(active=True)
+    form = {**PRICE_FORM, "kind": "embedding", "input_credits_per_mtok": "0.2", "active": "on"}
+    form.pop("alias")
+    assert admin_client.post(f"/admin/billing/modelprice/{old.pk}/change/", form).status_code == 302
+    new = ModelPrice.objects.get(active=True)
+    assert (new.pk != old.pk, old.kind, new.kind) == (True, "embedding", "embedding")
 
 
 def test_a_new_price_with_token_classes_a_tier_and_a_counting_rule_is_added(admin_client):

@@ -148,9 +148,10 @@ def test_seed_demo_creates_prices_and_a_funded_demo_user_once():
     demo = User.objects.get(email="demo@parley.local")
     assert Wallet.objects.get(user=demo).balance == Decimal("100")
     assert CreditTransaction.objects.filter(wallet__user=demo, reference="seed-demo").count() == 1
-    assert sorted(ModelPrice.objects.values_list("alias", "provider", "active")) == [
-        ("fast", "local", True),
-        ("smart", "local", True),
+    assert sorted(ModelPrice.objects.values_list("alias", "provider", "kind", "active")) == [
+        ("embed", "local", "embedding", True),
+        ("fast", "local", "chat", True),
+        ("smart", "local", "chat", True),
     ]
     smart = ModelPrice.objects.get(alias="smart")
     assert (smart.context_tokens, smart.max_output_tokens) == (32768, 4096)

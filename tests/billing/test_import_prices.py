@@ -133,12 +133,23 @@ def test_an_entry_with_several_tiers_is_skipped_with_a_note(tmp_path):
     assert not ModelPrice.objects.exists()
 
 
-def test_non_chat_entries_and_providers_parley_cannot_call_are_skipped_with_a_note():
-    output = run("--only", "text-embedding-3-small", "claude-sonnet-4-5-20250929-v1:0", "sample_spec", "gpt-4o")
-    assert "note: text-embedding-3-small: not created: mode is 'embedding'; only chat entries are priced." in output
+def test_other_modes_and_providers_parley_cannot_call_are_skipped_with_a_note():
+    output = run("--only", "claude-sonnet-4-5-20250929-v1:0", "sample_spec", "gpt-4o")
     assert "note: claude-sonnet-4-5-20250929-v1:0: not created: LiteLLM provider 'bedrock' is not one" in output
     assert "note: sample_spec: not created: mode is 'one of: chat," in output
+    assert "only chat and embedding entries are priced" in output
     assert list(ModelPrice.objects.values_list("alias", flat=True)) == ["gpt-4o"]
+
+
+def test_an_embedding_entry_becomes_an_embedding_model():
+    run("--only", "text-embedding-3-small")
+    embedding = active("text-embedding-3-small")
+    assert (embedding.kind, embedding.provider, embedding.provider_model, embedding.counting) == (
+        "embedding", "openai", "text-embedding-3-small", "cl100k_base"
+    )  # fmt: skip
+    # $0.02 per million input tokens is 2 credits at 100 credits a dollar; no output.
+    assert (embedding.input_credits_per_mtok, embedding.output_credits_per_mtok) == (Decimal("2"), Decimal("0"))
+    assert embedding.context_tokens == 8191
 
 
 def test_a_converted_price_is_rounded_up_at_the_8th_place():
@@ -223,14 +234,11 @@ def test_only_limits_the_update_to_those_keys():
     assert active("o3-mini").input_credits_per_mtok == Decimal("110")
 
 
-def test_an_existing_alias_whose_entry_is_not_chat_is_left_alone_with_a_note():
-    embedding = ModelPriceFactory(alias="text-embedding-3-small", provider="openai")
-    output = run()
-    assert (
-        "note: text-embedding-3-small: left alone: entry 'text-embedding-3-small' skipped: mode is 'embedding'"
-        in output
-    )
-    assert active("text-embedding-3-small").pk == embedding.pk
+def test_an_existing_alias_whose_entry_is_an_embedding_model_becomes_one():
+    before = ModelPriceFactory(alias="text-embedding-3-small", provider="openai", provider_model="text-embedding-3-small")
+    run()
+    after = active("text-embedding-3-small")
+    assert after.pk != before.pk and (after.kind, after.output_credits_per_mtok) == ("embedding", Decimal("0"))
 
 
 def test_markup_multiplies_every_price():

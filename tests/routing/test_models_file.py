@@ -536,7 +536,7 @@ def test_alias_deployments_set_orders_by_the_list_unless_a_priority_is_given():
 def test_the_example_file_applies_cleanly_and_again_changes_nothing():
     out = sync(EXAMPLE)
 
-    assert "upstreams: 4 created" in out and "prices: 3 new rows" in out
+    assert "upstreams: 4 created" in out and "prices: 4 new rows" in out
     assert set(Upstream.objects.values_list("name", flat=True)) == {"openai", "anthropic", "openrouter", "vllm"}
     vllm = Upstream.objects.get(name="vllm")
     assert (vllm.base_url, vllm.api_key_env) == ("http://127.0.0.1:8001/v1", "")
@@ -548,6 +548,8 @@ def test_the_example_file_applies_cleanly_and_again_changes_nothing():
         "fast": "o200k_base", "claude": "bytes", "local-llama": "bytes",
     }  # fmt: skip
     assert (active("claude").provider, active("local-llama").provider) == ("anthropic", "openai")
+    embedding = active("text-embedding-3-small")
+    assert (embedding.kind, embedding.counting, embedding.output_credits_per_mtok) == ("embedding", "cl100k_base", 0)
     before = state()
     assert sync(EXAMPLE, "--prune").startswith("Nothing to change")
     assert state() == before

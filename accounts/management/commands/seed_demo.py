@@ -32,6 +32,17 @@ DEMO_PRICES = [
         "context_tokens": 32768,
         "max_output_tokens": 4096,
     },
+    {
+        # For POST /v1/embeddings (Open WebUI's documents): the local model's vectors.
+        "alias": "embed",
+        "kind": "embedding",
+        "provider": "local",
+        "provider_model": "local-embed",
+        "input_credits_per_mtok": Decimal("0.1"),
+        "output_credits_per_mtok": Decimal("0"),
+        "context_tokens": 8192,
+        "max_output_tokens": 1,
+    },
 ]
 
 
@@ -51,7 +62,7 @@ def demo_key_kept(*, user: User, key_file: Path | None) -> str | None:
 
 class Command(BaseCommand):
     help = (
-        "Demo data: model prices for `fast` and `smart` on the local provider, a demo user with "
+        "Demo data: model prices for `fast`, `smart` and `embed` (embeddings) on the local provider, a demo user with "
         f"{DEMO_CREDITS} credits and an API key. Safe to run again: prices and the grant apply once. "
         "With --key-file (bin/serve passes .parley/demo-key) the key is kept in that file and printed "
         "again while it still works; otherwise a new demo key replaces the earlier ones, which are "
