@@ -18,7 +18,7 @@ from accounts.services import api_key_create
 from billing.models import CreditHold, CreditTransaction, ModelPrice
 from billing.money import call_cost, ledger_amount
 from billing.services import wallet_grant
-from chat import dispatch
+from chat import dispatch, leases
 from chat.llm.base import estimate_tokens
 from chat.models import ChatSession, Turn
 from chat.services import turns as turn_services
@@ -202,7 +202,9 @@ def test_a_client_that_leaves_a_v1_stream_cancels_its_turn_and_pays_what_was_sai
 @pytest.mark.django_db(transaction=True)
 def test_an_in_process_run_that_crashes_fails_its_turn_with_nothing_charged(seeded, owner, settings, monkeypatch) -> None:  # noqa: ANN001, E501
     settings.TURNS_IN_PROCESS = True
-    monkeypatch.setattr(dispatch, "in_process_sweep_start", lambda: None)  # nothing left behind for other tests
+    # Nothing left running for the tests after this one (their eager turns' leases).
+    monkeypatch.setattr(dispatch, "in_process_sweep_start", lambda: None)
+    monkeypatch.setattr(leases, "_keeper_start", lambda: None)
 
     accepted, ran_on = threading.Event(), []
 

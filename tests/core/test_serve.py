@@ -30,6 +30,7 @@ def test_bin_serve_streams_a_v1_answer_in_pieces_and_serves_the_admin_assets(own
     wallet_grant(user=owner, amount=Decimal("10"), reason="test credits")
     _, key = api_key_create(user=owner, name="serve")
     env = server_env(tmp_path, LOCAL_LLM_LATENCY_MS="1500", LOCAL_LLM_PIECE_WORDS="1")
+    auth = {"Authorization": f"Bearer {key}"}
     with served(env, tmp_path / "serve.log") as base:
         client = openai.OpenAI(base_url=f"{base}/v1", api_key=key, max_retries=0, timeout=30)
         began, arrivals, text = time.perf_counter(), [], ""
@@ -39,7 +40,13 @@ def test_bin_serve_streams_a_v1_answer_in_pieces_and_serves_the_admin_assets(own
             if chunk.choices and chunk.choices[0].delta.content:
                 arrivals.append(time.perf_counter() - began)
                 text += chunk.choices[0].delta.content
+        plain = client.chat.completions.create(model="fast", messages=[{"role": "user", "content": "plain"}])
         client.close()
+        session = httpx2.post(f"{base}/api/v1/sessions", json={"model_alias": "fast"}, headers=auth, timeout=10)
+        waited = httpx2.post(
+            f"{base}/api/v1/sessions/{session.json()['id']}/turns", json={"content": "wait"},
+            headers={**auth, "Prefer": "wait=20"}, timeout=30,
+        )  # fmt: skip
 
         login = httpx2.get(f"{base}/admin/login/", timeout=10)
         docs = httpx2.get(f"{base}/api/docs/", timeout=10)
@@ -52,6 +59,9 @@ def test_bin_serve_streams_a_v1_answer_in_pieces_and_serves_the_admin_assets(own
 
     assert text == "Echo: one two three four five six"
     assert len(arrivals) == 7 and arrivals[-1] - arrivals[0] > 0.75  # piece by piece, as the model spoke
+    # Waits on the event loop for the turn's end, heard in the process (no Redis).
+    assert plain.choices[0].message.content == "Echo: plain"
+    assert waited.status_code == 201 and waited.json()["status"] == "completed", waited.text
     assert login.status_code == 200 and docs.status_code == 200
     assert "/static/admin/css/base.css" in assets
     assert any("swagger-ui" in path for path in assets)
