@@ -59,7 +59,14 @@ def answer_now(*, turn: Turn, request: EmbeddingRequest, count: EmbeddingCount, 
                lease: leases.Lease, encoding_format: str) -> HttpResponse:  # fmt: skip
     """The call on this thread (WSGI), then its completion."""
     db_release()  # no connection is held while the model answers
-    result, calls = embedding_call(turn=turn, request=request, count=count, routes=routes)
+    try:
+        result, calls = embedding_call(turn=turn, request=request, count=count, routes=routes)
+    except BaseException:
+        # A crash of the call itself (not a provider's refusal): nothing answered, so
+        # nothing is charged; the turn fails now, and its lease is no longer renewed.
+        logger.exception("turn %s: the embeddings call crashed", turn.pk)
+        embedding_turn_finish(turn=turn, outcome=embedding_outcome([], None), lease=lease)
+        raise
     done = embedding_turn_finish(turn=turn, outcome=embedding_outcome(calls, result), lease=lease)
     return _answer(turn=done, calls=calls, result=result, encoding_format=encoding_format)
 

@@ -113,7 +113,7 @@ def embedding_turn_create(
 def embedding_outcome(calls: list[LLMCall], result: EmbeddingResult | None) -> TurnOutcome:
     outcome = TurnOutcome(llm_calls=calls, prior_messages=[])
     if result is None:
-        outcome.error = attempts_error(calls) or "No deployment answered."
+        outcome.error = attempts_error(calls) or "No active upstream serves this model alias, or the call failed."
     return outcome
 
 

@@ -99,7 +99,7 @@ def test_models_lists_chat_and_embedding_aliases(sdk, fast, embed):
     assert sorted(model.id for model in sdk.models.list().data) == ["embed", "fast"]
 
 
-def test_floats_are_one_turn_charged_once_at_the_reported_tokens(sdk, embed, owner):
+def test_floats_are_one_turn_charged_once_at_the_reported_tokens(sdk, embed, owner, owner_client):
     texts = ["The cat sat on the mat", "Quarterly revenue grew"]
     raw = sdk.embeddings.with_raw_response.create(model="embed", input=texts, encoding_format="float")
     answer = raw.parse()
@@ -125,6 +125,10 @@ def test_floats_are_one_turn_charged_once_at_the_reported_tokens(sdk, embed, own
     call = LLMCall.objects.get(turn=turn)
     assert (call.purpose, call.input_tokens, call.output_tokens, call.usage_reported, call.upstream) == (
         "embedding", reported, 0, True, "local"
+    )  # fmt: skip
+    shown = owner_client.get(f"/api/v1/turns/{turn.pk}").json()
+    assert (shown["status"], shown["credits_charged"], shown["llm_calls"][0]["purpose"]) == (
+        "completed", f"{cost(reported):.8f}", "embedding"
     )  # fmt: skip
     # What was asked, in short: no text, no vector.
     assert list(Message.objects.filter(turn=turn).values_list("role", "content")) == [
