@@ -345,8 +345,8 @@ def _asgi_post(key: str, body: dict) -> tuple[int, dict, bytes]:
 
 def test_under_asgi_the_call_is_made_on_the_event_loop(raw_key, embed, upstream_alias, fake_openai_server,
                                                        monkeypatch):  # fmt: skip
-    from chat.engine import embedding as engine
-    from chat.llm.local import LocalProvider
+    from chat.engine import embedding as engine  # noqa: PLC0415  patched here only
+    from chat.llm.local import LocalProvider  # noqa: PLC0415  patched here only
 
     def no_thread(*args, **kwargs) -> None:  # noqa: ANN002, ANN003
         raise AssertionError("a thread waited on the model")
@@ -413,7 +413,7 @@ def asgi_server(directory: Path, **extra: str) -> Iterator[tuple[str, Path | Non
         env["DATABASE_URL"] = f"sqlite:///{copy}"
     else:
         env = {**_worker_env(), "CELERY_TASK_ALWAYS_EAGER": "true"}
-    from django.conf import settings  # noqa: PLC0415
+    from django.conf import settings  # noqa: PLC0415  the settings this run has
 
     env.update(DEBUG="true", SECRET_KEY=settings.SECRET_KEY, ALLOWED_HOSTS="127.0.0.1,localhost", **extra)
     addr = f"127.0.0.1:{_free_port()}"
