@@ -21,9 +21,12 @@ MIN_PARTICIPANTS = {ChatSession.Mode.ROUNDTABLE: 2, ChatSession.Mode.ORCHESTRATO
 
 
 def alias_require_active(field: str, alias: str) -> str:
-    """`alias`, when it has an active price; else 400 naming `field`."""
-    if not alias or model_price_for_alias(alias=alias) is None:
+    """`alias`, when it has an active price of a chat model; else 400 naming `field`."""
+    price = model_price_for_alias(alias=alias) if alias else None
+    if price is None:
         raise field_error(field, f"'{alias}' is not an active model alias.")
+    if price.kind != price.Kind.CHAT:
+        raise field_error(field, f"'{alias}' is an {price.kind} model; a participant needs a chat model.")
     return alias
 
 

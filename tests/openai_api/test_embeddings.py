@@ -200,6 +200,8 @@ def test_refusals_name_the_param_and_write_nothing(sdk, base_url, raw_key, embed
     turn = owner_client.post(f"/api/v1/sessions/{session.pk}/turns", {"content": "hi", "model_alias": "embed"},
                        format="json")  # fmt: skip
     assert turn.status_code == 400 and "model_alias" in turn.json()["error"]["fields"]
+    made = owner_client.post("/api/v1/sessions", {"model_alias": "embed"}, format="json")
+    assert made.status_code == 400 and "model_alias" in made.json()["error"]["fields"]
     assert not Turn.objects.exists() and not CreditHold.objects.exists() and not LLMCall.objects.exists()
 
 
