@@ -31,6 +31,8 @@ from routing.selectors import Route
 
 logger = logging.getLogger(__name__)
 
+# An answer of more floats than this is encoded off the event loop (about 10 ms of JSON).
+ON_LOOP_FLOATS = 20_000
 # The calls and completions in flight whose clients left: kept referenced until done
 # (the event loop holds only weak references to tasks).
 _IN_FLIGHT: set[asyncio.Task] = set()
@@ -94,7 +96,12 @@ async def answer_on_event_loop(*, turn: Turn, request: EmbeddingRequest, count: 
     _IN_FLIGHT.add(task)
     task.add_done_callback(_IN_FLIGHT.discard)
     done, calls, result = await asyncio.shield(task)
-    return _answer(turn=done, calls=calls, result=result, encoding_format=encoding_format)
+    answer = partial(_answer, turn=done, calls=calls, result=result, encoding_format=encoding_format)
+    if result is not None and sum(len(vector) for vector in result.vectors) > ON_LOOP_FLOATS:
+        # A big answer's JSON (2048 vectors of 1536 floats: about a second) is written
+        # off the loop, so other requests' waits go on meanwhile.
+        return await asyncio.get_running_loop().run_in_executor(None, answer)
+    return answer()
 
 
 def answer(*, http_request, turn: Turn, request: EmbeddingRequest, count: EmbeddingCount,  # noqa: ANN001

@@ -11,7 +11,7 @@ from rest_framework import serializers
 
 from billing.models import ModelPrice
 from billing.selectors import model_price_for_alias
-from chat.engine.embedding import MAX_INPUTS, EmbeddingRequest
+from chat.engine.embedding import MAX_DIMENSIONS, MAX_INPUTS, EmbeddingRequest
 from chat.llm import ChatMessage, ToolCallRequest
 from chat.models import CONTENT_MAX_CHARS
 from chat.services.completions import CompletionRequest
@@ -305,7 +305,7 @@ class EmbeddingRequestSerializer(serializers.Serializer):
     input = EmbeddingInputField()
     encoding_format = serializers.ChoiceField(choices=["float", "base64"], required=False, default="float")
     dimensions = serializers.IntegerField(
-        required=False, allow_null=True, min_value=1, max_value=8192,
+        required=False, allow_null=True, min_value=1, max_value=MAX_DIMENSIONS,
         help_text="The vectors' length, for models that take it (the local model: any; OpenAI's text-embedding-3).",
     )  # fmt: skip
     user = serializers.CharField(

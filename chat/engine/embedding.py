@@ -29,6 +29,9 @@ from routing.selectors import Route
 
 # OpenAI's limits: at most 2048 inputs a request, each within the model's context.
 MAX_INPUTS = 2048
+# The longest vector a request may ask for (`dimensions`): no embedding model has
+# more, and it bounds the answer (2048 inputs of 4096 floats).
+MAX_DIMENSIONS = 4096
 # What a text may cost beyond its own tokens where the rule is UTF-8 bytes: the
 # begin and end markers an embedding model's tokenizer adds (BERT's [CLS] and
 # [SEP]). OpenAI's encodings count exactly what OpenAI bills (no markers).

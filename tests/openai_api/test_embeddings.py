@@ -365,8 +365,11 @@ def test_under_asgi_the_call_is_made_on_the_event_loop(raw_key, embed, upstream_
     assert status == 200, body
     packed = base64.b64decode(json.loads(body)["data"][0]["embedding"])
     assert list(struct.unpack("<8f", packed)) == fake_embedding("upstream", 8)
-    assert [t.credits_charged for t in Turn.objects.order_by("created_at")] == [cost(2), cost(4)]
-    assert len(debits()) == 2
+    # A big answer (100 vectors of 256 floats) is encoded off the loop, the same JSON.
+    status, _, body = _asgi_post(raw_key, {"model": "embed", "input": [f"text {n}" for n in range(100)]})
+    assert status == 200 and json.loads(body)["data"][99]["embedding"] == pytest.approx(local_vector("text 99"))
+    assert [t.credits_charged for t in Turn.objects.order_by("created_at")][:2] == [cost(2), cost(4)]
+    assert len(debits()) == 3
 
 
 # --- a web process that died mid-call -----------------------------------------------------------
