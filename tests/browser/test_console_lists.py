@@ -133,11 +133,8 @@ def assert_fits(layout: dict, columns: list[str], rows: int) -> None:
 
 def test_the_ledger_turns_and_api_key_lists_fit_1280_px_one_line_per_row(live_server, browser, console, shots):
     ledger = measured(browser, f"{live_server.url}/admin/billing/credittransaction/", shots / "ledger-list.png")
-    print("ledger", ledger)
     turns = measured(browser, f"{live_server.url}/admin/chat/turn/", shots / "turns-list.png")
-    print("turns", turns)
     keys = measured(browser, f"{live_server.url}/admin/accounts/apikey/", shots / "apikeys-list.png")
-    print("keys", keys)
     assert_fits(ledger, ["CREATED AT", "USER", "KIND", "AMOUNT", "BALANCE AFTER", "REFERENCE", "ACTOR", "REASON"], 12)
     assert_fits(
         turns, ["TURN", "CREATED AT", "USER", "SESSION", "STATUS", "MODELS", "CREDITS CHARGED", "BALANCE AFTER"], 12
