@@ -2,17 +2,21 @@
 broker), through bin/serve's own server line (tests/serve.py): pieces stream as the
 model produces them on /v1 and on the turn's stream, a Stop mid-stream and a /v1
 client that leaves both end the turn `cancelled` with what was said charged once, and
-a run that crashes fails its turn with nothing charged."""
+a run that crashes fails its turn with nothing charged, and a turn a stopped server
+left running is taken over by the process's sweep."""
 
 import json
 import threading
 import time
+import uuid
+from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
 
 import httpx2
 import openai
 import pytest
+from django.utils import timezone
 
 from accounts.services import api_key_create
 from billing.models import CreditHold, CreditTransaction, ModelPrice
@@ -229,3 +233,28 @@ def test_an_in_process_run_that_crashes_fails_its_turn_with_nothing_charged(seed
     assert not CreditTransaction.objects.filter(reference=str(turn.pk), kind="debit").exists()
     hold = CreditHold.objects.get(reference=str(turn.pk))
     assert hold.status == CreditHold.Status.RELEASED
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_turn_cut_by_a_restart_is_taken_over_by_the_in_process_sweep(seeded, owner, settings, monkeypatch) -> None:  # noqa: ANN001, E501
+    settings.TURNS_IN_PROCESS = True
+    monkeypatch.setattr(dispatch, "in_process_sweep_start", lambda: None)
+    monkeypatch.setattr(leases, "_keeper_start", lambda: None)
+    session = ChatSession.objects.get(pk=seeded["session"])
+    turn, _ = turn_create(user=owner, session=session, content="hello again", hand_over=False)
+    # What the server that stopped mid-turn left: running, its lease run out, never handed over since.
+    now = timezone.now()
+    Turn.objects.filter(pk=turn.pk).update(
+        status=Turn.Status.RUNNING, attempts=1, started_at=now - timedelta(seconds=90), lease_token=uuid.uuid4(),
+        lease_expires_at=now - timedelta(seconds=60), dispatched_at=now - timedelta(seconds=90),
+    )  # fmt: skip
+
+    dispatch.in_process_sweep()
+
+    deadline = time.monotonic() + 20
+    while Turn.objects.get(pk=turn.pk).status == Turn.Status.RUNNING and time.monotonic() < deadline:
+        time.sleep(0.05)
+    turn.refresh_from_db()
+    assert turn.status == Turn.Status.COMPLETED and turn.attempts == 2
+    debits = CreditTransaction.objects.filter(reference=str(turn.pk), kind="debit")
+    assert [row.amount for row in debits] == [-turn.credits_charged] and turn.credits_charged > 0
