@@ -13,7 +13,8 @@ Under /v1/ (the OpenAI-compatible endpoint) the body is OpenAI's instead,
 `{"error": {"message", "type", "param", "code"}}`, which the OpenAI SDKs parse.
 
 ChunkedBodyMiddleware reads a chunked body (no Content-Length) under both. On
-Django's development server (runserver, the test live server: the embedded default)
+Django's development server (runserver, the test live server; bin/serve runs the
+ASGI server)
 it relies on these internals of Django 5.2 (checked against 5.2.19;
 tests/openai_api/test_bodies.py sends chunked bodies through that server):
 `django.core.servers.basehttp.ServerHandler` hands the application

@@ -180,7 +180,7 @@ def test_a_stop_mid_stream_cancels_the_turn_and_charges_what_was_said(server: st
                 break
 
     assert stopped.status_code == 202 and stopped.json()["status"] == "running"
-    assert ended < 1.0  # at the next piece, not at the end of the answer
+    assert ended < 1.5  # at the next piece, not after the ~2.8 s the answer had left
     assert done["status"] == "cancelled"
     _assert_charged_once_partially(server, seeded, _finished(server, seeded["key"], turn_id))
 
