@@ -90,7 +90,7 @@ for wallet in Wallet.objects.all():
     debits = CreditTransaction.objects.filter(wallet=wallet, kind="debit").count()
     completed = Turn.objects.filter(user_id=wallet.user_id, status="completed").count()
     report["wallets"] += 1
-    if wallet.balance != ledger or wallet.balance != Decimal({credits}) - charged or debits != completed or wallet.held:
+    if wallet.balance != ledger or wallet.balance != Decimal(CREDITS) - charged or debits != completed or wallet.held:
         report["wrong"].append([wallet.pk, str(wallet.balance), str(ledger), str(charged), debits, completed])
 print(json.dumps(report))
 """
@@ -227,7 +227,8 @@ def main() -> None:
         per_bare = cpu["bare"] / max(totals["bare"][0], 1)
         per_embedding = cpu["embeddings"] / max(totals["embeddings"][0], 1)
         print(f"ratio     : an embeddings request costs {per_embedding / per_bare:4.2f}x the bare INSERT's web CPU")
-        report = json.loads(stack.manage("shell", "-c", CHECK.format(credits=CREDITS)).splitlines()[-1])
+        check = CHECK.replace("CREDITS", str(CREDITS))
+        report = json.loads(stack.manage("shell", "-c", check).splitlines()[-1])
         verdict = "OK" if not report["wrong"] and not report["turns"]["running"] else "WRONG"
         print(f"ledger    : {report['wallets']} wallets, turns {report['turns']}; {verdict} {report['wrong'][:3]}")
     finally:
