@@ -204,6 +204,13 @@ class EndUserAdminForm(forms.ModelForm):
         model = EndUser
         fields = list(END_USER_FIELDS)
 
+    def clean(self) -> dict:
+        """The service's rules (accounts.services.end_user_override_set), as field errors."""
+        cleaned = super().clean()
+        if cleaned.get("budget_window") and cleaned.get("budget_credits") is None:
+            self.add_error("budget_window", "A window needs a budget of their own (else the key's applies).")
+        return cleaned
+
 
 @admin.register(EndUser)
 class EndUserAdmin(admin.ModelAdmin):
@@ -235,6 +242,9 @@ class EndUserAdmin(admin.ModelAdmin):
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False  # made by the requests that name them
+
+    def has_delete_permission(self, request: HttpRequest, obj: EndUser | None = None) -> bool:
+        return False  # their holds and turns point at them: block one instead
 
     def changelist_view(self, request: HttpRequest, extra_context: dict | None = None):  # noqa: ANN201
         response = super().changelist_view(request, extra_context)
@@ -287,7 +297,4 @@ class EndUserAdmin(admin.ModelAdmin):
 
     def save_model(self, request: HttpRequest, obj: EndUser, form: forms.ModelForm, change: bool) -> None:
         changes = {name: form.cleaned_data[name] for name in form.changed_data if name in END_USER_FIELDS}
-        try:
-            end_user_override_set(end_user=EndUser.objects.get(pk=obj.pk), **changes)
-        except ApplicationError as exc:  # the form's field checks come first; the service has the last word
-            self.message_user(request, exc.message, messages.ERROR)
+        end_user_override_set(end_user=EndUser.objects.get(pk=obj.pk), **changes)

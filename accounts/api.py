@@ -130,7 +130,7 @@ class EndUserListView(generics.ListAPIView):
 
     def get_queryset(self):  # noqa: ANN201
         api_key = self.request.query_params.get("api_key")
-        if api_key is not None and not api_key.isdigit():
+        if api_key is not None and not (api_key.isascii() and api_key.isdigit() and len(api_key) < 19):
             raise field_error("api_key", "An API key id (a number).")
         return end_users_for_user(user=self.request.user, api_key_id=int(api_key) if api_key else None)
 

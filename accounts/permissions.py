@@ -79,6 +79,6 @@ class KeysScope(BasePermission):
             return True
         self.message = (
             f"API key '{api_key.name}' lacks the 'keys' scope (making keys, changing a key's limits or scopes, "
-            f"the account's spending cap, saving a card, auto top-up); its scopes: {', '.join(api_key.scopes)}."
+            f"the account's spending cap, an end user's budget or block, saving a card, auto top-up); its scopes: {', '.join(api_key.scopes)}."
         )
         return False

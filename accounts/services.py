@@ -208,6 +208,9 @@ def end_user_override_set(*, end_user: EndUser, **changes: Any) -> EndUser:  # n
         raise field_error("budget_credits", "A budget must not be negative.")
     if changes.get("budget_window") is not None and changes["budget_window"] not in SpendWindow.values:
         raise field_error("budget_window", f"One of: {', '.join(SpendWindow.values)}, or null for a lifetime budget.")
+    budget = changes.get("budget_credits", end_user.budget_credits)
+    if changes.get("budget_window") is not None and budget is None:
+        raise field_error("budget_window", "A window needs a budget_credits of their own (else the key's applies).")
     if changes:
         EndUser.objects.filter(pk=end_user.pk).update(**changes)
         for name, value in changes.items():

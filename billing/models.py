@@ -322,7 +322,7 @@ class ModelPrice(models.Model):
         CL100K_BASE = "cl100k_base", "cl100k_base (GPT-4, GPT-3.5)"
 
     alias = models.CharField(max_length=64)
-    kind = models.CharField(max_length=16, choices=Kind.choices, default=Kind.CHAT)
+    kind = models.CharField(max_length=16, choices=Kind.choices, default=Kind.CHAT, db_default=Kind.CHAT)
     provider = models.CharField(max_length=16, choices=Provider.choices)
     provider_model = models.CharField(max_length=128)
     input_credits_per_mtok = models.DecimalField(max_digits=18, decimal_places=8)

@@ -99,7 +99,8 @@ class Turn(models.Model):
     end_user = models.ForeignKey(
         "accounts.EndUser", on_delete=models.SET_NULL, null=True, blank=True, related_name="+", db_index=False
     )
-    purpose = models.CharField(max_length=32, blank=True)
+    # db_default: a process of the release before (no such column) can still insert.
+    purpose = models.CharField(max_length=32, blank=True, default="", db_default="")
     error = models.TextField(blank=True)
     credits_charged = models.DecimalField(max_digits=18, decimal_places=8, null=True, blank=True)
     balance_after = models.DecimalField(max_digits=18, decimal_places=8, null=True, blank=True)
@@ -146,6 +147,10 @@ class Turn(models.Model):
             # The fair-use count of a user's turns in flight, asked on every new turn.
             models.Index(
                 fields=["user"], condition=Q(status__in=["queued", "running"]), name="chat_turn_user_unfinished"
+            ),
+            # An end user's turns, newest first (the console's "Their turns"); most turns name none.
+            models.Index(
+                fields=["end_user", "-created_at"], condition=Q(end_user__isnull=False), name="chat_turn_end_user"
             ),
             # The beat sweep: unfinished turns not handed over, or whose lease ran out.
             models.Index(

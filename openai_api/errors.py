@@ -92,7 +92,12 @@ def as_openai_error(exc: Exception) -> OpenAIError | None:
             message = "You didn't provide an API key: send it as `Authorization: Bearer <key>`."
         return OpenAIError(message, status_code=401, code="invalid_api_key")
     if isinstance(exc, InsufficientCredits):
-        return OpenAIError(exc.message, status_code=429, type="insufficient_quota", code="insufficient_quota")
+        # Refused until credits or the budget's window change: the SDKs' automatic
+        # retries (OpenAI's own quota 429 too) would be refused the same.
+        return OpenAIError(
+            exc.message, status_code=429, type="insufficient_quota", code="insufficient_quota",
+            headers={"x-should-retry": "false"},
+        )  # fmt: skip
     if isinstance(exc, TooManyRequests):
         return OpenAIError(
             exc.message, status_code=429, type="requests", code="rate_limit_exceeded",

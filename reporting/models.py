@@ -17,8 +17,8 @@ class UsageDaily(models.Model):
     # The turn's end user (accounts.EndUser id; 0: none named) and the client's label of
     # the request (chat.Turn.purpose; "": none). A plain number, not a foreign key: the
     # unique key below must treat "none" as one value, which NULL is not.
-    end_user_id = models.BigIntegerField(default=0)
-    purpose = models.CharField(max_length=32, blank=True, default="")
+    end_user_id = models.BigIntegerField(default=0, db_default=0)
+    purpose = models.CharField(max_length=32, blank=True, default="", db_default="")
     calls = models.PositiveIntegerField(default=0)
     # The token classes of chat.LLMCall, summed: cached and cache-write tokens are part
     # of input_tokens, reasoning tokens part of output_tokens.

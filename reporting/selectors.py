@@ -44,8 +44,9 @@ class UsageFilters:
     to_date: date | None = None
     bucket: Bucket = "day"
     source: str | None = None
-    end_user_id: int | None = None
+    end_user_id: int | None = None  # 0: the requests that named none
     purpose: str | None = None
+    end_user: str | None = None  # the id the client sent (every key's end user of that id)
 
 
 def zero_figures() -> dict[str, Any]:
@@ -67,6 +68,11 @@ def _filtered(rows: QuerySet, filters: UsageFilters, purpose_field: str = "purpo
         rows = rows.filter(source=filters.source)
     if filters.end_user_id is not None:
         rows = rows.filter(end_user_id=filters.end_user_id)
+    if filters.end_user is not None:
+        named = EndUser.objects.filter(external_id=filters.end_user)
+        if filters.user_id is not None:
+            named = named.filter(api_key__user_id=filters.user_id)
+        rows = rows.filter(end_user_id__in=list(named.values_list("pk", flat=True)))
     if filters.purpose is not None:
         rows = rows.filter(**{purpose_field: filters.purpose})
     return rows
@@ -135,6 +141,7 @@ def _summarize(
         "bucket": filters.bucket,
         "source": filters.source,
         "end_user_id": filters.end_user_id,
+        "end_user": filters.end_user,
         "purpose": filters.purpose,
         "totals": totals,
         "by_model": by_model,
@@ -156,9 +163,10 @@ def usage_summary(
     source: str | None = None,
     end_user_id: int | None = None,
     purpose: str | None = None,
+    end_user: str | None = None,
 ) -> dict:
     """The summary served to staff and users, from the daily rollups."""
-    filters = UsageFilters(user_id, model_alias, from_date, to_date, bucket, source, end_user_id, purpose)
+    filters = UsageFilters(user_id, model_alias, from_date, to_date, bucket, source, end_user_id, purpose, end_user)
     rows = _filtered(UsageDaily.objects.all(), filters)
     if user_id is not None:
         rows = rows.filter(user_id=user_id)
@@ -187,10 +195,11 @@ def usage_summary_from_calls(
     source: str | None = None,
     end_user_id: int | None = None,
     purpose: str | None = None,
+    end_user: str | None = None,
 ) -> dict:
     """The same summary aggregated from the raw LLM calls: the reference the rollups
     must equal exactly."""
-    filters = UsageFilters(user_id, model_alias, from_date, to_date, bucket, source, end_user_id, purpose)
+    filters = UsageFilters(user_id, model_alias, from_date, to_date, bucket, source, end_user_id, purpose, end_user)
     rows = LLMCall.objects.annotate(
         source=F("turn__session__source"), end_user_id=Coalesce("turn__end_user_id", Value(0)),
         turn_purpose=F("turn__purpose"),  # LLMCall.purpose is the call's own (reply, summary...)

@@ -22,9 +22,13 @@ class UsageQuerySerializer(serializers.Serializer):
         help_text="Only calls of the chat API (chat), the OpenAI-compatible /v1 (openai) or its /v1/embeddings "
         "(embeddings).",
     )
+    end_user = serializers.CharField(
+        required=False, max_length=256,
+        help_text="Only the usage of the end user the client named so (the OpenAI `user`, X-OpenWebUI-User-Id).",
+    )  # fmt: skip
     end_user_id = serializers.IntegerField(
-        required=False, min_value=1, max_value=BIGINT_MAX,
-        help_text="Only this end user's usage (an id from GET users/me/end-users).",
+        required=False, min_value=0, max_value=BIGINT_MAX,
+        help_text="Only this end user's usage (an id from GET users/me/end-users); 0: requests that named none.",
     )  # fmt: skip
     purpose = serializers.RegexField(
         r"^[A-Za-z0-9_.:-]{1,32}$", required=False, help_text="Only requests labelled with this purpose (e.g. title)."
@@ -98,6 +102,7 @@ class UsageSummarySerializer(serializers.Serializer):
     bucket = serializers.ChoiceField(choices=BUCKETS)
     source = serializers.CharField(allow_null=True, help_text="The `source` filter asked for, if any.")
     end_user_id = serializers.IntegerField(allow_null=True, help_text="The `end_user_id` filter, if any.")
+    end_user = serializers.CharField(allow_null=True, help_text="The `end_user` filter, if any.")
     purpose = serializers.CharField(allow_null=True, help_text="The `purpose` filter, if any.")
     totals = UsageFiguresSerializer()
     by_model = UsageByModelSerializer(many=True)

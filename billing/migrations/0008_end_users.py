@@ -26,7 +26,7 @@ class Migration(migrations.Migration):
         migrations.AddField(
             model_name='modelprice',
             name='kind',
-            field=models.CharField(choices=[('chat', 'Chat'), ('embedding', 'Embedding')], default='chat', max_length=16),
+            field=models.CharField(choices=[('chat', 'Chat'), ('embedding', 'Embedding')], db_default='chat', default='chat', max_length=16),
         ),
         migrations.AddField(
             model_name='spendcounter',

@@ -20,7 +20,11 @@ class Migration(migrations.Migration):
         migrations.AddField(
             model_name='turn',
             name='purpose',
-            field=models.CharField(blank=True, max_length=32),
+            field=models.CharField(blank=True, db_default='', default='', max_length=32),
+        ),
+        migrations.AddIndex(
+            model_name='turn',
+            index=models.Index(condition=models.Q(('end_user__isnull', False)), fields=['end_user', '-created_at'], name='chat_turn_end_user'),
         ),
         migrations.AlterField(
             model_name='llmcall',

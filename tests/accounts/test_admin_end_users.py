@@ -66,4 +66,7 @@ def test_an_end_user_is_overridden_and_blocked_in_the_console(admin_browser, own
     assert refused.status_code == 200 and "greater than or equal to 0" in refused.content.decode()
     ada.refresh_from_db()
     assert ada.budget_credits == Decimal("7.5")
+    window_only = admin_browser.post(url, {"budget_credits": "", "budget_window": "day"})
+    assert window_only.status_code == 200 and "A window needs a budget of their own" in window_only.content.decode()
     assert admin_browser.get("/admin/accounts/enduser/add/").status_code == 403
+    assert admin_browser.get(f"/admin/accounts/enduser/{ada.pk}/delete/").status_code == 403

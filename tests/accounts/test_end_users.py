@@ -87,6 +87,7 @@ def test_one_end_user_over_the_key_budget_is_refused_and_the_others_are_not(live
         sdk.chat.completions.create(model="fast", messages=QUESTION, user="ada")
     error = refused.value.body
     assert refused.value.status_code == 429 and error["code"] == "insufficient_quota"
+    assert refused.value.response.headers["x-should-retry"] == "false"  # the SDK did not try it again
     assert error["message"].startswith("End user 'ada' of API key 'webui': budget of ")
     assert "per day" in error["message"] and "resets at" in error["message"]
     debits = CreditTransaction.objects.filter(kind="debit").count()
@@ -160,6 +161,9 @@ def test_end_users_are_the_owners_own_and_changing_them_needs_the_keys_scope(own
     assert forbidden.status_code == 403 and "keys" in forbidden.json()["error"]["message"]
     bad = api(raw).put(f"/api/v1/users/me/end-users/{end_user.pk}", {"budget_credits": "-1"}, format="json")
     assert bad.status_code == 400 and "budget_credits" in bad.json()["error"]["fields"]
+    window_only = api(raw).put(f"/api/v1/users/me/end-users/{end_user.pk}", {"budget_window": "day"}, format="json")
+    assert window_only.status_code == 400 and "budget_window" in window_only.json()["error"]["fields"]
+    assert api(raw).get("/api/v1/users/me/end-users?api_key=%C2%B2").status_code == 400
 
 
 def test_usage_breaks_down_by_end_user_and_purpose(live_server, owner, fast):
@@ -183,7 +187,11 @@ def test_usage_breaks_down_by_end_user_and_purpose(live_server, owner, fast):
     titles = client.get("/api/v1/users/me/usage?purpose=title").json()
     assert titles["totals"]["calls"] == 1
     csv = client.get("/api/v1/users/me/usage?format=csv").content.decode()
-    assert "\r\nend_user,ada,," in csv and "\r\npurpose,title,," in csv
+    assert "\r\nend_user,ada,webui," in csv and "\r\npurpose,title,," in csv
+    by_name = client.get("/api/v1/users/me/usage?end_user=ada").json()
+    assert by_name["totals"]["calls"] == 2 and by_name["end_user"] == "ada"
+    nobody = client.get("/api/v1/users/me/usage?end_user_id=0").json()
+    assert nobody["totals"]["calls"] == 1
 
 
 def test_bad_labels_are_400_naming_them(live_server, owner, fast):

@@ -45,13 +45,15 @@ def add(figures: dict, call) -> None:  # noqa: ANN001
 
 
 def expected_summary(
-    recorded, *, user_id, model_alias, from_date, to_date, bucket, end_user_id=None, purpose=None  # noqa: ANN001
+    recorded, *, user_id, model_alias, from_date, to_date, bucket, end_user_id=None, purpose=None,  # noqa: ANN001
+    end_user=None,  # noqa: ANN001
 ) -> dict:
     chosen = [
         call
         for call in recorded
         if (user_id is None or call.user_id == user_id)
-        and (end_user_id is None or call.end_user_id == end_user_id)
+        and (end_user_id is None or (call.end_user_id or 0) == end_user_id)
+        and (end_user is None or call.external_id == end_user)
         and (purpose is None or call.purpose == purpose)
         and (model_alias is None or call.alias == model_alias)
         and (from_date is None or call.day >= from_date)
@@ -84,6 +86,7 @@ def expected_summary(
         "source": None,
         "by_source": [{"source": "chat", **totals}] if totals["calls"] else [],
         "end_user_id": end_user_id,
+        "end_user": end_user,
         "purpose": purpose,
         "by_end_user": [
             {"end_user_id": k or None, "external_id": end_users[k or None][0], "api_key_name": end_users[k or None][1],
@@ -115,12 +118,14 @@ def test_rollup_summary_equals_raw_aggregation_per_end_user_and_purpose(usage_da
     ada, bob = end_users[users[0].pk]
     assert {call.end_user_id for call in recorded} >= {None, ada.pk, bob.pk}
     assert {call.purpose for call in recorded} == {"", "title", "tags"}
-    for user_id, end_user_id, purpose, (start, end) in product(
-        [None, users[0].pk], [None, ada.pk, bob.pk], [None, "title", ""], RANGES[:3]
+    # "ada" is an end user of user0's key and of user1's: by name, both.
+    for user_id, (end_user_id, end_user), purpose, (start, end) in product(
+        [None, users[0].pk], [(None, None), (ada.pk, None), (bob.pk, None), (0, None), (None, "ada")],
+        [None, "title", ""], RANGES[:3],
     ):
         filters = {
             "user_id": user_id, "model_alias": None, "from_date": start, "to_date": end, "bucket": "day",
-            "end_user_id": end_user_id, "purpose": purpose,
+            "end_user_id": end_user_id, "purpose": purpose, "end_user": end_user,
         }  # fmt: skip
         from_rollups = usage_summary(**filters)
         assert from_rollups == usage_summary_from_calls(**filters), filters
