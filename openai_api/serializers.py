@@ -303,13 +303,13 @@ class EmbeddingInputField(serializers.Field):
 class EmbeddingRequestSerializer(serializers.Serializer):
     model = serializers.CharField(max_length=64)
     input = EmbeddingInputField()
-    encoding_format = serializers.ChoiceField(choices=["float", "base64"], required=False, default="float")
+    encoding_format = serializers.ChoiceField(choices=["float", "base64"], required=False, allow_null=True)
     dimensions = serializers.IntegerField(
         required=False, allow_null=True, min_value=1, max_value=MAX_DIMENSIONS,
         help_text="The vectors' length, for models that take it (the local model: any; OpenAI's text-embedding-3).",
     )  # fmt: skip
     user = serializers.CharField(
-        required=False, allow_blank=True, max_length=256,
+        required=False, allow_blank=True, allow_null=True, max_length=256,
         help_text="The end user this request is for: counted against the key's end-user budget, shown in usage.",
     )  # fmt: skip
 
@@ -320,8 +320,12 @@ class EmbeddingRequestSerializer(serializers.Serializer):
         if price is None:
             raise model_not_found(data["model"])
         return EmbeddingRequest(
-            price=price, inputs=data["input"], dimensions=data.get("dimensions"), user=data.get("user", "")
+            price=price, inputs=data["input"], dimensions=data.get("dimensions"), user=data.get("user") or ""
         )
+
+    def vector_format(self) -> str:
+        """`encoding_format`, float when left out or null."""
+        return self.validated_data.get("encoding_format") or "float"
 
 
 # --- answers, for the OpenAPI document (openai_api.shapes builds them) ---------------

@@ -157,5 +157,5 @@ class EmbeddingsView(OpenAIView):
         )
         return embeddings.answer(
             http_request=request, turn=turn, request=embedding, count=count, routes=routes, lease=lease,
-            encoding_format=serializer.validated_data["encoding_format"],
+            encoding_format=serializer.vector_format(),
         )  # fmt: skip

@@ -140,11 +140,15 @@ def test_base64_the_sdks_default_decodes_to_the_same_vectors(sdk, embed):
     default = sdk.embeddings.create(model="embed", input="Hello there")  # the SDK asks for base64
     raw = post(str(sdk.base_url).rstrip("/"), sdk.api_key, {"model": "embed", "input": "Hello there",
                                                             "encoding_format": "base64"})  # fmt: skip
+    nulls = post(str(sdk.base_url).rstrip("/"), sdk.api_key, {"model": "embed", "input": "Hello there",
+                                                              "encoding_format": None, "user": None,
+                                                              "dimensions": None})  # fmt: skip
+    assert nulls.json()["data"][0]["embedding"] == pytest.approx(local_vector("Hello there"))  # null: floats
     packed = base64.b64decode(raw.json()["data"][0]["embedding"])
     floats = list(struct.unpack(f"<{DEFAULT_DIMENSIONS}f", packed))
     assert default.data[0].embedding == pytest.approx(local_vector("Hello there"), abs=1e-6)
     assert floats == pytest.approx(default.data[0].embedding)
-    assert len(debits()) == 2
+    assert len(debits()) == 3
 
 
 def test_token_arrays_are_counted_exactly_and_dimensions_are_honoured(sdk, embed):
