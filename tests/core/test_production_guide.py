@@ -206,8 +206,8 @@ def test_the_production_guide_word_for_word_on_a_fresh_database(tmp_path):
         try:
             deadline = time.monotonic() + 90
             while time.monotonic() < deadline:
-                for process, name in zip(processes, ("web", "worker", "beat"), strict=True):
-                    assert process.poll() is None, f"{name} exited: " + (tmp_path / f"{name}.log").read_text()[-3000:]
+                for process, label in zip(processes, ("web", "worker", "beat"), strict=True):
+                    assert process.poll() is None, f"{label} exited: " + (tmp_path / f"{label}.log").read_text()[-3000:]
                 try:
                     if get(port, "/api/v1/health")[0] == 200:
                         break
