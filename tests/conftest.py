@@ -10,15 +10,92 @@ import pytest
 from django.conf import settings
 from django.contrib.auth.models import Permission
 from django.db import connection
+from django.db.backends.postgresql.operations import DatabaseOperations as PostgresOperations
 from django.test import Client
 from rest_framework.test import APIClient
 from rest_framework.throttling import SimpleRateThrottle
 
 from accounts.services import api_key_create, user_create, user_make_staff
 from config.celery import app as celery_app
-from tests.services import require_browser, require_postgres, require_redis
+from tests.services import require_browser, require_postgres, require_redis, worker_redis_urls, xdist_worker_index
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def _use_this_workers_redis() -> str:
+    """Points this pytest process at its own Redis database (tests.services): its
+    settings, its Celery app and, through the environment, the processes its tests
+    start. Django has read REDIS_URL by now (pytest-django sets Django up before it
+    imports this file) but has made no cache client or broker connection yet. Returns
+    the spare database's URL."""
+    if not settings.REDIS_URL:
+        return ""
+    own, spare = worker_redis_urls(settings.REDIS_URL)
+    os.environ["REDIS_URL"] = own
+    settings.REDIS_URL = settings.CELERY_BROKER_URL = own
+    settings.CACHES["default"]["LOCATION"] = own
+    celery_app.conf.broker_url = own
+    return spare
+
+
+SPARE_REDIS_URL = _use_this_workers_redis()
+
+
+def spare_redis_url() -> str:
+    """An empty Redis database that neither this process nor its Celery worker uses,
+    for a test that starts a stack (web, worker, beat) of its own."""
+    import redis
+
+    redis.Redis.from_url(SPARE_REDIS_URL).flushdb()
+    return SPARE_REDIS_URL
+
+
+# --- the flush after each transactional test, on PostgreSQL ----------------------
+#
+# Django empties the database after a `transaction=True` test with one TRUNCATE of
+# every table (93 here). PostgreSQL makes new files for each table, index and TOAST
+# table and syncs them at commit: 0.6-0.9 s per test on an idle machine of this kind,
+# 4-6 s with other runs on it (most of the slowest 80 steps of a serial run were such
+# teardowns, 2026-12-07). Deleting the few rows a test left takes 0.02 s. The rows are deleted with triggers and foreign
+# key checks off for that one transaction (session_replication_role, as pg_restore
+# does): the ledger's append-only triggers would refuse the DELETE, and the order of
+# the tables does not matter then. The tables end empty, as after TRUNCATE; sequences
+# are not reset by either (a `reset_sequences` test gets Django's TRUNCATE). A role
+# that may not set session_replication_role (not a superuser) gets TRUNCATE too.
+
+_truncate = PostgresOperations.sql_flush
+
+
+def _sql_flush_by_delete(self, style, tables, *, reset_sequences=False, allow_cascade=False) -> list[str]:  # noqa: ANN001
+    if reset_sequences or not tables or not _may_skip_triggers(self.connection):
+        return _truncate(self, style, tables, reset_sequences=reset_sequences, allow_cascade=allow_cascade)
+    return [
+        "SET LOCAL session_replication_role = replica",
+        *(f"{style.SQL_KEYWORD('DELETE FROM')} {style.SQL_FIELD(self.quote_name(table))};" for table in tables),
+        "SET LOCAL session_replication_role = DEFAULT",  # should the flush run inside a longer transaction
+    ]
+
+
+def _may_skip_triggers(db) -> bool:  # noqa: ANN001
+    with db.cursor() as cursor:
+        cursor.execute("SELECT current_setting('is_superuser') = 'on'")
+        return cursor.fetchone()[0]
+
+
+PostgresOperations.sql_flush = _sql_flush_by_delete
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under xdist (--dist loadgroup, bin/test) the browser tests run on one process,
+    one after the other: a Chromium each at once would starve the other tests of two
+    cores. The tests that start the Procfile's processes (web, worker, beat) mark
+    themselves `xdist_group("stack")` for the same reason, and because their timings
+    (a takeover within 90 s, a database outage that must cover a completion) assume
+    no other such stack competes for the cores."""
+    for item in items:
+        if item.get_closest_marker("browser"):
+            item.add_marker(pytest.mark.xdist_group("browser"))
 
 
 @pytest.fixture(autouse=True)
@@ -139,7 +216,7 @@ class WorkerProcess:
     def __init__(self, env: dict[str, str]) -> None:
         self.env = env
         self.proc: subprocess.Popen | None = None
-        self.log_path = ROOT / ".pytest_cache" / "celery-worker.log"
+        self.log_path = ROOT / ".pytest_cache" / f"celery-worker-{xdist_worker_index()}.log"
 
     def start(self) -> None:
         self.log_path.parent.mkdir(exist_ok=True)

@@ -7,11 +7,9 @@ import json
 import time
 from decimal import Decimal
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 import redis
-from django.conf import settings
 from django.db import connection
 from django.db.models import Sum
 
@@ -21,19 +19,13 @@ from billing.models import CreditHold, CreditTransaction, Wallet
 from billing.services import wallet_grant
 from chat.models import ChatSession, Turn
 from tests.chat.conftest import make_price
-from tests.conftest import _worker_env
+from tests.conftest import _worker_env, spare_redis_url
 
-pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.worker]
+# xdist_group: the Procfile's stacks run on one xdist worker, one at a time (tests/conftest.py).
+pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.worker, pytest.mark.xdist_group("stack")]
 
 USERS, TURNS_EACH = 10, 10
 LATENCY_MS = 8000
-
-
-def _own_redis_db(url: str) -> str:
-    """Another Redis database than the suite's worker consumes from."""
-    parts = urlsplit(url)
-    number = int(parts.path.lstrip("/") or 0)
-    return urlunsplit(parts._replace(path=f"/{(number + 1) % 16}"))
 
 
 async def _open_stream(port: int, key: str, turn_id: str) -> tuple[asyncio.StreamWriter, object]:
@@ -111,7 +103,7 @@ def test_the_procfile_stack_holds_100_open_streams_and_health_keeps_answering(tm
         _, key = api_key_create(user=user, name="streams")
         seeds.append((key, ChatSession.objects.create(user=user, model_alias=price.alias).pk))
         owners.append(user.pk)
-    env = {**_worker_env(), "REDIS_URL": _own_redis_db(settings.REDIS_URL), "LOCAL_LLM_LATENCY_MS": str(LATENCY_MS)}
+    env = {**_worker_env(), "REDIS_URL": spare_redis_url(), "LOCAL_LLM_LATENCY_MS": str(LATENCY_MS)}
     env.pop("DEBUG")
     stack = Stack(env, tmp_path / "procfile.log")
     stack.start(("web", "worker"))

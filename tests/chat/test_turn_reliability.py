@@ -26,13 +26,11 @@ from collections.abc import Iterator
 from dataclasses import replace
 from decimal import Decimal
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import pytest
 import redis
 from celery import Celery
-from django.conf import settings
 from django.core.management import call_command
 from django.db import connection
 
@@ -42,10 +40,17 @@ from billing.models import CreditHold, CreditTransaction, Wallet
 from billing.services import wallet_grant
 from chat.models import ChatSession, LLMCall, Message, Turn
 from tests.chat.conftest import expected_cost, make_price, wait_for
-from tests.conftest import _worker_env
+from tests.conftest import _worker_env, spare_redis_url
 from tests.fakes.llm_servers import FakeOpenAIServer, Reply
 
-pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.worker, pytest.mark.django_db(transaction=True)]
+# xdist_group: the Procfile's stacks run on one xdist worker, one at a time (tests/conftest.py).
+pytestmark = [
+    pytest.mark.postgres,
+    pytest.mark.redis,
+    pytest.mark.worker,
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.xdist_group("stack"),
+]
 
 CREDITS = Decimal("100")
 # A reply streamed over about 2 s (20 pieces, 0.1 s apart), usage 11 in / 7 out.
@@ -83,13 +88,6 @@ def _answers(url: str) -> bool:
         return bool(redis.Redis.from_url(url, socket_connect_timeout=0.5).ping())
     except redis.RedisError:
         return False
-
-
-def _another_redis_db(url: str) -> str:
-    """A Redis database the suite's own worker does not consume from."""
-    parts = urlsplit(url)
-    number = int(parts.path.lstrip("/") or 0)
-    return urlunsplit(parts._replace(path=f"/{(number + 8) % 16}"))
 
 
 def _stack(tmp_path: Path, redis_url: str, fake: FakeOpenAIServer, **extra: str) -> Stack:
@@ -180,7 +178,7 @@ def test_a_turn_accepted_while_the_broker_is_down_runs_once_the_broker_is_back(t
 def test_a_turn_whose_worker_was_killed_is_taken_over_within_90_s_and_runs_once_at_a_time(tmp_path, fake):
     key, session = _customer("killed@example.com")
     fake.script(SLOW.__class__(**{**SLOW.__dict__, "chunk_delay": 0.25}), SLOW)  # the first run lasts ~5 s
-    redis_url = _another_redis_db(settings.REDIS_URL)
+    redis_url = spare_redis_url()
     stack = _stack(tmp_path, redis_url, fake)
     stack.start(("web", "worker", "beat"))
     try:
@@ -234,7 +232,7 @@ def _turn_in_completion(tmp_path: Path, fake: FakeOpenAIServer, email: str, repl
     """A turn whose reply is about to end, on the Procfile's processes."""
     key, session = _customer(email)
     fake.script(reply)
-    stack = _stack(tmp_path, _another_redis_db(settings.REDIS_URL), fake, **env)
+    stack = _stack(tmp_path, spare_redis_url(), fake, **env)
     stack.start(("web", "worker", "beat"))
     status, body, _ = _call(stack.port, "POST", f"/api/v1/sessions/{session.pk}/turns", key, {"content": "hi"})
     assert status == 202

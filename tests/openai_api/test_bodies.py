@@ -277,16 +277,15 @@ def test_a_nul_where_a_replacement_character_can_stand_is_stored_as_one(base_url
 @pytest.mark.postgres
 @pytest.mark.redis
 @pytest.mark.worker
+@pytest.mark.xdist_group("stack")  # the Procfile's stacks run on one xdist worker, one at a time (tests/conftest.py)
 def test_on_the_procfile_stack_a_chunked_body_is_read_and_bad_bodies_are_4xx_without_an_error_logged(
     tmp_path, owner, raw_key, fast
 ):  # fmt: skip
-    from django.conf import settings
 
     from bench.stack import Stack
-    from tests.chat.test_open_streams import _own_redis_db
-    from tests.conftest import _worker_env
+    from tests.conftest import _worker_env, spare_redis_url
 
-    env = {**_worker_env(), "REDIS_URL": _own_redis_db(settings.REDIS_URL)}
+    env = {**_worker_env(), "REDIS_URL": spare_redis_url()}
     env.pop("DEBUG")
     log = tmp_path / "procfile.log"
     stack = Stack(env, log)

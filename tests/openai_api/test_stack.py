@@ -12,7 +12,6 @@ from pathlib import Path
 
 import openai
 import pytest
-from django.conf import settings
 from django.db.models import Sum
 from langchain_openai import ChatOpenAI
 
@@ -22,11 +21,11 @@ from billing.models import CreditHold, CreditTransaction, Wallet
 from billing.services import wallet_grant
 from chat.models import ChatSession, LLMCall, Turn
 from reporting.selectors import usage_summary
-from tests.chat.test_open_streams import _own_redis_db
-from tests.conftest import _worker_env
+from tests.conftest import _worker_env, spare_redis_url
 from tests.openai_api.test_sdk import WEATHER
 
-pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.worker]
+# xdist_group: the Procfile's stacks run on one xdist worker, one at a time (tests/conftest.py).
+pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.worker, pytest.mark.xdist_group("stack")]
 
 USERS, STREAMS_EACH = 5, 10
 LATENCY_MS = 3000
@@ -137,7 +136,7 @@ def test_the_procfile_stack_serves_v1_with_50_concurrent_streams(tmp_path: Path)
         user = user_create(email=f"v1-{n}@example.com")
         wallet_grant(user=user, amount=CREDITS, reason="test credits")
         keys.append(api_key_create(user=user, name="sdk")[1])
-    env = {**_worker_env(), "REDIS_URL": _own_redis_db(settings.REDIS_URL), "LOCAL_LLM_LATENCY_MS": str(LATENCY_MS)}
+    env = {**_worker_env(), "REDIS_URL": spare_redis_url(), "LOCAL_LLM_LATENCY_MS": str(LATENCY_MS)}
     env.pop("DEBUG")
     stack = Stack(env, tmp_path / "procfile.log")
     stack.start(("web", "worker"))
