@@ -13,6 +13,9 @@ before the database exists.
 
 import sys
 
+import psycopg
+from django.conf import settings
+
 # Commands that do not need the database (makemigrations checks the history itself
 # and only warns when it cannot connect).
 NO_DATABASE = {"help", "version", "collectstatic", "makemigrations", "spectacular", "check", "startapp"}
@@ -23,13 +26,9 @@ DJANGO_OPTIONS = {"pool", "isolation_level", "server_side_binding", "assume_role
 
 def database_problem() -> str | None:
     """One line saying why the default PostgreSQL database cannot be used, or None."""
-    from django.conf import settings
-
     db = settings.DATABASES["default"]
     if db["ENGINE"] != "django.db.backends.postgresql":
         return None
-    import psycopg
-
     options = {key: value for key, value in db.get("OPTIONS", {}).items() if key not in DJANGO_OPTIONS}
     host, port, name = db.get("HOST") or "localhost", db.get("PORT") or 5432, db["NAME"]
     params = {"dbname": name, "host": db.get("HOST") or None, "port": db.get("PORT") or None,
