@@ -37,6 +37,7 @@ from urllib.parse import urlsplit
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as `python bench/<name>.py`
 
 from bench.stack import Stack, cpu_seconds, database_create, database_drop, database_url, percentile  # noqa: E402
+from bench.stack import bench_env as stack_env  # noqa: E402
 
 BENCH_DB = "parley_bench_embeddings"
 LOG = Path(tempfile.gettempdir()) / "parley-bench-embeddings.log"
@@ -102,23 +103,7 @@ WORDS = [
 
 
 def bench_env(args: argparse.Namespace) -> dict[str, str]:
-    """The Procfile's web with its defaults, plus the benchmark's database and Redis,
-    the baseline endpoint, a zero-latency model and throttles out of the way."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "CELERY_", "WEB_", "WORKER_"))}
-    env.pop("DEBUG", None)
-    env.pop("CONN_MAX_AGE", None)
-    return {
-        **env,
-        "DATABASE_URL": database_url(args.pg, BENCH_DB),
-        "REDIS_URL": args.redis,
-        "SECRET_KEY": "bench-only-not-secret",
-        "ALLOWED_HOSTS": "127.0.0.1,localhost",
-        "BENCH_ENDPOINTS": "1",
-        "LOCAL_LLM_LATENCY_MS": "0",
-        "THROTTLE_USER_RATE": "10000000/min",
-        "THROTTLE_ANON_RATE": "10000000/min",
-        "LOG_LEVEL": "WARNING",
-    }
+    return stack_env(database=database_url(args.pg, BENCH_DB), redis=args.redis)
 
 
 class Client:

@@ -84,6 +84,27 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def bench_env(*, database: str, redis: str) -> dict[str, str]:
+    """The Procfile's processes with their defaults (this shell's Django, Celery and
+    pool settings dropped), on the benchmark's database and Redis, with the baseline
+    endpoints, a zero-latency model and throttles out of the way."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "CELERY_", "WEB_", "WORKER_"))}
+    env.pop("DEBUG", None)
+    env.pop("CONN_MAX_AGE", None)
+    return {
+        **env,
+        "DATABASE_URL": database,
+        "REDIS_URL": redis,
+        "SECRET_KEY": "bench-only-not-secret",
+        "ALLOWED_HOSTS": "127.0.0.1,localhost",
+        "BENCH_ENDPOINTS": "1",
+        "LOCAL_LLM_LATENCY_MS": "0",
+        "THROTTLE_USER_RATE": "10000000/min",
+        "THROTTLE_ANON_RATE": "10000000/min",
+        "LOG_LEVEL": "WARNING",
+    }
+
+
 def procfile() -> dict[str, str]:
     lines = {}
     for line in (ROOT / "Procfile").read_text().splitlines():

@@ -14,7 +14,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from accounts.attribution import request_attribution
+from accounts.attribution import Attribution, request_attribution
 from billing.selectors import model_prices_active
 from chat import streaming
 from chat.services.completions import completion_turn_create
@@ -50,6 +50,15 @@ class OpenAIView(APIView):
 
     def get_exception_handler(self):  # noqa: ANN201
         return errors.exception_handler
+
+
+def _attribution(request: Request, data: dict) -> Attribution:
+    """Who the request is for (`user`, else the end-user header) and what for
+    (`metadata.purpose`, else X-Parley-Purpose): accounts.attribution."""
+    return request_attribution(
+        request, end_user=data.get("user") or "", purpose=(data.get("metadata") or {}).get("purpose", ""),
+        end_user_field="user", purpose_field="metadata.purpose",
+    )  # fmt: skip
 
 
 class ModelListView(OpenAIView):
@@ -88,11 +97,7 @@ class ChatCompletionsView(OpenAIView):
         serializer = ChatCompletionRequestSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         completion = serializer.completion_request()
-        data = serializer.validated_data
-        attribution = request_attribution(
-            request, end_user=data.get("user") or "", purpose=(data.get("metadata") or {}).get("purpose", ""),
-            end_user_field="user", purpose_field="metadata.purpose",
-        )  # fmt: skip
+        attribution = _attribution(request, serializer.validated_data)
         if not serializer.validated_data.get("stream"):
             # Under ASGI the wait hands the turn over once it listens (answers.answer_now_or_later).
             hand_over = not getattr(request, "waits_on_event_loop", False)
@@ -148,9 +153,7 @@ class EmbeddingsView(OpenAIView):
         serializer = EmbeddingRequestSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         embedding = serializer.embedding_request()
-        attribution = request_attribution(
-            request, end_user=embedding.user, end_user_field="user", purpose_field="metadata.purpose"
-        )
+        attribution = _attribution(request, serializer.validated_data)
         routes = embedding_routes_for(embedding.price)
         turn, count, lease = embedding_turn_create(
             user=request.user, api_key=request.auth, request=embedding, attribution=attribution

@@ -27,6 +27,45 @@ def _query(params: QueryDict, **changes: object) -> str:
     return f"?{query.urlencode()}" if query else "?"
 
 
+# The page's names of chat.ChatSession.Source.
+SOURCE_LABELS = {"chat": "Chat API", "openai": "OpenAI endpoint (/v1)", "embeddings": "Embeddings (/v1/embeddings)"}
+
+
+def _row(row: dict, label: object, *, url: str | None = None, note: str = "", quiet: bool = False) -> dict:
+    """A breakdown row as the page shows it: its first cell (a link to the page filtered
+    by it, or plain) and its figures."""
+    return {**row, "label": label, "filter_url": url, "note": note, "quiet": quiet}
+
+
+def _breakdowns(params: QueryDict, summary: dict) -> list[dict]:
+    """The summary's tables, in the page's order, each row with its first cell."""
+    return [
+        {"title": "By model", "id": "usage-by-model", "key": "Model alias", "rows": [
+            _row(r, r["model_alias"], url=_query(params, model_alias=r["model_alias"])) for r in summary["by_model"]
+        ]},
+        {"title": "By user", "id": "usage-by-user", "key": "User", "rows": [
+            _row(r, r["email"], url=_query(params, user=r["email"], user_id=None), note=f"(id {r['user_id']})")
+            for r in summary["by_user"]
+        ]},
+        {"title": "By source", "id": "usage-by-source", "key": "Source", "rows": [
+            _row(r, SOURCE_LABELS.get(r["source"], r["source"]), url=_query(params, source=r["source"]))
+            for r in summary["by_source"]
+        ]},
+        {"title": "By end user", "id": "usage-by-end-user", "key": "End user", "rows": [
+            _row(r, r["external_id"], url=_query(params, end_user=r["end_user_id"]), note=f"({r['api_key_name']})")
+            if r["end_user_id"] else _row(r, "none named", quiet=True)
+            for r in summary["by_end_user"]
+        ]},
+        {"title": "By purpose", "id": "usage-by-purpose", "key": "Purpose", "rows": [
+            _row(r, r["purpose"], url=_query(params, purpose=r["purpose"])) if r["purpose"]
+            else _row(r, "unlabelled", quiet=True)
+            for r in summary["by_purpose"]
+        ]},
+        {"title": f"By {summary['bucket']}", "id": "usage-by-bucket", "key": f"{summary['bucket'].title()} starting",
+         "rows": [_row(r, r["bucket"].isoformat()) for r in summary["by_bucket"]]},
+    ]  # fmt: skip
+
+
 @admin.register(Usage)
 class UsageAdmin(admin.ModelAdmin):
     def has_add_permission(self, request: HttpRequest) -> bool:
@@ -67,16 +106,6 @@ class UsageAdmin(admin.ModelAdmin):
 
     def _summary_context(self, params: QueryDict, summary: dict) -> dict:
         user = User.objects.filter(pk=summary["user_id"]).first() if summary["user_id"] else None
-        for row in summary["by_model"]:
-            row["filter_url"] = _query(params, model_alias=row["model_alias"])
-        for row in summary["by_user"]:
-            row["filter_url"] = _query(params, user=row["email"], user_id=None)
-        for row in summary["by_source"]:
-            row["filter_url"] = _query(params, source=row["source"])
-        for row in summary["by_end_user"]:
-            row["filter_url"] = _query(params, end_user=row["end_user_id"]) if row["end_user_id"] else None
-        for row in summary["by_purpose"]:
-            row["filter_url"] = _query(params, purpose=row["purpose"]) if row["purpose"] else None
         end_user = next((r for r in summary["by_end_user"] if r["end_user_id"] == summary["end_user_id"]), None)
         try:
             user_url = reverse("admin:accounts_user_change", args=[user.pk]) if user else None
@@ -84,6 +113,8 @@ class UsageAdmin(admin.ModelAdmin):
             user_url = None
         return {
             "summary": summary,
+            "breakdowns": _breakdowns(params, summary),
+            "source_label": SOURCE_LABELS.get(summary["source"], summary["source"]),
             "chart": credits_chart(summary["by_bucket"], summary["bucket"]),
             "csv_url": _query(params, format="csv"),
             "filtered_user": user,
