@@ -147,6 +147,16 @@ def staff_user(db):  # noqa: ANN001, ANN201
 
 
 @pytest.fixture
+def admin_browser(staff_user) -> Client:  # noqa: ANN001
+    """The staff console (Django's test client) logged in as a superuser."""
+    staff_user.is_superuser = True
+    staff_user.save(update_fields=["is_superuser"])
+    client = Client()
+    client.force_login(staff_user)
+    return client
+
+
+@pytest.fixture
 def grant_staff(db):  # noqa: ANN001, ANN201
     """A staff member in the "Parley staff" group: every staff API endpoint, granting
     included (billing.grant_credits). `staff_user` is staff with no permission at all."""

@@ -1,20 +1,10 @@
 import pytest
-from django.test import Client
 from rest_framework.test import APIClient
 
 from accounts.models import ApiKey, User
 from accounts.services import api_key_create, api_key_revoke
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def admin_browser(staff_user) -> Client:
-    staff_user.is_superuser = True
-    staff_user.save(update_fields=["is_superuser"])
-    client = Client()
-    client.force_login(staff_user)
-    return client
 
 
 def test_admin_lists_users_and_api_keys(admin_browser, owner):

@@ -5,7 +5,6 @@ a block set on an end user's page, through the same service as the API."""
 from decimal import Decimal
 
 import pytest
-from django.test import Client
 
 from accounts.models import EndUser
 from accounts.services import api_key_create
@@ -13,15 +12,6 @@ from billing.limits import spend_limits_for
 from billing.services import wallet_debit, wallet_grant, wallet_hold_place
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def admin_browser(staff_user) -> Client:  # noqa: ANN001
-    staff_user.is_superuser = True
-    staff_user.save(update_fields=["is_superuser"])
-    client = Client()
-    client.force_login(staff_user)
-    return client
 
 
 def spend(owner, api_key, end_user, amount: str, reference: str) -> None:  # noqa: ANN001

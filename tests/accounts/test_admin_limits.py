@@ -5,7 +5,6 @@ from datetime import timedelta
 from decimal import Decimal
 
 import pytest
-from django.test import Client
 from django.utils import timezone
 
 from accounts.models import ApiKey
@@ -14,15 +13,6 @@ from billing.limits import spend_limits_for
 from billing.services import wallet_debit, wallet_grant, wallet_hold_place
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def admin_browser(staff_user) -> Client:  # noqa: ANN001
-    staff_user.is_superuser = True
-    staff_user.save(update_fields=["is_superuser"])
-    client = Client()
-    client.force_login(staff_user)
-    return client
 
 
 def key_form(**changes) -> dict:  # noqa: ANN003

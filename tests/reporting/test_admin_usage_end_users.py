@@ -5,7 +5,6 @@ from datetime import UTC, datetime
 from decimal import Decimal
 
 import pytest
-from django.test import Client
 
 from accounts.models import EndUser
 from accounts.services import api_key_create
@@ -16,15 +15,6 @@ from tests.reporting.factories import CallSpec, record_turn
 pytestmark = pytest.mark.django_db
 
 PAGE = "/admin/reporting/usage/"
-
-
-@pytest.fixture
-def admin_browser(staff_user) -> Client:  # noqa: ANN001
-    staff_user.is_superuser = True
-    staff_user.save(update_fields=["is_superuser"])
-    client = Client()
-    client.force_login(staff_user)
-    return client
 
 
 def test_the_page_breaks_down_and_filters_by_end_user_and_purpose(admin_browser, owner):
