@@ -34,9 +34,11 @@ def test_a_keys_end_users_in_the_console(live_server, browser, plain_http_cookie
     browser.find_element(By.NAME, "username").send_keys(staff.email)
     browser.find_element(By.NAME, "password").send_keys(PASSWORD)
     browser.find_element(By.CSS_SELECTOR, "#login-form [type=submit]").click()
+    link = WebDriverWait(browser, 20).until(EC.presence_of_element_located((By.PARTIAL_LINK_TEXT, "12 end users")))
     whole_page(browser, shots / "apikey-end-users.png", 1280)
 
-    browser.find_element(By.PARTIAL_LINK_TEXT, "12 end users").click()
+    link.click()
+    WebDriverWait(browser, 20).until(EC.presence_of_element_located((By.ID, "result_list")))
     whole_page(browser, shots / "end-users.png", 1280)
     browser.set_window_size(1280, 900)
     table = browser.find_element(By.ID, "result_list")
@@ -47,7 +49,7 @@ def test_a_keys_end_users_in_the_console(live_server, browser, plain_http_cookie
     assert browser.execute_script(fits)
 
     browser.find_element(By.LINK_TEXT, "3f9c2a1e-7b4d-4c8e-9a10-000000000003").click()
-    browser.find_element(By.NAME, "blocked").click()
+    WebDriverWait(browser, 20).until(EC.presence_of_element_located((By.NAME, "blocked"))).click()
     browser.find_element(By.NAME, "_save").click()
     WebDriverWait(browser, 20).until(EC.presence_of_element_located((By.CSS_SELECTOR, ".messagelist .success")))
     assert EndUser.objects.get(external_id__endswith="000000000003").blocked
@@ -80,6 +82,7 @@ def test_the_usage_page_by_end_user_and_purpose(live_server, browser, plain_http
     browser.find_element(By.NAME, "username").send_keys(staff.email)
     browser.find_element(By.NAME, "password").send_keys(PASSWORD)
     browser.find_element(By.CSS_SELECTOR, "#login-form [type=submit]").click()
+    WebDriverWait(browser, 20).until(EC.presence_of_element_located((By.ID, "usage-by-end-user")))
     rows = browser.find_elements(By.CSS_SELECTOR, "#usage-by-end-user tbody tr")
     assert [row.text.split()[0] for row in rows] == ["none", "ada@example.com", "bob"]
     assert len(browser.find_elements(By.CSS_SELECTOR, "#usage-by-purpose tbody tr")) == 4
