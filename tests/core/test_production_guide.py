@@ -38,7 +38,9 @@ from tests.core.test_docs import code_blocks
 ROOT = Path(__file__).resolve().parents[2]
 GUIDE = ROOT / "docs" / "production.md"
 
-pytestmark = [pytest.mark.postgres, pytest.mark.redis]
+# xdist_group: with the Procfile's other stacks, one at a time (tests/conftest.py): its
+# migrate and three processes would otherwise slow their timed takeovers.
+pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.xdist_group("stack")]
 
 
 def guide_steps() -> dict[str, list[str]]:
