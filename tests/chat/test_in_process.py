@@ -218,13 +218,22 @@ def test_an_in_process_run_that_crashes_fails_its_turn_with_nothing_charged(seed
         raise RuntimeError("a bug in the engine")
 
     monkeypatch.setattr(turn_services, "turn_outcome", broken)
+    # Waited for on the pool, not by polling the database: the test's in-memory SQLite
+    # (shared cache) refuses a write while another connection reads ("table is locked").
+    ran, run = threading.Event(), dispatch._run_in_process
+
+    def run_then_tell(turn_id: str) -> None:
+        try:
+            run(turn_id)
+        finally:
+            ran.set()
+
+    monkeypatch.setattr(dispatch, "_run_in_process", run_then_tell)
     session = ChatSession.objects.get(pk=seeded["session"])
     turn, _ = turn_create(user=owner, session=session, content="hello")  # handed to the pool on commit
     accepted.set()  # the request is answered before its turn runs
 
-    deadline = time.monotonic() + 20
-    while Turn.objects.get(pk=turn.pk).status in ("queued", "running") and time.monotonic() < deadline:
-        time.sleep(0.05)
+    assert ran.wait(20)
     turn.refresh_from_db()
     assert ran_on[0].startswith("turn_")  # a thread of the turn pool, not the request's
     assert turn.status == Turn.Status.FAILED

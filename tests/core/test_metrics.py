@@ -309,7 +309,11 @@ def test_the_first_process_of_a_stack_empties_the_directory_and_a_later_one_does
     running = subprocess.Popen(wrapped("sleep", "60"), env=env)
     try:
         deadline = time.monotonic() + 10
-        while subprocess.run(["flock", "-n", "-x", str(directory / ".lock"), "true"], check=False).returncode == 0:
+        # Running: it holds its shared lock (while it still holds the exclusive one, it
+        # is emptying the directory, as the first process of a stack does).
+        lock = str(directory / ".lock")
+        while (subprocess.run(["flock", "-n", "-x", lock, "true"], check=False).returncode == 0
+               or subprocess.run(["flock", "-n", "-s", lock, "true"], check=False).returncode != 0):  # fmt: skip
             assert time.monotonic() < deadline, "the wrapped process never took its lock"
             time.sleep(0.05)
         (directory / "counter_2.db").write_bytes(b"counted by the running process")
