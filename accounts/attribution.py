@@ -1,5 +1,6 @@
 """Who a request speaks for and what it is for, as the client says (issue: front ends
-and end users). Both are read by the views of both APIs and stored on the turn:
+and end users). Both are read by the views of both APIs and stored on the turn, with
+the organization member who made the request's key (organizations), when it is one:
 
 - the end user: the body's field (the OpenAI `user`; the chat API's `end_user`),
   else the END_USER_HEADER header (Open WebUI sends `X-OpenWebUI-User-Id` with
@@ -29,6 +30,8 @@ PURPOSE = re.compile(r"^[A-Za-z0-9_.:-]{1,32}$")
 class Attribution:
     end_user: EndUser | None = None
     purpose: str = ""
+    # An organization's key: the member who made it (organizations.Membership id).
+    membership_id: int | None = None
 
 
 NO_ATTRIBUTION = Attribution()  # a request that names neither (the console, a script)
@@ -52,4 +55,8 @@ def request_attribution(
     else:
         purpose = purpose_clean(request.headers.get(PURPOSE_HEADER, "").strip(), field=PURPOSE_HEADER)
     api_key = request.auth if isinstance(request.auth, ApiKey) else None
-    return Attribution(end_user=end_user_named(api_key=api_key, external_id=external_id, field=field), purpose=purpose)
+    return Attribution(
+        end_user=end_user_named(api_key=api_key, external_id=external_id, field=field),
+        purpose=purpose,
+        membership_id=api_key.membership_id if api_key is not None else None,
+    )

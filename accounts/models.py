@@ -60,7 +60,15 @@ class UserManager(BaseUserManager["User"]):
 
 
 class User(AbstractBaseUser, PermissionsMixin):
+    class Kind(models.TextChoices):
+        """A person logs in and holds API keys; an organization's account
+        (organizations.models) holds its wallet and keys and never logs in."""
+
+        PERSON = "person"
+        ORGANIZATION = "organization"
+
     email = models.EmailField(unique=True)
+    kind = models.CharField(max_length=16, choices=Kind.choices, default=Kind.PERSON, db_default=Kind.PERSON)
     is_staff = models.BooleanField(default=False)
     is_active = models.BooleanField(default=True)
     date_joined = models.DateTimeField(default=timezone.now)
@@ -88,9 +96,19 @@ class User(AbstractBaseUser, PermissionsMixin):
     def __str__(self) -> str:
         return self.email
 
+    @property
+    def is_organization(self) -> bool:
+        return self.kind == self.Kind.ORGANIZATION
+
 
 class ApiKey(models.Model):
+    # The account whose wallet the key spends: a person's, or an organization's.
     user = models.ForeignKey(User, on_delete=models.CASCADE, related_name="api_keys")
+    # An organization's key: the member who made it (its turns are attributed to them
+    # and count against their member budget). Null for a personal key.
+    membership = models.ForeignKey(
+        "organizations.Membership", on_delete=models.PROTECT, null=True, blank=True, related_name="api_keys"
+    )
     name = models.CharField(max_length=100)
     prefix = models.CharField(max_length=16, help_text="Visible start of the key, to tell keys apart.")
     key_hash = models.CharField(max_length=64, unique=True, editable=False)

@@ -122,14 +122,16 @@ def limit_values_clean(values: dict[str, Any], *, allowed: tuple[str, ...]) -> d
     return cleaned
 
 
-def api_key_create(*, user: User, name: str, **limits: Any) -> tuple[ApiKey, str]:  # noqa: ANN401
+def api_key_create(*, user: User, name: str, membership=None, **limits: Any) -> tuple[ApiKey, str]:  # noqa: ANN001, ANN401
     """Returns the key row and the raw key; the raw key is not stored anywhere.
     `limits`: any of API_KEY_LIMIT_FIELDS; without `scopes` the key gets chat and
-    openai (accounts.models.default_scopes), not `keys`."""
+    openai (accounts.models.default_scopes), not `keys`. An organization's key has
+    `user` its account and `membership` the member who made it
+    (organizations.services.organization_api_key_create)."""
     values = limit_values_clean(limits, allowed=API_KEY_LIMIT_FIELDS)
     raw_key = KEY_PREFIX + secrets.token_urlsafe(32)
     api_key = ApiKey.objects.create(
-        user=user, name=name, prefix=raw_key[:12], key_hash=hash_api_key(raw_key), **values
+        user=user, membership=membership, name=name, prefix=raw_key[:12], key_hash=hash_api_key(raw_key), **values
     )
     return api_key, raw_key
 

@@ -74,13 +74,13 @@ _HOLD_CTE = """hold AS (
     UPDATE {hold_table}
        SET status = %(settled)s, closed_at = %(now)s
      WHERE wallet_id = %(wallet_id)s AND reference = %(hold)s AND status = %(active)s
- RETURNING amount, end_user_counter_id, key_counter_id, cap_counter_id
+ RETURNING amount, end_user_counter_id, member_counter_id, key_counter_id, cap_counter_id
 ),
 counters AS (
     UPDATE {counter_table} AS counter
        SET held = counter.held - hold.amount, spent = counter.spent - %(amount)s
       FROM hold
-     WHERE counter.id IN (hold.end_user_counter_id, hold.key_counter_id, hold.cap_counter_id)
+     WHERE counter.id IN (hold.end_user_counter_id, hold.member_counter_id, hold.key_counter_id, hold.cap_counter_id)
 ),"""
 _POST_SETTLING = _POST.format(
     **_TABLES,

@@ -1,5 +1,5 @@
-"""Spend limits: an end user's budget on an API key, an API key's credit budget and
-an account's spending cap, each per window (a UTC day, a Monday-to-Sunday week, a calendar month) or for the key's
+"""Spend limits: an end user's budget on an API key, an organization member's budget,
+an API key's credit budget and an account's spending cap, each per window (a UTC day, a Monday-to-Sunday week, a calendar month) or for the key's
 lifetime.
 
 Invariants:
@@ -10,8 +10,9 @@ Invariants:
 - Counters (billing.SpendCounter) are keyed by (owner, window, window start), so a
   new window is a new row that starts at zero: a window always resets, with no job
   (LiteLLM's #5651/#7129/#22013).
-- Every counter write runs under the user's wallet row lock, taken first; then the
-  end user's counter, the key's, then the account's (the fixed lock order).
+- Every counter write runs under the account's wallet row lock, taken first; then
+  the end user's counter, the member's, the key's, then the account's (the fixed
+  lock order). An organization's account is an account like a person's.
 - A hold records its counters; settling it (a debit, a release) moves the held
   amount out of them and the charge into `spent`, in the settling transaction,
   even when the window has ended since (a turn counts in the window it started in).
@@ -28,6 +29,7 @@ from django.utils import timezone
 from accounts.models import ApiKey, EndUser, SpendWindow, User
 from billing.models import CreditHold, SpendCounter
 from core.exceptions import InsufficientCredits
+from organizations.models import Membership
 
 ZERO = Decimal("0")
 # A lifetime counter's window_start: one row per owner for ever.
@@ -82,12 +84,14 @@ class SpendLimit:
     budget: Decimal | None  # None: counted, never refused (an end user with no budget)
     window: str | None
     end_user_id: int | None = None  # set: one end user's budget on the key
+    membership_id: int | None = None  # set: an organization member's budget
 
     def counter_key(self, now: datetime) -> dict:
         return {
             "user_id": self.user_id,
             "api_key_id": self.api_key_id,
             "end_user_id": self.end_user_id,
+            "membership_id": self.membership_id,
             "window": self.window or "",
             "window_start": window_start(self.window, now),
         }
@@ -97,6 +101,8 @@ class SpendLimit:
         """The CreditHold field that records this limit's counter."""
         if self.end_user_id is not None:
             return "end_user_counter_id"
+        if self.membership_id is not None:
+            return "member_counter_id"
         return "key_counter_id" if self.api_key_id is not None else "cap_counter_id"
 
 
@@ -114,9 +120,10 @@ def end_user_label(*, api_key: ApiKey, end_user: EndUser) -> str:
 
 def spend_limits_for(*, user: User, api_key: ApiKey | None, end_user: EndUser | None = None) -> list[SpendLimit]:
     """The limits a turn of this user through this key (for this end user) counts
-    against, in lock order (the end user's, the key's, then the account's). Read from
-    the rows authentication loaded: a request with no limit set pays no query for
-    this. A blocked end user is refused here, before anything is written."""
+    against, in lock order (the end user's, the member's, the key's, then the
+    account's). Read from the rows authentication loaded: a request with no limit set
+    pays no query for this (an organization's key reads its member's row). A blocked
+    end user is refused here, before anything is written."""
     limits = []
     if api_key is not None and end_user is not None:
         if end_user.blocked:
@@ -125,6 +132,14 @@ def spend_limits_for(*, user: User, api_key: ApiKey | None, end_user: EndUser | 
         budget, window = end_user_budget(api_key=api_key, end_user=end_user)
         label = f"{end_user_label(api_key=api_key, end_user=end_user)}: budget"
         limits.append(SpendLimit(user.pk, api_key.pk, label, budget, window, end_user.pk))
+    if api_key is not None and api_key.membership_id is not None:
+        membership = _membership(api_key)
+        if membership.budget_credits is not None:
+            limits.append(
+                SpendLimit(user.pk, None, f"Member {membership.user.email}'s budget in organization "
+                           f"'{membership.organization.name}'", membership.budget_credits, membership.budget_window,
+                           membership_id=membership.pk)
+            )  # fmt: skip
     if api_key is not None and api_key.budget_credits is not None:
         limits.append(
             SpendLimit(user.pk, api_key.pk, f"API key '{api_key.name}' budget", api_key.budget_credits,
@@ -133,6 +148,14 @@ def spend_limits_for(*, user: User, api_key: ApiKey | None, end_user: EndUser | 
     if user.spend_cap_credits is not None:
         limits.append(SpendLimit(user.pk, None, "Account spending cap", user.spend_cap_credits, user.spend_cap_window))
     return limits
+
+
+def _membership(api_key: ApiKey) -> Membership:
+    """The member who made an organization's key, with their person and organization
+    (one query, cached on the key for the rest of the request)."""
+    if not ApiKey.membership.is_cached(api_key):
+        api_key.membership = Membership.objects.select_related("user", "organization").get(pk=api_key.membership_id)
+    return api_key.membership
 
 
 def _credits(value: Decimal) -> str:
@@ -234,6 +257,21 @@ def end_users_spend(*, end_users: Sequence[EndUser], now: datetime | None = None
         counter = counters.get((end_user.pk, window or "", window_start(window, now)))
         spend[end_user.pk] = _spend(counter, window, now)
     return spend
+
+
+def members_spend(*, memberships: Sequence[Membership], now: datetime | None = None) -> dict[int, WindowSpend]:
+    """Each member's spend in their current budget window (lifetime without a
+    window), in one query."""
+    now = now or timezone.now()
+    starts = {window_start(window, now) for window in (None, *SpendWindow.values)}
+    counters = {
+        (c.membership_id, c.window, c.window_start): c
+        for c in SpendCounter.objects.filter(membership__in=[m.pk for m in memberships], window_start__in=starts)
+    }
+    return {
+        m.pk: _spend(counters.get((m.pk, m.budget_window or "", window_start(m.budget_window, now))), m.budget_window, now)
+        for m in memberships
+    }
 
 
 def account_spend(*, user: User, now: datetime | None = None) -> WindowSpend:

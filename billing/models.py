@@ -210,11 +210,12 @@ class CreditGrant(models.Model):
 
 
 class SpendCounter(models.Model):
-    """What one limit (an API key's budget, or an account's spending cap) has spent
-    and holds in one window (billing.limits). Keyed by the window's start, so a new
-    window is a new row starting at zero: nothing has to reset it. A key's counter
-    has `api_key` set; an account's has only `user`. Written only under the user's
-    wallet lock (lock order: wallet, end-user counter, key counter, account counter)."""
+    """What one limit (an end user's or a member's budget, an API key's budget, or an
+    account's spending cap) has spent and holds in one window (billing.limits). Keyed
+    by the window's start, so a new window is a new row starting at zero: nothing has
+    to reset it. A key's counter has `api_key` set; an organization member's has
+    `membership`; an account's has only `user`. Written only under the account's
+    wallet lock (lock order: wallet, end-user, member, key, then account counter)."""
 
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+", db_index=False)
     api_key = models.ForeignKey(
@@ -224,6 +225,12 @@ class SpendCounter(models.Model):
     end_user = models.ForeignKey(
         "accounts.EndUser", on_delete=models.CASCADE, null=True, blank=True, related_name="+", db_index=False
     )
+    # An organization member's counter has `membership` set (and `user`, the
+    # organization's account).
+    membership = models.ForeignKey(
+        "organizations.Membership", on_delete=models.CASCADE, null=True, blank=True, related_name="+",
+        db_index=False,
+    )  # fmt: skip
     # "" for a lifetime counter (its window_start is the epoch), else day/week/month.
     window = models.CharField(max_length=8, blank=True)
     window_start = models.DateTimeField()
@@ -244,8 +251,13 @@ class SpendCounter(models.Model):
                 name="billing_spendcounter_end_user_window_unique",
             ),
             models.UniqueConstraint(
+                fields=["membership", "window", "window_start"],
+                condition=Q(membership__isnull=False),
+                name="billing_spendcounter_member_window_unique",
+            ),
+            models.UniqueConstraint(
                 fields=["user", "window", "window_start"],
-                condition=Q(api_key__isnull=True),
+                condition=Q(api_key__isnull=True, membership__isnull=True),
                 name="billing_spendcounter_account_window_unique",
             ),
             models.CheckConstraint(condition=Q(spent__gte=0, held__gte=0), name="billing_spendcounter_not_negative"),
@@ -254,6 +266,8 @@ class SpendCounter(models.Model):
     def __str__(self) -> str:
         if self.end_user_id:
             owner = f"end user {self.end_user_id}"
+        elif self.membership_id:
+            owner = f"member {self.membership_id}"
         else:
             owner = f"key {self.api_key_id}" if self.api_key_id else f"account {self.user_id}"
         return f"{owner} {self.window or 'lifetime'} from {self.window_start:%Y-%m-%d}: {self.spent} + {self.held}"
@@ -282,6 +296,9 @@ class CreditHold(models.Model):
         SpendCounter, on_delete=models.PROTECT, null=True, blank=True, related_name="+", db_index=False
     )
     cap_counter = models.ForeignKey(
+        SpendCounter, on_delete=models.PROTECT, null=True, blank=True, related_name="+", db_index=False
+    )
+    member_counter = models.ForeignKey(
         SpendCounter, on_delete=models.PROTECT, null=True, blank=True, related_name="+", db_index=False
     )
 

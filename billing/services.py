@@ -559,13 +559,13 @@ def _hold_close_locked(*, wallet: Wallet, reference: str, status: str, charge: D
     spend limits it counted against (billing.limits) lose the hold and gain `charge`."""
     hold = (
         CreditHold.objects.filter(wallet=wallet, reference=reference, status=CreditHold.Status.ACTIVE)
-        .only("id", "amount", "end_user_counter_id", "key_counter_id", "cap_counter_id")
+        .only("id", "amount", "end_user_counter_id", "member_counter_id", "key_counter_id", "cap_counter_id")
         .first()
     )
     if hold is None:
         return ZERO
     CreditHold.objects.filter(pk=hold.pk).update(status=status, closed_at=timezone.now())
-    counter_ids = (hold.end_user_counter_id, hold.key_counter_id, hold.cap_counter_id)
+    counter_ids = (hold.end_user_counter_id, hold.member_counter_id, hold.key_counter_id, hold.cap_counter_id)
     if any(counter_ids):
         limits.spend_counters_settle(counter_ids=counter_ids, held=hold.amount, charge=charge)
     return hold.amount

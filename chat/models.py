@@ -101,6 +101,12 @@ class Turn(models.Model):
     )
     # db_default: a process of the release before (no such column) can still insert.
     purpose = models.CharField(max_length=32, blank=True, default="", db_default="")
+    # A turn through an organization's key: the member who made the key (`user` is the
+    # organization's account, whose wallet pays).
+    membership = models.ForeignKey(
+        "organizations.Membership", on_delete=models.PROTECT, null=True, blank=True, related_name="+",
+        db_index=False,
+    )  # fmt: skip
     error = models.TextField(blank=True)
     credits_charged = models.DecimalField(max_digits=18, decimal_places=8, null=True, blank=True)
     balance_after = models.DecimalField(max_digits=18, decimal_places=8, null=True, blank=True)

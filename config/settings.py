@@ -60,6 +60,7 @@ INSTALLED_APPS = [
     "reporting",
     "notifications",
     "routing",
+    "organizations",
 ]
 
 MIDDLEWARE = [
@@ -281,6 +282,9 @@ if SIGNUP_CREDITS_DAYS < 0:
     raise ImproperlyConfigured("SIGNUP_CREDITS_DAYS must be 0 (never expire) or more.")
 
 # --- Billing -----------------------------------------------------------------
+# Where this deployment is reached from outside: the base of links in emails (an
+# organization's invitation).
+SITE_URL = env.str("SITE_URL", default="http://localhost:8000")
 LOW_BALANCE_THRESHOLD = Decimal(env.str("LOW_BALANCE_THRESHOLD", default="5.0"))
 BILLING_ENFORCEMENT = env.str("BILLING_ENFORCEMENT", default="warn")
 if BILLING_ENFORCEMENT not in ("warn", "block"):

@@ -11,8 +11,10 @@ from django.core.mail import send_mail
 from django.db import transaction
 from django.utils import timezone
 
+from accounts.models import User
 from billing.money import format_ledger
 from notifications.models import Notification
+from organizations.selectors import managers_emails
 
 logger = logging.getLogger(__name__)
 
@@ -59,12 +61,20 @@ def notification_email(*, notification_id: int) -> bool:
             subject=EMAIL_SUBJECTS[notice.kind],
             message=notice.message,
             from_email=None,  # DEFAULT_FROM_EMAIL
-            recipient_list=[notice.user.email],
+            recipient_list=notice_recipients(notice.user),
         )
     except Exception:
         Notification.objects.filter(pk=notification_id).update(emailed_at=None)
         raise
     return True
+
+
+def notice_recipients(user: User) -> list[str]:
+    """A person's notices go to them; an organization's (its account has no mailbox)
+    to its owners and admins."""
+    if user.is_organization:
+        return managers_emails(account_id=user.pk)
+    return [user.email]
 
 
 def notification_emails_sweep() -> int:

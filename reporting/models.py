@@ -5,7 +5,7 @@ from django.db import models
 
 
 class UsageDaily(models.Model):
-    """Rollup of LLM calls per (day, user, model alias, source, end user, purpose), kept exact in the same
+    """Rollup of LLM calls per (day, user, model alias, source, end user, purpose, member), kept exact in the same
     transaction that records each call. Rebuild with `manage.py rebuild_usage_rollups`.
     `source` is the calls' session's (chat.ChatSession.Source): the chat API or the
     OpenAI-compatible endpoint."""
@@ -19,6 +19,10 @@ class UsageDaily(models.Model):
     # unique key below must treat "none" as one value, which NULL is not.
     end_user_id = models.BigIntegerField(default=0, db_default=0)
     purpose = models.CharField(max_length=32, blank=True, default="", db_default="")
+    # A turn through an organization's key: the member who made the key
+    # (organizations.Membership id; 0: none, a personal turn). `user` is then the
+    # organization's account.
+    membership_id = models.BigIntegerField(default=0, db_default=0)
     calls = models.PositiveIntegerField(default=0)
     # The token classes of chat.LLMCall, summed: cached and cache-write tokens are part
     # of input_tokens, reasoning tokens part of output_tokens.
@@ -33,7 +37,7 @@ class UsageDaily(models.Model):
         verbose_name = "daily usage rollup"
         constraints = [
             models.UniqueConstraint(
-                fields=["day", "user", "model_alias", "source", "end_user_id", "purpose"],
+                fields=["day", "user", "model_alias", "source", "end_user_id", "purpose", "membership_id"],
                 name="reporting_usagedaily_key_unique",
             ),
         ]

@@ -1,6 +1,6 @@
 """Writes of the usage rollups.
 
-Invariant: for every (UTC day, user, model alias, source, end user, purpose), UsageDaily holds exactly
+Invariant: for every (UTC day, user, model alias, source, end user, purpose, member), UsageDaily holds exactly
 the count and sums (each token class, credits) of the LLMCall rows of that key (the source is the call's
 session's: chat API or OpenAI-compatible endpoint; the end user and purpose its turn's). `usage_rollup_add` keeps it so inside the
 transaction that records the calls (chat's turn completion); `usage_rollups_rebuild`
@@ -25,8 +25,9 @@ ROLLUP_TABLE = UsageDaily._meta.db_table
 CALL_TABLE = LLMCall._meta.db_table
 TURN_TABLE = Turn._meta.db_table
 SESSION_TABLE = ChatSession._meta.db_table
-# A rollup row's key (its unique constraint): the turn's end user (0: none) and purpose.
-KEY = ("day", "user_id", "model_alias", "source", "end_user_id", "purpose")
+# A rollup row's key (its unique constraint): the turn's end user (0: none), purpose
+# and organization member (0: none).
+KEY = ("day", "user_id", "model_alias", "source", "end_user_id", "purpose", "membership_id")
 
 
 def _utc_day_sql() -> str:
@@ -50,9 +51,10 @@ def _insert_aggregated(*, where: str, params: list, additive: bool) -> int:
     sql = (
         f"INSERT INTO {ROLLUP_TABLE} ({', '.join(KEY)}, {', '.join(figures)}) "  # noqa: S608
         f"SELECT {_utc_day_sql()}, c.user_id, c.model_alias, s.source, COALESCE(t.end_user_id, 0), t.purpose, "
+        f"COALESCE(t.membership_id, 0), "
         f"COUNT(*), {sums}, SUM(c.credits_burned) FROM {CALL_TABLE} c "
         f"JOIN {TURN_TABLE} t ON t.id = c.turn_id JOIN {SESSION_TABLE} s ON s.id = t.session_id "
-        f"WHERE {where} GROUP BY 1, 2, 3, 4, 5, 6 ORDER BY 1, 2, 3, 4, 5, 6"
+        f"WHERE {where} GROUP BY 1, 2, 3, 4, 5, 6, 7 ORDER BY 1, 2, 3, 4, 5, 6, 7"
     )
     if additive:
         # Increments, not overwrites: concurrent turns for the same row never lose an update.

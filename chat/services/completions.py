@@ -154,7 +154,7 @@ def _completion_turn_write(
     with transaction.atomic():
         turn = Turn(
             session=session, user=user, model_alias=request.price.alias, price=request.price,
-            end_user=attribution.end_user, purpose=attribution.purpose,
+            end_user=attribution.end_user, membership_id=attribution.membership_id, purpose=attribution.purpose,
             completion_options=options, dispatched_at=timezone.now(),  # cleared if the send fails
         )  # fmt: skip
         rawsql.insert([turn])

@@ -89,7 +89,7 @@ def embedding_turn_create(
         now = timezone.now()
         turn = Turn(
             session=session, user=user, model_alias=request.price.alias, price=request.price,
-            end_user=attribution.end_user, purpose=attribution.purpose, status=Turn.Status.RUNNING, attempts=1,
+            end_user=attribution.end_user, membership_id=attribution.membership_id, purpose=attribution.purpose, status=Turn.Status.RUNNING, attempts=1,
             started_at=now, completion_options={"inputs": len(request.inputs), "dimensions": request.dimensions},
         )  # fmt: skip
         lease = leases.Lease(turn_id=str(turn.pk))

@@ -139,7 +139,7 @@ def turn_create(
         with transaction.atomic():
             turn = Turn(
                 session=session, user=user, model_alias=price.alias, price=price, idempotency_key=idempotency_key,
-                end_user=attribution.end_user, purpose=attribution.purpose,
+                end_user=attribution.end_user, membership_id=attribution.membership_id, purpose=attribution.purpose,
                 dispatched_at=timezone.now(),  # cleared below if the send fails
             )  # fmt: skip
             rawsql.insert([turn])

@@ -1,0 +1,64 @@
+from django.db.models import QuerySet
+from django.http import Http404
+
+from accounts.models import ApiKey, User
+from organizations.models import MANAGERS, Invitation, Membership, Organization
+from organizations.permissions import RoleRequired
+
+
+def memberships_of(*, user: User) -> QuerySet[Membership]:
+    """The person's current memberships, with their organizations."""
+    return Membership.objects.filter(user=user, removed_at__isnull=True).select_related("organization")
+
+
+def membership_for(*, user: User, organization_id: int, roles: tuple[str, ...] = ()) -> Membership:
+    """The caller's current membership of the organization: 404 when they are not a
+    member (another organization's objects are not theirs to know of); with
+    `roles`, 403 naming them when theirs is not one."""
+    membership = memberships_of(user=user).filter(organization_id=organization_id).first()
+    if membership is None:
+        raise Http404("No such organization.")
+    if roles and membership.role not in roles:
+        raise RoleRequired(organization=membership.organization, needed=roles, role=membership.role)
+    return membership
+
+
+def manager_for(*, user: User, organization_id: int) -> Membership:
+    """The caller's membership, when it is an owner's or an admin's (403 otherwise)."""
+    return membership_for(user=user, organization_id=organization_id, roles=MANAGERS)
+
+
+def members_of(*, organization: Organization, include_removed: bool = False) -> QuerySet[Membership]:
+    members = Membership.objects.filter(organization=organization).select_related("user")
+    if not include_removed:
+        members = members.filter(removed_at__isnull=True)
+    return members.order_by("id")
+
+
+def member_of(*, organization: Organization, member_id: int) -> Membership:
+    """A current member by their membership id; 404 in any other organization."""
+    member = members_of(organization=organization).filter(pk=member_id).first()
+    if member is None:
+        raise Http404("No such member.")
+    return member
+
+
+def invitations_of(*, organization: Organization) -> QuerySet[Invitation]:
+    return Invitation.objects.filter(organization=organization).select_related("invited_by")
+
+
+def organization_keys(*, organization: Organization, membership: Membership | None = None) -> QuerySet[ApiKey]:
+    """The organization's keys (with `membership`: only the ones that member made)."""
+    keys = ApiKey.objects.filter(user_id=organization.account_id).select_related("membership__user")
+    if membership is not None:
+        keys = keys.filter(membership=membership)
+    return keys
+
+
+def managers_emails(*, account_id: int) -> list[str]:
+    """Where an organization's notices go: its owners' and admins' addresses."""
+    return list(
+        Membership.objects.filter(
+            organization__account_id=account_id, role__in=MANAGERS, removed_at__isnull=True
+        ).values_list("user__email", flat=True)
+    )
