@@ -14,6 +14,7 @@ api_v1 = [
     path("", include("chat.api.urls")),
     path("", include("reporting.urls")),
     path("", include("notifications.urls")),
+    path("", include("organizations.urls")),
 ]
 
 urlpatterns = [
