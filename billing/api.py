@@ -33,14 +33,24 @@ from core.pagination import NewestFirstCursorPagination
 IDEMPOTENCY_KEY_MAX = 200
 
 
-class WalletView(APIView):
+class OwnAccount:
+    """Whose wallet a view serves: the caller's own (users/me/...). An organization's
+    version of the view (organizations.api_billing) overrides `account` with its
+    membership check, so both serve the same body through the same code."""
+
+    def account(self, request: Request) -> User:
+        return request.user
+
+
+class WalletView(OwnAccount, APIView):
     @extend_schema(responses={200: UserWalletSerializer})
-    def get(self, request: Request) -> Response:
-        body = {**wallet_status(user=request.user), "auto_top_up": auto_top_up_status(user=request.user)}
+    def get(self, request: Request, **kwargs: object) -> Response:
+        account = self.account(request)
+        body = {**wallet_status(user=account), "auto_top_up": auto_top_up_status(user=account)}
         return Response(UserWalletSerializer(body).data)
 
 
-class TransactionListView(generics.ListAPIView):
+class TransactionListView(OwnAccount, generics.ListAPIView):
     """The caller's own ledger, newest first (cursor pagination: stable while rows arrive)."""
 
     serializer_class = TransactionSerializer
@@ -48,7 +58,7 @@ class TransactionListView(generics.ListAPIView):
     queryset = CreditTransaction.objects.none()  # for the schema; requests use get_queryset
 
     def get_queryset(self):  # noqa: ANN201
-        return transactions_for_user(user=self.request.user)
+        return transactions_for_user(user=self.account(self.request))
 
 
 class ModelPriceListView(generics.ListAPIView):
@@ -73,17 +83,25 @@ def _admin_wallet_body(user: User) -> dict:
     return AdminWalletSerializer(body).data
 
 
-class AdminWalletView(APIView):
+class AdminAccountView(APIView):
+    """A staff view of the wallet of the account the URL names by user id (the
+    organization's version, organizations.api_billing, names it by organization id)."""
+
     permission_classes = [StaffPermissions]
+
+    def account(self, **kwargs: int) -> User:
+        return get_object_or_404(User, pk=kwargs["user_id"])
+
+
+class AdminWalletView(AdminAccountView):
     staff_permissions = WALLET_VIEW
 
     @extend_schema(responses={200: AdminWalletSerializer})
-    def get(self, request: Request, user_id: int) -> Response:
-        return Response(_admin_wallet_body(get_object_or_404(User, pk=user_id)))
+    def get(self, request: Request, **kwargs: int) -> Response:
+        return Response(_admin_wallet_body(self.account(**kwargs)))
 
 
-class AdminGrantView(APIView):
-    permission_classes = [StaffPermissions]
+class AdminGrantView(AdminAccountView):
     staff_permissions = WALLET_GRANT  # the admin grant page's rule
 
     @extend_schema(
@@ -98,8 +116,8 @@ class AdminGrantView(APIView):
             )
         ],
     )
-    def post(self, request: Request, user_id: int) -> Response:
-        user = get_object_or_404(User, pk=user_id)
+    def post(self, request: Request, **kwargs: int) -> Response:
+        user = self.account(**kwargs)
         serializer = GrantSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         reference = None

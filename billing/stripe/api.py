@@ -11,6 +11,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts.permissions import KeysScope
+from billing.api import OwnAccount
 from billing.models import TopUp
 from billing.money import format_ledger, format_usd
 from billing.serializers import AutoTopUpSerializer
@@ -96,7 +97,7 @@ class TopUpSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
 
-class TopUpCreateView(APIView):
+class TopUpCreateView(OwnAccount, APIView):
     """Starts a Stripe top-up. Mode `payment_intent` (the default) answers a PaymentIntent's
     `client_secret` for Stripe.js; mode `checkout` answers the `url` of a Stripe-hosted
     Checkout page (needs `success_url` and `cancel_url`). Credits arrive with Stripe's
@@ -116,13 +117,14 @@ class TopUpCreateView(APIView):
             )
         ],
     )
-    def post(self, request: Request) -> Response:
-        stripe_require()  # 503 before anything else: nothing a client sends can help
+    def post(self, request: Request, **kwargs: object) -> Response:
+        account = self.account(request)
+        stripe_require()  # 503 before reading the body: nothing a client sends can help
         serializer = TopUpRequestSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
         topup, secret_or_url = topup_create(
-            user=request.user,
+            user=account,
             amount_usd=data["amount_usd"],
             request_key=request.headers.get("Idempotency-Key"),
             mode=data["mode"],
@@ -144,12 +146,12 @@ class TopUpCreateView(APIView):
         return Response(TopUpCreatedSerializer(body).data, status=status.HTTP_201_CREATED)
 
 
-class TopUpListView(generics.ListAPIView):
+class TopUpListView(OwnAccount, generics.ListAPIView):
     serializer_class = TopUpSerializer
     queryset = TopUp.objects.none()  # for the schema; requests use get_queryset
 
     def get_queryset(self):  # noqa: ANN201
-        return topups_for_user(user=self.request.user)
+        return topups_for_user(user=self.account(self.request))
 
 
 # --- auto top-up -----------------------------------------------------------------------
@@ -177,7 +179,7 @@ class AutoTopUpRequestSerializer(serializers.Serializer):
     )
 
 
-class AutoTopUpView(APIView):
+class AutoTopUpView(OwnAccount, APIView):
     """Auto top-up: when a settled debit leaves the balance under `threshold` credits,
     the saved card is charged `amount_usd` off-session (one charge in flight at most),
     credited by Stripe's webhook. PUT turns it on (400 naming `card` without a saved
@@ -189,23 +191,27 @@ class AutoTopUpView(APIView):
     keys_scope_methods = ("PUT",)
 
     @extend_schema(responses={200: AutoTopUpSerializer})
-    def get(self, request: Request) -> Response:
-        return Response(AutoTopUpSerializer(auto_top_up_status(user=request.user)).data)
+    def get(self, request: Request, **kwargs: object) -> Response:
+        return Response(AutoTopUpSerializer(auto_top_up_status(user=self.account(request))).data)
 
     @extend_schema(request=AutoTopUpRequestSerializer, responses={200: AutoTopUpSerializer})
-    def put(self, request: Request) -> Response:
+    def put(self, request: Request, **kwargs: object) -> Response:
+        account = self.account(request)
         serializer = AutoTopUpRequestSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        auto_top_up_set(user=request.user, **serializer.validated_data)
-        return Response(AutoTopUpSerializer(auto_top_up_status(user=request.user)).data)
+        auto_top_up_set(user=account, **serializer.validated_data)
+        return Response(AutoTopUpSerializer(auto_top_up_status(user=account)).data)
 
     @extend_schema(request=None, responses={200: AutoTopUpSerializer})
-    def delete(self, request: Request) -> Response:
-        auto_top_up_disable(user=request.user, reason="Turned off by the user.")
-        return Response(AutoTopUpSerializer(auto_top_up_status(user=request.user)).data)
+    def delete(self, request: Request, **kwargs: object) -> Response:
+        account = self.account(request)
+        # An organization's says which of its managers turned it off.
+        who = "the user" if account == request.user else request.user.email
+        auto_top_up_disable(user=account, reason=f"Turned off by {who}.")
+        return Response(AutoTopUpSerializer(auto_top_up_status(user=account)).data)
 
 
-class CardSetupView(APIView):
+class CardSetupView(OwnAccount, APIView):
     """Saves a card for auto top-up: answers the `url` of a Stripe-hosted Checkout page
     in setup mode (nothing is charged); the card is kept when Stripe reports the
     session completed. Only the latest session started saves its card. An API key
@@ -215,9 +221,10 @@ class CardSetupView(APIView):
     keys_scope_methods = ("POST",)
 
     @extend_schema(request=CardSetupRequestSerializer, responses={201: CardSetupSerializer})
-    def post(self, request: Request) -> Response:
+    def post(self, request: Request, **kwargs: object) -> Response:
+        account = self.account(request)
         stripe_require()
         serializer = CardSetupRequestSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        url = card_setup_session_start(user=request.user, **serializer.validated_data)
+        url = card_setup_session_start(user=account, **serializer.validated_data)
         return Response(CardSetupSerializer({"url": url}).data, status=status.HTTP_201_CREATED)
