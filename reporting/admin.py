@@ -47,6 +47,16 @@ def _breakdowns(params: QueryDict, summary: dict) -> list[dict]:
             _row(r, r["email"], url=_query(params, user=r["email"], user_id=None), note=f"(id {r['user_id']})")
             for r in summary["by_user"]
         ]},
+        {"title": "By organization", "id": "usage-by-organization", "key": "Organization", "rows": [
+            _row(r, r["name"], url=_query(params, organization=r["slug"]), note=f"({r['slug']})")
+            if r["organization_id"] else _row(r, "personal accounts", quiet=True)
+            for r in summary["by_organization"]
+        ]},
+        {"title": "By member", "id": "usage-by-member", "key": "Member", "rows": [
+            _row(r, r["email"], url=_query(params, member=r["membership_id"]), note=f"({r['organization_name']})")
+            if r["membership_id"] else _row(r, "no member (personal)", url=_query(params, member=0))
+            for r in summary["by_member"]
+        ]},
         {"title": "By source", "id": "usage-by-source", "key": "Source", "rows": [
             _row(r, SOURCE_LABELS.get(r["source"], r["source"]), url=_query(params, source=r["source"]))
             for r in summary["by_source"]

@@ -8,6 +8,8 @@ bucket,2025-01-06,,...
 source,chat,,...
 end_user,<the id the client sent; empty: none named>,<its API key's name>,...
 purpose,title,,...
+organization,<organization id; empty: personal usage>,<its name>,...
+member,<membership id; empty: through no member's key>,<the member's email>,...
 
 (cached_input_tokens and cache_write_tokens are part of input_tokens, reasoning_tokens
 part of output_tokens.)
@@ -53,6 +55,13 @@ def usage_summary_rows(summary: dict) -> list[list[str]]:
         for row in summary.get("by_end_user", ())
     ]
     rows += [_row("purpose", row["purpose"], "", row) for row in summary.get("by_purpose", ())]
+    rows += [
+        _row("organization", row["organization_id"] or "", row["name"] or "", row)
+        for row in summary.get("by_organization", ())
+    ]
+    rows += [
+        _row("member", row["membership_id"] or "", row["email"] or "", row) for row in summary.get("by_member", ())
+    ]
     return rows
 
 
@@ -66,6 +75,10 @@ def usage_csv_filename(summary: dict) -> str:
     start = summary["from_date"].isoformat() if summary["from_date"] else "start"
     end = summary["to_date"].isoformat() if summary["to_date"] else "now"
     scope = f"_user{summary['user_id']}" if summary["user_id"] else ""
+    if summary.get("organization_id"):
+        scope += f"_org{summary['organization_id']}"
+    if summary.get("member_id") is not None:
+        scope += f"_member{summary['member_id']}"
     return f"usage_{start}_{end}_{summary['bucket']}{scope}.csv"
 
 

@@ -2,7 +2,8 @@
 the admin renders and validates them the admin way (errors shown next to the field).
 One difference: staff think of users by email, so the user filter (`user`) takes an
 email or an id; reporting.admin still reads `?user_id=` (the wallet page's "View usage"
-link) as `user`."""
+link) as `user`. Likewise the organization filter takes a slug or an id; the member
+filter a membership id (0: usage through no member's key, i.e. personal)."""
 
 from datetime import date
 
@@ -13,6 +14,7 @@ from django.core.validators import validate_email
 from accounts.models import User
 from billing.models import ModelPrice
 from core.pagination import BIGINT_MAX
+from organizations.models import Membership, Organization
 from reporting.selectors import BUCKETS, SOURCES
 
 
@@ -43,6 +45,15 @@ class UsageFilterForm(forms.Form):
         error_messages={"invalid": "1-32 letters, digits, '_', '.', ':' or '-'."},
     )  # fmt: skip
 
+    organization = forms.CharField(
+        required=False, max_length=50, label="Organization (slug or id)",
+        widget=forms.TextInput(attrs={"size": 10, "placeholder": "acme"}),
+    )  # fmt: skip
+    member = forms.IntegerField(
+        required=False, min_value=0, max_value=BIGINT_MAX, label="Member (id)",
+        widget=forms.NumberInput(attrs={"style": "width: 6em", "title": "A membership id; 0: personal usage"}),
+    )  # fmt: skip
+
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         # Every alias ever priced: each LLM call points at the price it was charged at.
@@ -68,6 +79,27 @@ class UsageFilterForm(forms.Form):
             raise forms.ValidationError("No user with this email.")
         return user_id
 
+    def clean_organization(self) -> int | None:
+        """The organization's id, from an id or a slug."""
+        value = self.cleaned_data["organization"].strip()
+        if not value:
+            return None
+        if value.isdigit():
+            organization_id = int(value)
+            if not 1 <= organization_id <= BIGINT_MAX or not Organization.objects.filter(pk=organization_id).exists():
+                raise forms.ValidationError("No organization with this id.")
+            return organization_id
+        organization_id = Organization.objects.filter(slug=value.lower()).values_list("pk", flat=True).first()
+        if organization_id is None:
+            raise forms.ValidationError("No organization with this slug.")
+        return organization_id
+
+    def clean_member(self) -> int | None:
+        value = self.cleaned_data["member"]
+        if value and not Membership.objects.filter(pk=value).exists():
+            raise forms.ValidationError("No member with this id.")
+        return value
+
     def clean(self) -> dict:
         data = super().clean()
         start: date | None = data.get("from_date")
@@ -87,4 +119,6 @@ class UsageFilterForm(forms.Form):
             "source": data["source"] or None,
             "end_user_id": data["end_user"],
             "purpose": data["purpose"] or None,
+            "organization_id": data["organization"],
+            "member_id": data["member"],
         }

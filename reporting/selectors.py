@@ -8,6 +8,12 @@
 Days are UTC calendar days; `from_date` and `to_date` are inclusive. Buckets are keyed
 by their first day: the day itself, the Monday of the ISO week, the first of the month.
 A breakdown lists only keys with usage; an empty selection has zero totals.
+
+Organizations: an organization's usage is its account's (the turns through its keys
+have `user` = the account), and each such turn names the member who made the key
+(`membership_id`; 0 on a personal turn). Every breakdown sums to the totals, so the
+by-organization and by-member breakdowns list personal usage too, as one row with a
+null organization / member.
 """
 
 from dataclasses import dataclass
@@ -20,6 +26,7 @@ from django.db.models.functions import Coalesce, TruncDate, TruncMonth, TruncWee
 
 from accounts.models import EndUser
 from chat.models import LLMCall
+from organizations.models import Membership, Organization
 from reporting.models import UsageDaily
 
 Bucket = Literal["day", "week", "month"]
@@ -47,6 +54,8 @@ class UsageFilters:
     end_user_id: int | None = None  # 0: the requests that named none
     purpose: str | None = None
     end_user: str | None = None  # the id the client sent (every key's end user of that id)
+    organization_id: int | None = None  # the usage of this organization's account
+    member_id: int | None = None  # turns through this member's keys; 0: through no member (personal)
 
 
 def zero_figures() -> dict[str, Any]:
@@ -62,8 +71,11 @@ def _figures(row: dict) -> dict[str, Any]:
 
 
 def _filtered(rows: QuerySet, filters: UsageFilters, purpose_field: str = "purpose") -> QuerySet:
-    """The filters every summary shares on `source`, `end_user_id` and the purpose
-    (fields or annotations of `rows`); the caller filters users, aliases and days."""
+    """The filters every summary shares on `source`, `end_user_id`, `membership_id` and
+    the purpose (fields or annotations of `rows`); the caller filters users,
+    organizations, aliases and days."""
+    if filters.member_id is not None:
+        rows = rows.filter(membership_id=filters.member_id)
     if filters.source is not None:
         rows = rows.filter(source=filters.source)
     if filters.end_user_id is not None:
@@ -72,6 +84,8 @@ def _filtered(rows: QuerySet, filters: UsageFilters, purpose_field: str = "purpo
         named = EndUser.objects.filter(external_id=filters.end_user)
         if filters.user_id is not None:
             named = named.filter(api_key__user_id=filters.user_id)
+        if filters.organization_id is not None:
+            named = named.filter(api_key__user__organization__id=filters.organization_id)
         rows = rows.filter(end_user_id__in=list(named.values_list("pk", flat=True)))
     if filters.purpose is not None:
         rows = rows.filter(**{purpose_field: filters.purpose})
@@ -98,14 +112,59 @@ def _by_end_user(rows: QuerySet, aggregates: dict[str, Any]) -> list[dict]:
     return answer
 
 
+def _by_organization(rows: QuerySet, aggregates: dict[str, Any], account_field: str) -> list[dict]:
+    """Totals per organization whose account the usage is (`account_field`: the rows'
+    user), with its name and slug (one more query); organization_id null: personal
+    usage (accounts of people)."""
+    grouped = list(
+        rows.annotate(organization_key=Coalesce(f"{account_field}__organization__id", Value(0)))
+        .values("organization_key")
+        .annotate(**aggregates)
+        .order_by("organization_key")
+    )
+    organizations = Organization.objects.in_bulk([row["organization_key"] for row in grouped])
+    answer = []
+    for row in grouped:
+        organization = organizations.get(row["organization_key"])
+        answer.append({
+            "organization_id": organization.pk if organization else None,
+            "name": organization.name if organization else None,
+            "slug": organization.slug if organization else None,
+            **_figures(row),
+        })  # fmt: skip
+    return answer
+
+
+def _by_member(rows: QuerySet, aggregates: dict[str, Any]) -> list[dict]:
+    """Totals per organization member (membership_id null: turns through no member's
+    key, i.e. personal usage), with the person's email and their organization (one
+    more query). Removed members keep their rows."""
+    grouped = list(rows.values("membership_id").annotate(**aggregates).order_by("membership_id"))
+    members = Membership.objects.select_related("user", "organization").in_bulk(
+        [row["membership_id"] for row in grouped]
+    )
+    answer = []
+    for row in grouped:
+        member = members.get(row["membership_id"])
+        answer.append({
+            "membership_id": member.pk if member else None,
+            "email": member.user.email if member else None,
+            "organization_id": member.organization_id if member else None,
+            "organization_name": member.organization.name if member else None,
+            **_figures(row),
+        })  # fmt: skip
+    return answer
+
+
 def _summarize(
     rows: QuerySet, *, aggregates: dict[str, Any], bucket_expr: Any, filters: UsageFilters,
-    purpose_field: str = "purpose",
+    purpose_field: str = "purpose", account_field: str = "user",
 ) -> dict:  # fmt: skip
-    """Six grouped queries (by model, user, bucket, source, end user and purpose: `rows`
-    carries `source`, `end_user_id` and `purpose` fields or annotations); the totals
-    are the sum of the by-model rows, so they agree with the breakdowns by
-    construction."""
+    """Eight grouped queries (by model, user, bucket, source, end user, purpose,
+    organization and member: `rows` carries `source`, `end_user_id`, `membership_id` and
+    `purpose` fields or annotations, and `account_field` names the account the usage
+    is); the totals are the sum of the by-model rows, so they agree with the breakdowns
+    by construction."""
     by_model = [
         {"model_alias": row["model_alias"], **_figures(row)}
         for row in rows.values("model_alias").annotate(**aggregates).order_by("model_alias")
@@ -143,6 +202,8 @@ def _summarize(
         "end_user_id": filters.end_user_id,
         "end_user": filters.end_user,
         "purpose": filters.purpose,
+        "organization_id": filters.organization_id,
+        "member_id": filters.member_id,
         "totals": totals,
         "by_model": by_model,
         "by_user": by_user,
@@ -150,6 +211,8 @@ def _summarize(
         "by_source": by_source,
         "by_end_user": _by_end_user(rows, aggregates),
         "by_purpose": by_purpose,
+        "by_organization": _by_organization(rows, aggregates, account_field),
+        "by_member": _by_member(rows, aggregates),
     }
 
 
@@ -164,12 +227,20 @@ def usage_summary(
     end_user_id: int | None = None,
     purpose: str | None = None,
     end_user: str | None = None,
+    organization_id: int | None = None,
+    member_id: int | None = None,
 ) -> dict:
     """The summary served to staff and users, from the daily rollups."""
-    filters = UsageFilters(user_id, model_alias, from_date, to_date, bucket, source, end_user_id, purpose, end_user)
+    filters = UsageFilters(
+        user_id=user_id, model_alias=model_alias, from_date=from_date, to_date=to_date, bucket=bucket, source=source,
+        end_user_id=end_user_id, purpose=purpose, end_user=end_user, organization_id=organization_id,
+        member_id=member_id,
+    )  # fmt: skip
     rows = _filtered(UsageDaily.objects.all(), filters)
     if user_id is not None:
         rows = rows.filter(user_id=user_id)
+    if organization_id is not None:
+        rows = rows.filter(user__organization__id=organization_id)
     if model_alias is not None:
         rows = rows.filter(model_alias=model_alias)
     if from_date is not None:
@@ -196,17 +267,28 @@ def usage_summary_from_calls(
     end_user_id: int | None = None,
     purpose: str | None = None,
     end_user: str | None = None,
+    organization_id: int | None = None,
+    member_id: int | None = None,
 ) -> dict:
     """The same summary aggregated from the raw LLM calls: the reference the rollups
     must equal exactly."""
-    filters = UsageFilters(user_id, model_alias, from_date, to_date, bucket, source, end_user_id, purpose, end_user)
+    filters = UsageFilters(
+        user_id=user_id, model_alias=model_alias, from_date=from_date, to_date=to_date, bucket=bucket, source=source,
+        end_user_id=end_user_id, purpose=purpose, end_user=end_user, organization_id=organization_id,
+        member_id=member_id,
+    )  # fmt: skip
     rows = LLMCall.objects.annotate(
         source=F("turn__session__source"), end_user_id=Coalesce("turn__end_user_id", Value(0)),
         turn_purpose=F("turn__purpose"),  # LLMCall.purpose is the call's own (reply, summary...)
+        membership_id=Coalesce("turn__membership_id", Value(0)),
     )  # fmt: skip
     rows = _filtered(rows, filters, purpose_field="turn_purpose")
     if user_id is not None:
         rows = rows.filter(user_id=user_id)
+    # The turn's user, not the call's: the rollup's key is the call's, so a call recorded
+    # under another user than its turn's would show here as a mismatch.
+    if organization_id is not None:
+        rows = rows.filter(turn__user__organization__id=organization_id)
     if model_alias is not None:
         rows = rows.filter(model_alias=model_alias)
     # Half-open ranges on the timestamp, so the (user|alias, created_at) indexes apply.
@@ -221,5 +303,6 @@ def usage_summary_from_calls(
     }[bucket]
     aggregates = {"calls": Count("id"), **{name: Sum(name) for name in TOKENS}, "credits": Sum("credits_burned")}
     return _summarize(
-        rows, aggregates=aggregates, bucket_expr=bucket_expr, filters=filters, purpose_field="turn_purpose"
-    )
+        rows, aggregates=aggregates, bucket_expr=bucket_expr, filters=filters, purpose_field="turn_purpose",
+        account_field="turn__user",
+    )  # fmt: skip

@@ -6,6 +6,7 @@ from rest_framework import serializers
 from accounts.models import User
 from billing.fields import MoneyField
 from core.pagination import BIGINT_MAX
+from organizations.models import Membership, Organization
 from reporting.selectors import BUCKETS, SOURCES
 
 
@@ -42,16 +43,56 @@ class UsageQuerySerializer(serializers.Serializer):
         return attrs
 
 
-class AdminUsageQuerySerializer(UsageQuerySerializer):
-    """Query of GET admin/usage/summary: the same, optionally for one user."""
+class _MemberFilter(serializers.Serializer):
+    member = serializers.IntegerField(
+        required=False, min_value=0, max_value=BIGINT_MAX, source="member_id",
+        help_text="Only the usage through this organization member's keys (a membership id); 0: usage through no "
+        "member's key (personal usage).",
+    )  # fmt: skip
+
+
+class AdminUsageQuerySerializer(_MemberFilter, UsageQuerySerializer):
+    """Query of GET admin/usage/summary: the same, optionally for one user, one
+    organization or one member."""
 
     user_id = serializers.IntegerField(
         required=False, min_value=1, max_value=BIGINT_MAX, help_text="Only this user's usage."
     )
+    organization = serializers.IntegerField(
+        required=False, min_value=1, max_value=BIGINT_MAX, source="organization_id",
+        help_text="Only this organization's usage (an organization id): the turns through its keys.",
+    )  # fmt: skip
 
     def validate_user_id(self, value: int) -> int:
         if not User.objects.filter(pk=value).exists():
             raise serializers.ValidationError("No user with this id.")
+        return value
+
+    def validate_organization(self, value: int) -> int:
+        if not Organization.objects.filter(pk=value).exists():
+            raise serializers.ValidationError("No organization with this id.")
+        return value
+
+    def validate_member(self, value: int) -> int:
+        if value and not Membership.objects.filter(pk=value).exists():
+            raise serializers.ValidationError("No member with this id.")
+        return value
+
+
+class OrgUsageQuerySerializer(UsageQuerySerializer):
+    """Query of GET orgs/{org_id}/usage: the same as users/me/usage, and (for owners and
+    admins) one member's usage. Needs the organization in the context."""
+
+    member = serializers.IntegerField(
+        required=False, min_value=1, max_value=BIGINT_MAX, source="member_id",
+        help_text="Only this member's usage (a membership id of this organization). Owners and admins may name "
+        "anyone; a member sees only their own usage, whether or not they name themselves.",
+    )  # fmt: skip
+
+    def validate_member(self, value: int) -> int:
+        # Removed members included: their usage stays theirs.
+        if not Membership.objects.filter(pk=value, organization=self.context["organization"]).exists():
+            raise serializers.ValidationError("No member with this id in this organization.")
         return value
 
 
@@ -94,6 +135,23 @@ class UsageByPurposeSerializer(UsageFiguresSerializer):
     purpose = serializers.CharField(help_text='The label the client gave (X-Parley-Purpose); "": none.')
 
 
+class UsageByOrganizationSerializer(UsageFiguresSerializer):
+    organization_id = serializers.IntegerField(
+        allow_null=True, help_text="null: personal usage (people's own accounts, through no organization's key)."
+    )
+    name = serializers.CharField(allow_null=True)
+    slug = serializers.CharField(allow_null=True)
+
+
+class UsageByMemberSerializer(UsageFiguresSerializer):
+    membership_id = serializers.IntegerField(
+        allow_null=True, help_text="The member whose keys the turns went through; null: no member (personal usage)."
+    )
+    email = serializers.CharField(allow_null=True, help_text="The member's email.")
+    organization_id = serializers.IntegerField(allow_null=True)
+    organization_name = serializers.CharField(allow_null=True)
+
+
 class UsageSummarySerializer(serializers.Serializer):
     user_id = serializers.IntegerField(allow_null=True)
     model_alias = serializers.CharField(allow_null=True)
@@ -104,6 +162,8 @@ class UsageSummarySerializer(serializers.Serializer):
     end_user_id = serializers.IntegerField(allow_null=True, help_text="The `end_user_id` filter, if any.")
     end_user = serializers.CharField(allow_null=True, help_text="The `end_user` filter, if any.")
     purpose = serializers.CharField(allow_null=True, help_text="The `purpose` filter, if any.")
+    organization_id = serializers.IntegerField(allow_null=True, help_text="The `organization` filter, if any.")
+    member_id = serializers.IntegerField(allow_null=True, help_text="The `member` filter, if any.")
     totals = UsageFiguresSerializer()
     by_model = UsageByModelSerializer(many=True)
     by_user = UsageByUserSerializer(many=True)
@@ -111,3 +171,13 @@ class UsageSummarySerializer(serializers.Serializer):
     by_source = UsageBySourceSerializer(many=True)
     by_end_user = UsageByEndUserSerializer(many=True)
     by_purpose = UsageByPurposeSerializer(many=True)
+    by_organization = UsageByOrganizationSerializer(
+        many=True,
+        help_text="Per organization whose keys the usage went through; personal usage is the row with a null "
+        "organization_id, so the rows sum to the totals.",
+    )
+    by_member = UsageByMemberSerializer(
+        many=True,
+        help_text="Per organization member whose keys the usage went through; usage through no member's key "
+        "(personal) is the row with a null membership_id.",
+    )

@@ -32,6 +32,12 @@ class Recorded:
     external_id: str | None = None
     api_key_name: str | None = None
     purpose: str = ""
+    # A turn through an organization's key (user_id/email are then the organization's account's).
+    membership_id: int | None = None
+    member_email: str | None = None
+    organization_id: int | None = None
+    organization_name: str | None = None
+    organization_slug: str | None = None
 
     @property
     def day(self) -> date:

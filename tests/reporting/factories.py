@@ -44,12 +44,17 @@ def price_for(alias: str) -> ModelPrice:
 
 
 def record_turn(
-    *, session: ChatSession, calls: list[CallSpec], rollup: bool = True, end_user=None, purpose: str = ""  # noqa: ANN001
+    *, session: ChatSession, calls: list[CallSpec], rollup: bool = True, end_user=None, purpose: str = "",  # noqa: ANN001
+    membership=None,  # noqa: ANN001
 ) -> list[LLMCall]:
-    """One completed turn (for `end_user`, labelled `purpose`): its LLM calls and,
-    unless `rollup` is off, their rollup, in one transaction like the completion."""
+    """One completed turn (for `end_user`, labelled `purpose`; through an organization's
+    key: `membership`, the member who made it, and `session` is the organization
+    account's): its LLM calls and, unless `rollup` is off, their rollup, in one
+    transaction like the completion."""
     with transaction.atomic():
-        turn = TurnFactory(session=session, user=session.user, end_user=end_user, purpose=purpose)
+        turn = TurnFactory(
+            session=session, user=session.user, end_user=end_user, purpose=purpose, membership=membership
+        )
         rows = []
         for spec in calls:
             price = price_for(spec.alias)

@@ -46,7 +46,7 @@ def add(figures: dict, call) -> None:  # noqa: ANN001
 
 def expected_summary(
     recorded, *, user_id, model_alias, from_date, to_date, bucket, end_user_id=None, purpose=None,  # noqa: ANN001
-    end_user=None,  # noqa: ANN001
+    end_user=None, organization_id=None, member_id=None,  # noqa: ANN001
 ) -> dict:
     chosen = [
         call
@@ -55,6 +55,8 @@ def expected_summary(
         and (end_user_id is None or (call.end_user_id or 0) == end_user_id)
         and (end_user is None or call.external_id == end_user)
         and (purpose is None or call.purpose == purpose)
+        and (organization_id is None or call.organization_id == organization_id)
+        and (member_id is None or (call.membership_id or 0) == member_id)
         and (model_alias is None or call.alias == model_alias)
         and (from_date is None or call.day >= from_date)
         and (to_date is None or call.day <= to_date)
@@ -69,6 +71,10 @@ def expected_summary(
     emails = {call.user_id: call.email for call in recorded}
     end_users = {call.end_user_id: (call.external_id, call.api_key_name) for call in recorded}
     by_end_user = grouped(lambda c: c.end_user_id or 0)
+    organizations = {call.organization_id: (call.organization_name, call.organization_slug) for call in recorded}
+    members = {
+        call.membership_id: (call.member_email, call.organization_id, call.organization_name) for call in recorded
+    }
     totals = zero_figures()
     for call in chosen:
         add(totals, call)
@@ -94,7 +100,20 @@ def expected_summary(
             for k, v in by_end_user.items()
         ],  # fmt: skip
         "by_purpose": [{"purpose": k, **v} for k, v in grouped(lambda c: c.purpose).items()],
-    }
+        "organization_id": organization_id,
+        "member_id": member_id,
+        # Personal usage: the row of a null organization / member.
+        "by_organization": [
+            {"organization_id": k or None, "name": organizations[k or None][0], "slug": organizations[k or None][1],
+             **v}
+            for k, v in grouped(lambda c: c.organization_id or 0).items()
+        ],
+        "by_member": [
+            {"membership_id": k or None, "email": members[k or None][0], "organization_id": members[k or None][1],
+             "organization_name": members[k or None][2], **v}
+            for k, v in grouped(lambda c: c.membership_id or 0).items()
+        ],
+    }  # fmt: skip
 
 
 def test_rollup_summary_equals_raw_aggregation_for_every_filter_and_bucket(usage_data):
