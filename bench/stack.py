@@ -136,19 +136,35 @@ from accounts.services import api_key_create, user_create
 from billing.models import ModelPrice
 from billing.services import wallet_grant
 from chat.models import ChatSession, Message, Turn
-ModelPrice.objects.create(alias="bench", provider="local", provider_model="echo", counting="{counting}",
-    input_credits_per_mtok=Decimal("3.33333333"), output_credits_per_mtok=Decimal("7.77777777"),
-    context_tokens=1_000_000)
+from organizations.services import member_budget_set, organization_api_key_create, organization_create
+from organizations.models import Membership
+if not ModelPrice.objects.filter(alias="bench", active=True).exists():
+    ModelPrice.objects.create(alias="bench", provider="local", provider_model="echo", counting="{counting}",
+        input_credits_per_mtok=Decimal("3.33333333"), output_credits_per_mtok=Decimal("7.77777777"),
+        context_tokens=1_000_000)
 WORDS = "The ledger 中文 keeps every credit 😀 exact: def f(x): return x * 2. ".split()
 out = []
+org = None
+if {organization}:
+    # One organization whose members each have a budget and a key of its own: every
+    # turn holds the member's budget too, and charges the organization's wallet.
+    org = organization_create(creator=user_create(email="bench-owner@example.com"), name="Bench")
+    wallet_grant(user=org.account, amount=Decimal("{credits}"), reason="benchmark credits")
 for n in range({count}):
-    user = user_create(email=f"bench{{n}}@example.com")
-    wallet_grant(user=user, amount=Decimal("{credits}"), reason="benchmark credits")
-    _, key = api_key_create(user=user, name="bench")
-    session = ChatSession.objects.create(user=user, model_alias="bench", title="bench")
+    user = user_create(email=f"bench{{'-org' if org else ''}}{{n}}@example.com")
+    if org is None:
+        wallet_grant(user=user, amount=Decimal("{credits}"), reason="benchmark credits")
+        _, key = api_key_create(user=user, name="bench")
+        account = user
+    else:
+        member = Membership.objects.create(organization=org, user=user, role="member")
+        member_budget_set(member=member, budget_credits=Decimal("{credits}"), budget_window="day")
+        _, key = organization_api_key_create(member=member, name="bench")
+        account = org.account
+    session = ChatSession.objects.create(user=account, model_alias="bench", title="bench")
     if {history}:
         # A finished history the context reads (and counts) on every turn.
-        done = Turn.objects.create(session=session, user=user, model_alias="bench", status="completed")
+        done = Turn.objects.create(session=session, user=account, model_alias="bench", status="completed")
         Message.objects.bulk_create(
             Message(session=session, turn=done, role=("user", "assistant")[m % 2],
                     content=" ".join(WORDS[(m + w) % len(WORDS)] for w in range(60)))
@@ -206,11 +222,17 @@ class Stack:
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
 
-    def seed_users(self, count: int, *, credits: str, counting: str = "bytes", history: int = 0) -> list[dict]:
+    def seed_users(
+        self, count: int, *, credits: str, counting: str = "bytes", history: int = 0, organization: bool = False
+    ) -> list[dict]:
         """`count` users, each with credits, an API key and a session on the `bench`
         alias (a `local` model counted by `counting`) holding `history` finished
-        messages of about 300 characters: [{"key", "session"}]."""
-        code = SEED_USERS.format(count=count, credits=credits, counting=counting, history=history)
+        messages of about 300 characters: [{"key", "session"}]. With `organization`,
+        `count` members of one organization holding the credits, each with a member
+        budget, an organization key and a session of the organization's."""
+        code = SEED_USERS.format(
+            count=count, credits=credits, counting=counting, history=history, organization=organization
+        )
         return json.loads(self.manage("shell", "-c", code).splitlines()[-1])
 
     def manage(self, *command: str) -> str:

@@ -20,6 +20,9 @@ alternating rounds:
   commits the turn, the worker runs it, the request returns 201 when the worker's
   completion is published on Redis (no Celery result is ever waited on). A turn
   counts only when it came back `completed`; a 202 is polled until it is.
+- org:   the same turns through an organization's keys, one member per client,
+  each with a member budget: the organization's wallet pays, and each turn also
+  holds and settles its member's budget counter.
 
 Prints the three rates, the ratios to bare and to the floor (goal: turns >= 50% of
 the floor), CPU per operation of the web and worker process trees (goal: a turn at
@@ -85,12 +88,13 @@ for status in ("queued", "running", "completed", "failed"):
     report["turns"][status] = Turn.objects.filter(status=status).count()
 for wallet in Wallet.objects.all():
     ledger = CreditTransaction.objects.filter(wallet=wallet).aggregate(s=Sum("amount"))["s"] or Decimal(0)
+    granted = CreditTransaction.objects.filter(wallet=wallet, kind="grant").aggregate(s=Sum("amount"))["s"] or Decimal(0)
     charged = Turn.objects.filter(user_id=wallet.user_id, status="completed").aggregate(s=Sum("credits_charged"))["s"] or Decimal(0)
     debits = CreditTransaction.objects.filter(wallet=wallet, kind="debit").count()
     # The seeded history's turn (never run: no started_at) has no debit.
     completed = Turn.objects.filter(user_id=wallet.user_id, status="completed", started_at__isnull=False).count()
     report["wallets"] += 1
-    if wallet.balance != ledger or wallet.balance != Decimal(5000) - charged or debits != completed or wallet.held != 0:
+    if wallet.balance != ledger or wallet.balance != granted - charged or debits != completed or wallet.held != 0:
         report["wrong"].append([wallet.pk, str(wallet.balance), str(ledger), str(charged), debits, completed, str(wallet.held)])
 import statistics
 rows = Turn.objects.filter(status="completed", started_at__isnull=False).values_list("created_at", "started_at", "finished_at")
@@ -194,8 +198,12 @@ def main() -> None:
         database_create(args.pg, BENCH_DB, stack.env, fresh=args.fresh)
         stack.manage("shell", "-c", "from bench.views import ensure_table; ensure_table()")
         seeds = stack.seed_users(args.clients, credits="5000", counting=args.counting, history=args.history)
+        org_seeds = stack.seed_users(
+            args.clients, credits="5000", counting=args.counting, history=args.history, organization=True
+        )
         stack.start(("web", "worker"))
         clients = [Client(stack.port, seed["key"], seed["session"], args.words) for seed in seeds]
+        org_clients = [Client(stack.port, seed["key"], seed["session"], args.words) for seed in org_seeds]
         print(f"load average before the run: {' '.join(f'{x:.2f}' for x in os.getloadavg())} on {os.cpu_count()} CPUs")
         print(f"{args.clients} clients, {args.rounds} rounds of {args.seconds:g} s per phase; "
               f"the Procfile's web and worker lines with their defaults")  # fmt: skip
@@ -204,14 +212,17 @@ def main() -> None:
                 assert client.bare(), "the bare endpoint failed during warm-up"
                 assert client.roundtrip(), "the round-trip endpoint failed during warm-up"
                 assert client.turn(), "a turn failed during warm-up"
+        for client in org_clients:
+            for _ in range(3):
+                assert client.turn(), "an organization's turn failed during warm-up"
 
-        phases = (("bare", Client.bare), ("floor", Client.roundtrip), ("turns", Client.turn))
+        phases = (("bare", Client.bare), ("floor", Client.roundtrip), ("turns", Client.turn), ("org", Client.turn))
         totals = {name: [0, 0, []] for name, _ in phases}
         cpu = {name: [0.0, 0.0] for name, _ in phases}  # seconds: gunicorn tree, celery tree
         for number in range(1, args.rounds + 1):
             for name, op in phases:
                 before = [cpu_seconds(proc.pid) for proc in stack.procs.values()]
-                ok, failed, latencies = run_phase(clients, args.seconds, op)
+                ok, failed, latencies = run_phase(org_clients if name == "org" else clients, args.seconds, op)
                 after = [cpu_seconds(proc.pid) for proc in stack.procs.values()]
                 totals[name][0] += ok
                 totals[name][1] += failed
@@ -225,6 +236,7 @@ def main() -> None:
         elapsed = args.seconds * args.rounds
         bare_rate, floor_rate, turn_rate = (totals[name][0] / elapsed for name in ("bare", "floor", "turns"))
         bare_lat, floor_lat, turn_lat = (totals[name][2] for name in ("bare", "floor", "turns"))
+        org_rate, org_lat = totals["org"][0] / elapsed, totals["org"][2]
         print()
         print(
             f"bare INSERT : {bare_rate:8.1f} requests/s   p50 {percentile(bare_lat, 0.5):6.1f} ms   p95 {percentile(bare_lat, 0.95):6.1f} ms"
@@ -235,13 +247,17 @@ def main() -> None:
         print(
             f"turns       : {turn_rate:8.1f} completed/s  p50 {percentile(turn_lat, 0.5):6.1f} ms   p95 {percentile(turn_lat, 0.95):6.1f} ms"
         )
+        print(
+            f"org turns   : {org_rate:8.1f} completed/s  p50 {percentile(org_lat, 0.5):6.1f} ms   p95 {percentile(org_lat, 0.95):6.1f} ms"
+        )
         print(f"ratio       : {turn_rate / bare_rate:8.1%} of the bare rate")
         verdict = "met" if turn_rate >= floor_rate / 2 else "NOT met"
         print(f"floor ratio : {floor_rate / bare_rate:8.1%} of the bare rate; turns are {turn_rate / floor_rate:.1%} "
               f"of the floor (goal >= 50%: {verdict})")  # fmt: skip
         print(f"added       : p50 {percentile(turn_lat, .5) - percentile(bare_lat, .5):6.1f} ms   "
               f"p95 {percentile(turn_lat, .95) - percentile(bare_lat, .95):6.1f} ms over the bare request")  # fmt: skip
-        print(f"failures    : bare {totals['bare'][1]}, floor {totals['floor'][1]}, turns {totals['turns'][1]}")
+        print(f"failures    : bare {totals['bare'][1]}, floor {totals['floor'][1]}, turns {totals['turns'][1]}, "
+              f"org {totals['org'][1]}")  # fmt: skip
         for name, _ in phases:
             done = max(totals[name][0], 1)
             print(f"cpu / op    : {name:<5} web {cpu[name][0] / done * 1000:5.1f} ms, "
@@ -249,6 +265,8 @@ def main() -> None:
         per_turn, per_floor = (sum(cpu[name]) / max(totals[name][0], 1) for name in ("turns", "floor"))
         verdict = "met" if per_turn <= 2 * per_floor else "NOT met"
         print(f"cpu ratio   : a turn costs {per_turn / per_floor:4.2f}x the floor's CPU (goal <= 2x: {verdict})")
+        per_org = sum(cpu["org"]) / max(totals["org"][0], 1)
+        print(f"org turn    : {per_org * 1000:5.1f} ms CPU, {per_org / per_turn:4.2f}x a personal turn's")
         print(f"median      : bare {statistics.median(bare_lat):.1f} ms, turn {statistics.median(turn_lat):.1f} ms")
         stack.stop()
         report = json.loads(stack.manage("shell", "-c", CHECK).splitlines()[-1])
@@ -256,7 +274,7 @@ def main() -> None:
               f"started -> completed {report['spans_ms']['running']} ms (medians, database timestamps)")  # fmt: skip
         print(f"check       : {report['wallets']} wallets, turns {report['turns']}, "
               f"{'all exact' if not report['wrong'] else 'WRONG: ' + json.dumps(report['wrong'])}")  # fmt: skip
-        if report["wrong"] or totals["turns"][1] or totals["floor"][1]:
+        if report["wrong"] or totals["turns"][1] or totals["floor"][1] or totals["org"][1]:
             sys.exit(1)
     finally:
         stack.stop()
