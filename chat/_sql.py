@@ -194,9 +194,12 @@ def session_history_size(*, session: ChatSession, scan: int) -> tuple[int, int]:
 _TURNS_IN_FLIGHT = f"SELECT COUNT(*) FROM {Turn._meta.db_table} WHERE user_id = %s AND status IN (%s, %s)"  # noqa: S608
 
 
-def turns_in_flight(*, user_id: int) -> int:
+def turns_in_flight(*, user_id: int, membership_id: int | None = None) -> int:
     with connection.cursor() as cursor:
-        cursor.execute(_TURNS_IN_FLIGHT, [user_id, *UNFINISHED])
+        if membership_id is None:
+            cursor.execute(_TURNS_IN_FLIGHT, [user_id, *UNFINISHED])
+        else:  # one member's turns among their organization's (its few unfinished ones)
+            cursor.execute(_TURNS_IN_FLIGHT + " AND membership_id = %s", [user_id, *UNFINISHED, membership_id])
         return cursor.fetchone()[0]
 
 

@@ -98,9 +98,10 @@ def turn_brief(*, user: User, turn_id: UUID) -> Turn | None:
     return _sql.turn_brief(user_id=user.pk, turn_id=turn_id)
 
 
-def turns_in_flight(*, user: User) -> int:
-    """The user's turns queued or running (fair use counts them)."""
-    return _sql.turns_in_flight(user_id=user.pk)
+def turns_in_flight(*, user: User, membership_id: int | None = None) -> int:
+    """The user's turns queued or running (fair use counts them); of an
+    organization's account, with `membership_id`, only that member's."""
+    return _sql.turns_in_flight(user_id=user.pk, membership_id=membership_id)
 
 
 def turn_for_idempotency_key(*, user: User, key: str) -> Turn | None:

@@ -417,38 +417,45 @@ redis.call('ZADD', KEYS[1], ARGV[3], ARGV[4])
 redis.call('EXPIRE', KEYS[1], ARGV[5])
 return 1
 """
-_local_streams: dict[int, set[str]] = {}
+_local_streams: dict[str, set[str]] = {}
 _local_lock = threading.Lock()
 
 
-def _streams_key(user_id: int) -> str:
-    return f"parley:streams:{user_id}"
+def stream_owner(request) -> str:  # noqa: ANN001
+    """Whose allowance of open streams a request spends: its user's, or through an
+    organization's key, its member's (each member is a person with their own)."""
+    membership_id = getattr(request.auth, "membership_id", None)
+    return f"{request.user.pk}:m{membership_id}" if membership_id else str(request.user.pk)
 
 
-def stream_slot_take(*, user_id: int) -> str | None:
-    """A slot for one more open stream of this user (its token), or None when the user
-    already has MAX_STREAMS_PER_USER open."""
+def _streams_key(owner: str) -> str:
+    return f"parley:streams:{owner}"
+
+
+def stream_slot_take(*, owner: str) -> str | None:
+    """A slot for one more open stream of this owner (stream_owner; its token), or
+    None when they already have MAX_STREAMS_PER_USER open."""
     token = uuid.uuid4().hex
     limit = settings.MAX_STREAMS_PER_USER
     if not enabled():
         with _local_lock:
-            mine = _local_streams.setdefault(user_id, set())
+            mine = _local_streams.setdefault(owner, set())
             if len(mine) >= limit:
                 return None
             mine.add(token)
         return token
     now = time.time()
     ttl = int(STREAM_MAX_SECONDS + 60)
-    taken = client().eval(_ACQUIRE, 1, _streams_key(user_id), now, limit, now + ttl, token, ttl)
+    taken = client().eval(_ACQUIRE, 1, _streams_key(owner), now, limit, now + ttl, token, ttl)
     return token if taken else None
 
 
-def stream_slot_free(*, user_id: int, token: str) -> None:
+def stream_slot_free(*, owner: str, token: str) -> None:
     if not enabled():
         with _local_lock:
-            _local_streams.get(user_id, set()).discard(token)
+            _local_streams.get(owner, set()).discard(token)
         return
     try:
-        client().zrem(_streams_key(user_id), token)
+        client().zrem(_streams_key(owner), token)
     except redis.RedisError:
-        logger.warning("could not free a stream slot of user %s; it expires by itself", user_id)
+        logger.warning("could not free a stream slot of %s; it expires by itself", owner)

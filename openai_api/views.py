@@ -109,12 +109,13 @@ class ChatCompletionsView(OpenAIView):
 
         user = request.user
         # The stream's slot first: a request refused for it must not leave a turn behind.
-        slot = streaming.stream_slot_take(user_id=user.pk)
+        owner = streaming.stream_owner(request)
+        slot = streaming.stream_slot_take(owner=owner)
         if slot is None:
             raise answers.stream_refused(settings.MAX_STREAMS_PER_USER)
 
         def close() -> None:
-            streaming.stream_slot_free(user_id=user.pk, token=slot)
+            streaming.stream_slot_free(owner=owner, token=slot)
 
         try:
             # Handed to the worker by the stream once it listens (answers.completion_chunks).

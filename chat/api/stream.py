@@ -167,7 +167,8 @@ class TurnStreamView(APIView):
         if turn is None:
             raise Http404
         user = request.user
-        slot = streaming.stream_slot_take(user_id=user.pk)
+        owner = streaming.stream_owner(request)
+        slot = streaming.stream_slot_take(owner=owner)
         if slot is None:
             raise TooManyRequests(
                 f"At most {settings.MAX_STREAMS_PER_USER} open streams per user; close one first.", retry_after=5
@@ -176,7 +177,7 @@ class TurnStreamView(APIView):
         final = partial(turn_detail, user=user)
 
         def close() -> None:
-            streaming.stream_slot_free(user_id=user.pk, token=slot)
+            streaming.stream_slot_free(owner=owner, token=slot)
 
         db_release()  # the stream holds no database connection while it waits
         response = StreamingHttpResponse(

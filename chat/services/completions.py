@@ -176,7 +176,7 @@ def _completion_turn_write(
         wallet_hold_place(
             user=user, amount=worst_case, reference=str(turn.pk), spend_limits=spend_limits, reference_is_new=True
         )
-        turns_in_flight_check(user=user)  # under the wallet's row lock, as turn_create counts
+        turns_in_flight_check(user=user, membership_id=attribution.membership_id)  # under the wallet's row lock, as turn_create counts
         if session.updated_at is None or timezone.now() - session.updated_at > SESSION_TOUCH_RESOLUTION:
             ChatSession.objects.filter(pk=session.pk).update(updated_at=timezone.now())
         if hand_over:

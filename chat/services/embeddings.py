@@ -100,7 +100,7 @@ def embedding_turn_create(
             wallet_hold_place(
                 user=user, amount=count.hold, reference=str(turn.pk), spend_limits=spend_limits, reference_is_new=True
             )
-            turns_in_flight_check(user=user)
+            turns_in_flight_check(user=user, membership_id=attribution.membership_id)
             if session.updated_at is None or now - session.updated_at > SESSION_TOUCH_RESOLUTION:
                 ChatSession.objects.filter(pk=session.pk).update(updated_at=now)
     except BaseException:

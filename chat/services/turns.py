@@ -153,7 +153,7 @@ def turn_create(
             )
             # Counted under the wallet's row lock, which the hold took: concurrent
             # requests of one user are counted one after the other.
-            turns_in_flight_check(user=user)
+            turns_in_flight_check(user=user, membership_id=attribution.membership_id)
             if session.updated_at is None or timezone.now() - session.updated_at > SESSION_TOUCH_RESOLUTION:
                 ChatSession.objects.filter(pk=session.pk).update(updated_at=timezone.now())
             if hand_over:
@@ -170,11 +170,12 @@ def turn_create(
     return turn, True
 
 
-def turns_in_flight_check(*, user: User) -> None:
+def turns_in_flight_check(*, user: User, membership_id: int | None = None) -> None:
     """Fair use: at most MAX_CONCURRENT_TURNS_PER_USER turns queued or running (this
-    one included), so no user fills the workers alone."""
+    one included), so no user fills the workers alone. An organization's members
+    each have their own allowance (`membership_id`: the turn's member)."""
     limit = settings.MAX_CONCURRENT_TURNS_PER_USER
-    if turns_in_flight(user=user) > limit:
+    if turns_in_flight(user=user, membership_id=membership_id) > limit:
         raise TooManyRequests(
             f"At most {limit} turns queued or running per user; wait for one to finish.", retry_after=2
         )

@@ -69,3 +69,30 @@ def test_removing_a_member_revokes_their_org_keys(org, owner, fast, base_url):
     with sdk_for(base_url, raw) as sdk, pytest.raises(openai.AuthenticationError):
         sdk.chat.completions.create(model="fast", messages=HELLO)
     assert not Turn.objects.exists()
+
+
+def test_fair_use_counts_each_member_apart(org, fast, settings):
+    """An organization is one account but many people: each member has their own
+    allowance of turns in flight, not a share of one."""
+    from accounts.attribution import Attribution
+    from chat.models import ChatSession
+    from chat.services.turns import turn_create
+    from core.exceptions import TooManyRequests
+
+    settings.MAX_CONCURRENT_TURNS_PER_USER = 1
+    session = ChatSession.objects.create(user=org.account, title="team", model_alias="fast")
+    keys = {}
+    for email in ("ada@example.com", "bob@example.com"):
+        member = member_add(org, email)
+        keys[email] = (organization_api_key_create(member=member, name=email)[0], Attribution(membership_id=member.pk))
+
+    def ask(email: str) -> Turn:
+        api_key, attribution = keys[email]
+        return turn_create(user=org.account, session=session, content="Hi", api_key=api_key, attribution=attribution,
+                           hand_over=False)[0]  # fmt: skip
+
+    ask("ada@example.com")  # queued: never handed over here
+    ask("bob@example.com")  # bob is not held back by ada's turn
+    with pytest.raises(TooManyRequests):
+        ask("ada@example.com")
+    assert Turn.objects.filter(status="queued").count() == 2
