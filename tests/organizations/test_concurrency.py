@@ -66,7 +66,7 @@ def test_five_members_twenty_concurrent_requests_each_spend_at_most_their_budget
 
     make_price("fast")
     env = {**_worker_env(), "REDIS_URL": spare_redis_url(), "LOCAL_LLM_LATENCY_MS": "3000",
-           "BILLING_ENFORCEMENT": "block", "MAX_CONCURRENT_TURNS_PER_USER": "500"}  # fmt: skip
+           "BILLING_ENFORCEMENT": "block", "MAX_CONCURRENT_TURNS_PER_USER": str(EACH)}  # fmt: skip
     env.pop("DEBUG")
     stack = Stack(env, tmp_path / "procfile.log")
     stack.start(("web", "worker"))
@@ -93,7 +93,8 @@ def test_five_members_twenty_concurrent_requests_each_spend_at_most_their_budget
     assert all(body["error"]["code"] == "insufficient_quota" for body in refused)
     by_budget = [body for body in refused if "budget in organization 'Acme'" in body["error"]["message"]]
     by_balance = [body for body in refused if "does not cover" in body["error"]["message"]]
-    # Both limits bind, and no other refusal appears.
+    # Both limits bind, and no other refusal appears (fair use counts each member
+    # apart: 20 turns in flight each are within MAX_CONCURRENT_TURNS_PER_USER).
     assert by_budget and by_balance and len(by_budget) + len(by_balance) == len(refused)
     assert 10 <= len(accepted) <= 18, len(accepted)
 
