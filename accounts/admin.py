@@ -6,7 +6,7 @@ from django.contrib.auth.admin import UserAdmin as BaseUserAdmin
 from django.contrib.auth.forms import UserChangeForm, UserCreationForm
 from django.http import HttpRequest
 from django.urls import reverse
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
 
 from accounts.models import ApiKey, ApiKeyScope, EndUser, User
 from accounts.services import (
@@ -62,11 +62,11 @@ class UserAdmin(BaseUserAdmin):
     form = EmailUserChangeForm
     add_form = EmailUserCreationForm
     ordering = ["email"]
-    list_display = ["email", "is_staff", "is_active", "date_joined"]
-    list_filter = ["is_staff", "is_active"]
-    search_fields = ["email"]
+    list_display = ["email", "kind", "is_staff", "is_active", "date_joined"]
+    list_filter = ["kind", "is_staff", "is_active"]
+    search_fields = ["email", "organization__name"]
     fieldsets = [
-        (None, {"fields": ["email", "password"]}),
+        (None, {"fields": ["email", "kind", "organizations", "password"]}),
         ("Permissions", {"fields": ["is_active", "is_staff", "is_superuser", "groups", "user_permissions"]}),
         (
             "Spending cap",
@@ -78,7 +78,28 @@ class UserAdmin(BaseUserAdmin):
         ),
         ("Dates", {"fields": ["last_login", "date_joined"]}),
     ]
-    readonly_fields = ["spend_this_window"]
+    readonly_fields = ["kind", "organizations", "spend_this_window"]
+
+    @admin.display(description="Organizations")
+    def organizations(self, obj: User) -> str:
+        """An organization's account: the organization it holds the wallet of. A person:
+        the organizations they are a member of, with their role."""
+        if obj.pk is None:
+            return "-"
+        if obj.is_organization:
+            organization = obj.organization
+            url = reverse("admin:organizations_organization_change", args=[organization.pk])
+            return format_html('This is the account of <a href="{}">organization {}</a>', url, organization.name)
+        memberships = obj.memberships.filter(removed_at__isnull=True).select_related("organization")
+        links = [
+            format_html(
+                '<a href="{}">{}</a> ({})',
+                reverse("admin:organizations_organization_change", args=[m.organization_id]), m.organization.name,
+                m.role,
+            )  # fmt: skip
+            for m in memberships
+        ]
+        return format_html_join(", ", "{}", ((link,) for link in links)) if links else "None"
 
     @admin.display(description="Spent this window")
     def spend_this_window(self, obj: User) -> str:
@@ -115,21 +136,41 @@ class ApiKeyAdminForm(forms.ModelForm):
         return cleaned
 
 
+class KeyOwnerFilter(admin.SimpleListFilter):
+    title = "owner"
+    parameter_name = "owner"
+
+    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list[tuple[str, str]]:
+        return [("person", "Personal"), ("organization", "Organization's")]
+
+    def queryset(self, request: HttpRequest, queryset):  # noqa: ANN001, ANN201
+        if self.value() == "person":
+            return queryset.filter(membership__isnull=True)
+        if self.value() == "organization":
+            return queryset.filter(membership__isnull=False)
+        return queryset
+
+
 @admin.register(ApiKey)
 class ApiKeyAdmin(admin.ModelAdmin):
     form = ApiKeyAdminForm
     # One line per row at 1280 px (tests/browser/test_console_lists.py).
     list_display = ["key_name", "prefix", "user_email", "created", "last_used", "expires", "budget", "revoked"]
-    list_filter = ["revoked_at"]
-    search_fields = ["name", "prefix", "user__email"]
-    list_select_related = ["user"]
+    list_filter = ["revoked_at", KeyOwnerFilter]
+    search_fields = ["name", "prefix", "user__email", "user__organization__name", "membership__user__email"]
+    list_select_related = ["user__organization", "membership__user"]
+    allowed_lookups = ("membership__id__exact",)
     # revoked_at is read-only: a revoked key stays revoked (a leaked key cannot be
     # revived by clearing the date); keys are revoked with the list's action.
     readonly_fields = [
-        "user", "prefix", "created_at", "last_used_at", "revoked_at", "spend_this_window", "end_users_link",
+        "user", "organization_member", "prefix", "created_at", "last_used_at", "revoked_at", "spend_this_window",
+        "end_users_link",
     ]  # fmt: skip
     fieldsets = [
-        (None, {"fields": ["user", "name", "prefix", "created_at", "last_used_at", "revoked_at"]}),
+        (
+            None,
+            {"fields": ["user", "organization_member", "name", "prefix", "created_at", "last_used_at", "revoked_at"]},
+        ),
         (
             "Limits",
             {
@@ -164,7 +205,26 @@ class ApiKeyAdmin(admin.ModelAdmin):
 
     @admin.display(description="user", ordering="user__email")
     def user_email(self, obj: ApiKey) -> str:
+        # An organization's key: the organization and the member who made it, in one cell.
+        if obj.membership_id is not None:
+            return clipped(f"{obj.user.organization.name}: {obj.membership.user.email}", width="11em")
         return clipped(obj.user.email, width="11em")
+
+    @admin.display(description="Organization")
+    def organization_member(self, obj: ApiKey) -> str:
+        if obj.pk is None or obj.membership_id is None:
+            return "None: a personal key"
+        member = obj.membership
+        return format_html(
+            '<a href="{}">{}</a>, made by member <a href="{}">{}</a> ({}{})',
+            reverse("admin:organizations_organization_change", args=[member.organization_id]),
+            member.organization.name,
+            reverse("admin:organizations_membership_change", args=[member.pk]),
+            member.user.email, member.role, ", removed" if member.removed_at else "",
+        )  # fmt: skip
+
+    def lookup_allowed(self, lookup: str, value: str, request: HttpRequest | None = None) -> bool:
+        return lookup in self.allowed_lookups or super().lookup_allowed(lookup, value, request)
 
     @admin.display(description="Budget")
     def budget(self, obj: ApiKey) -> str:

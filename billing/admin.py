@@ -8,6 +8,7 @@ from django.forms.models import BaseInlineFormSet
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
+from django.utils.html import format_html
 
 from billing.models import GRANT_PERMISSION, CreditGrant, CreditHold, CreditTransaction, ModelPrice, Wallet
 from billing.money import format_ledger
@@ -22,11 +23,16 @@ from billing.services import (
     wallet_grant,
 )
 from billing.stripe import admin as stripe_admin  # noqa: F401  registers the top-up and webhook trigger admins
-from core.admin_display import clipped, timestamp_column
+from core.admin_display import account_name, clipped, timestamp_column
 from core.exceptions import ApplicationError
 
 RECENT_ROWS = 20
 LEDGER_FIELDS = ["created_at", "kind", "amount", "balance_after", "reference", "reason", "actor"]
+
+
+def wallet_name(wallet: Wallet) -> str:
+    """The wallet's name on its pages: "Wallet of alice@example.com", or "Wallet of Organization Acme"."""
+    return f"Wallet of {account_name(wallet.user)}"
 
 
 class GrantForm(forms.Form):
@@ -94,7 +100,7 @@ class LedgerCells:
 
     @admin.display(description="user", ordering="wallet__user__email")
     def user_email(self, obj: CreditTransaction) -> str:
-        return clipped(obj.wallet.user.email, width="12em")
+        return clipped(account_name(obj.wallet.user), width="12em")
 
     @admin.display(description="reference", ordering="reference")
     def reference_text(self, obj: CreditTransaction) -> str:
@@ -134,13 +140,45 @@ class RecentTransactionsInline(LedgerCells, admin.TabularInline):
 class WalletAdmin(admin.ModelAdmin):
     """Read-only: balances move only through billing.services (here: the grant form)."""
 
-    list_display = ["user", "balance", "held", "available_credits", "updated_at"]
-    list_select_related = ["user"]
-    search_fields = ["user__email"]
+    list_display = ["owner", "balance", "held", "available_credits", "updated_at"]
+    list_select_related = ["user__organization"]
+    list_filter = [("user__kind", admin.ChoicesFieldListFilter)]
+    search_fields = ["user__email", "user__organization__name", "user__organization__slug"]
     # The figures side by side, so the grant form below them is in view as the page opens.
-    fields = ["user", ("balance", "held", "available_credits", "grants_remaining"), ("created_at", "updated_at")]
-    readonly_fields = ["user", "balance", "held", "available_credits", "grants_remaining", "created_at", "updated_at"]
+    fields = ["owner_link", ("balance", "held", "available_credits", "grants_remaining"), ("created_at", "updated_at")]
+    readonly_fields = [
+        "owner_link", "balance", "held", "available_credits", "grants_remaining", "created_at", "updated_at",
+    ]  # fmt: skip
     inlines = [GrantsInline, RecentTransactionsInline]
+
+    def get_queryset(self, request: HttpRequest):  # noqa: ANN201
+        return super().get_queryset(request).select_related("user__organization")
+
+    # An organization's wallet is named "Organization Acme", never by its account's
+    # .invalid email (core.admin_display.account_name).
+    @admin.display(description="owner", ordering="user__email")
+    def owner(self, obj: Wallet) -> str:
+        return account_name(obj.user)
+
+    @admin.display(description="owner")
+    def owner_link(self, obj: Wallet) -> str:
+        user_url = reverse("admin:accounts_user_change", args=[obj.user_id])
+        if obj.user.is_organization:
+            org_url = reverse("admin:organizations_organization_change", args=[obj.user.organization.pk])
+            return format_html(
+                '<a href="{}">{}</a> (account <a href="{}">{}</a>)',
+                org_url, account_name(obj.user), user_url, obj.user.email,
+            )  # fmt: skip
+        return format_html('<a href="{}">{}</a>', user_url, obj.user.email)
+
+    def change_view(
+        self, request: HttpRequest, object_id: str, form_url: str = "", extra_context: dict | None = None
+    ) -> HttpResponse:
+        wallet = self.get_object(request, object_id)
+        if wallet is not None:
+            name = wallet_name(wallet)
+            extra_context = {"subtitle": name, "wallet_name": name, **(extra_context or {})}
+        return super().change_view(request, object_id, form_url, extra_context)
 
     @admin.display(description="available")
     def available_credits(self, obj: Wallet) -> str:
@@ -212,16 +250,17 @@ class WalletAdmin(admin.ModelAdmin):
                     form.add_error(field if field in form.fields else None, errors)
             else:
                 self.message_user(
-                    request, f"Granted {row.amount} credits to {wallet.user}; balance {row.balance_after}.",
+                    request, f"Granted {row.amount} credits to {account_name(wallet.user)}; balance {row.balance_after}.",
                     messages.SUCCESS,
                 )  # fmt: skip
                 return HttpResponseRedirect(reverse("admin:billing_wallet_change", args=[wallet.pk]))
         context = {
             **self.admin_site.each_context(request),
             **self._links(wallet),
-            "title": f"Grant credits to {wallet.user}",
+            "title": f"Grant credits to {account_name(wallet.user)}",
             "opts": self.opts,
             "wallet": wallet,
+            "wallet_name": wallet_name(wallet),
             "form": form,
         }
         return TemplateResponse(request, "admin/billing/wallet/grant.html", context)
@@ -237,9 +276,9 @@ class CreditTransactionAdmin(LedgerCells, admin.ModelAdmin):
     list_display = [
         "created", "user_email", "kind", "amount", "balance_after", "reference_text", "actor_email", "reason_text",
     ]  # fmt: skip
-    list_select_related = ["wallet__user", "actor"]
+    list_select_related = ["wallet__user__organization", "actor"]
     list_filter = ["kind"]
-    search_fields = ["reference", "wallet__user__email", "reason"]
+    search_fields = ["reference", "wallet__user__email", "wallet__user__organization__name", "reason"]
     ordering = ["-id"]  # newest first through the primary key (created_at has no index of its own)
     fields = ["wallet", *LEDGER_FIELDS]
     readonly_fields = fields
@@ -259,13 +298,17 @@ class CreditTransactionAdmin(LedgerCells, admin.ModelAdmin):
 
 @admin.register(CreditHold)
 class CreditHoldAdmin(admin.ModelAdmin):
-    list_display = ["reference", "wallet", "amount", "status", "created_at", "closed_at"]
-    list_select_related = ["wallet__user"]
+    list_display = ["reference", "wallet_owner", "amount", "status", "created_at", "closed_at"]
+    list_select_related = ["wallet__user__organization"]
     list_filter = ["status"]
     search_fields = ["reference", "wallet__user__email"]
     fields = ["wallet", "reference", "amount", "status", "created_at", "closed_at"]
     readonly_fields = fields
     actions = None
+
+    @admin.display(description="wallet", ordering="wallet__user__email")
+    def wallet_owner(self, obj: CreditHold) -> str:
+        return account_name(obj.wallet.user)
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False

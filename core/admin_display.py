@@ -47,3 +47,13 @@ def timestamp_column(
         return timestamp(getattr(obj, field), day=day)
 
     return column
+
+
+def account_name(user: Model) -> str:
+    """Who an account is, for a page that names a wallet's or a key's owner: a person's
+    email, or "Organization Acme" for an organization's account (whose email, on a
+    domain that receives no mail, says nothing to staff). Reads `user.organization`:
+    select it with the user where a list shows many."""
+    if getattr(user, "is_organization", False):
+        return f"Organization {user.organization.name}"
+    return str(user)

@@ -23,7 +23,10 @@ SECTIONS: list[tuple[str, str, list[str], str, dict]] = [
     (
         "parley-users",
         "Users and API keys",
-        ["accounts.User", "accounts.ApiKey", "auth.Group", "notifications.Notification"],
+        [
+            "accounts.User", "organizations.Organization", "organizations.Membership", "organizations.Invitation",
+            "accounts.ApiKey", "auth.Group", "notifications.Notification",
+        ],  # fmt: skip
         "admin:app_list",
         {"app_label": "accounts"},
     ),
@@ -55,6 +58,7 @@ SECTIONS: list[tuple[str, str, list[str], str, dict]] = [
 APP_SECTIONS = {
     "accounts": "parley-users",
     "auth": "parley-users",
+    "organizations": "parley-users",
     "notifications": "parley-users",
     "billing": "parley-wallets",
     "routing": "parley-routing",

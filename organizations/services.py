@@ -285,3 +285,10 @@ def organization_api_key_create(*, member: Membership, name: str, **limits: Any)
     if member.removed_at is not None:
         raise StateConflict("This person is no longer a member.")
     return api_key_create(user=member.organization.account, name=name, membership=member, **limits)
+
+
+def staff_actor(*, organization: Organization) -> Membership:
+    """Who staff act as in the console (organizations.admin): an owner of the
+    organization, so they may change any role or remove any member while its rules
+    still hold (it keeps an owner). An unsaved row, never written."""
+    return Membership(organization=organization, role=Role.OWNER)
