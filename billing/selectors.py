@@ -206,7 +206,7 @@ def wallet_drifts() -> Iterator[WalletDrift]:
     # Only wallets that ever had a lot are replayed against their ledger.
     with_lots = set(CreditGrant.objects.values_list("wallet_id", flat=True).distinct())
     wallets = (
-        Wallet.objects.select_related("user")
+        Wallet.objects.select_related("user__organization")
         .annotate(
             ledger_sum=Coalesce(Subquery(ledger_sum, output_field=ledger), Decimal("0"), output_field=ledger),
             last_balance_after=Subquery(last_after, output_field=ledger),

@@ -13,7 +13,11 @@ def signed(value) -> str:  # noqa: ANN001
 
 def describe(drift: WalletDrift) -> str:
     wallet = drift.wallet
-    parts = [f"user {wallet.user.email} (id {wallet.user_id}, wallet {wallet.pk}):"]
+    owner = wallet.user
+    if owner.is_organization:
+        parts = [f"organization {owner.organization.name} (account id {wallet.user_id}, wallet {wallet.pk}):"]
+    else:
+        parts = [f"user {owner.email} (id {wallet.user_id}, wallet {wallet.pk}):"]
     if drift.balance_drift:
         parts.append(
             f"balance {format_ledger(wallet.balance)} != ledger sum {format_ledger(drift.ledger_sum)} "
