@@ -221,12 +221,14 @@ class TurnAdmin(ReadOnlyAdmin):
         "short_id", "created", "user_email", "session_link", "status", "models", "credits_charged",
         "balance_after", "low_balance", "took",
     ]  # fmt: skip
-    list_select_related = ["user", "session"]
+    list_select_related = ["user", "session", "membership__user", "membership__organization"]
     # The aliases of each turn's calls: one more query per page, whatever its length.
     list_prefetch = Prefetch("llm_calls", queryset=LLMCall.objects.only("id", "turn_id", "model_alias").order_by("id"))
     list_filter = ["status", ModelAliasFilter, "low_balance", "created_at"]
     search_fields = ["user__email", "session__title", "idempotency_key"]
-    allowed_lookups = ("session__id__exact", "user__id__exact", "end_user__id__exact", "purpose__exact")
+    allowed_lookups = (
+        "session__id__exact", "user__id__exact", "end_user__id__exact", "purpose__exact", "membership__id__exact",
+    )  # fmt: skip
     inlines = [MessageInline, LLMCallInline, ToolCallInline]
 
     @admin.display(description="turn", ordering="id")
@@ -237,6 +239,10 @@ class TurnAdmin(ReadOnlyAdmin):
 
     @admin.display(description="user", ordering="user__email")
     def user_email(self, obj: Turn) -> str:
+        """The person; through an organization's key, the organization and its member."""
+        if obj.membership_id is not None:
+            member = obj.membership
+            return clipped(f"{member.organization.name}: {member.user.email}", width="10em")
         return clipped(obj.user.email, width="10em")
 
     @admin.display(description="session", ordering="session_id")

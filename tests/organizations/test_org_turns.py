@@ -96,3 +96,14 @@ def test_fair_use_counts_each_member_apart(org, fast, settings):
     with pytest.raises(TooManyRequests):
         ask("ada@example.com")
     assert Turn.objects.filter(status="queued").count() == 2
+
+
+def test_the_consoles_turn_list_names_the_organization_and_member(org, fast, base_url, console):
+    ada = member_add(org, "ada@example.com")
+    _, raw = organization_api_key_create(member=ada, name="ci")
+    with sdk_for(base_url, raw) as sdk:
+        sdk.chat.completions.create(model="fast", messages=HELLO)
+    page = console.get("/admin/chat/turn/").content.decode()
+    assert "Acme: ada@example.com" in page and "organizations.parley.invalid" not in page
+    only_ada = console.get(f"/admin/chat/turn/?membership__id__exact={ada.pk}")
+    assert only_ada.status_code == 200 and "Acme: ada@example.com" in only_ada.content.decode()
