@@ -60,7 +60,13 @@ class RedisWindowMixin:
 
 
 class UserRateThrottle(ClientAddressMixin, RedisWindowMixin, throttling.UserRateThrottle):
-    pass
+    def get_cache_key(self, request, view) -> str | None:  # noqa: ANN001
+        """Per user; through an organization's key, per member (each is a person with
+        their own rate, not a share of the organization's account's)."""
+        membership_id = getattr(getattr(request, "auth", None), "membership_id", None)
+        if membership_id is None or not request.user.is_authenticated:
+            return super().get_cache_key(request, view)
+        return self.cache_format % {"scope": self.scope, "ident": f"{request.user.pk}:m{membership_id}"}
 
 
 class AnonRateThrottle(ClientAddressMixin, RedisWindowMixin, throttling.AnonRateThrottle):

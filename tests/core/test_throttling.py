@@ -21,8 +21,11 @@ def rates(monkeypatch):
     monkeypatch.setattr(UserRateThrottle, "THROTTLE_RATES", {"user": "5/min", "anon": "5/min"})
 
 
-def request_of(user_id: int) -> SimpleNamespace:
-    return SimpleNamespace(user=SimpleNamespace(is_authenticated=True, pk=user_id), META={}, headers={})
+def request_of(user_id: int, membership_id: int | None = None) -> SimpleNamespace:
+    return SimpleNamespace(
+        user=SimpleNamespace(is_authenticated=True, pk=user_id), auth=SimpleNamespace(membership_id=membership_id),
+        META={}, headers={},
+    )  # fmt: skip
 
 
 def test_requests_that_arrive_together_get_exactly_the_rate(rates):
@@ -41,6 +44,15 @@ def test_requests_that_arrive_together_get_exactly_the_rate(rates):
         thread.join()
     assert allowed.count(True) == 5
     assert UserRateThrottle().allow_request(request_of(7002), None)  # another client has its own window
+
+
+def test_each_member_of_an_organization_has_a_window_of_their_own(rates):
+    """An organization's keys share its account; its members are people, each with the rate."""
+    for _ in range(5):
+        assert UserRateThrottle().allow_request(request_of(7010, membership_id=1), None)
+    assert not UserRateThrottle().allow_request(request_of(7010, membership_id=1), None)
+    assert UserRateThrottle().allow_request(request_of(7010, membership_id=2), None)
+    assert UserRateThrottle().allow_request(request_of(7010), None)  # a key of the account itself
 
 
 def test_a_refusal_waits_until_the_oldest_request_leaves_the_window(rates, monkeypatch):
