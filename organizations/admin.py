@@ -82,7 +82,6 @@ class ReadOnlyInline(admin.TabularInline):
     extra = 0
     max_num = 0
     can_delete = False
-    show_change_link = True
 
     def has_add_permission(self, request: HttpRequest, obj: Organization | None = None) -> bool:
         return False
@@ -97,7 +96,7 @@ class ReadOnlyInline(admin.TabularInline):
 class MembersInline(ReadOnlyInline):
     model = Membership
     formset = MembersFormSet
-    fields = ["person", "role", "budget", "spent", "joined", "removed"]
+    fields = ["person", "role_link", "budget", "spent", "joined", "removed"]
     readonly_fields = fields
     # Current members first (a removed one's removed_at is set), each group by joining order.
     ordering = [F("removed_at").asc(nulls_first=True), "id"]
@@ -106,6 +105,12 @@ class MembersInline(ReadOnlyInline):
     @admin.display(description="person")
     def person(self, obj: Membership) -> str:
         return _user_link(obj.user, width="22em")
+
+    @admin.display(description="role")
+    def role_link(self, obj: Membership) -> str:
+        # The membership's page, where staff change the role and budget.
+        url = reverse("admin:organizations_membership_change", args=[obj.pk])
+        return format_html('<a href="{}" title="Change role or budget">{}</a>', url, obj.get_role_display())
 
     @admin.display(description="budget")
     def budget(self, obj: Membership) -> str:
@@ -202,7 +207,7 @@ class OrganizationChangeForm(forms.ModelForm):
 @admin.register(Organization)
 class OrganizationAdmin(admin.ModelAdmin):
     # One line per row at 1280 px (tests/browser/test_organizations.py).
-    list_display = ["name_text", "slug", "members", "balance", "available", "created"]
+    list_display = ["name_text", "slug_text", "members", "balance", "available", "created"]
     search_fields = ["name", "slug", "memberships__user__email"]
     list_select_related = ["account__wallet"]
     inlines = [MembersInline, OpenInvitationsInline]
@@ -216,7 +221,7 @@ class OrganizationAdmin(admin.ModelAdmin):
             {
                 "fields": [("balance", "held", "available", "grants_remaining"), "wallet_links"],
                 "description": "The organization's account holds the wallet, its ledger and its keys, as a "
-                "person's account does. Credits are granted on the wallet's page.",
+                "person's account does. \"Grant credits\" above opens the wallet's grant form.",
             },
         ),
     ]
@@ -273,7 +278,11 @@ class OrganizationAdmin(admin.ModelAdmin):
 
     @admin.display(description="name", ordering="name")
     def name_text(self, obj: Organization) -> str:
-        return clipped(obj.name, width="20em")
+        return clipped(obj.name, width="24em")
+
+    @admin.display(description="slug", ordering="slug")
+    def slug_text(self, obj: Organization) -> str:
+        return clipped(obj.slug, width="16em")
 
     @admin.display(description="members", ordering="members_count")
     def members(self, obj: Organization) -> int:
@@ -291,7 +300,7 @@ class OrganizationAdmin(admin.ModelAdmin):
     def available(self, obj: Organization) -> str:
         return format_ledger(obj.account.wallet.available)
 
-    @admin.display(description="promotional and expiring")
+    @admin.display(description="grants remaining")
     def grants_remaining(self, obj: Organization) -> str:
         return format_ledger(obj.account.wallet.grants_remaining)
 
@@ -302,7 +311,7 @@ class OrganizationAdmin(admin.ModelAdmin):
         url = reverse("admin:accounts_user_change", args=[obj.account_id])
         return format_html('<a href="{}">{}</a> (holds the wallet and the keys)', url, obj.account.email)
 
-    @admin.display(description="")
+    @admin.display(description="Pages")
     def wallet_links(self, obj: Organization) -> str:
         links = self._links(obj)
         return format_html(

@@ -1,0 +1,125 @@
+"""The console's organization pages in headless Chromium at 1280 px: the list of
+organizations, the members and invitations lists fit the screen one line per row; an
+organization's page shows its members, open invitations, keys and wallet without
+sideways scrolling, and leads to the grant form for its wallet. Screenshots go to
+SCREENSHOT_DIR when it is set, else to the test's temporary folder (`shots/`)."""
+
+from decimal import Decimal
+
+import pytest
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support import expected_conditions as EC
+
+from accounts.services import user_create
+from billing.models import Wallet
+from billing.services import wallet_grant, wallet_hold_place
+from organizations.models import Membership, Role
+from organizations.services import (
+    invitation_create,
+    member_budget_set,
+    member_remove,
+    organization_api_key_create,
+    organization_create,
+    staff_actor,
+)
+from tests.browser.test_console_lists import HEIGHT, LONG_EMAILS, PASSWORD, WIDTH, assert_fits, measured, wait
+from tests.browser.test_routing_admin import shots, whole_page  # noqa: F401
+
+pytestmark = pytest.mark.browser
+
+NAMES = [
+    "Acme",
+    "The International Consortium of Very Long Organization Names and Partners (EMEA)",
+    "Beta Research Cooperative",
+]
+
+
+@pytest.fixture
+def organizations(transactional_db):  # noqa: ANN001, ANN201
+    """Three organizations; the first with four members (long emails, budgets, one
+    removed), keys with long names, open invitations and a hold on its wallet."""
+    staff = user_create(email="boss@example.com", password=PASSWORD, is_staff=True, is_superuser=True)
+    people = [user_create(email=email) for email in LONG_EMAILS]
+    made = []
+    for n, name in enumerate(NAMES):
+        organization = organization_create(creator=people[n], name=name)
+        wallet_grant(user=organization.account, amount=Decimal("2500.5") * (n + 1), reason="pilot", actor=staff)
+        made.append(organization)
+    acme = made[0]
+    owner = Membership.objects.get(organization=acme, user=people[0])
+    members = [Membership.objects.create(organization=acme, user=person, role=Role.MEMBER) for person in people[1:]]
+    member_budget_set(member=members[0], budget_credits=Decimal("250"), budget_window="month")
+    for n, member in enumerate([owner, *members]):
+        organization_api_key_create(member=member, name=f"Production backend for the {n}th integration (eu-west-1)")
+    member_remove(actor=staff_actor(organization=acme), member=members[2])
+    for email in ("new.hire.with.a.long.address@very-long-company-name-example.com", "contractor@example.org"):
+        invitation_create(actor=owner, email=email, role=Role.ADMIN)
+    wallet_hold_place(user=acme.account, amount=Decimal("12.5"), reference="turn-1")
+    return {"staff": staff, "acme": acme}
+
+
+def log_in(browser, live_server, staff) -> None:  # noqa: ANN001
+    browser.set_window_size(WIDTH, HEIGHT)
+    browser.get(f"{live_server.url}/admin/login/?next=/admin/")
+    browser.find_element(By.NAME, "username").send_keys(staff.email)
+    browser.find_element(By.NAME, "password").send_keys(PASSWORD)
+    browser.find_element(By.CSS_SELECTOR, "#login-form [type=submit]").click()
+    wait(browser).until(EC.presence_of_element_located((By.ID, "user-tools")))
+
+
+def test_the_organization_pages_fit_1280_px(live_server, browser, plain_http_cookies, organizations, shots):  # noqa: F811
+    log_in(browser, live_server, organizations["staff"])
+    acme = organizations["acme"]
+
+    listed = measured(browser, f"{live_server.url}/admin/organizations/organization/", shots / "org-list.png")
+    assert_fits(listed, ["NAME", "SLUG", "MEMBERS", "BALANCE", "AVAILABLE", "CREATED"], 3)
+    members = measured(browser, f"{live_server.url}/admin/organizations/membership/", shots / "org-members.png")
+    assert_fits(members, ["PERSON", "ORGANIZATION", "ROLE", "BUDGET", "JOINED", "REMOVED"], 6)
+    invitations = measured(
+        browser, f"{live_server.url}/admin/organizations/invitation/", shots / "org-invitations.png"
+    )
+    assert_fits(invitations, ["EMAIL", "ORGANIZATION", "ROLE", "INVITED BY", "SENT", "EXPIRES", "STATE"], 2)
+
+    # The keys and users lists with organizations' rows in them.
+    keys = measured(browser, f"{live_server.url}/admin/accounts/apikey/", shots / "org-apikeys.png")
+    assert_fits(keys, ["NAME", "PREFIX", "USER", "CREATED AT", "LAST USED", "BUDGET", "REVOKED AT"], 4)
+    made_by = [el.get_attribute("title") for el in browser.find_elements(By.CSS_SELECTOR, "td.field-user_email .clip")]
+    assert f"Acme: {LONG_EMAILS[1]}" in made_by
+    users = measured(browser, f"{live_server.url}/admin/accounts/user/", shots / "org-users.png")
+    assert_fits(users, ["EMAIL", "KIND", "ORGANIZATION", "IS STAFF", "IS ACTIVE", "DATE JOINED"], 8)
+
+    # The organization's page: the name links to it from the list.
+    browser.get(f"{live_server.url}/admin/organizations/organization/")
+    browser.find_element(By.LINK_TEXT, "Acme").click()
+    wait(browser).until(EC.presence_of_element_located((By.ID, "api-keys-group")))
+    assert browser.save_screenshot(str(shots / "org-page.png"))
+    layout = browser.execute_script(
+        """return {
+          scrollWidth: document.documentElement.scrollWidth, clientWidth: document.documentElement.clientWidth,
+          rows: [...document.querySelectorAll('.inline-group tbody tr')]
+            .filter(row => row.getBoundingClientRect().height > 0)
+            .map(row => Math.round(row.getBoundingClientRect().height)),
+          groups: [...document.querySelectorAll('.inline-group h2')].map(h => h.innerText.trim()),
+        }"""
+    )
+    assert layout["scrollWidth"] <= layout["clientWidth"], layout
+    assert layout["groups"] == ["MEMBERS", "OPEN INVITATIONS", "API KEYS"], layout
+    assert len(layout["rows"]) == 4 + 2 + 4, layout  # members, invitations, keys
+    assert max(layout["rows"]) <= 40, f"rows wrap: {layout}"
+    body = browser.find_element(By.TAG_NAME, "body").text
+    assert "2500.50000000" in body and "12.50000000" in body and "2488.00000000" in body
+    assert "250 / month" in body
+    whole_page(browser, shots / "org-page-whole.png", WIDTH)
+
+    # The grant button leads to the grant form for the organization's wallet.
+    browser.set_window_size(WIDTH, HEIGHT)
+    browser.find_element(By.ID, "grant-credits-link").click()
+    form = wait(browser).until(EC.presence_of_element_located((By.ID, "grant_form")))
+    assert "Grant credits to Organization Acme" in browser.find_element(By.TAG_NAME, "body").text
+    form.find_element(By.NAME, "amount").send_keys("100")
+    form.find_element(By.NAME, "reason").send_keys("Conference pilot")
+    form.find_element(By.CSS_SELECTOR, "[type=submit]").click()
+    wait(browser).until(EC.presence_of_element_located((By.CSS_SELECTOR, ".messagelist .success")))
+    assert Wallet.objects.get(user=acme.account).balance == Decimal("2600.5")
+    assert browser.save_screenshot(str(shots / "org-wallet.png"))
+    whole_page(browser, shots / "org-wallet-whole.png", WIDTH)
