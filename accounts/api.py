@@ -1,4 +1,5 @@
 from django.conf import settings
+from django.db.models import QuerySet
 from django.shortcuts import get_object_or_404
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import generics, status
@@ -9,7 +10,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts.models import ApiKey, EndUser, User
-from accounts.permissions import KeysScope
+from accounts.permissions import KeysScope, OrganizationKeyRole, key_member
 from accounts.selectors import api_keys_for_user, end_users_for_user
 from accounts.serializers import (
     AccountLimitsSerializer,
@@ -19,6 +20,7 @@ from accounts.serializers import (
     ApiKeySerializer,
     EndUserOverrideSerializer,
     EndUserSerializer,
+    MeSerializer,
     RegisteredSerializer,
     RegisterSerializer,
     SpendCapSerializer,
@@ -35,10 +37,22 @@ from accounts.services import (
 )
 from billing.limits import account_spend, api_keys_spend, end_users_spend
 from core.exceptions import field_error
+from organizations.services import organization_api_key_create
 
 
 def _created_key_body(api_key, raw_key: str) -> dict:  # noqa: ANN001
     return {**ApiKeySerializer(api_key).data, "key": raw_key}
+
+
+def _keys_of(request: Request) -> QuerySet[ApiKey]:
+    """The keys the caller's key may see and revoke: the account's, except that an
+    organization's key of a plain member reaches only the keys that member made
+    (owners' and admins' keys reach all of the organization's)."""
+    keys = api_keys_for_user(user=request.user)
+    member = key_member(request)
+    if member is not None and not member.manages:
+        keys = keys.filter(membership=member)
+    return keys
 
 
 class RegisterView(APIView):
@@ -65,12 +79,17 @@ class ApiKeyCreateView(APIView):
         request=ApiKeyCreateSerializer,
         responses={201: ApiKeyCreatedSerializer},
         description="Makes a key (scopes chat and openai unless `scopes` says otherwise). An API key needs the "
-        "`keys` scope for this (403 naming it).",
+        "`keys` scope for this (403 naming it). Through an organization's key, the new key is the "
+        "organization's too, made by the same member.",
     )
     def post(self, request: Request) -> Response:
         serializer = ApiKeyCreateSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        api_key, raw_key = api_key_create(user=request.user, **serializer.validated_data)
+        member = key_member(request)
+        if member is not None:  # an org key makes keys for its member, never an unattributed one
+            api_key, raw_key = organization_api_key_create(member=member, **serializer.validated_data)
+        else:
+            api_key, raw_key = api_key_create(user=request.user, **serializer.validated_data)
         return Response(_created_key_body(api_key, raw_key), status=status.HTTP_201_CREATED)
 
 
@@ -79,7 +98,7 @@ class ApiKeyListView(generics.ListAPIView):
     queryset = ApiKey.objects.none()  # for the schema; requests use get_queryset
 
     def get_queryset(self):  # noqa: ANN201
-        return api_keys_for_user(user=self.request.user)
+        return _keys_of(self.request)
 
     def get_serializer(self, *args, **kwargs):  # noqa: ANN002, ANN003, ANN201
         # Every key's spend of the page in one query.
@@ -89,11 +108,11 @@ class ApiKeyListView(generics.ListAPIView):
 
 
 class ApiKeyDetailView(APIView):
-    permission_classes = [IsAuthenticated, KeysScope]
-    keys_scope_methods = ("PATCH",)
+    permission_classes = [IsAuthenticated, KeysScope, OrganizationKeyRole]
+    keys_scope_methods = manager_methods = ("PATCH",)
 
     def _key(self, request: Request, key_id: int) -> ApiKey:
-        return get_object_or_404(api_keys_for_user(user=request.user), pk=key_id)
+        return get_object_or_404(_keys_of(request), pk=key_id)
 
     @extend_schema(responses={200: ApiKeySerializer})
     def get(self, request: Request, key_id: int) -> Response:
@@ -103,7 +122,8 @@ class ApiKeyDetailView(APIView):
         request=ApiKeyLimitsSerializer,
         responses={200: ApiKeySerializer},
         description="Changes the key's limits: only the fields sent; null clears a limit. 422 for a revoked key. "
-        "An API key needs the `keys` scope for this (403 naming it).",
+        "An API key needs the `keys` scope for this (403 naming it); an organization's key, an owner's or admin's "
+        "(403 naming the role).",
     )
     def patch(self, request: Request, key_id: int) -> Response:
         api_key = self._key(request, key_id)
@@ -114,6 +134,15 @@ class ApiKeyDetailView(APIView):
     @extend_schema(request=None, responses={200: ApiKeySerializer}, description="Revokes the key.")
     def delete(self, request: Request, key_id: int) -> Response:
         return Response(ApiKeySerializer(api_key_revoke(api_key=self._key(request, key_id))).data)
+
+
+def _end_users_of(request: Request, api_key_id: int | None = None) -> QuerySet[EndUser]:
+    """The end users of the keys the caller's key may see (_keys_of)."""
+    end_users = end_users_for_user(user=request.user, api_key_id=api_key_id)
+    member = key_member(request)
+    if member is not None and not member.manages:
+        end_users = end_users.filter(api_key__membership=member)
+    return end_users
 
 
 class EndUserListView(generics.ListAPIView):
@@ -132,7 +161,7 @@ class EndUserListView(generics.ListAPIView):
         api_key = self.request.query_params.get("api_key")
         if api_key is not None and not (api_key.isascii() and api_key.isdigit() and len(api_key) < 19):
             raise field_error("api_key", "An API key id (a number).")
-        return end_users_for_user(user=self.request.user, api_key_id=int(api_key) if api_key else None)
+        return _end_users_of(self.request, api_key_id=int(api_key) if api_key else None)
 
     def get_serializer(self, *args, **kwargs):  # noqa: ANN002, ANN003, ANN201
         # Every end user's spend of the page in one query.
@@ -144,11 +173,11 @@ class EndUserListView(generics.ListAPIView):
 
 
 class EndUserDetailView(APIView):
-    permission_classes = [IsAuthenticated, KeysScope]
-    keys_scope_methods = ("PUT", "DELETE")
+    permission_classes = [IsAuthenticated, KeysScope, OrganizationKeyRole]
+    keys_scope_methods = manager_methods = ("PUT", "DELETE")
 
     def _end_user(self, request: Request, end_user_id: int) -> EndUser:
-        return get_object_or_404(end_users_for_user(user=request.user), pk=end_user_id)
+        return get_object_or_404(_end_users_of(request), pk=end_user_id)
 
     @extend_schema(responses={200: EndUserSerializer})
     def get(self, request: Request, end_user_id: int) -> Response:
@@ -157,7 +186,7 @@ class EndUserDetailView(APIView):
     @extend_schema(
         request=EndUserOverrideSerializer, responses={200: EndUserSerializer},
         description="Overrides this end user's budget or blocks them: only the fields sent. An API key needs the "
-        "`keys` scope for this (403 naming it).",
+        "`keys` scope for this (403 naming it); an organization's key, an owner's or admin's (403 naming the role).",
     )  # fmt: skip
     def put(self, request: Request, end_user_id: int) -> Response:
         end_user = self._end_user(request, end_user_id)
@@ -174,27 +203,28 @@ class EndUserDetailView(APIView):
 
 
 class AccountLimitsView(APIView):
-    permission_classes = [IsAuthenticated, KeysScope]
-    keys_scope_methods = ("PATCH",)
+    permission_classes = [IsAuthenticated, KeysScope, OrganizationKeyRole]
+    keys_scope_methods = manager_methods = ("PATCH",)
 
     @extend_schema(responses={200: AccountLimitsSerializer})
     def get(self, request: Request) -> Response:
-        return Response(AccountLimitsSerializer(_limits_body(request.user)).data)
+        return Response(AccountLimitsSerializer(limits_body(request.user)).data)
 
     @extend_schema(
         request=SpendCapSerializer,
         responses={200: AccountLimitsSerializer},
         description="Sets the account's spending cap: only the fields sent; null clears it. An API key needs the "
-        "`keys` scope for this (403 naming it).",
+        "`keys` scope for this (403 naming it); an organization's key, an owner's or admin's (403 naming the role).",
     )
     def patch(self, request: Request) -> Response:
         serializer = SpendCapSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         user = user_spend_cap_set(user=request.user, **serializer.validated_data)
-        return Response(AccountLimitsSerializer(_limits_body(user)).data)
+        return Response(AccountLimitsSerializer(limits_body(user)).data)
 
 
-def _limits_body(user: User) -> dict:
+def limits_body(user: User) -> dict:
+    """What GET users/me/limits (and orgs/{id}/limits) shows of an account's cap."""
     if user.spend_cap_credits is None:  # no cap: nothing is counted
         return {"spend_cap_credits": None, "spend_cap_window": user.spend_cap_window, "spent": None, "held": None,
                 "resets_at": None}  # fmt: skip
@@ -209,6 +239,10 @@ def _limits_body(user: User) -> dict:
 
 
 class MeView(APIView):
-    @extend_schema(responses={200: UserSerializer})
+    @extend_schema(
+        responses={200: MeSerializer},
+        description="The account the key spends: a person's (`kind` person), or an organization's (`kind` "
+        "organization, with the organization and the member who made the key).",
+    )
     def get(self, request: Request) -> Response:
-        return Response(UserSerializer(request.user).data)
+        return Response(MeSerializer(request.user, context={"member": key_member(request)}).data)

@@ -21,6 +21,41 @@ class UserSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
 
+class MeOrganizationSerializer(serializers.Serializer):
+    id = serializers.IntegerField(read_only=True)
+    name = serializers.CharField(read_only=True)
+    slug = serializers.CharField(read_only=True)
+
+
+class MeMemberSerializer(serializers.Serializer):
+    id = serializers.IntegerField(read_only=True, help_text="The membership's id (orgs/{org_id}/members/{id}).")
+    user_id = serializers.IntegerField(read_only=True)
+    email = serializers.EmailField(source="user.email", read_only=True)
+    role = serializers.CharField(read_only=True)
+
+
+class MeSerializer(UserSerializer):
+    """GET users/me: the account the key spends, and for an organization's key the
+    organization and the member who made the key."""
+
+    organization = serializers.SerializerMethodField(help_text="An organization's key: its organization; else null.")
+    member = serializers.SerializerMethodField(help_text="An organization's key: the member who made it; else null.")
+
+    class Meta(UserSerializer.Meta):
+        fields = [*UserSerializer.Meta.fields, "kind", "organization", "member"]
+        read_only_fields = fields
+
+    @extend_schema_field(MeOrganizationSerializer(allow_null=True))
+    def get_organization(self, user: User) -> dict | None:
+        member = self.context.get("member")
+        return None if member is None else MeOrganizationSerializer(member.organization).data
+
+    @extend_schema_field(MeMemberSerializer(allow_null=True))
+    def get_member(self, user: User) -> dict | None:
+        member = self.context.get("member")
+        return None if member is None else MeMemberSerializer(member).data
+
+
 class RegisterSerializer(serializers.Serializer):
     email = serializers.EmailField(max_length=254)
     password = StrictCharField(min_length=8, max_length=128, write_only=True)

@@ -261,6 +261,7 @@ SPECTACULAR_SETTINGS = {
         "ModelProvider": "billing.models.ModelPrice.Provider",
         "BillingEnforcement": ["warn", "block"],
         "SpendWindow": "accounts.models.SpendWindow",
+        "OrganizationRole": "organizations.models.Role",
         "ApiKeyScope": "accounts.models.ApiKeyScope",
         "UsageBucket": "reporting.selectors.BUCKETS",
     },

@@ -1,4 +1,4 @@
-from django.db.models import QuerySet
+from django.db.models import Count, Q, QuerySet
 from django.http import Http404
 
 from accounts.models import ApiKey, User
@@ -61,4 +61,19 @@ def managers_emails(*, account_id: int) -> list[str]:
         Membership.objects.filter(
             organization__account_id=account_id, role__in=MANAGERS, removed_at__isnull=True
         ).values_list("user__email", flat=True)
+    )
+
+
+def organizations_of(*, user: User) -> QuerySet[Membership]:
+    """The person's current memberships with what GET orgs shows of each organization:
+    its wallet (one join) and how many members it has (`members_count`)."""
+    return (
+        memberships_of(user=user)
+        .select_related("organization__account__wallet")
+        .annotate(
+            members_count=Count(
+                "organization__memberships", filter=Q(organization__memberships__removed_at__isnull=True)
+            )
+        )
+        .order_by("organization__name", "organization_id")
     )

@@ -30,6 +30,9 @@ def test_key_authenticates_and_shows_the_profile(owner):
         "email": "owner@example.com",
         "is_staff": False,
         "date_joined": response.json()["date_joined"],
+        "kind": "person",
+        "organization": None,
+        "member": None,
     }
 
 
