@@ -20,7 +20,7 @@ from accounts.services import (
 )
 from billing.limits import WindowSpend, account_spend, api_keys_spend, end_user_budget, end_users_spend
 from billing.money import format_ledger, format_price
-from core.admin_display import clipped, timestamp_column
+from core.admin_display import account_name, clipped, timestamp_column
 from core.exceptions import ApplicationError
 
 
@@ -295,7 +295,7 @@ class EndUserAdmin(admin.ModelAdmin):
     list_display = ["external", "key_link", "owner", "first_seen", "budget", "spent", "state"]
     list_filter = ["blocked"]
     search_fields = ["external_id", "api_key__name", "api_key__prefix", "api_key__user__email"]
-    list_select_related = ["api_key__user"]
+    list_select_related = ["api_key__user__organization"]
     allowed_lookups = ("api_key__id__exact",)
     readonly_fields = ["external_id", "api_key", "created_at", "spend_this_window", "turns_link"]
     fieldsets = [
@@ -337,7 +337,7 @@ class EndUserAdmin(admin.ModelAdmin):
 
     @admin.display(description="owner", ordering="api_key__user__email")
     def owner(self, obj: EndUser) -> str:
-        return clipped(obj.api_key.user.email, width="11em")
+        return clipped(account_name(obj.api_key.user), width="11em")
 
     first_seen = timestamp_column("created_at", "first seen")
 

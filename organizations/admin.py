@@ -71,7 +71,8 @@ class MembersFormSet(BaseInlineFormSet):
 
     def get_queryset(self):  # noqa: ANN201
         if not hasattr(self, "_members"):
-            self._members = list(super().get_queryset().select_related("user"))
+            # With the organization: each row's (hidden) title names it.
+            self._members = list(super().get_queryset().select_related("user", "organization"))
             spend = members_spend(memberships=self._members)
             for member in self._members:
                 member.window_spend = spend[member.pk]
@@ -138,7 +139,7 @@ class OpenInvitationsInline(ReadOnlyInline):
             super()
             .get_queryset(request)
             .filter(accepted_at__isnull=True, revoked_at__isnull=True)
-            .select_related("invited_by")
+            .select_related("invited_by", "organization")
         )
 
     @admin.display(description="email")

@@ -5,13 +5,22 @@ from decimal import Decimal
 
 import pytest
 from django.contrib.auth.models import Permission
+from django.db import connection
 from django.test import Client
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
 
 from accounts.models import ApiKey, User
-from billing.models import CreditTransaction, Wallet
-from billing.services import wallet_hold_place
+from billing.limits import window_start
+from billing.models import CreditTransaction, SpendCounter, Wallet
+from billing.services import wallet_grant, wallet_hold_place
 from organizations.models import Invitation, Membership, Organization, Role
-from organizations.services import invitation_create, member_budget_set, organization_api_key_create
+from organizations.services import (
+    invitation_create,
+    member_budget_set,
+    organization_api_key_create,
+    organization_create,
+)
 from tests.conftest import make_user
 from tests.organizations.conftest import member_add
 
@@ -60,13 +69,19 @@ def test_the_organization_list_shows_members_balance_and_finds_by_member_email(a
 
 def test_the_organization_page_shows_members_invitations_keys_and_wallet(admin_browser, org, owner, team):
     wallet_hold_place(user=org.account, amount=Decimal("3"), reference="turn-1")
+    # What the admin spent in this month's budget window (billing.limits counts it per member).
+    now = timezone.now()
+    SpendCounter.objects.create(
+        user=org.account, membership=team["admin"], window="month", window_start=window_start("month", now),
+        spent=Decimal("4.25"),
+    )  # fmt: skip
     response = admin_browser.get(org_url(org))
     assert response.status_code == 200
     html = response.content.decode()
     # Members: email linking to their user page, role, budget, removed.
     assert f'href="/admin/accounts/user/{owner.pk}/change/"' in html
     assert f'href="/admin/accounts/user/{team["admin"].user.pk}/change/"' in html
-    assert "25 / month" in html and "gone@example.com" in html
+    assert "25 / month" in html and "gone@example.com" in html and "4.25000000" in html
     # Open invitations.
     assert "newcomer@example.com" in html and 'id="invitations-group"' in html
     # The organization's keys, each linking to its page, with who made it.
@@ -247,3 +262,27 @@ def test_staff_without_the_grant_permission_get_no_grant_button_and_403(org):
     )
     assert response.status_code == 403
     assert CreditTransaction.objects.filter(wallet=wallet).count() == 1  # the fixture's grant only
+
+
+def test_the_organization_pages_and_lists_naming_organizations_do_not_query_per_row(admin_browser, org, owner):
+    def queries(url: str) -> int:
+        with CaptureQueriesContext(connection) as captured:
+            assert admin_browser.get(url).status_code == 200
+        return len(captured)
+
+    pages = [
+        "/admin/organizations/organization/", org_url(org), "/admin/organizations/membership/",
+        "/admin/organizations/invitation/", "/admin/accounts/apikey/", "/admin/accounts/user/",
+        "/admin/billing/wallet/", "/admin/billing/credittransaction/",
+    ]  # fmt: skip
+    for url in pages:
+        queries(url)  # a process's first page reads the content types once more
+    few = [queries(url) for url in pages]
+    ownership = Membership.objects.get(organization=org, user=owner)
+    for n in range(5):
+        team = organization_create(creator=owner, name=f"Team {n}")
+        wallet_grant(user=team.account, amount=Decimal("1"), reason="r")
+        member = member_add(org, f"person{n}@example.com")
+        organization_api_key_create(member=member, name=f"key {n}")
+        invitation_create(actor=ownership, email=f"invitee{n}@example.com")
+    assert [queries(url) for url in pages] == few
