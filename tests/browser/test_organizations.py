@@ -123,3 +123,38 @@ def test_the_organization_pages_fit_1280_px(live_server, browser, plain_http_coo
     assert Wallet.objects.get(user=acme.account).balance == Decimal("2600.5")
     assert browser.save_screenshot(str(shots / "org-wallet.png"))
     whole_page(browser, shots / "org-wallet-whole.png", WIDTH)
+
+
+SCROLLS = "return [document.documentElement.scrollWidth, document.documentElement.clientWidth]"
+
+
+def test_a_members_page_an_org_keys_page_and_the_add_form(live_server, browser, plain_http_cookies, organizations, shots):  # noqa: F811, E501
+    log_in(browser, live_server, organizations["staff"])
+    acme = organizations["acme"]
+    member = Membership.objects.get(organization=acme, user__email=LONG_EMAILS[1])
+    browser.get(f"{live_server.url}/admin/organizations/membership/{member.pk}/change/")
+    budget = wait(browser).until(EC.presence_of_element_located((By.NAME, "budget_credits")))
+    whole_page(browser, shots / "org-membership.png", WIDTH)
+    scroll_width, client_width = browser.execute_script(SCROLLS)
+    assert scroll_width <= client_width
+    budget.clear()
+    budget.send_keys("75")
+    browser.find_element(By.NAME, "_save").click()
+    wait(browser).until(EC.presence_of_element_located((By.CSS_SELECTOR, ".messagelist .success")))
+    member.refresh_from_db()
+    assert member.budget_credits == Decimal("75")
+
+    key = member.api_keys.get()
+    browser.set_window_size(WIDTH, HEIGHT)
+    browser.get(f"{live_server.url}/admin/accounts/apikey/{key.pk}/change/")
+    wait(browser).until(EC.presence_of_element_located((By.PARTIAL_LINK_TEXT, "Acme")))
+    whole_page(browser, shots / "org-apikey.png", WIDTH)
+
+    browser.set_window_size(WIDTH, HEIGHT)
+    browser.get(f"{live_server.url}/admin/organizations/organization/add/")
+    wait(browser).until(EC.presence_of_element_located((By.NAME, "name"))).send_keys("Gamma Labs")
+    browser.find_element(By.NAME, "owner_email").send_keys("j@x.io")
+    browser.find_element(By.NAME, "_save").click()
+    wait(browser).until(EC.presence_of_element_located((By.CSS_SELECTOR, ".messagelist .success")))
+    assert browser.save_screenshot(str(shots / "org-added.png"))
+    assert Membership.objects.get(organization__slug="gamma-labs").user.email == "j@x.io"
