@@ -23,7 +23,7 @@ class UsageFilterForm(forms.Form):
         required=False,
         max_length=254,
         label="User (email or id)",
-        widget=forms.TextInput(attrs={"size": 20, "placeholder": "name@example.com"}),
+        widget=forms.TextInput(attrs={"style": "width: 10em", "placeholder": "email"}),
     )
     model_alias = forms.ChoiceField(required=False, label="Model")
     from_date = forms.DateField(required=False, label="From", widget=forms.DateInput(attrs={"type": "date"}))
@@ -31,34 +31,35 @@ class UsageFilterForm(forms.Form):
     bucket = forms.ChoiceField(required=False, choices=[(b, b.title()) for b in BUCKETS], label="Per")
     source = forms.ChoiceField(
         required=False, label="Source",
-        # Short labels: the filter row stays one line at 1280 px (the By source table says more).
+        # Short labels and narrow fields: the filter row stays one line at 1280 px (the By
+        # source table says more; tests/browser/test_console_pages.py checks the row).
         choices=[("", "All"), *((s, {"chat": "Chat API", "openai": "/v1", "embeddings": "/v1/embeddings"}[s]) for s in SOURCES)],
     )  # fmt: skip
 
     end_user = forms.IntegerField(
-        required=False, min_value=1, max_value=BIGINT_MAX, label="End user (id)",
-        widget=forms.NumberInput(attrs={"style": "width: 6em"}),
+        required=False, min_value=1, max_value=BIGINT_MAX, label="End user",
+        widget=forms.NumberInput(attrs={"style": "width: 5em", "title": "An end user's id"}),
     )  # fmt: skip
     purpose = forms.RegexField(
         regex=r"^[A-Za-z0-9_.:-]{1,32}$", required=False, max_length=32, label="Purpose",
-        widget=forms.TextInput(attrs={"size": 8, "placeholder": "title"}),
+        widget=forms.TextInput(attrs={"style": "width: 5em", "placeholder": "title"}),
         error_messages={"invalid": "1-32 letters, digits, '_', '.', ':' or '-'."},
     )  # fmt: skip
 
     organization = forms.CharField(
-        required=False, max_length=50, label="Organization (slug or id)",
-        widget=forms.TextInput(attrs={"size": 10, "placeholder": "acme"}),
+        required=False, max_length=50, label="Organization",
+        widget=forms.TextInput(attrs={"style": "width: 7em", "placeholder": "slug or id", "title": "An organization's slug or id"}),
     )  # fmt: skip
     member = forms.IntegerField(
-        required=False, min_value=0, max_value=BIGINT_MAX, label="Member (id)",
-        widget=forms.NumberInput(attrs={"style": "width: 6em", "title": "A membership id; 0: personal usage"}),
+        required=False, min_value=0, max_value=BIGINT_MAX, label="Member",
+        widget=forms.NumberInput(attrs={"style": "width: 4.5em", "title": "A membership id; 0: personal usage"}),
     )  # fmt: skip
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         # Every alias ever priced: each LLM call points at the price it was charged at.
         aliases = ModelPrice.objects.order_by("alias").values_list("alias", flat=True).distinct()
-        self.fields["model_alias"].choices = [("", "All models"), *((alias, alias) for alias in aliases)]
+        self.fields["model_alias"].choices = [("", "All"), *((alias, alias) for alias in aliases)]
 
     def clean_user(self) -> int | None:
         """The user's id, from an id or an email (case-insensitive, as at login)."""
