@@ -2,6 +2,7 @@ from django.db.models import Count, Q, QuerySet
 from django.http import Http404
 
 from accounts.models import ApiKey, User
+from core.pagination import BIGINT_MAX
 from organizations.models import MANAGERS, Invitation, Membership, Organization
 from organizations.permissions import RoleRequired
 
@@ -15,6 +16,8 @@ def membership_for(*, user: User, organization_id: int, roles: tuple[str, ...] =
     """The caller's current membership of the organization: 404 when they are not a
     member (another organization's objects are not theirs to know of); with
     `roles`, 403 naming them when theirs is not one."""
+    if not 0 < organization_id <= BIGINT_MAX:  # a foreign key's lookup sends any int on to the database
+        raise Http404("No such organization.")
     membership = memberships_of(user=user).filter(organization_id=organization_id).first()
     if membership is None:
         raise Http404("No such organization.")

@@ -21,6 +21,8 @@ from accounts.services import api_key_create
 from billing.services import wallet_grant
 from chat.models import ChatSession, Participant
 from config.wsgi import application
+from organizations.models import Membership, Organization
+from organizations.services import invitation_create, organization_api_key_create, organization_create
 from tests.chat.conftest import make_price
 from tests.conftest import client_for, make_user
 from tests.fakes.stripe_server import FakeStripe
@@ -76,6 +78,8 @@ def fuzz_auth(db, keep_test_connection, stripe_on):  # noqa: ANN001, ANN201
     # A superuser, so the fuzz reaches every staff endpoint's own logic (grants need a permission),
     # with a key of every scope, so it reaches the key management endpoints' (`keys`) too.
     user = make_user("fuzz@example.com", staff=True, is_superuser=True)
+    # An organization they own, so /orgs lists one and a generated small org_id may reach it.
+    organization_create(creator=user, name="Fuzz Org")
     client = client_for(user, scopes=all_scopes())
     return client._credentials["HTTP_AUTHORIZATION"]
 
@@ -178,14 +182,26 @@ def bad_body_objects(fuzz_auth, settings):  # noqa: ANN001, ANN201
         "session_id": session.pk, "participant_id": participant.pk, "user_id": user.pk, "key_id": key.pk,
         "end_user_id": end_user.pk,
     }  # fmt: skip
-    return f"Bearer {raw_key}", ids
+    # Under /orgs: the fuzz user's organization (they own it) and its member, invitation and key.
+    organization = Organization.objects.get(slug="fuzz-org")
+    owner = organization.memberships.get(user=user)
+    member = Membership.objects.create(organization=organization, user=make_user("member@example.com"))
+    invitation, token = invitation_create(actor=owner, email="invited@example.com")
+    org_key, _ = organization_api_key_create(member=member, name="org key")
+    org_ids = {
+        "org_id": organization.pk, "member_id": member.pk, "invitation_id": invitation.pk, "key_id": org_key.pk,
+        "token": token,
+    }  # fmt: skip
+    return f"Bearer {raw_key}", ids, org_ids
 
 
 # Committed data: a plain /v1 answer waits for its turn on another thread.
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.parametrize(("method", "path", "properties"), _json_operations(), ids=lambda v: str(v)[:60])
 def test_a_nul_a_lone_surrogate_or_deep_nesting_is_never_a_5xx(method, path, properties, bad_body_objects):
-    auth, ids = bad_body_objects
+    auth, ids, org_ids = bad_body_objects
+    if path.startswith("/api/v1/orgs/") or path.startswith("/api/v1/admin/orgs/"):
+        ids = {**ids, **org_ids}
     client = Client(HTTP_AUTHORIZATION=auth, raise_request_exception=False)
     url = re.sub(r"\{(\w+)\}", lambda m: str(ids.get(m.group(1), 0)), path)
     answers = []
