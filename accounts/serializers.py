@@ -47,8 +47,7 @@ class MeSerializer(UserSerializer):
 
     @extend_schema_field(MeOrganizationSerializer(allow_null=True))
     def get_organization(self, user: User) -> dict | None:
-        member = self.context.get("member")
-        return None if member is None else MeOrganizationSerializer(member.organization).data
+        return MeOrganizationSerializer(user.organization).data if user.is_organization else None
 
     @extend_schema_field(MeMemberSerializer(allow_null=True))
     def get_member(self, user: User) -> dict | None:

@@ -9,7 +9,7 @@ from decimal import Decimal
 import pytest
 from rest_framework.test import APIClient
 
-from accounts.models import ApiKey, all_scopes
+from accounts.models import ApiKey, EndUser, all_scopes
 from organizations.models import Membership, Role
 from tests.conftest import client_for, make_user
 from tests.organizations.conftest import member_add
@@ -268,6 +268,10 @@ def test_a_members_org_key_does_only_what_the_member_may(org, owner, ada, carol)
     assert carol_key.patch("/api/v1/users/me/limits", {"spend_cap_credits": "50"}, format="json").status_code == 200
     org.account.refresh_from_db()
     assert org.account.spend_cap_credits == Decimal("50")
+    # End users too: a member's key sees those of its own keys only.
+    EndUser.objects.create(api_key=carol_own, external_id="carol's visitor")
+    assert ada_key.get("/api/v1/users/me/end-users").json()["results"] == []
+    assert len(carol_key.get("/api/v1/users/me/end-users").json()["results"]) == 1
     # Ada's key still revokes itself.
     assert ada_key.delete(f"/api/v1/users/me/keys/{ada_own.pk}").status_code == 200
 
