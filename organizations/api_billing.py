@@ -12,26 +12,16 @@ from typing import Any
 
 from django.shortcuts import get_object_or_404
 from django.urls import path
-from rest_framework.permissions import BasePermission, IsAuthenticated
+from rest_framework.permissions import IsAuthenticated
 from rest_framework.request import Request
-from rest_framework.views import APIView
 
 from accounts.models import User
 from accounts.permissions import KeysScope
 from billing.api import AdminGrantView, AdminWalletView, TransactionListView, WalletView
 from billing.stripe.api import AutoTopUpView, CardSetupView, TopUpCreateView, TopUpListView
+from organizations.api import PersonKey
 from organizations.models import MANAGERS, Membership, Organization
 from organizations.selectors import membership_for
-
-
-class PeopleOnly(BasePermission):
-    """A person's key or login; an organization's key is 403 (after IsAuthenticated,
-    so a missing key stays 401)."""
-
-    message = "An organization's API key cannot manage an organization; use a member's personal key."
-
-    def has_permission(self, request: Request, view: APIView) -> bool:
-        return not getattr(request.user, "is_organization", False)
 
 
 class OrganizationAccount:
@@ -39,7 +29,7 @@ class OrganizationAccount:
     `roles` (every member when empty). Checked before the view reads anything, so a
     non-member learns nothing (404), not even that Stripe is off."""
 
-    permission_classes = [IsAuthenticated, PeopleOnly, KeysScope]
+    permission_classes = [IsAuthenticated, PersonKey, KeysScope]  # as every /orgs view (organizations.api)
     roles: tuple[str, ...] = MANAGERS
     membership: Membership
 

@@ -121,7 +121,7 @@ def test_an_org_key_is_refused_on_the_org_endpoints(org, owner, anon_client):
     response = anon_client.get(url(org, "wallet"))
 
     assert response.status_code == 403
-    assert "personal key" in response.json()["error"]["message"]
+    assert "take a person's API key" in response.json()["error"]["message"]
     anon_client.credentials()
     assert anon_client.get(url(org, "wallet")).status_code == 401
 
