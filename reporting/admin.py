@@ -10,6 +10,7 @@ from django.template.response import TemplateResponse
 from django.urls import NoReverseMatch, path, reverse
 
 from accounts.models import User
+from organizations.models import Membership, Organization
 from reporting.chart import credits_chart
 from reporting.export import usage_csv_response
 from reporting.forms import UsageFilterForm
@@ -135,4 +136,13 @@ class UsageAdmin(admin.ModelAdmin):
             "filtered_end_user": end_user,
             "clear_end_user_url": _query(params, end_user=None),
             "clear_purpose_url": _query(params, purpose=None),
+            "filtered_organization": (
+                Organization.objects.filter(pk=summary["organization_id"]).first() if summary["organization_id"] else None
+            ),
+            "filtered_member": (
+                Membership.objects.select_related("user", "organization").filter(pk=summary["member_id"]).first()
+                if summary["member_id"] else None
+            ),
+            "clear_organization_url": _query(params, organization=None),
+            "clear_member_url": _query(params, member=None),
         }

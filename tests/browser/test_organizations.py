@@ -158,3 +158,16 @@ def test_a_members_page_an_org_keys_page_and_the_add_form(live_server, browser, 
     wait(browser).until(EC.presence_of_element_located((By.CSS_SELECTOR, ".messagelist .success")))
     assert browser.save_screenshot(str(shots / "org-added.png"))
     assert Membership.objects.get(organization__slug="gamma-labs").user.email == "j@x.io"
+
+
+def test_the_usage_page_says_which_organization_and_member_it_shows(
+    live_server, browser, plain_http_cookies, organizations, shots  # noqa: F811
+):
+    log_in(browser, live_server, organizations["staff"])
+    acme = organizations["acme"]
+    owner = Membership.objects.get(organization=acme, role=Role.OWNER)
+    browser.get(f"{live_server.url}/admin/reporting/usage/?organization=acme&member={owner.pk}")
+    scope = wait(browser).until(EC.presence_of_element_located((By.CSS_SELECTOR, ".usage-scope"))).text
+    assert "Organization: Acme (all)." in scope and f"Member: {owner.user.email} in Acme (all)." in scope
+    assert browser.execute_script("return document.documentElement.scrollWidth <= document.documentElement.clientWidth")
+    whole_page(browser, shots / "usage-organization.png", WIDTH)

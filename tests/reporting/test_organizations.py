@@ -187,6 +187,10 @@ def test_the_console_page_filters_and_breaks_down_by_organization_and_member(org
     assert only.status_code == 200
     assert only.context["summary"] == usage_summary(organization_id=acme.pk, member_id=owner_id)
     assert 'name="organization" value="acme"' in only.content.decode()
+    assert '<span id="usage-organization">Acme</span>' in only.content.decode()
+    assert '<span id="usage-member">user0@example.com in Acme</span>' in only.content.decode()
+    personal = admin_browser.get(PAGE, {"member": 0}).content.decode()
+    assert '<span id="usage-member">none (personal usage)</span>' in personal
     by_id = admin_browser.get(PAGE, {"organization": str(acme.pk), "format": "csv"}).content.decode()
     assert list(csv.reader(io.StringIO(by_id))) == usage_summary_rows(usage_summary(organization_id=acme.pk))
 
