@@ -2,12 +2,13 @@ from django.shortcuts import get_object_or_404
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import generics, status
+from rest_framework.permissions import IsAuthenticated
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts.models import User
-from accounts.permissions import WALLET_GRANT, WALLET_VIEW, StaffPermissions
+from accounts.permissions import WALLET_GRANT, WALLET_VIEW, KeysScope, OrganizationKeyRole, StaffPermissions
 from billing.models import CreditTransaction, ModelPrice
 from billing.selectors import (
     model_prices_active,
@@ -36,7 +37,13 @@ IDEMPOTENCY_KEY_MAX = 200
 class OwnAccount:
     """Whose wallet a view serves: the caller's own (users/me/...). An organization's
     version of the view (organizations.api_billing) overrides `account` with its
-    membership check, so both serve the same body through the same code."""
+    membership check, so both serve the same body through the same code. Through an
+    organization's key, `manager_methods` (the ledger, top-ups, auto top-up, cards)
+    need its member to be an owner or admin, as the organization's own endpoints do
+    (accounts.permissions.OrganizationKeyRole)."""
+
+    permission_classes = [IsAuthenticated, KeysScope, OrganizationKeyRole]
+    manager_methods: tuple[str, ...] = ()
 
     def account(self, request: Request) -> User:
         return request.user
@@ -56,6 +63,7 @@ class TransactionListView(OwnAccount, generics.ListAPIView):
     serializer_class = TransactionSerializer
     pagination_class = NewestFirstCursorPagination
     queryset = CreditTransaction.objects.none()  # for the schema; requests use get_queryset
+    manager_methods = ("GET",)
 
     def get_queryset(self):  # noqa: ANN201
         return transactions_for_user(user=self.account(self.request))

@@ -5,12 +5,10 @@ from decimal import Decimal
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_field
 from rest_framework import generics, serializers, status
-from rest_framework.permissions import IsAuthenticated
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from accounts.permissions import KeysScope
 from billing.api import OwnAccount
 from billing.models import TopUp
 from billing.money import format_ledger, format_usd
@@ -104,6 +102,8 @@ class TopUpCreateView(OwnAccount, APIView):
     webhook (payment_intent.succeeded or checkout.session.completed), once. 503 when
     Stripe is not configured."""
 
+    manager_methods = ("POST",)
+
     @extend_schema(
         request=TopUpRequestSerializer,
         responses={201: TopUpCreatedSerializer},
@@ -147,6 +147,7 @@ class TopUpCreateView(OwnAccount, APIView):
 
 
 class TopUpListView(OwnAccount, generics.ListAPIView):
+    manager_methods = ("GET",)
     serializer_class = TopUpSerializer
     queryset = TopUp.objects.none()  # for the schema; requests use get_queryset
 
@@ -187,8 +188,8 @@ class AutoTopUpView(OwnAccount, APIView):
     says why. An API key needs the `keys` scope to PUT (403 naming it): it charges a
     card; turning it off does not."""
 
-    permission_classes = [IsAuthenticated, KeysScope]
     keys_scope_methods = ("PUT",)
+    manager_methods = ("PUT", "DELETE")
 
     @extend_schema(responses={200: AutoTopUpSerializer})
     def get(self, request: Request, **kwargs: object) -> Response:
@@ -217,8 +218,7 @@ class CardSetupView(OwnAccount, APIView):
     session completed. Only the latest session started saves its card. An API key
     needs the `keys` scope (403 naming it)."""
 
-    permission_classes = [IsAuthenticated, KeysScope]
-    keys_scope_methods = ("POST",)
+    keys_scope_methods = manager_methods = ("POST",)
 
     @extend_schema(request=CardSetupRequestSerializer, responses={201: CardSetupSerializer})
     def post(self, request: Request, **kwargs: object) -> Response:

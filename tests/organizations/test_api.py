@@ -300,3 +300,25 @@ def test_limits_any_member_reads_managers_set_with_the_keys_scope(org, owner, ow
     assert (org.account.spend_cap_credits, org.account.spend_cap_window) == (Decimal("20"), "week")
     assert owner.spend_cap_credits is None  # the person's own cap is untouched
     assert client_for(ada.user).get(url(org, "/limits")).json()["spend_cap_credits"] == "20.00000000"
+
+
+def test_a_members_org_key_cannot_reach_the_wallets_controls_through_users_me(org, ada, carol):
+    """The ledger, top-ups, auto top-up and cards of the organization are a manager's,
+    on users/me/... as on orgs/{id}/...: a plain member's org key, even with `keys`,
+    only sees the balance."""
+    ada_key = client_for(org.account, membership=ada, scopes=KEYS)
+    carol_key = client_for(org.account, membership=carol, scopes=KEYS)
+    assert ada_key.get("/api/v1/users/me/wallet").status_code == 200
+    for method, path, body in [
+        ("get", "/api/v1/users/me/transactions", None),
+        ("get", "/api/v1/users/me/top-ups", None),
+        ("post", "/api/v1/users/me/wallet/top-up", {"amount_usd": "10.00"}),
+        ("put", "/api/v1/users/me/auto-top-up", {"threshold": "5", "amount_usd": "10.00"}),
+        ("delete", "/api/v1/users/me/auto-top-up", None),
+        ("post", "/api/v1/users/me/auto-top-up/card", {"success_url": "https://x.example/ok",
+                                                         "cancel_url": "https://x.example/no"}),
+    ]:  # fmt: skip
+        assert_role_required(getattr(ada_key, method)(path, body, format="json"), "owner or admin")
+    assert carol_key.get("/api/v1/users/me/transactions").status_code == 200
+    assert carol_key.get("/api/v1/users/me/top-ups").status_code == 200
+    assert carol_key.delete("/api/v1/users/me/auto-top-up").status_code == 200
