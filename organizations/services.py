@@ -25,7 +25,7 @@ from django.utils.text import slugify
 from accounts.models import ApiKey, SpendWindow, User
 from accounts.services import api_key_create, user_create
 from core.exceptions import StateConflict, field_error
-from organizations.models import Invitation, Membership, Organization, Role
+from organizations.models import MANAGERS, Invitation, Membership, Organization, Role
 from organizations.permissions import RoleRequired
 
 INVITATION_DAYS = 7
@@ -218,15 +218,30 @@ def _owners_left(organization: Organization, *, without: Membership) -> int:
     )
 
 
-@transaction.atomic
-def member_role_set(*, actor: Membership, member: Membership, role: str) -> Membership:
-    role = _role_clean(role)
-    _grant_role_check(actor=actor, role=role)
-    _grant_role_check(actor=actor, role=member.role)  # an admin cannot demote an owner
+def _under_lock(*, actor: Membership, member: Membership) -> Organization:
+    """Locks the organization, then reads both memberships again: a role or a removal
+    that committed while this call waited for the lock counts (an admin demoted a
+    moment ago acts no more; a member made owner a moment ago is an owner). Staff act
+    as an unsaved owner (staff_actor), which has nothing to read again."""
     organization = _locked(member.organization)
     member.refresh_from_db(fields=["role", "removed_at"])
     if member.removed_at is not None:
         raise StateConflict("This person is no longer a member.")
+    if actor.pk is not None and actor.pk != member.pk:
+        actor.refresh_from_db(fields=["role", "removed_at"])
+        if actor.removed_at is not None:
+            raise StateConflict("You are no longer a member of this organization.")
+        if not actor.manages:
+            raise RoleRequired(organization=organization, needed=MANAGERS, role=actor.role)
+    return organization
+
+
+@transaction.atomic
+def member_role_set(*, actor: Membership, member: Membership, role: str) -> Membership:
+    role = _role_clean(role)
+    organization = _under_lock(actor=actor, member=member)
+    _grant_role_check(actor=actor, role=role)
+    _grant_role_check(actor=actor, role=member.role)  # an admin cannot demote an owner
     if member.role == Role.OWNER and role != Role.OWNER and not _owners_left(organization, without=member):
         raise StateConflict("An organization always has an owner: make another member owner first.")
     Membership.objects.filter(pk=member.pk).update(role=role)
@@ -238,12 +253,15 @@ def member_role_set(*, actor: Membership, member: Membership, role: str) -> Memb
 def member_remove(*, actor: Membership, member: Membership) -> Membership:
     """Ends a membership (a member may also leave: actor is member) and revokes the
     keys they made for the organization; their turns and usage stay theirs."""
+    try:
+        organization = _under_lock(actor=actor, member=member)
+    except StateConflict:
+        member.refresh_from_db(fields=["removed_at"])
+        if member.removed_at is not None:  # removed already: nothing more to do
+            return member
+        raise
     if actor.pk != member.pk:
         _grant_role_check(actor=actor, role=member.role)  # only an owner removes an owner
-    organization = _locked(member.organization)
-    member.refresh_from_db(fields=["role", "removed_at"])
-    if member.removed_at is not None:
-        return member
     if member.role == Role.OWNER and not _owners_left(organization, without=member):
         raise StateConflict("An organization always has an owner: make another member owner first.")
     now = timezone.now()
@@ -279,9 +297,14 @@ def member_budget_set(*, member: Membership, **changes: Any) -> Membership:  # n
 # --- the organization's keys ----------------------------------------------------------
 
 
+@transaction.atomic
 def organization_api_key_create(*, member: Membership, name: str, **limits: Any) -> tuple[ApiKey, str]:  # noqa: ANN401
     """A key of the organization made by `member`: it spends the organization's
-    wallet, is attributed to them and counts against their member budget."""
+    wallet, is attributed to them and counts against their member budget. Made under
+    the organization's lock, as removals are: a member removed meanwhile gets no key
+    that removal would have missed."""
+    _locked(member.organization)
+    member.refresh_from_db(fields=["removed_at"])
     if member.removed_at is not None:
         raise StateConflict("This person is no longer a member.")
     return api_key_create(user=member.organization.account, name=name, membership=member, **limits)
