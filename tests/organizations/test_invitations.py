@@ -158,3 +158,20 @@ def test_an_organizations_key_cannot_accept(org, invite):
     response = client_for(org.account, membership=member).post(f"/api/v1/orgs/invitations/{token}")
     assert response.status_code == 403
     assert "this is organization 'Acme''s key" in response.json()["error"]["message"]
+
+
+def test_an_invitation_token_never_reaches_the_log():
+    """django.request logs a 4xx with its path; the link's token is replaced first,
+    by the filter on the configured handler (what production writes)."""
+    import logging
+
+    from django.conf import settings
+
+    assert "redact_secret_paths" in settings.LOGGING["handlers"]["console"]["filters"]
+    handler = next(h for h in logging.getLogger().handlers if any(
+        type(f).__name__ == "RedactSecretPaths" for f in h.filters))  # fmt: skip
+    record = logging.LogRecord("django.request", logging.WARNING, __file__, 1, "%s: %s",
+                               ("Unprocessable Entity", "/api/v1/orgs/invitations/s3cretT0ken-_x"), None)  # fmt: skip
+    assert handler.filter(record)
+    logged = handler.format(record)
+    assert "/api/v1/orgs/invitations/[redacted]" in logged and "s3cretT0ken" not in logged
