@@ -156,15 +156,14 @@ class MemberListView(OrganizationView, generics.ListAPIView):
         return super().get(request, *args, **kwargs)
 
     def get_queryset(self):  # noqa: ANN201
-        membership = membership_for(user=self.request.user, organization_id=self.kwargs["org_id"])
-        return members_of(organization=membership.organization)
+        self.viewer = membership_for(user=self.request.user, organization_id=self.kwargs["org_id"])
+        return members_of(organization=self.viewer.organization)
 
     def get_serializer(self, *args, **kwargs):  # noqa: ANN002, ANN003, ANN201
         # Every member's spend of the page in one query.
         if args:
-            kwargs.setdefault("context", self.get_serializer_context())["spend"] = members_spend(
-                memberships=list(args[0])
-            )
+            context = kwargs.setdefault("context", self.get_serializer_context())
+            context.update(spend=members_spend(memberships=list(args[0])), viewer=self.viewer)
         return super().get_serializer(*args, **kwargs)
 
 
@@ -172,7 +171,8 @@ class MemberDetailView(OrganizationView, APIView):
     @extend_schema(responses={200: MemberSerializer}, description="Any member.")
     def get(self, request: Request, org_id: int, member_id: int) -> Response:
         membership = membership_for(user=request.user, organization_id=org_id)
-        return Response(MemberSerializer(member_of(organization=membership.organization, member_id=member_id)).data)
+        member = member_of(organization=membership.organization, member_id=member_id)
+        return Response(MemberSerializer(member, context={"viewer": membership}).data)
 
     @extend_schema(
         request=MemberUpdateSerializer,

@@ -50,12 +50,17 @@ class OrganizationRenameSerializer(serializers.Serializer):
 class MemberSerializer(serializers.ModelSerializer):
     """A member, with their budget through the organization's keys and its current
     window (billing.limits.members_spend; the list view reads every row's in one
-    query, context["spend"])."""
+    query, context["spend"]). What another member spent is usage, which a plain
+    member does not see (context["viewer"], the caller's membership): null for them."""
 
     email = serializers.EmailField(source="user.email", read_only=True)
     budget_credits = MoneyField(help_text="Credits the member may spend per budget_window; null: no budget.")
-    spent = serializers.SerializerMethodField(help_text="Credits charged in the current window; null: no budget.")
-    held = serializers.SerializerMethodField(help_text="Credits held in the current window; null: no budget.")
+    spent = serializers.SerializerMethodField(
+        help_text="Credits charged in the current window; null: no budget, or another member's seen by a plain member."
+    )
+    held = serializers.SerializerMethodField(
+        help_text="Credits held in the current window; null: no budget, or another member's seen by a plain member."
+    )
     resets_at = serializers.SerializerMethodField(help_text="When the window ends (UTC); null for lifetime.")
 
     class Meta:
@@ -66,6 +71,10 @@ class MemberSerializer(serializers.ModelSerializer):
         ]  # fmt: skip
         read_only_fields = fields
 
+    def _hidden(self, member: Membership) -> bool:
+        viewer = self.context.get("viewer")
+        return member.budget_credits is None or (viewer is not None and not viewer.manages and viewer.pk != member.pk)
+
     def _spend(self, member: Membership) -> WindowSpend:
         spend = self.context.get("spend")
         if spend is None or member.pk not in spend:
@@ -75,11 +84,11 @@ class MemberSerializer(serializers.ModelSerializer):
     # A member with no budget counts nothing (billing.limits keeps no counter): null.
     @extend_schema_field({**MONEY_SCHEMA, "nullable": True})
     def get_spent(self, member: Membership) -> str | None:
-        return None if member.budget_credits is None else format_ledger(self._spend(member).spent)
+        return None if self._hidden(member) else format_ledger(self._spend(member).spent)
 
     @extend_schema_field({**MONEY_SCHEMA, "nullable": True})
     def get_held(self, member: Membership) -> str | None:
-        return None if member.budget_credits is None else format_ledger(self._spend(member).held)
+        return None if self._hidden(member) else format_ledger(self._spend(member).held)
 
     @extend_schema_field({"type": "string", "format": "date-time", "nullable": True})
     def get_resets_at(self, member: Membership) -> str | None:

@@ -322,3 +322,17 @@ def test_a_members_org_key_cannot_reach_the_wallets_controls_through_users_me(or
     assert carol_key.get("/api/v1/users/me/transactions").status_code == 200
     assert carol_key.get("/api/v1/users/me/top-ups").status_code == 200
     assert carol_key.delete("/api/v1/users/me/auto-top-up").status_code == 200
+
+
+def test_a_plain_member_sees_only_their_own_spend_in_the_members_list(org, owner, ada, carol):
+    from decimal import Decimal
+
+    from organizations.services import member_budget_set
+
+    for member in (ada, carol):
+        member_budget_set(member=member, budget_credits=Decimal("5"), budget_window="day")
+    seen_by_ada = {row["email"]: row["spent"] for row in client_for(ada.user).get(url(org, "/members")).json()["results"]}
+    assert seen_by_ada == {"owner@example.com": None, "ada@example.com": "0.00000000", "carol@example.com": None}
+    assert client_for(ada.user).get(url(org, f"/members/{carol.pk}")).json()["spent"] is None
+    seen_by_carol = {row["email"]: row["spent"] for row in client_for(carol.user).get(url(org, "/members")).json()["results"]}
+    assert seen_by_carol["ada@example.com"] == "0.00000000"  # an admin sees everyone's
