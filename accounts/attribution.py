@@ -37,6 +37,12 @@ class Attribution:
 NO_ATTRIBUTION = Attribution()  # a request that names neither (the console, a script)
 
 
+def request_membership_id(request: Request) -> int | None:
+    """The organization member behind the request's key (None for a person's key):
+    whose sessions, turns and files in the organization's account the request sees."""
+    return getattr(request.auth, "membership_id", None) if isinstance(request.auth, ApiKey) else None
+
+
 def purpose_clean(value: str, *, field: str) -> str:
     if value and not PURPOSE.match(value):
         raise field_error(field, "A purpose is 1-32 letters, digits, '_', '.', ':' or '-' (e.g. title).")

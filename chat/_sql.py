@@ -38,10 +38,13 @@ _SESSION_GET = (
 )
 
 
-def session_get(*, user_id: int, session_id: int) -> ChatSession | None:
+def session_get(*, user_id: int, session_id: int, membership_id: int | None = None) -> ChatSession | None:
     if session_id > BIGINT_MAX:  # the ORM answers "none" for an id out of range; a raw query fails
         return None
-    rows = rawsql.fetch(_SESSION_GET, [session_id, user_id], [ChatSession])
+    if membership_id is not None:  # an organization member's own (chat.selectors)
+        rows = rawsql.fetch(_SESSION_GET + " AND membership_id = %s", [session_id, user_id, membership_id], [ChatSession])
+    else:
+        rows = rawsql.fetch(_SESSION_GET, [session_id, user_id], [ChatSession])
     return rows[0][0] if rows else None
 
 
@@ -66,9 +69,12 @@ _TURN_BRIEF = (
 )
 
 
-def turn_brief(*, user_id: int, turn_id: UUID) -> Turn | None:
+def turn_brief(*, user_id: int, turn_id: UUID, membership_id: int | None = None) -> Turn | None:
     with connection.cursor() as cursor:
-        cursor.execute(_TURN_BRIEF, [uuid_param(turn_id), user_id])
+        if membership_id is not None:  # an organization member's own (chat.selectors)
+            cursor.execute(_TURN_BRIEF + " AND t.membership_id = %s", [uuid_param(turn_id), user_id, membership_id])
+        else:
+            cursor.execute(_TURN_BRIEF, [uuid_param(turn_id), user_id])
         row = cursor.fetchone()
     return Turn.from_db(connection.alias, ["id", "status"], [turn_id, row[0]]) if row is not None else None
 
@@ -207,7 +213,10 @@ def turns_in_flight(*, user_id: int, membership_id: int | None = None) -> int:
 _USER_HAS_FILES = f"SELECT 1 FROM {UploadedFile._meta.db_table} WHERE owner_id = %s LIMIT 1"  # noqa: S608
 
 
-def user_has_files(*, user_id: int) -> bool:
+def user_has_files(*, user_id: int, membership_id: int | None = None) -> bool:
     with connection.cursor() as cursor:
-        cursor.execute(_USER_HAS_FILES, [user_id])
+        if membership_id is not None:  # an organization member's own files (chat.selectors)
+            cursor.execute(_USER_HAS_FILES.replace(" LIMIT 1", " AND membership_id = %s LIMIT 1"), [user_id, membership_id])
+        else:
+            cursor.execute(_USER_HAS_FILES, [user_id])
         return cursor.fetchone() is not None

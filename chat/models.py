@@ -43,6 +43,13 @@ class ChatSession(models.Model):
     api_key = models.ForeignKey(
         "accounts.ApiKey", on_delete=models.SET_NULL, null=True, blank=True, related_name="openai_sessions"
     )
+    # Made through an organization's key: the member whose it is. Only that member's
+    # keys see it (chat.selectors): the organization's account owns it (`user`), but a
+    # conversation is its member's own.
+    membership = models.ForeignKey(
+        "organizations.Membership", on_delete=models.PROTECT, null=True, blank=True, related_name="+",
+        db_index=False,
+    )  # fmt: skip
 
     class Meta:
         ordering = ["-updated_at", "-id"]
@@ -295,6 +302,12 @@ class ToolCall(models.Model):
 class UploadedFile(models.Model):
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="files")
     session = models.ForeignKey(ChatSession, on_delete=models.SET_NULL, null=True, blank=True, related_name="files")
+    # Uploaded through an organization's key: the member whose file it is (only their
+    # keys and turns read it), as ChatSession.membership.
+    membership = models.ForeignKey(
+        "organizations.Membership", on_delete=models.PROTECT, null=True, blank=True, related_name="+",
+        db_index=False,
+    )  # fmt: skip
     name = models.CharField(max_length=255)
     content_type = models.CharField(max_length=100)
     size = models.PositiveIntegerField()

@@ -25,14 +25,21 @@ HISTORY_SCAN = 200
 # --- sessions --------------------------------------------------------------------
 
 
-def sessions_for_user(*, user: User) -> QuerySet[ChatSession]:
+# `membership_id`, everywhere below: the organization member the request's key
+# belongs to (accounts.attribution.request_membership_id). An organization's account
+# owns its members' sessions, turns and files, and each member sees only their own;
+# a person's key passes None and sees all of theirs.
+
+
+def sessions_for_user(*, user: User, membership_id: int | None = None) -> QuerySet[ChatSession]:
     """The user's sessions; a soft-deleted one (deleted_at set) is gone for its owner too."""
-    return ChatSession.objects.filter(user=user, deleted_at__isnull=True)
+    sessions = ChatSession.objects.filter(user=user, deleted_at__isnull=True)
+    return sessions if membership_id is None else sessions.filter(membership_id=membership_id)
 
 
-def session_get(*, user: User, session_id: int) -> ChatSession | None:
+def session_get(*, user: User, session_id: int, membership_id: int | None = None) -> ChatSession | None:
     """The user's session (not deleted): one of sessions_for_user."""
-    return _sql.session_get(user_id=user.pk, session_id=session_id)
+    return _sql.session_get(user_id=user.pk, session_id=session_id, membership_id=membership_id)
 
 
 def session_history(*, session: ChatSession, before_message_id: int | None = None) -> QuerySet[Message]:
@@ -80,10 +87,13 @@ def turns_for_session(*, session: ChatSession) -> QuerySet[Turn]:
     return Turn.objects.filter(session=session)
 
 
-def turn_get(*, user: User, turn_id: UUID) -> Turn | None:
+def turn_get(*, user: User, turn_id: UUID, membership_id: int | None = None) -> Turn | None:
     """The user's turn with what GET turns/{id} shows; None for anyone else's."""
+    turns = Turn.objects.filter(pk=turn_id, user=user, session__deleted_at__isnull=True)
+    if membership_id is not None:
+        turns = turns.filter(membership_id=membership_id)
     return (
-        Turn.objects.filter(pk=turn_id, user=user, session__deleted_at__isnull=True)
+        turns
         .prefetch_related(
             Prefetch("messages", queryset=Message.objects.order_by("id")),
             Prefetch("llm_calls", queryset=LLMCall.objects.order_by("id")),
@@ -93,9 +103,9 @@ def turn_get(*, user: User, turn_id: UUID) -> Turn | None:
     )
 
 
-def turn_brief(*, user: User, turn_id: UUID) -> Turn | None:
+def turn_brief(*, user: User, turn_id: UUID, membership_id: int | None = None) -> Turn | None:
     """The user's turn with only its id and status (a stream opening needs no more)."""
-    return _sql.turn_brief(user_id=user.pk, turn_id=turn_id)
+    return _sql.turn_brief(user_id=user.pk, turn_id=turn_id, membership_id=membership_id)
 
 
 def turns_in_flight(*, user: User, membership_id: int | None = None) -> int:
@@ -132,15 +142,18 @@ def participant_get(*, session: ChatSession, participant_id: int) -> Participant
 # looks exactly like a file that does not exist.
 
 
-def files_for_user(*, user: User) -> QuerySet[UploadedFile]:
+def files_for_user(*, user: User, membership_id: int | None = None) -> QuerySet[UploadedFile]:
     """The owner's files, newest first, without the (possibly large) extracted text."""
-    return UploadedFile.objects.filter(owner=user).defer("extracted_text")
+    files = UploadedFile.objects.filter(owner=user)
+    if membership_id is not None:
+        files = files.filter(membership_id=membership_id)
+    return files.defer("extracted_text")
 
 
-def file_get_for_user(*, user: User, file_id: int) -> UploadedFile | None:
-    return UploadedFile.objects.filter(owner=user, pk=file_id).first()
+def file_get_for_user(*, user: User, file_id: int, membership_id: int | None = None) -> UploadedFile | None:
+    return files_for_user(user=user, membership_id=membership_id).filter(pk=file_id).first()
 
 
-def user_has_files(*, user_id: int) -> bool:
+def user_has_files(*, user_id: int, membership_id: int | None = None) -> bool:
     """Asked on every turn, and most users have no files (served by chat_file_owner_created)."""
-    return _sql.user_has_files(user_id=user_id)
+    return _sql.user_has_files(user_id=user_id, membership_id=membership_id)

@@ -18,6 +18,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from accounts.attribution import request_membership_id
 from chat import selectors
 from chat.api.serializers import FileUploadSerializer, UploadedFileSerializer
 from chat.models import ChatSession, UploadedFile
@@ -46,7 +47,9 @@ SLOT_POLL_SECONDS = 0.05
 
 def _session_for_upload(request: Request, session_id: int) -> ChatSession:
     """The caller's session named in an upload; someone else's reads as missing (400 `session`)."""
-    session = selectors.session_get(user=request.user, session_id=session_id)
+    session = selectors.session_get(
+        user=request.user, session_id=session_id, membership_id=request_membership_id(request)
+    )
     if session is None:
         raise field_error("session", "No such session.")
     return session
@@ -69,7 +72,7 @@ class FileListCreateView(generics.ListAPIView):
     queryset = UploadedFile.objects.none()  # for the schema; requests use get_queryset
 
     def get_queryset(self):  # noqa: ANN201
-        return selectors.files_for_user(user=self.request.user)
+        return selectors.files_for_user(user=self.request.user, membership_id=request_membership_id(self.request))
 
     @extend_schema(
         request={"multipart/form-data": FileUploadSerializer},
@@ -96,11 +99,13 @@ class FileListCreateView(generics.ListAPIView):
         response = Response(status=status.HTTP_201_CREATED)
         if getattr(request, "waits_on_event_loop", False):
             response.finish_on_event_loop = partial(
-                _store_after_extraction, response, owner=request.user, upload=checked, session=session
+                _store_after_extraction, response, owner=request.user, upload=checked, session=session,
+                membership_id=request_membership_id(request),
             )
         else:  # WSGI (runserver, the test client): this thread waits for the child
             response.data = _store(
-                owner=request.user, upload=checked, text=file_extract(upload=checked), session=session
+                owner=request.user, upload=checked, text=file_extract(upload=checked), session=session,
+                membership_id=request_membership_id(request),
             )
         return response
 
@@ -151,10 +156,14 @@ async def _run_extraction(upload: CheckedUpload) -> str:
     return file_extraction_answer(stdout=stdout, stderr=stderr, returncode=child.returncode)
 
 
-async def _store_after_extraction(response: Response, *, owner, upload: CheckedUpload, session) -> Response:  # noqa: ANN001
+async def _store_after_extraction(
+    response: Response, *, owner, upload: CheckedUpload, session, membership_id: int | None  # noqa: ANN001
+) -> Response:
     try:
         text = await _extract_on_event_loop(upload)
-        response.data = await db_read(_store, owner=owner, upload=upload, text=text, session=session)
+        response.data = await db_read(
+            _store, owner=owner, upload=upload, text=text, session=session, membership_id=membership_id
+        )
     except ApplicationError as exc:  # what the view's exception handler would have answered
         response.status_code = exc.status_code
         response.data = error_body(exc.code, exc.message, exc.fields)
@@ -166,7 +175,9 @@ async def _store_after_extraction(response: Response, *, owner, upload: CheckedU
 
 class FileDetailView(APIView):
     def _get(self, request: Request, file_id: int) -> UploadedFile:
-        stored = selectors.file_get_for_user(user=request.user, file_id=file_id)
+        stored = selectors.file_get_for_user(
+            user=request.user, file_id=file_id, membership_id=request_membership_id(request)
+        )
         if stored is None:
             raise NotFound()
         return stored

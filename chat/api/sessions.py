@@ -8,6 +8,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from accounts.attribution import request_membership_id
 from chat import selectors
 from chat.api.serializers import SessionSerializer, SessionWriteSerializer
 from chat.models import ChatSession
@@ -16,7 +17,9 @@ from chat.services.sessions import session_create, session_delete, session_updat
 
 def session_or_404(request: Request, session_id: int) -> ChatSession:
     """The requesting user's session, for every endpoint under sessions/{id}."""
-    session = selectors.session_get(user=request.user, session_id=session_id)
+    session = selectors.session_get(
+        user=request.user, session_id=session_id, membership_id=request_membership_id(request)
+    )
     if session is None:
         raise Http404
     return session
@@ -27,13 +30,15 @@ class SessionListCreateView(generics.ListAPIView):
     queryset = ChatSession.objects.none()  # for the schema; requests use get_queryset
 
     def get_queryset(self):  # noqa: ANN201
-        return selectors.sessions_for_user(user=self.request.user)
+        return selectors.sessions_for_user(user=self.request.user, membership_id=request_membership_id(self.request))
 
     @extend_schema(request=SessionWriteSerializer, responses={201: SessionSerializer})
     def post(self, request: Request) -> Response:
         serializer = SessionWriteSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        session = session_create(user=request.user, **serializer.validated_data)
+        session = session_create(
+            user=request.user, membership_id=request_membership_id(request), **serializer.validated_data
+        )
         return Response(SessionSerializer(session).data, status=status.HTTP_201_CREATED)
 
 

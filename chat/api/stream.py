@@ -19,6 +19,7 @@ from rest_framework.renderers import BaseRenderer, JSONRenderer
 from rest_framework.request import Request
 from rest_framework.views import APIView
 
+from accounts.attribution import request_membership_id
 from chat import selectors, streaming
 from chat.api.turns import turn_detail
 from chat.metrics import OPEN_STREAMS
@@ -163,7 +164,7 @@ class TurnStreamView(APIView):
         }
     )
     def get(self, request: Request, turn_id) -> StreamingHttpResponse:  # noqa: ANN001
-        turn = selectors.turn_brief(user=request.user, turn_id=turn_id)
+        turn = selectors.turn_brief(user=request.user, turn_id=turn_id, membership_id=request_membership_id(request))
         if turn is None:
             raise Http404
         user = request.user

@@ -16,7 +16,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from accounts.attribution import request_attribution
+from accounts.attribution import request_attribution, request_membership_id
 from chat import selectors, streaming
 from chat.api.serializers import TurnCreateSerializer, TurnDetailSerializer, TurnSerializer, turn_detail_payload
 from chat.api.sessions import session_or_404
@@ -31,7 +31,7 @@ PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*\"?(\d+(?:\.\d+)?)\"?", re.IGN
 
 
 def turn_or_404(request: Request, turn_id) -> Turn:  # noqa: ANN001
-    turn = selectors.turn_get(user=request.user, turn_id=turn_id)
+    turn = selectors.turn_get(user=request.user, turn_id=turn_id, membership_id=request_membership_id(request))
     if turn is None:
         raise Http404
     return turn

@@ -58,7 +58,7 @@ def turn_outcome(*, turn: Turn, price: ModelPrice) -> TurnOutcome:
     A turn of the OpenAI-compatible endpoint is one call on its own messages."""
     if turn.session.source == ChatSession.Source.OPENAI:
         return completion_outcome(turn=turn, price=price)
-    note = files_prompt_note(user=turn.user, session=turn.session)
+    note = files_prompt_note(user=turn.user, session=turn.session, membership_id=turn.membership_id)
     tools = [tool for tool in tools_for_turn() if tool["name"] != "file_read" or note]
     hold_of = partial(hold_amount, reference=str(turn.pk))
     run = TurnRun(turn=turn, price=price, tools=tools, files_note=note, hold_of=hold_of)

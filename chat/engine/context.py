@@ -144,12 +144,15 @@ def context_build(
     )
 
 
-def files_prompt_note(*, user: User, session: ChatSession | None = None, limit: int = 20) -> str:
+def files_prompt_note(
+    *, user: User, session: ChatSession | None = None, limit: int = 20, membership_id: int | None = None
+) -> str:
     """A short list of the user's files for the system prompt, so the model knows which
-    ids `file_read` accepts. Files attached to `session` come first."""
-    if not user_has_files(user_id=user.pk):
+    ids `file_read` accepts. Files attached to `session` come first. `membership_id`:
+    a turn of an organization member's (their own files only)."""
+    if not user_has_files(user_id=user.pk, membership_id=membership_id):
         return ""
-    files = files_for_user(user=user)
+    files = files_for_user(user=user, membership_id=membership_id)
     if session is not None:  # one query: the session's files first, then the newest others
         here = Case(When(session=session, then=Value(0)), default=Value(1), output_field=IntegerField())
         files = files.order_by(here, *UploadedFile._meta.ordering)

@@ -18,11 +18,11 @@ from chat.tools import tools_for_turn
 from core.exceptions import StateConflict, field_error
 
 
-def _tools_offered(*, user_id: int) -> bool:
+def _tools_offered(*, user_id: int, membership_id: int | None = None) -> bool:
     names = {tool["name"] for tool in tools_for_turn()}
     if "web_search" in names:
         return True
-    return "file_read" in names and user_has_files(user_id=user_id)
+    return "file_read" in names and user_has_files(user_id=user_id, membership_id=membership_id)
 
 
 def turn_hold_amount(*, session: ChatSession, price: ModelPrice, content: str) -> Decimal:
@@ -49,7 +49,7 @@ def turn_hold_amount(*, session: ChatSession, price: ModelPrice, content: str) -
             f"its input limit is {budget}.",
         )
     summary = window_bound(price) if needed + history > budget else Decimal("0")
-    tool_calls = settings.MAX_TOOL_ROUNDS if _tools_offered(user_id=session.user_id) else 0
+    tool_calls = settings.MAX_TOOL_ROUNDS if _tools_offered(user_id=session.user_id, membership_id=session.membership_id) else 0
 
     if session.mode == ChatSession.Mode.SINGLE:
         first = call_bound(price=price, input_tokens=min(budget, needed + history))

@@ -53,7 +53,10 @@ def answer(
         loop.append(ChatMessage(role="assistant", content=result.text, tool_calls=tuple(requests)))
         for request in requests:
             # Outside any transaction: a slow search holds no lock.
-            outcome = tool_dispatch(user=run.turn.user, name=request.name, arguments=request.raw_arguments)
+            outcome = tool_dispatch(
+                user=run.turn.user, name=request.name, arguments=request.raw_arguments,
+                membership_id=run.turn.membership_id,
+            )
             run.outcome.tool_calls.append(
                 tool_call_build(
                     turn=run.turn, llm_call=llm_call, name=request.name, arguments=request.raw_arguments,

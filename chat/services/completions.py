@@ -69,7 +69,7 @@ def completion_session(
     try:
         with transaction.atomic():
             return ChatSession.objects.create(
-                user=user, api_key=api_key, source=source,
+                user=user, api_key=api_key, source=source, membership_id=api_key.membership_id,
                 title=f"{ChatSession.Source(source).label} ({api_key.name or api_key.prefix})"[:200],
             )  # fmt: skip
     except IntegrityError:  # a concurrent first request made it

@@ -255,11 +255,16 @@ def file_session_check(*, owner: User, session: ChatSession | None) -> None:
         raise field_error("session", "No such session.")
 
 
-def file_store(*, owner: User, upload: CheckedUpload, text: str, session: ChatSession | None = None) -> UploadedFile:
-    """Stores a checked upload with its extracted text (the bytes themselves are not kept)."""
+def file_store(
+    *, owner: User, upload: CheckedUpload, text: str, session: ChatSession | None = None,
+    membership_id: int | None = None,
+) -> UploadedFile:  # fmt: skip
+    """Stores a checked upload with its extracted text (the bytes themselves are not kept).
+    `membership_id`: uploaded through an organization member's key (only theirs read it)."""
     file_session_check(owner=owner, session=session)
     return UploadedFile.objects.create(
         owner=owner,
+        membership_id=membership_id,
         session=session,
         name=upload.name,
         content_type=upload.content_type,

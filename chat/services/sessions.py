@@ -17,10 +17,12 @@ def session_create(
     model_alias: str = "",
     system_prompt: str = "",
     orchestrator_alias: str = "",
+    membership_id: int | None = None,
 ) -> ChatSession:
     """A new session. Without a model alias it gets the first configured one. A new
     session has no participants, so only `single` passes the mode rules (else 422
-    and nothing is created): add participants, then change the mode."""
+    and nothing is created): add participants, then change the mode.
+    `membership_id`: made through an organization member's key (only theirs see it)."""
     for field, alias in (("model_alias", model_alias), ("orchestrator_alias", orchestrator_alias)):
         if alias:
             alias_require_active(field, alias)
@@ -29,7 +31,7 @@ def session_create(
     with transaction.atomic():
         session = ChatSession.objects.create(
             user=user, title=title, model_alias=model_alias, system_prompt=system_prompt,
-            orchestrator_alias=orchestrator_alias,
+            orchestrator_alias=orchestrator_alias, membership_id=membership_id,
         )  # fmt: skip
         if mode != ChatSession.Mode.SINGLE:
             session_mode_change(session=session, mode=mode)

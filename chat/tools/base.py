@@ -46,6 +46,9 @@ class Tool:
     parameters: dict[str, Any]
     run: ToolRun
     available: Callable[[], bool] = lambda: True
+    # Reads the user's own data (their files): run also gets the turn's organization
+    # member, whose data alone it may read in an organization's account.
+    reads_own_data: bool = False
     # Compiled once, with the registry (F62: nothing about a tool is rebuilt per turn).
     validator: Draft202012Validator = field(init=False, repr=False, compare=False)
 
@@ -57,5 +60,7 @@ class Tool:
         # A copy: a caller adapting it for a provider must not change the registry.
         return {"name": self.name, "description": self.description, "parameters": copy.deepcopy(self.parameters)}
 
-    def __call__(self, *, user: User, arguments: dict[str, Any]) -> ToolResult:
+    def __call__(self, *, user: User, arguments: dict[str, Any], membership_id: int | None = None) -> ToolResult:
+        if self.reads_own_data:
+            return self.run(user=user, arguments=arguments, membership_id=membership_id)
         return self.run(user=user, arguments=arguments)

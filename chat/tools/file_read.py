@@ -35,15 +35,18 @@ PARAMETERS = {
 }
 
 
-def file_read_run(*, user: User, arguments: dict[str, Any]) -> ToolResult:
+def file_read_run(*, user: User, arguments: dict[str, Any], membership_id: int | None = None) -> ToolResult:
     # JSON Schema counts 3.0 as an integer; Python slicing does not.
     file_id = int(arguments["file_id"])
     offset = int(arguments.get("offset", 0))
     limit = min(int(arguments.get("limit", DEFAULT_CHARS)), MAX_CHARS)
     # Only the requested window leaves the database (a PDF's text can be megabytes).
     # The owner filter is the whole access rule: another user's id reads as unknown.
+    files = UploadedFile.objects.filter(owner=user, pk=file_id)
+    if membership_id is not None:  # an organization member's turn reads their own files only
+        files = files.filter(membership_id=membership_id)
     row = (
-        UploadedFile.objects.filter(owner=user, pk=file_id)
+        files
         .annotate(total=Length("extracted_text"), chunk=Substr("extracted_text", offset + 1, limit))
         .values("name", "content_type", "total", "chunk")
         .first()
@@ -71,4 +74,5 @@ FILE_READ = Tool(
     ),
     parameters=PARAMETERS,
     run=file_read_run,
+    reads_own_data=True,
 )

@@ -69,10 +69,13 @@ def _finish(result: ToolResult, started: float) -> ToolResult:
     return ToolResult(status=result.status, content=content, latency_ms=latency_ms)
 
 
-def tool_dispatch(*, user: User, name: str, arguments: str | dict[str, Any] | None) -> ToolResult:
+def tool_dispatch(
+    *, user: User, name: str, arguments: str | dict[str, Any] | None, membership_id: int | None = None
+) -> ToolResult:
     """Run the tool the model asked for. Never raises for anything the model sent:
     an unknown tool, unparsable or invalid arguments, or a failing tool give an
-    error result the model can read and correct."""
+    error result the model can read and correct. `membership_id`: the turn's
+    organization member, for the tools that read the user's own data."""
     started = time.monotonic()
     tool = REGISTRY.get(name)
     if tool is None or not tool.available():
@@ -88,7 +91,7 @@ def tool_dispatch(*, user: User, name: str, arguments: str | dict[str, Any] | No
             ToolResult.error(f"{name}: invalid arguments{f' ({where})' if where else ''}: {error.message}"), started
         )
     try:
-        result = tool(user=user, arguments=parsed)
+        result = tool(user=user, arguments=parsed, membership_id=membership_id)
     except Exception:
         # A bug or an outage inside a tool must not fail the whole (paid) turn: the
         # model is told the tool failed, and the traceback goes to the log.
