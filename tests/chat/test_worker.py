@@ -247,7 +247,8 @@ def test_fifty_concurrent_turns_on_the_worker_leave_the_exact_balance(celery_wor
     def send(content: str) -> str:
         try:
             answer = post_turn(client_for(funded_owner), session, content)
-            assert answer.status_code == 202, answer.content
+            # Accepted; 201 when the worker had already finished it as the answer was made.
+            assert answer.status_code in (201, 202), answer.content
             return answer.data["id"]
         finally:
             connection.close()  # this thread's own connection
