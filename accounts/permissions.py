@@ -44,6 +44,7 @@ from rest_framework.permissions import BasePermission
 from accounts.models import ApiKey, ApiKeyScope
 from organizations.models import MANAGERS, Membership
 from organizations.permissions import RoleRequired
+from organizations.selectors import api_key_membership
 
 if TYPE_CHECKING:  # rest_framework.views loads the authentication classes, which import accounts.services
     from rest_framework.request import Request
@@ -116,11 +117,7 @@ def key_member(request: Request) -> Membership | None:
     """The organization member behind the request's key when it is an organization's
     key (None for a person's key)."""
     api_key = request.auth
-    if not isinstance(api_key, ApiKey) or api_key.membership_id is None:
-        return None
-    if not ApiKey.membership.is_cached(api_key):
-        api_key.membership = Membership.objects.select_related("organization").get(pk=api_key.membership_id)
-    return api_key.membership
+    return api_key_membership(api_key=api_key) if isinstance(api_key, ApiKey) else None
 
 
 class OrganizationKeyRole(BasePermission):

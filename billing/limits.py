@@ -30,6 +30,7 @@ from accounts.models import ApiKey, EndUser, SpendWindow, User
 from billing.models import CreditHold, SpendCounter
 from core.exceptions import InsufficientCredits
 from organizations.models import Membership
+from organizations.selectors import api_key_membership
 
 ZERO = Decimal("0")
 # A lifetime counter's window_start: one row per owner for ever.
@@ -133,7 +134,7 @@ def spend_limits_for(*, user: User, api_key: ApiKey | None, end_user: EndUser | 
         label = f"{end_user_label(api_key=api_key, end_user=end_user)}: budget"
         limits.append(SpendLimit(user.pk, api_key.pk, label, budget, window, end_user.pk))
     if api_key is not None and api_key.membership_id is not None:
-        membership = _membership(api_key)
+        membership = api_key_membership(api_key=api_key)
         if membership.budget_credits is not None:
             limits.append(
                 SpendLimit(user.pk, None, f"Member {membership.user.email}'s budget in organization "
@@ -148,14 +149,6 @@ def spend_limits_for(*, user: User, api_key: ApiKey | None, end_user: EndUser | 
     if user.spend_cap_credits is not None:
         limits.append(SpendLimit(user.pk, None, "Account spending cap", user.spend_cap_credits, user.spend_cap_window))
     return limits
-
-
-def _membership(api_key: ApiKey) -> Membership:
-    """The member who made an organization's key, with their person and organization
-    (one query, cached on the key for the rest of the request)."""
-    if not ApiKey.membership.is_cached(api_key):
-        api_key.membership = Membership.objects.select_related("user", "organization").get(pk=api_key.membership_id)
-    return api_key.membership
 
 
 def _credits(value: Decimal) -> str:

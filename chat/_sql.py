@@ -211,12 +211,15 @@ def turns_in_flight(*, user_id: int, membership_id: int | None = None) -> int:
 
 # The hold and every run (most users have no files): 80 vs 338 us (-76%).
 _USER_HAS_FILES = f"SELECT 1 FROM {UploadedFile._meta.db_table} WHERE owner_id = %s LIMIT 1"  # noqa: S608
+_MEMBER_HAS_FILES = (
+    f"SELECT 1 FROM {UploadedFile._meta.db_table} WHERE owner_id = %s AND membership_id = %s LIMIT 1"  # noqa: S608
+)
 
 
 def user_has_files(*, user_id: int, membership_id: int | None = None) -> bool:
     with connection.cursor() as cursor:
         if membership_id is not None:  # an organization member's own files (chat.selectors)
-            cursor.execute(_USER_HAS_FILES.replace(" LIMIT 1", " AND membership_id = %s LIMIT 1"), [user_id, membership_id])
+            cursor.execute(_MEMBER_HAS_FILES, [user_id, membership_id])
         else:
             cursor.execute(_USER_HAS_FILES, [user_id])
         return cursor.fetchone() is not None

@@ -7,6 +7,16 @@ from organizations.models import MANAGERS, Invitation, Membership, Organization
 from organizations.permissions import RoleRequired
 
 
+def api_key_membership(*, api_key: ApiKey) -> Membership | None:
+    """The member who made an organization's key, with their person and organization
+    (one query, cached on the key for the rest of the request); None for a person's key."""
+    if api_key.membership_id is None:
+        return None
+    if not ApiKey.membership.is_cached(api_key):
+        api_key.membership = Membership.objects.select_related("user", "organization").get(pk=api_key.membership_id)
+    return api_key.membership
+
+
 def memberships_of(*, user: User) -> QuerySet[Membership]:
     """The person's current memberships, with their organizations."""
     return Membership.objects.filter(user=user, removed_at__isnull=True).select_related("organization")

@@ -22,8 +22,8 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 from django.utils.text import slugify
 
-from accounts.models import ApiKey, SpendWindow, User
-from accounts.services import api_key_create, user_create
+from accounts.models import ApiKey, User
+from accounts.services import api_key_create, limit_values_clean, user_create
 from core.exceptions import StateConflict, field_error
 from organizations.models import MANAGERS, Invitation, Membership, Organization, Role
 from organizations.permissions import RoleRequired
@@ -278,13 +278,7 @@ def member_budget_set(*, member: Membership, **changes: Any) -> Membership:  # n
     """A member's budget through the organization's keys: `budget_credits` (null:
     none) per `budget_window` (null: lifetime). Applies from the next request; what
     the window spent and holds still counts."""
-    unknown = set(changes) - set(MEMBER_BUDGET_FIELDS)
-    if unknown:
-        raise field_error(sorted(unknown)[0], "Not a member budget field.")
-    if changes.get("budget_credits") is not None and changes["budget_credits"] < 0:
-        raise field_error("budget_credits", "A budget must not be negative.")
-    if changes.get("budget_window") is not None and changes["budget_window"] not in SpendWindow.values:
-        raise field_error("budget_window", f"One of: {', '.join(SpendWindow.values)}, or null for a lifetime budget.")
+    changes = limit_values_clean(changes, allowed=MEMBER_BUDGET_FIELDS)  # the rules key budgets follow
     if member.removed_at is not None:
         raise StateConflict("This person is no longer a member.")
     if changes:
