@@ -155,16 +155,18 @@ for n in range({count}):
     if org is None:
         wallet_grant(user=user, amount=Decimal("{credits}"), reason="benchmark credits")
         _, key = api_key_create(user=user, name="bench")
-        account = user
+        account, member = user, None
     else:
         member = Membership.objects.create(organization=org, user=user, role="member")
         member_budget_set(member=member, budget_credits=Decimal("{credits}"), budget_window="day")
         _, key = organization_api_key_create(member=member, name="bench")
         account = org.account
-    session = ChatSession.objects.create(user=account, model_alias="bench", title="bench")
+    # A member's session is theirs alone (chat.selectors): made as their key would make it.
+    session = ChatSession.objects.create(user=account, membership=member, model_alias="bench", title="bench")
     if {history}:
         # A finished history the context reads (and counts) on every turn.
-        done = Turn.objects.create(session=session, user=account, model_alias="bench", status="completed")
+        done = Turn.objects.create(session=session, user=account, membership=member, model_alias="bench",
+                                   status="completed")
         Message.objects.bulk_create(
             Message(session=session, turn=done, role=("user", "assistant")[m % 2],
                     content=" ".join(WORDS[(m + w) % len(WORDS)] for w in range(60)))
